@@ -1,0 +1,38 @@
+"""Progress bars with an ETA for long work, quiet when output is not a terminal or when disabled."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+T = TypeVar("T")
+
+
+def progress_enabled() -> bool:
+    """Bars are drawn on a terminal unless LATENTDEFENCE_PROGRESS=0."""
+    flag = os.environ.get("LATENTDEFENCE_PROGRESS")
+    if flag is not None:
+        return flag not in ("0", "false", "no")
+    return sys.stderr.isatty()
+
+
+def make_progress() -> Progress:
+    """A rich Progress with count, elapsed time, ETA and a free-text status column."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                    TextColumn("{task.fields[status]}"), disable=not progress_enabled(), transient=False)
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a progress bar and ETA."""
+    with make_progress() as progress:
+        task = progress.add_task(description, total=total if total is not None else len(items),  # type: ignore[arg-type]
+                                 status="")
+        for item in items:
+            yield item
+            progress.advance(task)

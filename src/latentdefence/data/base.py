@@ -1,0 +1,63 @@
+"""The one in-memory dataset type every loader returns."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """Images (N, C, H, W) float32 in [0, 1] with integer labels (N,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    name: str = ""
+    split: str = ""
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4:
+            raise ValueError(f"{self.name}: images must be (N, C, H, W), got shape {tuple(self.images.shape)}")
+        if self.labels.ndim != 1 or self.labels.shape[0] != self.images.shape[0]:
+            raise ValueError(f"{self.name}: labels must be (N,) with N={self.images.shape[0]}, "
+                             f"got shape {tuple(self.labels.shape)}")
+        if self.images.dtype != torch.float32:
+            raise TypeError(f"{self.name}: images must be float32, got {self.images.dtype}")
+        if self.labels.dtype != torch.int64:
+            raise TypeError(f"{self.name}: labels must be int64, got {self.labels.dtype}")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.max().item()) + 1 if len(self) else 0
+
+    def subset(self, index: torch.Tensor | slice) -> "ImageDataset":
+        """A view on some rows, e.g. the calibration split or a documented evaluation subset."""
+        return ImageDataset(self.images[index], self.labels[index], self.name, self.split)
+
+    def head(self, n: int | None) -> "ImageDataset":
+        """The first n rows (all when n is None)."""
+        return self if n is None else self.subset(slice(0, n))
+
+
+@dataclass(frozen=True)
+class Splits:
+    """A dataset's documented train and test splits."""
+
+    train: ImageDataset
+    test: ImageDataset
+
+
+def default_cache_dir() -> Path:
+    """Where converted datasets and downloaded wheels are cached ($LATENTDEFENCE_CACHE or ~/.cache)."""
+    root = os.environ.get("LATENTDEFENCE_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "latentdefence"
+
+
+class DatasetFileError(ValueError):
+    """A dataset file is missing, truncated, corrupt or fails its checksum."""

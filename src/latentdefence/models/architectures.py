@@ -1,0 +1,135 @@
+"""The papers' classifiers, each a StagedModel whose stage names are its taps.
+
+Every model takes (N, C, H, W) pixels in [0, 1]; any normalisation lives inside the model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .registry import register_model
+from .taps import StagedModel
+
+
+def _conv(cin: int, cout: int, k: int = 3, pool: bool = False, pad: int | None = None) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, padding=k // 2 if pad is None else pad), nn.ReLU()]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+@register_model("dld_mnist")
+def dld_mnist(num_classes: int = 10) -> StagedModel:
+    """DLD's "4-layer convolution network" for MNIST (the paper gives no details; our choice).
+
+    Four conv layers (32, 64, 128 channels; each a tap: ``layer1``..``layer4``) and a linear head,
+    ~0.24M parameters and ~8M multiply-adds per image, about 0.55x a Madry-style MNIST CNN, so PGD
+    adversarial training and three adversarially trained encoders fit a CPU budget.
+    Shapes: layer1 (32,14,14), layer2 (64,7,7), layer3 (128,3,3), layer4 (128,1,1) -> logits (10).
+    """
+    return StagedModel([
+        ("layer1", _conv(1, 32, pool=True)),                     # (N, 32, 14, 14)
+        ("layer2", _conv(32, 64, pool=True)),                    # (N, 64, 7, 7)
+        ("layer3", _conv(64, 128, pool=True)),                   # (N, 128, 3, 3)
+        ("layer4", _conv(128, 128, pad=0)),                      # (N, 128, 1, 1)
+        ("logits", nn.Sequential(nn.Flatten(), nn.Linear(128, num_classes))),
+    ], input_shape=(1, 28, 28), num_classes=num_classes)
+
+
+@register_model("dld_svhn")
+def dld_svhn(num_classes: int = 10) -> StagedModel:
+    """DLD's "8-layer convolution network" for SVHN (details not given in the paper; our choice).
+
+    Eight 3x3 conv layers in four pairs (32, 64, 128, 256 channels; pool after each pair), each a
+    tap ``layer1``..``layer8``, then ``fc`` (256) and ``logits``.
+    """
+    widths = [(3, 32), (32, 32), (32, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256)]
+    stages: list[tuple[str, nn.Module]] = [
+        (f"layer{i + 1}", _conv(cin, cout, pool=(i % 2 == 1))) for i, (cin, cout) in enumerate(widths)
+    ]  # layer8: (N, 256, 2, 2)
+    stages += [("fc", nn.Sequential(nn.Flatten(), nn.Linear(256 * 2 * 2, 256), nn.ReLU())),
+               ("logits", nn.Linear(256, num_classes))]
+    return StagedModel(stages, input_shape=(3, 32, 32), num_classes=num_classes)
+
+
+@register_model("lenet5")
+def lenet5(num_classes: int = 10) -> StagedModel:
+    """LeNet-5 as in Caffe/LAD: conv20-pool-conv50-pool-fc500-fc10; ``fc1`` is the 500-d latent layer."""
+    return StagedModel([
+        ("conv1", nn.Sequential(nn.Conv2d(1, 20, 5), nn.MaxPool2d(2))),                 # (N, 20, 12, 12)
+        ("conv2", nn.Sequential(nn.Conv2d(20, 50, 5), nn.MaxPool2d(2))),                # (N, 50, 4, 4)
+        ("fc1", nn.Sequential(nn.Flatten(), nn.Linear(50 * 4 * 4, 500), nn.ReLU())),    # (N, 500)
+        ("logits", nn.Linear(500, num_classes)),
+    ], input_shape=(1, 28, 28), num_classes=num_classes)
+
+
+@register_model("mnist_black")
+def mnist_black(num_classes: int = 10) -> StagedModel:
+    """LAD's independently trained "black CNN" for transfer attacks: a different architecture than
+    LeNet (the cleverhans tutorial CNN: conv64 8x8/2, conv128 6x6/2, conv128 5x5, linear)."""
+    return StagedModel([
+        ("conv1", nn.Sequential(nn.Conv2d(1, 64, 8, stride=2, padding=3), nn.ReLU())),   # (N, 64, 14, 14)
+        ("conv2", nn.Sequential(nn.Conv2d(64, 128, 6, stride=2), nn.ReLU())),            # (N, 128, 5, 5)
+        ("conv3", nn.Sequential(nn.Conv2d(128, 128, 5), nn.ReLU())),                      # (N, 128, 1, 1)
+        ("logits", nn.Sequential(nn.Flatten(), nn.Linear(128, num_classes))),
+    ], input_shape=(1, 28, 28), num_classes=num_classes)
+
+
+@register_model("svhn_net")
+def svhn_net(num_classes: int = 10) -> StagedModel:
+    """LAD's svhnNet (Table XII): conv64/128/256/512 with max-pooling, conv512, fc 4096-2048-512-10.
+
+    On 32x32 inputs four pools would leave 2x2, not the table's 512x4x4, so the fourth conv is not
+    followed by a pool (documented deviation). ``fc1`` is the 4096-d "fifth layer" the generator reads.
+    """
+    return StagedModel([
+        ("block1", _conv(3, 64, pool=True)),       # (N, 64, 16, 16)
+        ("block2", _conv(64, 128, pool=True)),     # (N, 128, 8, 8)
+        ("block3", _conv(128, 256, pool=True)),    # (N, 256, 4, 4)
+        ("block4", _conv(256, 512)),               # (N, 512, 4, 4)
+        ("block5", _conv(512, 512)),               # (N, 512, 4, 4)
+        ("fc1", nn.Sequential(nn.Flatten(), nn.Linear(512 * 4 * 4, 4096), nn.ReLU(), nn.Dropout(0.5))),
+        ("fc2", nn.Sequential(nn.Linear(4096, 2048), nn.ReLU())),
+        ("fc3", nn.Sequential(nn.Linear(2048, 512), nn.ReLU())),
+        ("logits", nn.Linear(512, num_classes)),
+    ], input_shape=(3, 32, 32), num_classes=num_classes)
+
+
+class BinaryLogits(nn.Module):
+    """Expose one logit z as two logits [0, z], so softmax equals sigmoid(z) and every attack and
+    loss written for K-class logits applies unchanged to a one-logit classifier."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(z), z], dim=1)
+
+
+_VGG11 = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
+
+
+@register_model("celeba_net")
+def celeba_net(image_size: int = 128) -> StagedModel:
+    """LAD's CelebANet (Table XIV): VGG11's conv/pool layers, fc 4096-2048-1 with dropout 0.5.
+
+    The paper's 128x128 crops give 512x4x4 features; other sizes (a multiple of 32) scale the first
+    linear layer. Trained from scratch here (no pretrained weights can be fetched). The single logit
+    is exposed as [0, z] (see BinaryLogits); ``fc1`` is the 4096-d latent layer.
+    """
+    if image_size % 32:
+        raise ValueError(f"celeba_net needs image_size divisible by 32, got {image_size}")
+    layers: list[nn.Module] = []
+    cin = 3
+    for v in _VGG11:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += [nn.Conv2d(cin, int(v), 3, padding=1), nn.ReLU()]
+            cin = int(v)
+    side = image_size // 32
+    return StagedModel([
+        ("features", nn.Sequential(*layers)),                                                 # (N, 512, s, s)
+        ("fc1", nn.Sequential(nn.Flatten(), nn.Linear(512 * side * side, 4096), nn.ReLU(), nn.Dropout(0.5))),
+        ("fc2", nn.Sequential(nn.Linear(4096, 2048), nn.ReLU(), nn.Dropout(0.5))),
+        ("logit", nn.Linear(2048, 1)),
+        ("logits", BinaryLogits()),
+    ], input_shape=(3, image_size, image_size), num_classes=2)
