@@ -25,7 +25,10 @@ def create_model(name: str, **kwargs: Any) -> TappedModel:
     """Build a registered architecture by name."""
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; available: {sorted(_REGISTRY)}")
-    return _REGISTRY[name](**kwargs)
+    model = _REGISTRY[name](**kwargs)
+    model.arch = name  # recorded in checkpoints so they can be rebuilt by name
+    model.arch_kwargs = dict(kwargs)
+    return model
 
 
 def list_models() -> list[str]:

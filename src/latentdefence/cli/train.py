@@ -1,0 +1,80 @@
+"""`latentdefence train` and `latentdefence evaluate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import cli_errors
+
+
+def register(app: typer.Typer) -> None:
+    """Add the training and evaluation commands to the main app."""
+    app.command("train")(train)
+    app.command("evaluate")(evaluate)
+
+
+def train(
+    arch: str = typer.Option("dld_mnist", help="Registered architecture (see `latentdefence models`)."),
+    dataset: str = typer.Option("mnist", help="mnist (embedded) | mnist-idx | svhn | celeba-smile"),
+    data_dir: Optional[Path] = typer.Option(None, help="Folder with the dataset's files (not for embedded mnist)."),
+    out: Path = typer.Option(Path("runs/train"), help="Checkpoint folder: last.* (resumable) and final.*"),
+    epochs: int = 10, batch_size: int = 100, lr: float = 1e-3,
+    optimizer: str = typer.Option("adam", help="adam | sgd"),
+    schedule: str = typer.Option("constant", help="constant | onecycle | cosine"),
+    adversarial: str = typer.Option("none", help="none | pgd (Madry) | fgsm_rs (fast, guarded)"),
+    eps: float = 0.3, steps: int = 7, eps_ramp_epochs: float = 0.0,
+    val_size: int = typer.Option(5000, help="Training images held out for periodic evaluation."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N training images (quick runs)."),
+    seed: int = 0,
+) -> None:
+    """Train a classifier (clean or adversarially), resumable from OUT/last, saving OUT/final."""
+    with cli_errors():
+        from ..data import load_dataset
+        from ..models import create_model
+        from ..training import TrainConfig, train_classifier
+
+        splits = load_dataset(dataset, data_dir)
+        train_set = splits.train.head(limit)
+        if not 0 <= val_size < len(train_set):
+            raise ValueError(f"--val-size {val_size} must be smaller than the {len(train_set)} training images")
+        fit, val = train_set.subset(slice(0, len(train_set) - val_size)), train_set.subset(
+            slice(len(train_set) - val_size, None))
+        config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,  # type: ignore[arg-type]
+                             schedule=schedule, adversarial=adversarial, eps=eps, steps=steps,  # type: ignore[arg-type]
+                             eps_ramp_epochs=eps_ramp_epochs, seed=seed)
+        result = train_classifier(create_model(arch), fit, config, val=val if val_size else None,
+                                  checkpoint_dir=out, metadata={"val_size": val_size})
+        typer.echo(json.dumps({"checkpoint": str(result.checkpoint), "last_epoch": result.history[-1]}, indent=2))
+
+
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint path (without or with .safetensors)."),
+    dataset: str = "mnist", data_dir: Optional[Path] = None,
+    eps: float = 0.3, steps: int = 40, step_size: Optional[float] = None, restarts: int = 1,
+    limit: Optional[int] = typer.Option(None, help="Evaluate on the first N test images only."),
+    out: Optional[Path] = typer.Option(None, help="Also write the metrics as JSON here."),
+) -> None:
+    """Clean and PGD (L-inf) accuracy of a checkpoint on the test split."""
+    with cli_errors():
+        from .._io import write_json
+        from ..attacks import PGD
+        from ..data import load_dataset
+        from ..evaluation import accuracy, robust_accuracy, wilson_interval
+        from ..training import load_checkpoint
+
+        model, meta = load_checkpoint(checkpoint)
+        test = load_dataset(dataset, data_dir).test.head(limit)
+        attack = PGD(eps, step_size or 2.5 * eps / steps, steps, restarts=restarts)
+        clean = accuracy(model, test.images, test.labels)
+        robust = robust_accuracy(model, test.images, test.labels, attack)
+        n = len(test)
+        metrics = {"checkpoint": str(checkpoint), "n": n, "clean_accuracy": clean, "pgd_accuracy": robust,
+                   "pgd_accuracy_ci95": wilson_interval(round(robust * n), n),
+                   "attack": {"eps": eps, "steps": steps, "step_size": attack.step_size, "restarts": restarts}}
+        typer.echo(json.dumps(metrics, indent=2))
+        if out:
+            write_json(out, metrics)

@@ -1,0 +1,51 @@
+"""Accuracy, robust accuracy and confidence intervals, computed in batches."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..attacks.base import Attack
+
+
+@torch.no_grad()
+def batched_predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Predicted classes (N,) for images (N, C, H, W), in eval mode, restoring the model's mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        return torch.cat([model(images[i:i + batch_size].to(device)).argmax(1).cpu()
+                          for i in range(0, len(images), batch_size)]) if len(images) else torch.empty(0, dtype=torch.long)
+    finally:
+        model.train(was_training)
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
+    """Fraction of images classified as their label."""
+    return float((batched_predict(model, images, batch_size) == labels).float().mean().item())
+
+
+def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack,
+                    batch_size: int = 250) -> float:
+    """Fraction of images still classified correctly after `attack` (untargeted)."""
+    device = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(images), batch_size):
+        x, y = images[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)
+        result = attack(model, x, y)
+        correct += int((result.predictions == y).sum().item())
+    return correct / max(len(images), 1)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial rate (95% by default), sound near 0 and 1."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))

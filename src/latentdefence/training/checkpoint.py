@@ -1,0 +1,53 @@
+"""Checkpoints as safetensors + a JSON sidecar: loadable without pickle, rebuilt by architecture name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._io import environment_info, git_revision, load_tensors, read_json, save_tensors, write_json
+from ..models import TappedModel, create_model
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    base = Path(path)
+    base = base.with_suffix("") if base.suffix in (".safetensors", ".json") else base
+    return base.with_suffix(".safetensors"), base.with_suffix(".json")
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, metadata: dict[str, Any] | None = None,
+                    extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write `path.safetensors` (weights, plus optional extra state) and `path.json`, each atomically."""
+    weights, sidecar = _paths(path)
+    arch = getattr(model, "arch", None)
+    meta = {"arch": arch, "arch_kwargs": getattr(model, "arch_kwargs", {}), "git_revision": git_revision(),
+            "environment": environment_info(), **(metadata or {})}
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"extra.{k}": v for k, v in (extra_tensors or {}).items()})
+    save_tensors(weights, tensors, {"arch": arch, "arch_kwargs": meta["arch_kwargs"]})
+    write_json(sidecar, meta)
+    return weights
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    with_extra: bool = False) -> tuple[TappedModel, dict[str, Any]] | tuple[
+                        TappedModel, dict[str, Any], dict[str, torch.Tensor]]:
+    """(model, metadata[, extra tensors]) from a checkpoint written by `save_checkpoint`."""
+    weights, sidecar = _paths(path)
+    meta = read_json(sidecar)
+    if not meta.get("arch"):
+        raise ValueError(f"{sidecar}: no 'arch' recorded; cannot rebuild the model by name")
+    tensors, _ = load_tensors(weights)
+    model = create_model(meta["arch"], **meta.get("arch_kwargs", {}))
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{weights}: weights do not fit architecture {meta['arch']!r} ({err})") from err
+    model.to(map_location)
+    if with_extra:
+        extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+        return model, meta, extra
+    return model, meta
