@@ -1,0 +1,38 @@
+"""Dataset loaders: every one returns `Splits` of NCHW float32 images in [0, 1] and int64 labels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .base import DatasetFileError, ImageDataset, Splits, default_cache_dir
+from .celeba import load_celeba_smile
+from .idx import load_idx_mnist
+from .mnist import load_mnist
+from .svhn import load_svhn
+
+# Loaders that read files a user downloaded; each takes the folder first.
+FILE_LOADERS: dict[str, Callable[..., Splits]] = {
+    "mnist-idx": load_idx_mnist,
+    "svhn": load_svhn,
+    "celeba-smile": load_celeba_smile,
+}
+DATASETS: tuple[str, ...] = ("mnist", *FILE_LOADERS)
+
+
+def load_dataset(name: str, data_dir: Path | None = None, **kw: Any) -> Splits:
+    """Load a dataset by name, so configs and the CLI pick one with a string."""
+    if name == "mnist":
+        if data_dir is not None:
+            raise ValueError("mnist loads its embedded copy and takes no data_dir; use 'mnist-idx' to read IDX files")
+        return load_mnist(**kw)
+    if name not in FILE_LOADERS:
+        raise KeyError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if data_dir is None:
+        raise ValueError(f"dataset {name!r} reads downloaded files: pass data_dir (the folder holding them)")
+    return FILE_LOADERS[name](Path(data_dir), **kw)
+
+
+__all__ = ["DATASETS", "DatasetFileError", "ImageDataset", "Splits", "default_cache_dir", "load_celeba_smile",
+           "load_dataset", "load_idx_mnist", "load_mnist", "load_svhn"]
