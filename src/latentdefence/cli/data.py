@@ -8,8 +8,9 @@ from typing import Any
 import torch
 import typer
 
-from ..data import DATASETS, DatasetFileError, ImageDataset, Splits, default_cache_dir, load_dataset
+from ..data import DATASETS, ImageDataset, Splits, default_cache_dir, load_dataset
 from ..data.cache import cache_dir
+from .errors import cli_errors
 
 app = typer.Typer(help="Inspect datasets and prepare their converted caches.", no_args_is_help=True)
 
@@ -20,22 +21,19 @@ ExtraOpt = typer.Option(False, "--extra", help="svhn only: append extra_32x32.ma
 
 
 def _load(dataset: str, data_dir: Path | None, image_size: int | None, extra: bool) -> Splits:
-    """Load through `load_dataset`, turning file problems into a message and exit code 2."""
+    """Load through `load_dataset`; a problem the user can fix becomes a message and exit code 2."""
     kw: dict[str, Any] = {}
     if image_size is not None:
         kw["image_size"] = image_size
     if extra:
         kw["extra"] = True
-    try:
+    with cli_errors():
         if image_size is not None and dataset != "celeba-smile":
             raise ValueError("--image-size applies to celeba-smile only")
         if extra and dataset != "svhn":
             raise ValueError("--extra applies to svhn only")
-        return load_dataset(dataset, data_dir, **kw)
-    except (DatasetFileError, FileNotFoundError, KeyError, ValueError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        typer.echo(f"error: {message}", err=True)
-        raise typer.Exit(2) from err
+        splits = load_dataset(dataset, data_dir, **kw)
+    return splits
 
 
 def _describe(part: ImageDataset) -> str:
