@@ -1,0 +1,228 @@
+"""The Deep Latent Defence detector, read like a scikit-learn estimator (cf. LocalOutlierFactor).
+
+``fit`` trains (or takes) the encoder-decoders, keeps only the encoders and builds one pruned k-NN
+index per encoder; ``calibrate`` learns the threshold on held-out clean data; ``predict`` flags inputs
+whose summed non-conformity (Eq. 8 over all encoders) exceeds it.
+
+Signs: ``score_samples`` = -(summed non-conformity), higher is more normal; ``decision_function`` =
+``threshold_ - nonconformity``, negative means flagged (as in scikit-learn's outlier detectors). For a
+ROC with adversarial examples as positives use ``-decision_function`` (or the non-conformity itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .._io import load_tensors, save_tensors
+from ..attacks.base import frozen_eval
+from ..data.base import ImageDataset
+from ..models import TappedModel, create_model
+from .encoders import EncoderDecoder, make_encoder
+from .knn import KNNIndex
+from .nonconformity import calibrate_threshold, credibility, nonconformity
+from .pruning import pruned_embeddings
+from .training import EncoderTrainConfig, train_encoder
+
+FORMAT = "latentdefence.dld/1"
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What the detector says about a batch of inputs."""
+
+    predicted: torch.Tensor                  # (N,) F's class
+    is_adversarial: torch.Tensor             # (N,) bool: nonconformity > threshold_
+    credibility: torch.Tensor                # (N,) conformal p-value; low is suspicious
+    nonconformity: torch.Tensor              # (N,) summed over encoders
+    per_layer: dict[str, torch.Tensor]       # tap -> (N,) beta_N of Eq. 8
+
+
+class DeepLatentDefence:
+    """Deep Latent Defence (Zizzo et al., arXiv:1910.03334): encoders on F's layers + latent k-NN.
+
+    Args:
+        classifier: the (adversarially trained) classifier F; never modified.
+        taps: layers given an encoder (paper: layers 1-3 on MNIST, 1-2 on SVHN).
+        k: neighbours per encoder (paper: 10).
+        latent_dim: embedding size (paper: 10 MNIST, 100 SVHN).
+        training: encoder-decoder training settings.
+        encoders: already-trained encoder-decoders per tap; when given, `fit` skips training.
+        knn_backend, knn_algorithm: see `KNNIndex`.
+        batch_size: inference batch size.
+        architecture: registry name of F, so `load` can rebuild it without being handed the model.
+    """
+
+    def __init__(self, classifier: TappedModel, taps: Sequence[str] = ("layer1", "layer2", "layer3"), *,
+                 k: int = 10, latent_dim: int = 10, training: EncoderTrainConfig | None = None,
+                 encoders: Mapping[str, EncoderDecoder] | None = None, knn_backend: str = "sklearn",
+                 knn_algorithm: str = "auto", batch_size: int = 256, architecture: str | None = None) -> None:
+        self.classifier = classifier
+        self.taps = taps
+        self.k = k
+        self.latent_dim = latent_dim
+        self.training = training
+        self.encoders = encoders
+        self.knn_backend = knn_backend
+        self.knn_algorithm = knn_algorithm
+        self.batch_size = batch_size
+        self.architecture = architecture
+
+    # -- learning -------------------------------------------------------------------------------
+    def fit(self, train: ImageDataset) -> "DeepLatentDefence":
+        """Train encoders (unless given), keep the encoders only, index pruned training embeddings."""
+        taps = list(self.taps)
+        if not taps:
+            raise ValueError("DeepLatentDefence needs at least one tap")
+        for tap in taps:
+            self.classifier.check_tap(tap)
+        eds = dict(self.encoders) if self.encoders is not None else {
+            tap: train_encoder(self.classifier, tap, train, self.latent_dim, self.training or EncoderTrainConfig())
+            for tap in taps}
+        missing = [t for t in taps if t not in eds]
+        if missing:
+            raise KeyError(f"no encoder-decoder given for taps {missing}")
+        device = next(self.classifier.parameters()).device
+        eds = {tap: eds[tap].to(device) for tap in taps}
+        data = pruned_embeddings(self.classifier, eds, train, self.batch_size)
+        self.encoders_ = nn.ModuleDict({tap: eds[tap].encoder for tap in taps}).eval()
+        self.encoder_specs_ = {tap: {"shape": list(eds[tap].shape), "latent_dim": eds[tap].latent_dim,
+                                     "width": eds[tap].width} for tap in taps}
+        self._build_indexes(data)
+        self.pruned_ = {tap: len(train) - len(data[tap][1]) for tap in taps}
+        return self
+
+    def _build_indexes(self, data: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.indexes_: dict[str, KNNIndex] = {}
+        for tap, (z, y) in data.items():
+            if len(y) < self.k:
+                raise ValueError(f"tap {tap!r}: only {len(y)} training points survive pruning, fewer than k={self.k}")
+            index = KNNIndex(self.knn_backend, self.knn_algorithm)
+            index.add(z, y)
+            self.indexes_[tap] = index
+
+    def calibrate(self, calibration: ImageDataset, target_fpr: float = 0.02) -> "DeepLatentDefence":
+        """Threshold with at most `target_fpr` of the clean calibration set flagged (Section IV-B)."""
+        _, scores, _ = self.nonconformity(calibration.images)
+        self.calibration_scores_ = scores
+        self.threshold_ = calibrate_threshold(scores, target_fpr)
+        self.target_fpr_ = target_fpr
+        return self
+
+    # -- inference -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def nonconformity(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(F's predictions (N,), summed non-conformity (N,), per-tap non-conformity) in batches."""
+        self._check_fitted("indexes_")
+        if images.ndim != 4 or not images.is_floating_point():
+            raise ValueError(f"images must be float (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        preds, per = [], {tap: [] for tap in self.indexes_}
+        for i in range(0, len(images), self.batch_size):
+            pred, latents = self.embed(images[i:i + self.batch_size])
+            preds.append(pred)
+            for tap, z in latents.items():
+                per[tap].append(nonconformity(self.indexes_[tap].neighbour_labels(z, self.k), pred))
+        predicted = torch.cat(preds)
+        per_layer = {tap: torch.cat(v) for tap, v in per.items()}
+        return predicted, torch.stack(list(per_layer.values())).sum(0), per_layer
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """F's predictions (B,) and each encoder's embedding (B, d), from one pass through F."""
+        device = next(self.classifier.parameters()).device
+        taps = list(self.encoders_.keys())
+        last = max(taps, key=self.classifier.tap_names.index)
+        with frozen_eval(self.classifier):
+            acts = self.classifier.intermediates(images.to(device), taps)
+            logits = self.classifier.forward_from(acts[last], last)
+            latents = {tap: self.encoders_[tap](acts[tap]).cpu() for tap in taps}
+        return logits.argmax(1).cpu(), latents
+
+    def predict(self, images: torch.Tensor) -> Detection:
+        """F's class, the adversarial flag, credibility and per-layer non-conformity per input."""
+        self._check_fitted("threshold_")
+        predicted, score, per_layer = self.nonconformity(images)
+        return Detection(predicted, score > self.threshold_, credibility(score, self.calibration_scores_),
+                         score, per_layer)
+
+    def score_samples(self, images: torch.Tensor) -> torch.Tensor:
+        """-(summed non-conformity): higher is more normal."""
+        return -self.nonconformity(images)[1].to(torch.float32)
+
+    def decision_function(self, images: torch.Tensor) -> torch.Tensor:
+        """threshold_ - non-conformity: negative means flagged as adversarial."""
+        self._check_fitted("threshold_")
+        return self.threshold_ + self.score_samples(images)
+
+    def centroids(self) -> dict[str, torch.Tensor]:
+        """Per tap, the class centroids (K, d) of the indexed training embeddings (Eq. 10's targets)."""
+        self._check_fitted("indexes_")
+        k = self.classifier.num_classes
+        out = {}
+        for tap, index in self.indexes_.items():
+            sums = torch.zeros(k, index.embeddings.shape[1]).index_add_(0, index.labels, index.embeddings)
+            counts = torch.bincount(index.labels, minlength=k).clamp_min(1).unsqueeze(1)
+            out[tap] = sums / counts
+        return out
+
+    def _check_fitted(self, attr: str) -> None:
+        if not hasattr(self, attr):
+            step = "calibrate()" if attr == "threshold_" else "fit()"
+            raise RuntimeError(f"DeepLatentDefence is not ready: call {step} first")
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """One atomic safetensors file: F's and the encoders' weights, indexes, calibration; JSON metadata."""
+        self._check_fitted("threshold_")
+        tensors = {f"classifier.{k}": v for k, v in self.classifier.state_dict().items()}
+        for tap, enc in self.encoders_.items():
+            tensors.update({f"encoder.{tap}.{k}": v for k, v in enc.state_dict().items()})
+            tensors[f"index.{tap}.embeddings"] = self.indexes_[tap].embeddings
+            tensors[f"index.{tap}.labels"] = self.indexes_[tap].labels
+        tensors["calibration_scores"] = self.calibration_scores_
+        meta = {"format": FORMAT, "params": self._params(), "encoders": self.encoder_specs_,
+                "threshold": self.threshold_, "target_fpr": self.target_fpr_, "pruned": self.pruned_}
+        save_tensors(path, tensors, meta)
+
+    def _params(self) -> dict[str, object]:
+        return {"taps": list(self.taps), "k": self.k, "latent_dim": self.latent_dim,
+                "training": asdict(self.training) if self.training else None, "knn_backend": self.knn_backend,
+                "knn_algorithm": self.knn_algorithm, "batch_size": self.batch_size, "architecture": self.architecture}
+
+    @classmethod
+    def load(cls, path: str | Path, classifier: TappedModel | None = None) -> "DeepLatentDefence":
+        """Rebuild a saved detector; F comes from the registry by name unless `classifier` is given."""
+        tensors, meta = load_tensors(path)
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a DLD detector artifact (format {meta.get('format')!r})")
+        params = dict(meta["params"])
+        if classifier is None:
+            if not params["architecture"]:
+                raise ValueError(f"{path}: no architecture recorded; pass classifier=")
+            classifier = create_model(params["architecture"])
+        classifier.load_state_dict(_strip(tensors, "classifier."))
+        training = EncoderTrainConfig(**params.pop("training")) if params.get("training") else None
+        det = cls(classifier, **{**params, "training": training})
+        det.encoder_specs_ = meta["encoders"]
+        device = next(classifier.parameters()).device
+        det.encoders_ = nn.ModuleDict({tap: _encoder(spec, _strip(tensors, f"encoder.{tap}.")).to(device)
+                                       for tap, spec in meta["encoders"].items()}).eval()
+        det._build_indexes({tap: (tensors[f"index.{tap}.embeddings"], tensors[f"index.{tap}.labels"])
+                            for tap in meta["encoders"]})
+        det.calibration_scores_ = tensors["calibration_scores"]
+        det.threshold_, det.target_fpr_, det.pruned_ = meta["threshold"], meta["target_fpr"], meta["pruned"]
+        return det
+
+
+def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _encoder(spec: Mapping[str, object], state: Mapping[str, torch.Tensor]) -> nn.Module:
+    enc = make_encoder(spec["shape"], spec["latent_dim"], spec["width"])  # type: ignore[arg-type]
+    enc.load_state_dict(state)
+    return enc

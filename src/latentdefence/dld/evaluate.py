@@ -1,0 +1,137 @@
+"""DLD's evaluation, with the paper's definitions (Section V).
+
+* robustness: an adversarial example is classified correctly by F, or misclassified and detected;
+* true positive: misclassified and detected. ``true_positive_rate`` = TP / misclassified examples;
+  ``tp_increase`` = TP / all examples = robustness - base accuracy (Table II's "TP increase");
+* false positive: a clean test sample flagged, also split into those F classifies correctly and
+  incorrectly (both as fractions of all clean samples, as in the paper's 0.98% + 0.98% = 1.96%);
+* ROC AUC: misclassified adversarial examples are positives, clean test samples negatives, score =
+  summed non-conformity (higher = more suspicious).
+Rates on subsets carry Wilson 95% intervals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from ..evaluation import wilson_interval
+from .nonconformity import calibrate_threshold
+
+
+@dataclass(frozen=True)
+class AttackMetrics:
+    """One Table I row."""
+
+    n: int
+    base_accuracy: float
+    robustness: float
+    roc_auc: float
+    true_positive_rate: float
+    tp_increase: float
+    base_accuracy_ci: tuple[float, float]
+    robustness_ci: tuple[float, float]
+    true_positive_rate_ci: tuple[float, float]
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CleanMetrics:
+    """False positives on clean test data at the calibrated threshold."""
+
+    n: int
+    accuracy: float
+    fpr: float
+    fpr_on_correct: float
+    fpr_on_incorrect: float
+    fpr_ci: tuple[float, float]
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def clean_metrics(labels: torch.Tensor, predicted: torch.Tensor, flagged: torch.Tensor) -> CleanMetrics:
+    """FP rate on clean samples, split by whether F is right."""
+    _same_length(labels, predicted, flagged)
+    n = len(labels)
+    correct = predicted == labels
+    fp = int(flagged.sum())
+    return CleanMetrics(n, _rate(correct.sum(), n), _rate(fp, n), _rate((flagged & correct).sum(), n),
+                        _rate((flagged & ~correct).sum(), n), wilson_interval(fp, n))
+
+
+def attack_metrics(labels: torch.Tensor, predicted: torch.Tensor, flagged: torch.Tensor, scores: torch.Tensor,
+                   clean_scores: torch.Tensor) -> AttackMetrics:
+    """Table I metrics for adversarial examples (F's predictions, flags and non-conformity on them)."""
+    _same_length(labels, predicted, flagged, scores)
+    n = len(labels)
+    correct = predicted == labels
+    wrong = ~correct
+    tp = int((wrong & flagged).sum())
+    robust = int(correct.sum()) + tp
+    return AttackMetrics(n=n, base_accuracy=_rate(correct.sum(), n), robustness=_rate(robust, n),
+                         roc_auc=roc_auc(scores[wrong], clean_scores), true_positive_rate=_rate(tp, int(wrong.sum())),
+                         tp_increase=_rate(tp, n), base_accuracy_ci=wilson_interval(int(correct.sum()), n),
+                         robustness_ci=wilson_interval(robust, n),
+                         true_positive_rate_ci=wilson_interval(tp, int(wrong.sum())))
+
+
+def roc_auc(positive_scores: torch.Tensor, negative_scores: torch.Tensor) -> float:
+    """ROC AUC (scikit-learn); NaN when either class is empty (e.g. no misclassified examples)."""
+    if len(positive_scores) == 0 or len(negative_scores) == 0:
+        return float("nan")
+    y, s = _stack(positive_scores, negative_scores)
+    return float(roc_auc_score(y, s))
+
+
+def roc_points(positive_scores: torch.Tensor, negative_scores: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rates, true positive rates) for plotting a ROC curve."""
+    y, s = _stack(positive_scores, negative_scores)
+    fpr, tpr, _ = roc_curve(y, s)
+    return fpr, tpr
+
+
+def cumulative_layers(taps: Sequence[str], calibration: Mapping[str, torch.Tensor], clean: Mapping[str, torch.Tensor],
+                      clean_wrong: torch.Tensor, adversarial: Mapping[str, torch.Tensor], adversarial_wrong: torch.Tensor,
+                      target_fpr: float) -> list[dict[str, object]]:
+    """Table II: with encoders on taps[:1], taps[:2], ..., re-calibrate and report TP increase and FP.
+
+    Each mapping holds per-tap non-conformity; ``*_wrong`` marks the samples F misclassifies.
+    """
+    rows = []
+    for depth in range(1, len(taps) + 1):
+        used = list(taps[:depth])
+        threshold = calibrate_threshold(_sum(calibration, used), target_fpr)
+        adv_flag = _sum(adversarial, used) > threshold
+        clean_flag = _sum(clean, used) > threshold
+        rows.append({"layers": used, "threshold": threshold,
+                     "tp_increase": _rate((adv_flag & adversarial_wrong).sum(), len(adv_flag)),
+                     "fpr": _rate(clean_flag.sum(), len(clean_flag)),
+                     "fpr_on_incorrect": _rate((clean_flag & clean_wrong).sum(), len(clean_flag))})
+    return rows
+
+
+def _sum(per_layer: Mapping[str, torch.Tensor], taps: Sequence[str]) -> torch.Tensor:
+    return torch.stack([per_layer[t] for t in taps]).sum(0)
+
+
+def _stack(pos: torch.Tensor, neg: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    y = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
+    s = torch.cat([pos.to(torch.float64), neg.to(torch.float64)]).numpy()
+    return y, s
+
+
+def _rate(count: torch.Tensor | int, n: int) -> float:
+    return float(count) / n if n else float("nan")
+
+
+def _same_length(*tensors: torch.Tensor) -> None:
+    lengths = {tuple(t.shape) for t in tensors}
+    if len(lengths) != 1 or len(next(iter(lengths))) != 1:
+        raise ValueError(f"expected 1-D tensors of one length, got shapes {sorted(lengths)}")

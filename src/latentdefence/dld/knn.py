@@ -1,0 +1,94 @@
+"""Exact k-nearest-neighbour search in a latent space behind a two-call surface (add / search).
+
+Backends (chosen by ``benchmarks/detect.py``, never a hand-written search):
+
+* ``"sklearn"``: scikit-learn ``NearestNeighbors`` (``algorithm`` "auto" | "brute" | "kd_tree" | "ball_tree");
+* ``"faiss"``: FAISS ``IndexFlatL2``. FAISS ships its own OpenMP runtime, so it is imported only when
+  this backend is chosen, keeping the default process to the one runtime torch brings.
+
+Distances are Euclidean (FAISS's squared distances are square-rooted) so backends agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+BACKENDS = ("sklearn", "faiss")
+
+
+class KNNIndex:
+    """Labelled embeddings with exact L2 k-NN search."""
+
+    def __init__(self, backend: str = "sklearn", algorithm: str = "auto") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown k-NN backend {backend!r}; choose one of {BACKENDS}")
+        self.backend = backend
+        self.algorithm = algorithm
+        self.embeddings = torch.empty(0, 0)
+        self.labels = torch.empty(0, dtype=torch.int64)
+        self._impl: Any = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def add(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+        """Append embeddings (N, d) float with labels (N,) int64."""
+        embeddings = _as_matrix(embeddings, "embeddings")
+        if labels.shape != embeddings.shape[:1] or labels.dtype != torch.int64:
+            raise ValueError(f"labels must be int64 shaped ({embeddings.shape[0]},), got "
+                             f"{labels.dtype} {tuple(labels.shape)}")
+        if len(self) and embeddings.shape[1] != self.embeddings.shape[1]:
+            raise ValueError(f"embedding dim {embeddings.shape[1]} != index dim {self.embeddings.shape[1]}")
+        self.embeddings = embeddings if not len(self) else torch.cat([self.embeddings, embeddings])
+        self.labels = torch.cat([self.labels, labels.cpu()])
+        self._impl = self._build(self.embeddings.numpy())
+
+    def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distances (Q, k) float32 ascending, indices (Q, k) int64) of the k nearest stored points."""
+        queries = _as_matrix(queries, "queries")
+        if not len(self):
+            raise RuntimeError("search on an empty k-NN index; call add() first")
+        if not 0 < k <= len(self):
+            raise ValueError(f"k must be in 1..{len(self)} (index size), got {k}")
+        if queries.shape[1] != self.embeddings.shape[1]:
+            raise ValueError(f"query dim {queries.shape[1]} != index dim {self.embeddings.shape[1]}")
+        q = queries.numpy()
+        if self.backend == "faiss":
+            dist, idx = self._impl.search(q, k)
+            dist = np.sqrt(np.maximum(dist, 0.0))
+        else:
+            dist, idx = self._impl.kneighbors(q, n_neighbors=k)
+        return torch.from_numpy(np.ascontiguousarray(dist, dtype=np.float32)), torch.from_numpy(idx.astype(np.int64))
+
+    def neighbour_labels(self, queries: torch.Tensor, k: int) -> torch.Tensor:
+        """Labels (Q, k) of each query's k nearest stored points (the multiset Omega_N of Eq. 8)."""
+        return self.labels[self.search(queries, k)[1]]
+
+    def nbytes(self) -> int:
+        """Memory of the stored embeddings and labels (the backends keep one float32 copy each)."""
+        return self.embeddings.numel() * 4 * 2 + self.labels.numel() * 8
+
+    def _build(self, data: np.ndarray) -> Any:
+        if self.backend == "faiss":
+            import faiss  # lazily: see the module docstring
+
+            index = faiss.IndexFlatL2(data.shape[1])
+            index.add(data)
+            return index
+        from sklearn.neighbors import NearestNeighbors
+
+        return NearestNeighbors(algorithm=self.algorithm).fit(data)
+
+
+def _as_matrix(x: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D tensor (N, d), got {getattr(x, 'shape', type(x))}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got {x.dtype}")
+    x = x.detach().to("cpu", torch.float32).contiguous()
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contain NaN or infinite values")
+    return x
