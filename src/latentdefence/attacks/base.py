@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,6 +46,54 @@ def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
 
 
+def project(adv: torch.Tensor, images: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Nearest point to `adv` inside the `norm` ball of radius `eps` around `images`, clipped to [0, 1].
+
+    L-inf is exact; L2 rescales the perturbation then clips to the box (the usual approximation).
+    """
+    delta = adv - images
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    elif norm == "l2":
+        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+        delta = delta * (eps / norms).clamp(max=1.0).view(-1, *[1] * (delta.ndim - 1))
+    else:
+        raise ValueError(f"cannot project onto a {norm!r} ball; expected 'linf' or 'l2'")
+    return (images + delta).clamp(0, 1)
+
+
+def margin(logits: torch.Tensor, goal: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """Per-sample logit margin that is negative exactly when the attack has succeeded.
+
+    Untargeted: z_label - max_{i != label} z_i. Targeted: max_{i != target} z_i - z_target.
+    """
+    goal_logit = logits.gather(1, goal[:, None]).squeeze(1)
+    others = logits.scatter(1, goal[:, None], -float("inf")).amax(dim=1)
+    return others - goal_logit if targeted else goal_logit - others
+
+
+@contextlib.contextmanager
+def channels_last_weights(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """Run with 4-D (conv) weights in channels_last memory format; the original tensors are put back.
+
+    Values never change and the original storages are left untouched (copies are swapped in), so
+    optimisers and other references stay valid. On this CPU it made input-gradient passes of
+    `dld_mnist`/`dld_svhn` about 1.5x faster, left `lenet5` unchanged and made `mnist_black` 2x
+    slower, hence opt-in per attack (`channels_last=True`).
+    """
+    swapped: list[tuple[nn.Parameter, torch.Tensor]] = []
+    if enabled:
+        for p in model.parameters():
+            if p.ndim == 4 and not p.is_contiguous(memory_format=torch.channels_last):
+                swapped.append((p, p.data))
+                p.data = p.data.contiguous(memory_format=torch.channels_last)
+    try:
+        yield model
+    finally:
+        for p, data in swapped:
+            p.data = data
+
+
 @contextlib.contextmanager
 def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode, no parameter gradients; both restored afterwards, whatever happens."""
@@ -67,24 +117,56 @@ def check_inputs(images: torch.Tensor, labels: torch.Tensor, targets: torch.Tens
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
     if not images.is_floating_point():
         raise TypeError(f"images must be floating point in [0, 1], got {images.dtype}")
-    if torch.isnan(images).any():
-        raise ValueError("images contain NaN")
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or inf")
     if images.numel() and (images.min() < 0 or images.max() > 1):
         raise ValueError(f"images must lie in [0, 1], got range [{images.min():.3g}, {images.max():.3g}]")
     if labels.shape != (images.shape[0],) or labels.dtype != torch.int64:
         raise ValueError(f"labels must be int64 of shape ({images.shape[0]},), got {labels.dtype} "
                          f"{tuple(labels.shape)}")
-    if targeted and (targets is None or targets.shape != labels.shape):
+    if targeted and (targets is None or targets.shape != labels.shape or targets.dtype != torch.int64):
         raise ValueError("a targeted attack needs targets=int64 tensor shaped like labels")
+    for name, t in (("labels", labels), ("targets", targets)):
+        if t is not None and t.numel() and t.min() < 0:
+            raise ValueError(f"{name} must be non-negative class indices")
     if not targeted and targets is not None:
         raise ValueError("targets given to an untargeted attack; build it with targeted=True")
 
 
 class Attack:
-    """Base class: subclasses set `norm` and `targeted` and implement `run`."""
+    """Base class: subclasses set `norm` and `targeted` and implement `run`.
+
+    The base owns the checks, model-state hygiene, the final success check and the norms; a
+    subclass's constructor only stores its keyword arguments under the same names (so `params`
+    can report them) and `run` does the work.
+    """
 
     norm: str = "linf"
     targeted: bool = False
+    channels_last: bool = False
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Constructor arguments as JSON-friendly values (callables by name, generators as None)."""
+        out: dict[str, Any] = {}
+        for name in inspect.signature(type(self).__init__).parameters:
+            if name == "self" or not hasattr(self, name):
+                continue
+            value = getattr(self, name)
+            if isinstance(value, torch.Generator):
+                value = None
+            elif callable(value):
+                value = getattr(value, "__name__", type(value).__name__)
+            out[name] = value
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """Threat model and settings as a dict: {"attack": class name, "norm", "targeted", **params}."""
+        return {"attack": type(self).__name__, "norm": self.norm, "targeted": self.targeted, **self.params}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
 
     def run(self, model: nn.Module, images: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
         """Adversarial images for `goal` (true labels, or targets when targeted)."""
@@ -95,10 +177,16 @@ class Attack:
         check_inputs(images, labels, targets, self.targeted)
         goal = targets if self.targeted else labels
         assert goal is not None
-        with frozen_eval(model):
-            adv = self.run(model, images.detach().clone(), goal).detach().clamp(0, 1)
+        if images.shape[0] == 0:
+            empty = torch.zeros(0, device=images.device)
+            return AttackResult(images.detach().clone(), empty.bool(), empty, labels.clone())
+        with frozen_eval(model), channels_last_weights(model, self.channels_last):
+            adv = self.run(model, images.detach().clone(), goal.detach().clone()).detach().clamp(0, 1).contiguous()
             with torch.no_grad():
-                preds = model(adv).argmax(dim=1)
+                logits = model(adv)
+            if logits.ndim != 2 or logits.shape[0] != images.shape[0]:
+                raise ValueError(f"model must return (N, classes) logits, got shape {tuple(logits.shape)}")
+            preds = logits.argmax(dim=1)
         success = preds == goal if self.targeted else preds != goal
         return AttackResult(adv, success, perturbation_norm(adv - images, self.norm), preds)
 
