@@ -9,7 +9,7 @@ demo: setup
 	$(BIN)/latentdefence demo
 
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py

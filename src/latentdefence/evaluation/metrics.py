@@ -25,7 +25,8 @@ def batched_predict(model: nn.Module, images: torch.Tensor, batch_size: int = 50
 
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
     """Fraction of images classified as their label."""
-    return float((batched_predict(model, images, batch_size) == labels).float().mean().item())
+    correct = int((batched_predict(model, images, batch_size) == labels).sum().item())
+    return correct / max(len(labels), 1)
 
 
 def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack,

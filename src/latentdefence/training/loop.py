@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -153,8 +154,10 @@ def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any
     _restore_optimizer(opt, extra)
     torch.set_rng_state(extra["rng"])
     epoch = int(meta["epoch"])
-    for _ in range(epoch * steps_per_epoch if sched is not None else 0):
-        sched.step()
+    with warnings.catch_warnings():  # replaying the schedule; no optimizer step is skipped
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(epoch * steps_per_epoch if sched is not None else 0):
+            sched.step()
     return epoch, list(meta["history"])
 
 

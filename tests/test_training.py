@@ -1,0 +1,132 @@
+"""Training: it learns, checkpoints round-trip without pickle, resume equals an uninterrupted run, DDP equals one process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from latentdefence.data import ImageDataset
+from latentdefence.models import create_model
+from latentdefence.training import TrainConfig, load_checkpoint, save_checkpoint, train_classifier
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def toy_digits(n: int = 400, seed: int = 0) -> ImageDataset:
+    """A learnable 28x28 task: class k has a bright bar at row 2k+4 plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    images = torch.rand(n, 1, 28, 28, generator=g) * 0.3
+    for i, k in enumerate(labels.tolist()):
+        images[i, 0, 2 * k + 4, 4:24] = 1.0
+    return ImageDataset(images, labels, "toy", "train")
+
+
+def test_clean_training_learns_a_simple_task() -> None:
+    torch.manual_seed(0)
+    model = create_model("dld_mnist")
+    data = toy_digits()
+    result = train_classifier(model, data, TrainConfig(epochs=3, batch_size=50, lr=3e-3), val=toy_digits(200, 1))
+    assert result.history[-1]["val_clean_acc"] > 0.9
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_adversarial_training_records_pgd_accuracy() -> None:
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=1, batch_size=50, lr=3e-3, adversarial="fgsm_rs", eps=0.1, eval_pgd_steps=3,
+                      eval_samples=50)
+    result = train_classifier(create_model("dld_mnist"), toy_digits(100), cfg, val=toy_digits(50, 1))
+    assert 0.0 <= result.history[0]["val_pgd_acc"] <= result.history[0]["val_clean_acc"] + 1e-9
+    assert cfg.train_attack(0.1).steps == 1 and cfg.train_attack(0.1).step_size == pytest.approx(0.125)
+    assert TrainConfig(adversarial="pgd", steps=7).train_attack(0.3).step_size == pytest.approx(2.5 * 0.3 / 7)
+    assert TrainConfig().train_attack(0.3) is None
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path: Path) -> None:
+    model = create_model("lenet5").eval()
+    save_checkpoint(tmp_path / "ck", model, {"note": "x"})
+    loaded, meta = load_checkpoint(tmp_path / "ck.safetensors")
+    x = torch.rand(4, 1, 28, 28)
+    torch.testing.assert_close(loaded.eval()(x), model(x))
+    assert meta["arch"] == "lenet5" and meta["note"] == "x" and "git_revision" in meta
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_corrupt_or_mismatched_checkpoints_are_named(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "ck", create_model("lenet5"))
+    weights = tmp_path / "ck.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="ck.safetensors"):
+        load_checkpoint(tmp_path / "ck")
+    save_checkpoint(tmp_path / "other", create_model("lenet5"))
+    (tmp_path / "other.json").write_text((tmp_path / "other.json").read_text().replace('"lenet5"', '"dld_mnist"'))
+    with pytest.raises(ValueError, match="do not fit architecture 'dld_mnist'"):
+        load_checkpoint(tmp_path / "other")
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        load_checkpoint(tmp_path / "missing")
+
+
+def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path: Path, monkeypatch) -> None:
+    import latentdefence.training.loop as loop
+
+    data = toy_digits(200)
+    cfg = TrainConfig(epochs=2, batch_size=50, lr=3e-3, schedule="onecycle")
+    torch.manual_seed(0)
+    straight = create_model("dld_mnist")
+    train_classifier(straight, data, cfg)
+
+    real_epoch = loop._train_epoch
+
+    def crash_in_second_epoch(*args, **kwargs):
+        if args[6] == 1:  # epoch index
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_train_epoch", crash_in_second_epoch)
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(create_model("dld_mnist"), data, cfg, checkpoint_dir=tmp_path)
+    assert '"epoch": 1' in (tmp_path / "last.json").read_text() and not (tmp_path / "final.json").exists()
+    monkeypatch.setattr(loop, "_train_epoch", real_epoch)
+    torch.manual_seed(1)  # a different init: everything must come from the checkpoint
+    resumed = create_model("dld_mnist")
+    result = train_classifier(resumed, data, cfg, checkpoint_dir=tmp_path)
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+DDP_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from test_training import toy_digits
+from latentdefence.models import create_model
+from latentdefence.training import TrainConfig, train_classifier, save_checkpoint, init_distributed
+torch.manual_seed(0)
+model = create_model("dld_mnist")
+train_classifier(model, toy_digits(160), TrainConfig(epochs=2, batch_size=40, lr=3e-3), checkpoint_dir=sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_train_the_same_model_as_one(tmp_path: Path) -> None:
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(ROOT / "tests")))
+    env_cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               str(tmp_path / "ddp")]
+    subprocess.run(env_cmd, check=True, capture_output=True, timeout=300,
+                   env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    subprocess.run([sys.executable, str(script), str(tmp_path / "single")], check=True, capture_output=True,
+                   timeout=300)
+    ddp, _ = load_checkpoint(tmp_path / "ddp" / "final")
+    single, _ = load_checkpoint(tmp_path / "single" / "final")
+    for (name, a), b in zip(ddp.state_dict().items(), single.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3, msg=lambda m: f"{name}: {m}")
+    torch.manual_seed(0)
+    fresh = create_model("dld_mnist")
+    changed = any(not torch.allclose(a, b) for a, b in zip(fresh.state_dict().values(), single.state_dict().values()))
+    assert changed, "training must have moved the weights for the comparison to mean anything"
