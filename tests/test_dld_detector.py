@@ -1,0 +1,156 @@
+"""Encoder training, pruning, the detector end to end, its artifact, and the adaptive attack's box."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from latentdefence.data.base import ImageDataset
+from latentdefence.dld import (CentroidAttack, DeepLatentDefence, EncoderDecoder, EncoderTrainConfig, EnsembleModel,
+                               InsertedModel, adaptive_attack, prune_mask, pruned_embeddings, train_encoder)
+from latentdefence.models import StagedModel
+
+TAPS = ("layer1", "layer2")
+
+
+def _tiny_model() -> StagedModel:
+    return StagedModel([
+        ("layer1", nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))),  # (N, 4, 4, 4)
+        ("layer2", nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))),  # (N, 8, 2, 2)
+        ("logits", nn.Sequential(nn.Flatten(), nn.Linear(32, 3))),
+    ], input_shape=(1, 8, 8), num_classes=3)
+
+
+def _blobs(n: int, seed: int) -> ImageDataset:
+    """Three classes: a bright 4x4 quadrant (top-left, top-right, bottom) plus noise."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    images = 0.2 * torch.rand(n, 1, 8, 8, generator=gen)
+    for c, (r, col) in enumerate([(0, 0), (0, 4), (4, 2)]):
+        images[labels == c, :, r:r + 4, col:col + 4] += 0.7
+    return ImageDataset(images.clamp(0, 1), labels, "blobs", "train")
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[StagedModel, ImageDataset, dict[str, EncoderDecoder]]:
+    torch.manual_seed(0)
+    model, train = _tiny_model(), _blobs(240, 0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(train.images), train.labels).backward()
+        opt.step()
+    cfg = EncoderTrainConfig(epochs=6, batch_size=60, lr=0.01, eps=0.1, steps=2, step_size=0.05, eps_ramp=0.5, width=4)
+    eds = {tap: train_encoder(model, tap, train, latent_dim=3, config=cfg) for tap in TAPS}
+    return model, train, eds
+
+
+def test_training_leaves_the_classifier_untouched_and_learns(trained) -> None:
+    model, train, eds = trained
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    cfg = EncoderTrainConfig(epochs=1, batch_size=120, steps=1, width=4, eps=0.1)
+    train_encoder(model, "layer1", train, 3, cfg)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model.eval()
+    with torch.no_grad():
+        acc = (InsertedModel(model, "layer2", eds["layer2"].encoder, eds["layer2"].decoder)(train.images)
+               .argmax(1) == train.labels).float().mean()
+    assert acc > 0.9
+
+
+def test_prune_mask_keeps_correct_points_only() -> None:
+    assert prune_mask(torch.tensor([0, 1, 2, 1]), torch.tensor([0, 2, 2, 1])).tolist() == [True, False, True, True]
+
+
+def test_pruned_embeddings_drop_what_the_inserted_model_misclassifies(trained) -> None:
+    model, train, eds = trained
+    flipped = ImageDataset(train.images, (train.labels + 1) % 3, "blobs")   # every label now wrong...
+    mixed = ImageDataset(torch.cat([train.images[:30], flipped.images[:30]]),
+                         torch.cat([train.labels[:30], flipped.labels[:30]]))
+    out = pruned_embeddings(model, eds, mixed, batch_size=16)
+    for tap in TAPS:
+        z, y = out[tap]
+        assert z.shape[1] == 3 and len(y) <= 30                              # ...so none of them survives
+        assert len(y) >= 25
+
+
+@pytest.fixture(scope="module")
+def detector(trained) -> DeepLatentDefence:
+    model, train, eds = trained
+    det = DeepLatentDefence(model, TAPS, k=5, latent_dim=3, encoders=eds, batch_size=50)
+    return det.fit(train).calibrate(_blobs(150, 1), target_fpr=0.1)
+
+
+def test_detector_flags_off_manifold_inputs_but_few_clean(detector) -> None:
+    clean = _blobs(150, 2)
+    out = detector.predict(clean.images)
+    assert (out.predicted == clean.labels).float().mean() > 0.9
+    assert out.is_adversarial.float().mean() <= 0.2
+    assert set(out.per_layer) == set(TAPS)
+    assert torch.equal(out.nonconformity, out.per_layer["layer1"] + out.per_layer["layer2"])
+    pred, score, _ = detector.nonconformity(clean.images)
+    assert score.max() <= 2 * detector.k and score.min() >= 0
+    dec = detector.decision_function(clean.images)
+    assert torch.equal(dec < 0, out.is_adversarial)
+    assert ((out.credibility > 0) & (out.credibility <= 1)).all()
+
+
+def test_detector_needs_fit_and_calibration(trained) -> None:
+    model, _, _ = trained
+    det = DeepLatentDefence(model, TAPS)
+    with pytest.raises(RuntimeError, match="fit"):
+        det.score_samples(torch.zeros(1, 1, 8, 8))
+    with pytest.raises(KeyError, match="unknown tap"):
+        DeepLatentDefence(model, ("nope",), encoders={}).fit(_blobs(9, 0))
+
+
+def test_artifact_round_trip_gives_identical_predictions(detector, tmp_path: Path) -> None:
+    path = tmp_path / "dld.safetensors"
+    detector.save(path)
+    loaded = DeepLatentDefence.load(path, classifier=_tiny_model())
+    x = _blobs(60, 3).images
+    a, b = detector.predict(x), loaded.predict(x)
+    assert torch.equal(a.predicted, b.predicted) and torch.equal(a.nonconformity, b.nonconformity)
+    assert torch.equal(a.is_adversarial, b.is_adversarial) and loaded.threshold_ == detector.threshold_
+    assert not hasattr(loaded, "encoders_") or all(not hasattr(e, "decoder") for e in loaded.encoders_.values())
+    with pytest.raises(ValueError, match="architecture"):
+        DeepLatentDefence.load(path)
+
+
+def test_adaptive_attack_stays_in_the_eps_ball_and_box(trained, detector) -> None:
+    model, train, eds = trained
+    x, y = train.images[:30], train.labels[:30]
+    eps = 0.15
+    result = adaptive_attack(model, eds, detector.centroids(), x, y, eps=eps, step_size=0.05, steps=5,
+                             centroid=CentroidAttack(eps=eps, alpha2=15.0, steps=5, step_size=0.05))
+    assert (result.images - x).abs().max() <= eps + 1e-6
+    assert result.images.min() >= 0 and result.images.max() <= 1
+    assert torch.equal(result.predictions != y, result.success)
+
+
+def test_centroid_attack_keeps_only_misclassified_starts_and_moves_toward_centroids(trained, detector) -> None:
+    model, train, eds = trained
+    x, y = train.images[:12], train.labels[:12]
+    start = (x + 0.3 * torch.rand(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    attack = CentroidAttack(eps=0.3, alpha1=0.0, alpha2=1.0, steps=10, step_size=0.02)
+    encoders = {t: ed.encoder for t, ed in eds.items()}
+    result = attack(model, encoders, detector.centroids(), x, start, y)
+    with torch.no_grad():
+        wrong = model(start).argmax(1) != y
+    assert torch.equal(result.images[~wrong], start[~wrong])
+    assert (result.images - x).abs().max() <= 0.3 + 1e-6
+
+
+def test_ensemble_is_log_mean_softmax(trained) -> None:
+    model, train, eds = trained
+    x = train.images[:5]
+    with torch.no_grad():
+        probs = [model(x).softmax(1)] + [InsertedModel(model, t, e.encoder, e.decoder)(x).softmax(1)
+                                         for t, e in eds.items()]
+        expected = torch.stack(probs).mean(0).log()
+        assert torch.allclose(EnsembleModel(model, eds)(x), expected, atol=1e-5)
