@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import typer
 
 from . import data, train
@@ -10,6 +12,22 @@ app = typer.Typer(help="Latent-space defences for image classifiers (DLD, LAD): 
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 app.add_typer(data.app, name="data")
 train.register(app)
+
+
+@app.callback()
+def _configure(verbose: bool = typer.Option(True, help="Log per-epoch and per-stage summaries to stderr.")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+
+
+@app.command("models")
+def models() -> None:
+    """List the registered architectures and their taps."""
+    from ..models import create_model, list_models
+
+    for name in list_models():
+        model = create_model(name, **({"image_size": 64} if name == "celeba_net" else {}))
+        params = sum(p.numel() for p in model.parameters())
+        typer.echo(f"{name:12s} {params / 1e6:6.2f}M params  input {model.input_shape}  taps {', '.join(model.tap_names)}")
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -19,6 +20,8 @@ from ..data.base import ImageDataset
 from ..evaluation.metrics import accuracy, robust_accuracy
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistInfo, init_distributed, shard
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,8 @@ def train_classifier(model: nn.Module, train: ImageDataset, config: TrainConfig,
             if val is not None:
                 stats.update(_evaluate(model, val, config))
             result.history.append(stats)
+            log.info("epoch %d/%d: %s", epoch + 1, config.epochs,
+                     ", ".join(f"{k} {v:.4g}" for k, v in stats.items() if k != "epoch"))
             score = stats.get("val_pgd_acc", stats.get("val_clean_acc", -epoch))
             if score >= best[0]:
                 best = (score, copy.deepcopy(model.state_dict()))
