@@ -15,7 +15,6 @@ from torch import nn
 
 os.environ.setdefault("LATENTDEFENCE_PROGRESS", "0")
 
-from latentdefence.attacks import PGD  # noqa: E402
 from latentdefence.data import ImageDataset  # noqa: E402
 from latentdefence.models import create_model  # noqa: E402
 from latentdefence.training import TrainConfig, train_classifier  # noqa: E402
