@@ -1,5 +1,6 @@
 """Adversarial attacks, one small class each, called as `attack(model, images, labels)`."""
 
+from .apgd import APGD, APGDT, dlr_loss, dlr_targeted_loss
 from .base import (
     Attack,
     AttackResult,
@@ -13,5 +14,5 @@ from .base import (
 from .cw import CarliniWagnerL2
 from .pgd import FGSM, PGD
 
-__all__ = ["FGSM", "PGD", "Attack", "AttackResult", "CarliniWagnerL2", "channels_last_weights", "cross_entropy",
-           "frozen_eval", "margin", "perturbation_norm", "project"]
+__all__ = ["APGD", "APGDT", "FGSM", "PGD", "Attack", "AttackResult", "CarliniWagnerL2", "channels_last_weights", "cross_entropy",
+           "dlr_loss", "dlr_targeted_loss", "frozen_eval", "margin", "perturbation_norm", "project"]
