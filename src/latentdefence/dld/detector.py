@@ -54,13 +54,14 @@ class DeepLatentDefence:
         encoders: already-trained encoder-decoders per tap; when given, `fit` skips training.
         knn_backend, knn_algorithm: see `KNNIndex`.
         batch_size: inference batch size.
-        architecture: registry name of F, so `load` can rebuild it without being handed the model.
+
+    A classifier built by ``create_model`` records its registry name, so ``load`` can rebuild it.
     """
 
     def __init__(self, classifier: TappedModel, taps: Sequence[str] = ("layer1", "layer2", "layer3"), *,
                  k: int = 10, latent_dim: int = 10, training: EncoderTrainConfig | None = None,
                  encoders: Mapping[str, EncoderDecoder] | None = None, knn_backend: str = "sklearn",
-                 knn_algorithm: str = "auto", batch_size: int = 256, architecture: str | None = None) -> None:
+                 knn_algorithm: str = "auto", batch_size: int = 256) -> None:
         self.classifier = classifier
         self.taps = taps
         self.k = k
@@ -70,7 +71,6 @@ class DeepLatentDefence:
         self.knn_backend = knn_backend
         self.knn_algorithm = knn_algorithm
         self.batch_size = batch_size
-        self.architecture = architecture
 
     # -- learning -------------------------------------------------------------------------------
     def fit(self, train: ImageDataset) -> "DeepLatentDefence":
@@ -185,13 +185,15 @@ class DeepLatentDefence:
             tensors[f"index.{tap}.labels"] = self.indexes_[tap].labels
         tensors["calibration_scores"] = self.calibration_scores_
         meta = {"format": FORMAT, "params": self._params(), "encoders": self.encoder_specs_,
-                "threshold": self.threshold_, "target_fpr": self.target_fpr_, "pruned": self.pruned_}
+                "threshold": self.threshold_, "target_fpr": self.target_fpr_, "pruned": self.pruned_,
+                "classifier": {"arch": getattr(self.classifier, "arch", None),
+                               "arch_kwargs": getattr(self.classifier, "arch_kwargs", {})}}
         save_tensors(path, tensors, meta)
 
     def _params(self) -> dict[str, object]:
         return {"taps": list(self.taps), "k": self.k, "latent_dim": self.latent_dim,
                 "training": asdict(self.training) if self.training else None, "knn_backend": self.knn_backend,
-                "knn_algorithm": self.knn_algorithm, "batch_size": self.batch_size, "architecture": self.architecture}
+                "knn_algorithm": self.knn_algorithm, "batch_size": self.batch_size}
 
     @classmethod
     def load(cls, path: str | Path, classifier: TappedModel | None = None) -> "DeepLatentDefence":
@@ -201,9 +203,10 @@ class DeepLatentDefence:
             raise ValueError(f"{path}: not a DLD detector artifact (format {meta.get('format')!r})")
         params = dict(meta["params"])
         if classifier is None:
-            if not params["architecture"]:
-                raise ValueError(f"{path}: no architecture recorded; pass classifier=")
-            classifier = create_model(params["architecture"])
+            arch = meta["classifier"]
+            if not arch["arch"]:
+                raise ValueError(f"{path}: no classifier architecture recorded; pass classifier=")
+            classifier = create_model(arch["arch"], **arch["arch_kwargs"])
         classifier.load_state_dict(_strip(tensors, "classifier."))
         training = EncoderTrainConfig(**params.pop("training")) if params.get("training") else None
         det = cls(classifier, **{**params, "training": training})

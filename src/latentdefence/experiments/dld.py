@@ -1,0 +1,436 @@
+"""DLD experiments: Table I, Table II and Fig. 3 of Zizzo et al. (arXiv:1910.03334), one typed config.
+
+Profiles: ``paper`` (the paper's settings, for a GPU), ``cpu`` (a documented reduction: about an hour
+on 2 CPU cores for MNIST, slow attacks on subsets with Wilson intervals) and ``smoke`` (seconds, CI).
+``run_dld(config, out_dir)`` caches the classifier, encoders and adversarial sets by their settings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._io import atomic_path, environment_info, git_revision, load_tensors, save_tensors, write_json
+from .._progress import track
+from .._seed import seed_everything
+from ..data import load_dataset
+from ..data.base import ImageDataset
+from ..dld import (CentroidAttack, DeepLatentDefence, EncoderTrainConfig, attack_metrics, clean_metrics,
+                   cumulative_layers, ensemble_pgd, load_encoders, save_encoders, train_encoder)
+from ..dld.encoders import EncoderDecoder
+from ..models import TappedModel, create_model
+from .cache import is_complete, mark_complete, settings_key, stage_dir
+
+ATTACKS = ("fgsm", "pgd", "cw", "adaptive")
+# Paper values (percent / AUC) for the report: (base accuracy, robustness, ROC AUC); Table II: (TP increase, FP).
+PAPER: dict[str, dict[str, Any]] = {
+    "mnist": {"table1": {"fgsm": (95.64, 98.40, 0.994), "pgd": (91.20, 97.56, 0.99), "cw": (11.73, 96.10, 0.99),
+                         "adaptive": (92.65, 95.62, 0.982)},
+              "fpr": 1.96, "table2": [(76.40, 1.28), (82.12, 1.58), (84.37, 1.96)]},
+    "svhn": {"table1": {"fgsm": (65.56, 94.59, 0.971), "pgd": (22.59, 79.69, 0.906), "cw": (3.24, 99.41, 0.993),
+                        "adaptive": (28.89, 51.32, 0.811)},
+             "fpr": 10.02, "table2": [(94.06, 6.74), (96.17, 10.02)]},
+}
+
+
+@dataclass(frozen=True)
+class ClassifierSettings:
+    """Adversarial training of F (Section IV-A), mapped onto `training.TrainConfig`."""
+
+    arch: str = "dld_mnist"
+    epochs: int = 10
+    batch_size: int = 100
+    lr: float = 1e-3
+    adversarial: str = "pgd"
+    eps: float = 0.3
+    steps: int = 40
+    step_size: float | None = 0.01
+    eps_ramp_epochs: float = 0.0
+    max_train: int | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """Table I's attacks, Fig. 3's sweep and how many evaluation images each attack gets (None: all)."""
+
+    eps: float = 0.3                     # FGSM, PGD and adaptive L-inf radius
+    step_size: float = 0.01
+    pgd_steps: int = 100
+    pgd_restarts: int = 5
+    cw_steps: int = 2000
+    cw_binary_search_steps: int = 9
+    adaptive_steps: int = 100
+    adaptive_restarts: int = 1
+    centroid_steps: int = 100
+    alpha1: float = 0.01
+    alpha2: tuple[float, ...] = (0.0, 1.0, 5.0, 10.0, 15.0, 20.0)
+    n: dict[str, int | None] = field(default_factory=lambda: {a: None for a in ATTACKS})
+    batch_size: int = 250
+
+
+@dataclass(frozen=True)
+class DLDExperimentConfig:
+    """Everything one DLD run depends on."""
+
+    profile: str = "paper"
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    taps: tuple[str, ...] = ("layer1", "layer2", "layer3")
+    latent_dim: int = 10
+    k: int = 10
+    target_fpr: float = 0.02
+    n_calibration: int = 750
+    n_clean: int | None = None           # clean evaluation images (None: all after calibration)
+    index_max_train: int | None = None   # training images embedded in the k-NN indexes (None: all)
+    classifier: ClassifierSettings = ClassifierSettings()
+    classifier_checkpoint: str | None = None
+    encoder: EncoderTrainConfig = EncoderTrainConfig()
+    attacks: AttackSettings = AttackSettings()
+    seed: int = 0
+
+
+def dld_config(profile: str = "cpu", dataset: str = "mnist", data_dir: str | None = None) -> DLDExperimentConfig:
+    """The named profile for a dataset ("mnist" or "svhn")."""
+    if dataset not in ("mnist", "svhn"):
+        raise ValueError(f"DLD experiments cover mnist and svhn, got {dataset!r}")
+    base = _paper(dataset, data_dir)
+    if profile == "paper":
+        return base
+    if profile == "cpu":
+        return _cpu(base)
+    if profile == "smoke":
+        return _smoke(base)
+    raise ValueError(f"unknown profile {profile!r}; choose smoke, cpu or paper")
+
+
+def _paper(dataset: str, data_dir: str | None) -> DLDExperimentConfig:
+    if dataset == "mnist":
+        return DLDExperimentConfig(data_dir=data_dir)
+    return DLDExperimentConfig(
+        dataset="svhn", data_dir=data_dir, taps=("layer1", "layer2"), latent_dim=100,
+        classifier=ClassifierSettings(arch="dld_svhn", eps=0.05, steps=20, step_size=0.005),
+        encoder=EncoderTrainConfig(eps=0.05, step_size=0.005, steps=20),
+        attacks=AttackSettings(eps=0.05, step_size=0.005, cw_steps=1000))
+
+
+def _cpu(base: DLDExperimentConfig) -> DLDExperimentConfig:
+    """~1 h on 2 cores (MNIST): FGSM-RS classifier, encoders on 6k images, slow attacks on subsets."""
+    n = {"fgsm": 2000, "pgd": 200, "cw": 200, "adaptive": 200}
+    return replace(base, profile="cpu",
+                   classifier=replace(base.classifier, epochs=3, adversarial="fgsm_rs", step_size=None,
+                                      eps_ramp_epochs=1.0),
+                   encoder=replace(base.encoder, epochs=2, steps=3, step_size=base.attacks.eps / 2, eps_ramp=0.3,
+                                   max_train=6000),
+                   attacks=replace(base.attacks, cw_steps=100, cw_binary_search_steps=5, adaptive_steps=50,
+                                   centroid_steps=50, alpha2=(0.0, 5.0, 15.0, 30.0), n=n))
+
+
+def _smoke(base: DLDExperimentConfig) -> DLDExperimentConfig:
+    """Seconds: tiny subsets and a few steps everywhere; numbers are meaningless."""
+    n = {"fgsm": 20, "pgd": 12, "cw": 8, "adaptive": 12}
+    return replace(base, profile="smoke", n_calibration=100, n_clean=100, index_max_train=600,
+                   classifier=replace(base.classifier, epochs=1, adversarial="fgsm_rs", step_size=None,
+                                      max_train=600),
+                   encoder=replace(base.encoder, epochs=1, steps=1, batch_size=100, max_train=300, width=8),
+                   attacks=replace(base.attacks, pgd_steps=3, pgd_restarts=2, cw_steps=5, cw_binary_search_steps=1,
+                                   adaptive_steps=2, centroid_steps=2, alpha2=(0.0, 15.0), n=n))
+
+
+# -- the run ------------------------------------------------------------------------------------
+class _Timer:
+    """Wall time per stage, for results.json."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+
+
+def run_dld(config: DLDExperimentConfig, out_dir: str | Path, cache_root: Path | None = None) -> dict[str, Any]:
+    """Run the whole DLD pipeline; write results.json, report.md and figures to `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timer, generator = _Timer(), seed_everything(config.seed)
+    with timer.stage("data"):
+        train, cal, clean = _data(config)
+    with timer.stage("classifier"):
+        classifier, classifier_key = _classifier(config, train, cache_root)
+    with timer.stage("encoders"):
+        encoders, enc_dir = _encoders(config, classifier, classifier_key, train, cache_root)
+    with timer.stage("detector"):
+        detector = _detector(config, classifier, encoders, train, cal, enc_dir)
+    adversarial: dict[str, dict[str, torch.Tensor]] = {}
+    for name in ("fgsm", "pgd", "cw"):
+        with timer.stage(f"attack_{name}"):
+            adversarial[name] = _grey_box(config, name, classifier, classifier_key, clean, cache_root, generator)
+    with timer.stage("attack_adaptive"):
+        sweep = _adaptive(config, classifier, encoders, detector, enc_dir.name, clean, cache_root,
+                          generator)
+    with timer.stage("evaluate"):
+        results = _evaluate(config, detector, cal, clean, adversarial, sweep)
+    with timer.stage("figures"):
+        _figures(out, detector, clean, adversarial, sweep, results)
+    results.update(settings=asdict(config), seed=config.seed, git_revision=git_revision(),
+                   environment=environment_info(), wall_time_s=timer.seconds,
+                   dataset_sizes={"train": len(train), "calibration": len(cal), "clean_eval": len(clean)})
+    write_json(out / "results.json", results)
+    _write_report(out / "report.md", config, results)
+    return results
+
+
+def _data(config: DLDExperimentConfig) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
+    """Train split, and the test split cut into 750 calibration samples and the evaluation rest."""
+    splits = load_dataset(config.dataset, Path(config.data_dir) if config.data_dir else None)
+    if len(splits.test) <= config.n_calibration:
+        raise ValueError(f"test split has {len(splits.test)} images; need more than n_calibration={config.n_calibration}")
+    order = torch.randperm(len(splits.test), generator=torch.Generator().manual_seed(config.seed))
+    cal = splits.test.subset(order[:config.n_calibration])
+    clean = splits.test.subset(order[config.n_calibration:]).head(config.n_clean)
+    return splits.train, cal, clean
+
+
+def _classifier(config: DLDExperimentConfig, train: ImageDataset, root: Path | None) -> tuple[TappedModel, str]:
+    """F from the given checkpoint, else adversarially trained once and cached."""
+    from ..training import TrainConfig, load_checkpoint, train_classifier
+
+    if config.classifier_checkpoint:
+        model = load_checkpoint(config.classifier_checkpoint)[0]
+        return model, settings_key({"checkpoint": config.classifier_checkpoint})
+    cs = config.classifier
+    settings = {"dataset": config.dataset, **asdict(cs)}
+    path = stage_dir("dld-classifier", settings, root)
+    if not is_complete(path):
+        tc = TrainConfig(epochs=cs.epochs, batch_size=cs.batch_size, lr=cs.lr, adversarial=cs.adversarial,  # type: ignore[arg-type]
+                         eps=cs.eps, steps=cs.steps, step_size=cs.step_size, eps_ramp_epochs=cs.eps_ramp_epochs,
+                         seed=cs.seed)
+        train_classifier(create_model(cs.arch), train.head(cs.max_train), tc, checkpoint_dir=path)
+        mark_complete(path, settings)
+    return load_checkpoint(path / "final")[0].eval(), settings_key(settings)
+
+
+def _encoders(config: DLDExperimentConfig, classifier: TappedModel, classifier_key: str, train: ImageDataset,
+              root: Path | None) -> tuple[dict[str, EncoderDecoder], Path]:
+    """Encoder-decoders for every tap, trained once per (classifier, settings) and cached."""
+    settings = {"classifier": classifier_key, "taps": list(config.taps), "latent_dim": config.latent_dim,
+                **asdict(config.encoder)}
+    path = stage_dir("dld-encoders", settings, root)
+    if not is_complete(path):
+        eds = {tap: train_encoder(classifier, tap, train, config.latent_dim, config.encoder) for tap in config.taps}
+        save_encoders(str(path / "encoders.safetensors"), eds)
+        mark_complete(path, settings)
+    return load_encoders(str(path / "encoders.safetensors")), path
+
+
+def _detector(config: DLDExperimentConfig, classifier: TappedModel, encoders: dict[str, EncoderDecoder],
+              train: ImageDataset, cal: ImageDataset, enc_dir: Path) -> DeepLatentDefence:
+    """Fit the pruned indexes and calibrate; the artifact is saved beside the encoders."""
+    det = DeepLatentDefence(classifier, config.taps, k=config.k, latent_dim=config.latent_dim,
+                            training=config.encoder, encoders=encoders)
+    det.fit(train.head(config.index_max_train)).calibrate(cal, target_fpr=config.target_fpr)
+    det.save(enc_dir / f"detector-{settings_key({'n': config.index_max_train, 'fpr': config.target_fpr})}.safetensors")
+    return det
+
+
+def _cached_images(stage: str, settings: dict[str, Any], root: Path | None,
+                   make: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Adversarial sets stored once per settings."""
+    path = stage_dir(stage, settings, root)
+    if not is_complete(path):
+        save_tensors(path / "images.safetensors", make())
+        mark_complete(path, settings)
+    return load_tensors(path / "images.safetensors")[0]
+
+
+def _grey_box(config: DLDExperimentConfig, name: str, classifier: TappedModel, classifier_key: str,
+              clean: ImageDataset, root: Path | None, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """FGSM / PGD / CW-L2 against F alone (the defence unknown to the attacker)."""
+    from ..attacks import FGSM, PGD, CarliniWagnerL2
+
+    a = config.attacks
+    data = clean.head(a.n[name])
+    attack = {"fgsm": lambda: FGSM(eps=a.eps),
+              "pgd": lambda: PGD(eps=a.eps, step_size=a.step_size, steps=a.pgd_steps, restarts=a.pgd_restarts,
+                                 generator=generator),
+              "cw": lambda: CarliniWagnerL2(steps=a.cw_steps, binary_search_steps=a.cw_binary_search_steps)}[name]()
+    settings = {"classifier": classifier_key, "attack": name, "settings": asdict(a), "n": len(data), "seed": config.seed}
+
+    def make() -> dict[str, torch.Tensor]:
+        return {"images": _batched(lambda x, y: attack(classifier, x, y).images, data, a.batch_size, name),
+                "labels": data.labels}
+    return _cached_images(f"dld-attack-{name}", settings, root, make)
+
+
+def _batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], data: ImageDataset, batch_size: int,
+             name: str) -> torch.Tensor:
+    starts = range(0, len(data), batch_size)
+    return torch.cat([fn(data.images[i:i + batch_size], data.labels[i:i + batch_size])
+                      for i in track(starts, f"attack {name}", total=len(starts))])
+
+
+def _adaptive(config: DLDExperimentConfig, classifier: TappedModel, encoders: dict[str, EncoderDecoder],
+              detector: DeepLatentDefence, encoders_key: str, clean: ImageDataset, root: Path | None,
+              generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Stage (i) ensemble PGD, then Eq. 10 for every alpha2 of the sweep (Fig. 3); keys 'alpha2=<v>'."""
+    a = config.attacks
+    data = clean.head(a.n["adaptive"])
+    centroids = detector.centroids()
+    settings = {"encoders": encoders_key, "settings": asdict(a), "n": len(data), "seed": config.seed,
+                "index": config.index_max_train}
+
+    def stage_one(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return ensemble_pgd(classifier, encoders, x, y, eps=a.eps, step_size=a.step_size, steps=a.adaptive_steps,
+                            restarts=a.adaptive_restarts, generator=generator).images
+
+    def make() -> dict[str, torch.Tensor]:
+        first = _batched(stage_one, data, a.batch_size, "adaptive (i)")
+        out = {"labels": data.labels, "ensemble_pgd": first}
+        enc = {t: ed.encoder for t, ed in encoders.items()}
+        for alpha2 in a.alpha2:
+            attack = CentroidAttack(eps=a.eps, alpha1=a.alpha1, alpha2=alpha2, steps=a.centroid_steps,
+                                    step_size=a.step_size)
+            out[f"alpha2={alpha2:g}"] = torch.cat([
+                attack(classifier, enc, centroids, data.images[i:i + a.batch_size], first[i:i + a.batch_size],
+                       data.labels[i:i + a.batch_size]).images for i in range(0, len(data), a.batch_size)])
+        return out
+    return _cached_images("dld-attack-adaptive", settings, root, make)
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+def _evaluate(config: DLDExperimentConfig, det: DeepLatentDefence, cal: ImageDataset, clean: ImageDataset,
+              adversarial: dict[str, dict[str, torch.Tensor]], sweep: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Table I, Table II (on CW, as in the paper), Fig. 3 and the clean false positives."""
+    clean_pred, clean_score, clean_per = det.nonconformity(clean.images)
+    clean_flag = clean_score > det.threshold_
+    table1, scored = {}, {}
+    for name, adv in adversarial.items():
+        scored[name] = det.nonconformity(adv["images"])
+        table1[name] = _row(det, adv["labels"], scored[name], clean_score)
+    fig3 = {}
+    for key in (k for k in sweep if k.startswith("alpha2=")):
+        fig3[key.split("=")[1]] = _row(det, sweep["labels"], det.nonconformity(sweep[key]), clean_score)
+    strongest = min(fig3, key=lambda k: fig3[k]["robustness"])
+    table1["adaptive"] = {**fig3[strongest], "alpha2": float(strongest)}
+    _, cal_score, cal_per = det.nonconformity(cal.images)
+    cw_pred, _, cw_per = scored["cw"]
+    table2 = cumulative_layers(list(config.taps), cal_per, clean_per, clean_pred != clean.labels, cw_per,
+                               cw_pred != adversarial["cw"]["labels"], config.target_fpr)
+    clean_stats = clean_metrics(clean.labels, clean_pred, clean_flag)
+    return {"fpr": clean_stats.fpr, "clean": clean_stats.as_dict(), "threshold": det.threshold_,
+            "calibration_fpr": float((cal_score > det.threshold_).float().mean()), "table1": table1,
+            "table2": table2, "fig3": {"alpha1": config.attacks.alpha1, "robustness": {k: v["robustness"] for k, v in fig3.items()},
+                                       "rows": fig3, "strongest_alpha2": float(strongest)},
+            "pruned": det.pruned_}
+
+
+def _row(det: DeepLatentDefence, labels: torch.Tensor, scored: tuple[torch.Tensor, torch.Tensor, Any],
+         clean_score: torch.Tensor) -> dict[str, Any]:
+    pred, score, _ = scored
+    return attack_metrics(labels, pred, score > det.threshold_, score, clean_score).as_dict()
+
+
+# -- figures and report -------------------------------------------------------------------------
+def _figures(out: Path, det: DeepLatentDefence, clean: ImageDataset, adversarial: dict[str, dict[str, torch.Tensor]],
+             sweep: dict[str, torch.Tensor], results: dict[str, Any]) -> None:
+    """ROC curves per attack, Fig. 3 and a PCA of each latent space with adversarial points marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..dld.evaluate import roc_points
+
+    _, clean_score, _ = det.nonconformity(clean.images)
+    strongest = f"alpha2={results['fig3']['strongest_alpha2']:g}"
+    sets = {**adversarial, "adaptive": {"images": sweep[strongest], "labels": sweep["labels"]}}
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, adv in sets.items():
+        pred, score, _ = det.nonconformity(adv["images"])
+        wrong = pred != adv["labels"]
+        if wrong.any():
+            fpr, tpr = roc_points(score[wrong], clean_score)
+            ax.plot(fpr, tpr, label=f"{name} (AUC {results['table1'][name]['roc_auc']:.3f})")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set(xlabel="false positive rate (clean test)", ylabel="true positive rate (misclassified adv.)", title="DLD ROC")
+    ax.legend(loc="lower right")
+    _save(fig, out / "roc.png")
+    _fig3(out, results["fig3"])
+    _latent_pca(out, det, adversarial["pgd"])
+
+
+def _fig3(out: Path, fig3: dict[str, Any]) -> None:
+    import matplotlib.pyplot as plt
+
+    xs = sorted(fig3["robustness"], key=float)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([float(x) for x in xs], [100 * fig3["robustness"][x] for x in xs], "o-")
+    ax.set(xlabel="alpha2 (centroid weight, Eq. 10)", ylabel="robustness (%)",
+           title=f"Fig. 3: adaptive attack, alpha1 = {fig3['alpha1']}")
+    _save(fig, out / "fig3_alpha2.png")
+
+
+def _latent_pca(out: Path, det: DeepLatentDefence, adv: dict[str, torch.Tensor]) -> None:
+    """Fig. 1 from real data: training embeddings by class, misclassified PGD examples as crosses."""
+    import matplotlib.pyplot as plt
+    from sklearn.decomposition import PCA
+
+    pred, latents = det.embed(adv["images"])
+    wrong = pred != adv["labels"]
+    fig, axes = plt.subplots(1, len(det.indexes_), figsize=(5 * len(det.indexes_), 4.5), squeeze=False)
+    for ax, (tap, index) in zip(axes[0], det.indexes_.items()):
+        keep = torch.randperm(len(index), generator=torch.Generator().manual_seed(0))[:3000]
+        pca = PCA(n_components=2).fit(index.embeddings[keep].numpy())
+        train_2d, adv_2d = pca.transform(index.embeddings[keep].numpy()), pca.transform(latents[tap][wrong].numpy())
+        ax.scatter(train_2d[:, 0], train_2d[:, 1], c=index.labels[keep].numpy(), cmap="tab10", s=3, alpha=0.5)
+        ax.scatter(adv_2d[:, 0], adv_2d[:, 1], c=pred[wrong].numpy(), cmap="tab10", vmin=0, vmax=9, marker="x", s=30,
+                   linewidths=1.2, label="misclassified PGD (colour = predicted class)")
+        ax.set(title=f"{tap} latent space (PCA)")
+        ax.legend(loc="upper right", fontsize=7)
+    _save(fig, out / "latent_pca.png")
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _write_report(path: Path, config: DLDExperimentConfig, results: dict[str, Any]) -> None:
+    """Our numbers beside the paper's, with the difference."""
+    paper = PAPER[config.dataset]
+    lines = [f"# DLD on {config.dataset.upper()} ({config.profile} profile)", "",
+             f"Clean FP rate {100 * results['fpr']:.2f}% (paper {paper['fpr']:.2f}%); threshold "
+             f"{results['threshold']:g} calibrated on {config.n_calibration} held-out test images "
+             f"(target {100 * config.target_fpr:g}%). git {results['git_revision']}.", "",
+             "## Table I", "",
+             "| attack | n | base acc. ours / paper | robustness ours [95% CI] / paper (diff) | ROC AUC ours / paper | TP rate |",
+             "|---|---|---|---|---|---|"]
+    for name in ATTACKS:
+        r, (pb, pr, pa) = results["table1"][name], paper["table1"][name]
+        lo, hi = r["robustness_ci"]
+        lines.append(f"| {name} | {r['n']} | {100 * r['base_accuracy']:.2f} / {pb:.2f} | {100 * r['robustness']:.2f} "
+                     f"[{100 * lo:.1f}, {100 * hi:.1f}] / {pr:.2f} ({100 * r['robustness'] - pr:+.2f}) | "
+                     f"{r['roc_auc']:.3f} / {pa:.3f} | {100 * r['true_positive_rate']:.2f} |")
+    lines += ["", "## Table II (CW, encoders added layer by layer)", "",
+              "| layers | TP increase ours / paper | FP ours / paper |", "|---|---|---|"]
+    for row, (ptp, pfp) in zip(results["table2"], paper["table2"]):
+        lines.append(f"| {', '.join(row['layers'])} | {100 * row['tp_increase']:.2f} / {ptp:.2f} | "
+                     f"{100 * row['fpr']:.2f} / {pfp:.2f} |")
+    lines += ["", f"## Fig. 3 (strongest alpha2 = {results['fig3']['strongest_alpha2']:g}; paper: 15)", "",
+              "| alpha2 | robustness |", "|---|---|"]
+    lines += [f"| {k} | {100 * v:.2f} |" for k, v in sorted(results["fig3"]["robustness"].items(), key=lambda kv: float(kv[0]))]
+    lines += ["", "Wall time (s): " + ", ".join(f"{k} {v}" for k, v in results["wall_time_s"].items()), ""]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines))
