@@ -12,7 +12,8 @@ from .base import (
     project,
 )
 from .cw import CarliniWagnerL2
+from .jsma import JSMA
 from .pgd import FGSM, PGD
 
-__all__ = ["APGD", "APGDT", "FGSM", "PGD", "Attack", "AttackResult", "CarliniWagnerL2", "channels_last_weights", "cross_entropy",
+__all__ = ["APGD", "APGDT", "FGSM", "JSMA", "PGD", "Attack", "AttackResult", "CarliniWagnerL2", "channels_last_weights", "cross_entropy",
            "dlr_loss", "dlr_targeted_loss", "frozen_eval", "margin", "perturbation_norm", "project"]
