@@ -6,12 +6,13 @@ import logging
 
 import typer
 
-from . import data, train
+from . import data, reproduce, train
 
 app = typer.Typer(help="Latent-space defences for image classifiers (DLD, LAD): train, attack, defend, measure.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 app.add_typer(data.app, name="data")
 train.register(app)
+reproduce.register(app)
 
 
 @app.callback()

@@ -1,0 +1,91 @@
+"""Every table and figure of both papers, by name: `run_experiment("dld-mnist-table1", "cpu", out)`.
+
+Several names share one pipeline (Table II and Fig. 3 come from the same DLD run as Table I; LAD's
+tables and figures from one LAD run per dataset); the stage cache makes the second name nearly free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+PROFILES = ("smoke", "demo", "cpu", "paper")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A named paper experiment: which pipeline, on which dataset, reproducing what."""
+
+    name: str
+    pipeline: str          # "dld" or "lad"
+    dataset: str
+    reproduces: str
+    needs_data_dir: bool = False
+
+
+def _experiments() -> dict[str, Experiment]:
+    items: list[Experiment] = []
+    for ds, needs in (("mnist", False), ("svhn", True)):
+        for what, text in (("table1", "DLD Table I (FGSM, PGD, CW, adaptive: base accuracy, robustness, ROC AUC)"),
+                           ("table2", "DLD Table II (cumulative TP increase and FP by encoder depth)"),
+                           ("fig3", "DLD Fig. 3 (robustness against the adaptive attack's alpha2)")):
+            items.append(Experiment(f"dld-{ds}-{what}", "dld", ds, f"{text}, {ds.upper()}", needs))
+    lad = {"mnist": [("table2", "LAD Table II (white-box attacks on LeNet vs Adv. LeNet)"),
+                     ("table3", "LAD Table III (transfer attacks from a black CNN vs FT-0.1 LeNet)"),
+                     ("table4", "LAD Table IV (clean accuracy after fine-tuning on each attack)"),
+                     ("fig3", "LAD Fig. 3 (generator reconstructions)"),
+                     ("fig4", "LAD Fig. 4 (FGSM / JSMA / LAD examples)"),
+                     ("fig5", "LAD Fig. 5 (attack success rate against eps)"),
+                     ("fig6", "LAD Fig. 6 (transitions across the boundary)"),
+                     ("fig7", "LAD Fig. 7 (clean and adversarial accuracy against eps)")],
+           "svhn": [("table5", "LAD Table V (white-box attacks on svhnNet)"),
+                    ("table6", "LAD Table VI (transfer attacks on svhnNet)"),
+                    ("table7", "LAD Table VII (clean accuracy after fine-tuning)")],
+           "celeba": [("table8", "LAD Table VIII (white-box attacks on CelebANet)"),
+                      ("table9", "LAD Table IX (transfer attacks on CelebANet)"),
+                      ("table10", "LAD Table X (clean accuracy after fine-tuning)")]}
+    for ds, rows in lad.items():
+        for what, text in rows:
+            items.append(Experiment(f"lad-{ds}-{what}", "lad", ds, text, ds != "mnist"))
+    return {e.name: e for e in items}
+
+
+EXPERIMENTS: dict[str, Experiment] = _experiments()
+
+
+def get_experiment(name: str) -> Experiment:
+    """The experiment called `name`, or a clear error listing the choices."""
+    if name not in EXPERIMENTS:
+        raise KeyError(f"unknown experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)}")
+    return EXPERIMENTS[name]
+
+
+def run_experiment(name: str, profile: str, out_dir: str | Path, data_dir: str | Path | None = None,
+                   classifier_checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """Run a named experiment with a profile, writing results.json, report.md and figures to out_dir."""
+    exp = get_experiment(name)
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
+    if exp.needs_data_dir and data_dir is None:
+        raise ValueError(f"{name} needs --data-dir pointing at your copy of {exp.dataset.upper()} "
+                         f"(see docs/data.md); it cannot be downloaded here")
+    runner: Callable[[], dict[str, Any]]
+    if exp.pipeline == "dld":
+        from .dld import dld_config, run_dld
+
+        cfg = dld_config(profile, exp.dataset, str(data_dir) if data_dir else None)
+        if classifier_checkpoint:
+            cfg = replace(cfg, classifier_checkpoint=str(classifier_checkpoint))
+        runner = lambda: run_dld(cfg, out_dir)  # noqa: E731
+    else:
+        if classifier_checkpoint:
+            raise ValueError("--classifier applies to DLD experiments only")
+        from .lad import lad_config, run_lad
+
+        lcfg = lad_config(profile, exp.dataset, data_dir=str(data_dir) if data_dir else None)
+        runner = lambda: run_lad(lcfg, out_dir)  # noqa: E731
+    results = runner()
+    results.setdefault("experiment", name)
+    return results
