@@ -6,13 +6,23 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from typer.testing import CliRunner
 
+from latentdefence._io import save_tensors
+from latentdefence.cli.dld import app
 from latentdefence.experiments.dld import ATTACKS, dld_config, run_dld
 
 
-def test_smoke_run_writes_results_report_and_figures(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    run_dld(dld_config("smoke"), out, cache_root=tmp_path / "cache")
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("dld")
+    run_dld(dld_config("smoke"), root / "out", cache_root=root / "cache")
+    return root
+
+
+def test_smoke_run_writes_results_report_and_figures(smoke_run: Path) -> None:
+    out = smoke_run / "out"
     results = json.loads((out / "results.json").read_text())
     assert 0.0 <= results["fpr"] <= 1.0
     for name in ATTACKS:
@@ -33,3 +43,17 @@ def test_profiles_are_named_and_svhn_uses_its_own_settings() -> None:
     assert dld_config("paper").attacks.pgd_restarts == 5 and dld_config("paper").attacks.cw_steps == 2000
     with pytest.raises(ValueError, match="profile"):
         dld_config("huge")
+
+
+def test_cli_calibrates_and_detects_with_the_saved_artifact(smoke_run: Path) -> None:
+    artifact = next((smoke_run / "cache").glob("dld-encoders-*/detector-*.safetensors"))
+    runner = CliRunner()
+    res = runner.invoke(app, ["calibrate", str(artifact), "--n-calibration", "100", "--target-fpr", "0.05"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("threshold")
+    images = smoke_run / "x.safetensors"
+    save_tensors(images, {"images": torch.rand(7, 1, 28, 28)})
+    res = runner.invoke(app, ["detect", str(artifact), str(images)])
+    assert res.exit_code == 0 and '"n": 7' in res.output
+    res = runner.invoke(app, ["detect", str(artifact), str(smoke_run / "missing.safetensors")])
+    assert res.exit_code == 2 and "no such file" in res.output

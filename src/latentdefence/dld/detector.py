@@ -176,16 +176,18 @@ class DeepLatentDefence:
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """One atomic safetensors file: F's and the encoders' weights, indexes, calibration; JSON metadata."""
-        self._check_fitted("threshold_")
+        """One atomic safetensors file: F's and the encoders' weights, indexes, calibration (if done); JSON metadata."""
+        self._check_fitted("indexes_")
         tensors = {f"classifier.{k}": v for k, v in self.classifier.state_dict().items()}
         for tap, enc in self.encoders_.items():
             tensors.update({f"encoder.{tap}.{k}": v for k, v in enc.state_dict().items()})
             tensors[f"index.{tap}.embeddings"] = self.indexes_[tap].embeddings
             tensors[f"index.{tap}.labels"] = self.indexes_[tap].labels
-        tensors["calibration_scores"] = self.calibration_scores_
+        if hasattr(self, "threshold_"):
+            tensors["calibration_scores"] = self.calibration_scores_
         meta = {"format": FORMAT, "params": self._params(), "encoders": self.encoder_specs_,
-                "threshold": self.threshold_, "target_fpr": self.target_fpr_, "pruned": self.pruned_,
+                "threshold": getattr(self, "threshold_", None), "target_fpr": getattr(self, "target_fpr_", None),
+                "pruned": self.pruned_,
                 "classifier": {"arch": getattr(self.classifier, "arch", None),
                                "arch_kwargs": getattr(self.classifier, "arch_kwargs", {})}}
         save_tensors(path, tensors, meta)
@@ -216,8 +218,10 @@ class DeepLatentDefence:
                                        for tap, spec in meta["encoders"].items()}).eval()
         det._build_indexes({tap: (tensors[f"index.{tap}.embeddings"], tensors[f"index.{tap}.labels"])
                             for tap in meta["encoders"]})
-        det.calibration_scores_ = tensors["calibration_scores"]
-        det.threshold_, det.target_fpr_, det.pruned_ = meta["threshold"], meta["target_fpr"], meta["pruned"]
+        det.pruned_ = meta["pruned"]
+        if meta["threshold"] is not None:
+            det.calibration_scores_ = tensors["calibration_scores"]
+            det.threshold_, det.target_fpr_ = meta["threshold"], meta["target_fpr"]
         return det
 
 

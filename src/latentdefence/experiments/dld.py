@@ -135,10 +135,10 @@ def _cpu(base: DLDExperimentConfig) -> DLDExperimentConfig:
 def _smoke(base: DLDExperimentConfig) -> DLDExperimentConfig:
     """Seconds: tiny subsets and a few steps everywhere; numbers are meaningless."""
     n = {"fgsm": 20, "pgd": 12, "cw": 8, "adaptive": 12}
-    return replace(base, profile="smoke", n_calibration=100, n_clean=100, index_max_train=600,
+    return replace(base, profile="smoke", n_calibration=100, n_clean=60, index_max_train=400,
                    classifier=replace(base.classifier, epochs=1, adversarial="fgsm_rs", step_size=None,
-                                      max_train=600),
-                   encoder=replace(base.encoder, epochs=1, steps=1, batch_size=100, max_train=300, width=8),
+                                      max_train=400),
+                   encoder=replace(base.encoder, epochs=1, steps=1, batch_size=100, max_train=200, width=8),
                    attacks=replace(base.attacks, pgd_steps=3, pgd_restarts=2, cw_steps=5, cw_binary_search_steps=1,
                                    adaptive_steps=2, centroid_steps=2, alpha2=(0.0, 15.0), n=n))
 
@@ -192,12 +192,16 @@ def run_dld(config: DLDExperimentConfig, out_dir: str | Path, cache_root: Path |
 def _data(config: DLDExperimentConfig) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
     """Train split, and the test split cut into 750 calibration samples and the evaluation rest."""
     splits = load_dataset(config.dataset, Path(config.data_dir) if config.data_dir else None)
-    if len(splits.test) <= config.n_calibration:
-        raise ValueError(f"test split has {len(splits.test)} images; need more than n_calibration={config.n_calibration}")
-    order = torch.randperm(len(splits.test), generator=torch.Generator().manual_seed(config.seed))
-    cal = splits.test.subset(order[:config.n_calibration])
-    clean = splits.test.subset(order[config.n_calibration:]).head(config.n_clean)
-    return splits.train, cal, clean
+    cal, clean = calibration_split(splits.test, config.n_calibration, config.seed)
+    return splits.train, cal, clean.head(config.n_clean)
+
+
+def calibration_split(test: ImageDataset, n_calibration: int = 750, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
+    """(calibration, evaluation): a seeded random n_calibration of the test set, never evaluated on, and the rest."""
+    if len(test) <= n_calibration:
+        raise ValueError(f"test split has {len(test)} images; need more than n_calibration={n_calibration}")
+    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
+    return test.subset(order[:n_calibration]), test.subset(order[n_calibration:])
 
 
 def _classifier(config: DLDExperimentConfig, train: ImageDataset, root: Path | None) -> tuple[TappedModel, str]:
