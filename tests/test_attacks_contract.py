@@ -1,0 +1,133 @@
+"""The base-class contract, checked for every attack: state restored, inputs untouched, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_attacks_fixtures import make_net, one_thread, targets_for, tiny_batch, tiny_model  # noqa: F401
+
+from latentdefence.attacks import (
+    APGD,
+    APGDT,
+    FGSM,
+    JSMA,
+    PGD,
+    Attack,
+    CarliniWagnerL2,
+    channels_last_weights,
+    margin,
+)
+
+# Every attack, small settings, so the contract tests run fast.
+FACTORIES = {
+    "fgsm": lambda t: FGSM(eps=0.1, targeted=t),
+    "pgd_linf": lambda t: PGD(eps=0.1, steps=5, restarts=2, targeted=t, early_stop=True),
+    "pgd_l2": lambda t: PGD(eps=1.0, steps=5, norm="l2", targeted=t),
+    "cw": lambda t: CarliniWagnerL2(steps=20, binary_search_steps=2, initial_const=1.0, targeted=t),
+    "jsma": lambda t: JSMA(gamma=0.1),
+    "apgd_ce": lambda t: APGD(eps=0.1, steps=5, targeted=t),
+    "apgd_dlr": lambda t: APGD(eps=0.1, steps=5, loss="dlr", targeted=t),
+    "apgdt": lambda t: APGDT(eps=0.1, steps=5, n_target_classes=3),
+}
+UNTARGETED = [k for k in FACTORIES if k != "jsma"]
+TARGETED = [k for k in FACTORIES if k != "apgdt"]
+
+
+def test_margin_sign() -> None:
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    labels = torch.tensor([0, 0])
+    assert margin(logits, labels, targeted=False).tolist() == [2.0, -2.0]
+    assert margin(logits, torch.tensor([1, 1]), targeted=True).tolist() == [2.0, -1.0]
+
+
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_state_restored_and_inputs_untouched(name: str) -> None:
+    model = make_net()
+    model.load_state_dict(tiny_model().state_dict())
+    model.train()
+    model[0].weight.requires_grad_(False)               # a mix of flags must survive
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = tiny_batch(8)
+    x_copy, y_copy = x.clone(), y.clone()
+    attack = FACTORIES[name](name == "jsma")
+    targets = targets_for(y) if attack.targeted else None
+    t_copy = None if targets is None else targets.clone()
+    result = attack(model, x, y, targets)
+    assert model.training
+    assert [p.requires_grad for p in model.parameters()] == [False] + [True] * 5
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(x, x_copy) and torch.equal(y, y_copy)
+    assert targets is None or torch.equal(targets, t_copy)
+    assert result.images.shape == x.shape and result.success.dtype == torch.bool
+    assert result.norms.shape == y.shape and result.predictions.shape == y.shape
+    with torch.no_grad():
+        model.eval()
+        assert torch.equal(model(result.images).argmax(1), result.predictions)
+
+
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_describe_is_json_ready(name: str) -> None:
+    desc = FACTORIES[name](True).describe()
+    assert desc["attack"] == type(FACTORIES[name](True)).__name__
+    assert desc["norm"] in ("linf", "l2", "l0")
+    json.dumps(desc)
+
+
+@pytest.mark.parametrize("name", UNTARGETED)
+def test_clear_errors(name: str) -> None:
+    model, attack = tiny_model(), FACTORIES[name](False)
+    x, y = tiny_batch(4)
+    bad_nan = x.clone()
+    bad_nan[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        attack(model, bad_nan, y)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        attack(model, x[0], y)
+    with pytest.raises(TypeError, match="floating"):
+        attack(model, (x * 255).to(torch.uint8), y)
+    with pytest.raises(ValueError, match="int64"):
+        attack(model, x, y.int())
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        attack(model, x * 2, y)
+    with pytest.raises(ValueError, match="untargeted"):
+        attack(model, x, y, targets_for(y))
+
+
+@pytest.mark.parametrize("name", TARGETED)
+def test_targeted_needs_targets(name: str) -> None:
+    x, y = tiny_batch(4)
+    with pytest.raises(ValueError, match="targets"):
+        FACTORIES[name](True)(tiny_model(), x, y)
+
+
+def test_empty_batch() -> None:
+    x, y = tiny_batch(4)
+    result = PGD(eps=0.1, steps=2)(tiny_model(), x[:0], y[:0])
+    assert result.images.shape == (0, *x.shape[1:]) and result.success.numel() == 0
+
+
+def test_channels_last_weights_restores_tensors() -> None:
+    model = make_net()
+    ptrs = [p.data_ptr() for p in model.parameters()]
+    values = [p.detach().clone() for p in model.parameters()]
+    with channels_last_weights(model):
+        assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+        assert model[0].weight.data_ptr() != ptrs[0]
+    assert [p.data_ptr() for p in model.parameters()] == ptrs          # the very same storages are back
+    assert all(torch.equal(p, v) for p, v in zip(model.parameters(), values))
+    assert model[0].weight.is_contiguous()
+
+
+def test_channels_last_same_result() -> None:
+    x, y = tiny_batch(16)
+    a = PGD(eps=0.1, steps=3, random_start=False)(tiny_model(), x, y)
+    b = PGD(eps=0.1, steps=3, random_start=False, channels_last=True)(tiny_model(), x, y)
+    assert torch.allclose(a.images, b.images, atol=1e-5) or (a.images - b.images).abs().gt(1e-5).float().mean() < 0.01
+
+
+def test_base_is_abstract() -> None:
+    with pytest.raises(NotImplementedError):
+        Attack()(tiny_model(), *tiny_batch(2))
