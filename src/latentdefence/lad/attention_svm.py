@@ -64,8 +64,9 @@ class AttentionSVM:
         self.seed = seed
 
     def _alpha(self, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        # (N, D) -> (N, 1, D) -> conv1d -> (N, D)
-        return torch.tanh(F.conv1d(z.unsqueeze(1), weight, bias, padding=self.kernel_size // 2).squeeze(1))
+        # 1-D convolution as a matmul: (N, D + k - 1) -> windows (N, D, k) -> (N, D); avoids per-shape conv setup
+        windows = F.pad(z, (self.kernel_size // 2, self.kernel_size // 2)).unfold(1, self.kernel_size, 1)
+        return torch.tanh(windows @ weight + bias)
 
     def _scores(self, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, coef: torch.Tensor,
                 intercept: torch.Tensor) -> torch.Tensor:
@@ -84,7 +85,7 @@ class AttentionSVM:
         gen = seed_everything(self.seed)
         z = z.detach().float()
         sign = torch.where(y == classes[1], 1.0, -1.0)
-        weight = (0.01 * torch.randn(1, 1, self.kernel_size, generator=gen)).requires_grad_()
+        weight = (0.01 * torch.randn(self.kernel_size, generator=gen)).requires_grad_()
         bias = torch.zeros(1, requires_grad=True)
         coef = torch.zeros(z.shape[1], requires_grad=True)
         intercept = torch.zeros((), requires_grad=True)

@@ -1,0 +1,560 @@
+"""LAD experiments (Zhou et al., Section IV): Tables II-IV (V-X on SVHN/CelebA) and Figs. 3-7, one function.
+
+`run_lad(lad_config("cpu"), out_dir)` trains (or loads from the stage cache) the classifier, the black
+model, the generator and the boundaries, generates the Large/Small Adv. sets, fine-tunes, crafts the
+input-space attacks, and writes `results.json`, `report.md` and the figures to `out_dir`.
+Profiles: `paper` (the paper's settings, for a GPU), `cpu` (documented reductions, ~1 h on 2 cores for
+MNIST), `smoke` (tiny, seconds, for CI). Reductions are listed in docs/lad.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+import dataclasses
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import attacks as attack_lib
+from ..attacks import AttackResult
+from .._io import atomic_path, default_device, environment_info, git_revision, load_tensors, save_tensors, write_json
+from .._progress import track
+from .._seed import seed_everything
+from ..data import Splits, load_dataset
+from ..data.base import ImageDataset
+from ..evaluation.metrics import accuracy
+from ..lad import plots
+from ..lad.attention_svm import TargetBoundaries
+from ..lad.finetune import FinetuneConfig, LadSplit, eps_label, finetune, make_split, per_class_sample
+from ..lad.generation import GeneratedSet, every_other_target, generate_set, success_by_eps, transition
+from ..lad.generator import (GeneratorConfig, LatentGenerator, create_generator, extract_latents, generate,
+                             reconstruction_mse, train_generator)
+from ..models import TappedModel, create_model
+from ..training import TrainConfig, load_checkpoint, save_checkpoint, train_classifier
+from .cache import default_cache_root, is_complete, mark_complete, stage_dir
+
+PROFILES = ("smoke", "cpu", "paper")
+ATTACKS = ("fgsm", "jsma", "pgd", "cw")
+TARGETED = frozenset({"jsma", "cw"})
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Which loader, classifier, black model, latent tap and generator a dataset uses."""
+
+    loader: str
+    classifier: str
+    black: str
+    tap: str
+    generator: str
+    sized: bool = False  # architectures take image_size from the data (CelebA)
+
+
+SPECS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec("mnist", "lenet5", "mnist_black", "fc1", "mnist"),
+    "svhn": DatasetSpec("svhn", "svhn_net", "dld_svhn", "fc1", "svhn"),
+    "celeba": DatasetSpec("celeba-smile", "celeba_net", "celeba_net", "fc1", "celeba", sized=True),
+}
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """Input-space baselines (paper: cleverhans; FGSM/PGD eps 0.3 untargeted, JSMA/CW targeted)."""
+
+    fgsm_eps: float = 0.3
+    pgd_eps: float = 0.3
+    pgd_step_size: float = 0.01
+    pgd_steps: int = 40
+    jsma_theta: float = 1.0
+    jsma_gamma: float = 0.1
+    cw_steps: int = 1000
+    cw_search_steps: int = 9
+    untargeted_per_class: int = 450   # 4500 MNIST images (Tables II, III)
+    targeted_per_class: int = 50      # x (K - 1) targets = 4500 examples
+    batch_size: int = 500
+
+
+@dataclass(frozen=True)
+class LadConfig:
+    """Every setting of a LAD run; `lad_config(profile, dataset)` fills in the profile's values."""
+
+    profile: str = "paper"
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    loader_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    train_limit: int | None = None
+    classifier: TrainConfig = TrainConfig(epochs=10, batch_size=64, lr=1e-3)
+    black: TrainConfig = TrainConfig(epochs=10, batch_size=64, lr=1e-3, seed=1)
+    generator: GeneratorConfig = GeneratorConfig()
+    generator_width: float = 1.0
+    generator_train_limit: int | None = None
+    boundary_per_class: int = 20
+    svm_epochs: int = 300
+    svm_lr: float = 0.01
+    svm_l2: float = 1e-3
+    svm_kernel_size: int = 3
+    strategy: str = "pairwise"
+    generation_per_class: int = 50
+    small_per_class: int = 10
+    large_eps: tuple[float, ...] = (0.1, 2.0, 5.0, 7.0, 10.0, 15.0, 20.0)
+    small_eps: tuple[float, ...] = (0.1, 1.6, 3.2, 5.5, 10.0, 20.0)
+    finetune: FinetuneConfig = FinetuneConfig()
+    attacks: tuple[str, ...] = ATTACKS
+    attack: AttackSettings = AttackSettings()
+    table4_per_class: int = 450
+    cache_root: str | None = None
+
+
+def _spec(dataset: str) -> DatasetSpec:
+    if dataset not in SPECS:
+        raise KeyError(f"unknown LAD dataset {dataset!r}; choose one of {sorted(SPECS)}")
+    return SPECS[dataset]
+
+
+def lad_config(profile: str, dataset: str = "mnist", **overrides: Any) -> LadConfig:
+    """The named profile's settings for `dataset`, with keyword overrides (e.g. data_dir=...)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
+    _spec(dataset)
+    base = LadConfig(profile=profile, dataset=dataset)
+    if profile == "cpu":
+        base = replace(base, classifier=TrainConfig(epochs=3, batch_size=64), black=TrainConfig(epochs=2, batch_size=64,
+                                                                                              seed=1),
+                       generator=GeneratorConfig(epochs=8, batch_size=128), generator_train_limit=20_000,
+                       svm_epochs=200, finetune=FinetuneConfig(epochs=3),
+                       attack=AttackSettings(pgd_steps=20, pgd_step_size=0.03, cw_steps=100, cw_search_steps=4,
+                                             untargeted_per_class=200, targeted_per_class=10),
+                       table4_per_class=200)
+        if dataset != "mnist":
+            base = replace(base, generator_width=0.25, train_limit=20_000,
+                           loader_kwargs={"image_size": 64} if dataset == "celeba" else {})
+    elif profile == "smoke":
+        base = replace(base, classifier=TrainConfig(epochs=1, batch_size=32), black=TrainConfig(epochs=1, batch_size=32,
+                                                                                              seed=1),
+                       generator=GeneratorConfig(epochs=1, batch_size=32), generator_width=0.125, train_limit=256,
+                       boundary_per_class=3, svm_epochs=20, strategy="one_vs_rest", generation_per_class=1,
+                       small_per_class=1,
+                       large_eps=(0.1, 5.0, 20.0), small_eps=(0.1, 10.0), finetune=FinetuneConfig(epochs=1, batch_size=16),
+                       attack=AttackSettings(pgd_steps=3, pgd_step_size=0.1, cw_steps=5, cw_search_steps=1,
+                                             jsma_gamma=0.01, untargeted_per_class=2, targeted_per_class=1),
+                       table4_per_class=2)
+    return replace(base, **overrides)
+
+
+# Paper numbers (percent -> fraction) for the report, by dataset.
+PAPER: dict[str, dict[str, dict[str, Any]]] = {
+    "mnist": {
+        "generator": {"train_mse": 0.00757, "test_mse": 0.00765},
+        "table2": {"fgsm": (0.0177, 0.2167), "jsma": (0.0871, 0.3989), "pgd": (0.006, 0.0944), "cw": (0.9814, 0.9848)},
+        "table3": {"fgsm": (0.4171, 0.4960), "jsma": (0.9391, 0.9244), "pgd": (0.2993, 0.3593), "ga": (0.9982, 0.9972),
+                   "cw": (0.9912, 0.9938)},
+        "table4": {"original": 0.9913, "fgsm": 0.9357, "jsma": 0.9571, "pgd": 0.9098, "cw": 0.9871, "ga": 0.9723,
+                   "ours": 0.9934},
+    },
+    "svhn": {
+        "generator": {},
+        "table2": {"fgsm": (0.1720, 0.2160), "pgd": (0.3040, 0.3256), "jsma": (0.3578, 0.3740)},
+        "table3": {"fgsm": (0.2500, 0.2780), "pgd": (0.1716, 0.1736), "jsma": (0.3404, 0.3496)},
+        "table4": {"original": 0.9385, "jsma": 0.9327, "pgd": 0.9149, "fgsm": 0.9132, "ours": 0.9483},
+    },
+    "celeba": {
+        "generator": {},
+        "table2": {"fgsm": (0.5275, 0.5090), "pgd": (0.1225, 0.1175)},
+        "table3": {"fgsm": (0.5265, 0.5280), "pgd": (0.1390, 0.3255)},
+        "table4": {"original": 0.9140, "fgsm": 0.9120, "pgd": 0.9235, "ours": 0.9985},
+    },
+}
+
+
+class _Stages:
+    """Cached stages with wall times: a stage's directory is reused when its settings match."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.wall_time_s: dict[str, float] = {}
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Add the block's wall time to stage `name`."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.wall_time_s[name] = self.wall_time_s.get(name, 0.0) + time.perf_counter() - start
+
+    def run(self, stage: str, settings: Mapping[str, Any], build: Callable[[Path], None]) -> Path:
+        """The stage's directory, running `build(dir)` first unless a completed run with these settings exists."""
+        path = stage_dir(stage, settings, self.root)
+        if not is_complete(path):
+            build(path)
+            mark_complete(path, {"stage": stage, "settings": settings})
+        return path
+
+
+def _fingerprint(splits: Splits) -> str:
+    """A short hash of the data, so cached stages never mix datasets."""
+    digest = hashlib.sha256()
+    for part in (splits.train, splits.test):
+        digest.update(part.images.numpy().tobytes())
+        digest.update(part.labels.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _arch_kwargs(spec: DatasetSpec, data: ImageDataset) -> dict[str, int]:
+    return {"image_size": int(data.images.shape[-1])} if spec.sized else {}
+
+
+def _trained_model(stages: _Stages, name: str, settings: dict[str, Any], arch: str, arch_kwargs: dict[str, int],
+                   train: ImageDataset, config: TrainConfig) -> TappedModel:
+    """Train `arch` on `train` (resumable inside its stage directory) or load the cached checkpoint."""
+    def build(path: Path) -> None:
+        seed_everything(config.seed)
+        model = create_model(arch, **arch_kwargs).to(default_device())
+        train_classifier(model, train, config, checkpoint_dir=path)
+
+    with stages.timed(name):
+        model, _ = load_checkpoint(stages.run(f"lad-{name}", settings, build) / "final", map_location=default_device())
+    return model.eval()
+
+
+def _trained_generator(stages: _Stages, settings: dict[str, Any], config: LadConfig, classifier: TappedModel,
+                       splits: Splits) -> tuple[LatentGenerator, dict[str, float]]:
+    """Train G (Eq. 2) on the classifier's latents of the training images, or load it; report train/test MSE."""
+    spec = SPECS[config.dataset]
+    train = splits.train.head(config.generator_train_limit)
+    kwargs = {"width": config.generator_width, **_arch_kwargs(spec, splits.train)}
+
+    def make(latent_dim: int) -> LatentGenerator:
+        seed_everything(config.generator.seed)
+        return create_generator(spec.generator, latent_dim=latent_dim, **kwargs).to(default_device())
+
+    def build(path: Path) -> None:
+        z = extract_latents(classifier, spec.tap, train.images)
+        gen = make(z.shape[1])
+        losses = train_generator(gen, z, train.images, config.generator)
+        z_test = extract_latents(classifier, spec.tap, splits.test.images)
+        metrics = {"train_mse": reconstruction_mse(gen, train, z), "test_mse": reconstruction_mse(gen, splits.test, z_test),
+                   "latent_dim": z.shape[1], "final_loss": losses[-1], "epochs": len(losses), "train_images": len(train)}
+        save_tensors(path / "generator.safetensors", gen.state_dict(), metrics)
+
+    with stages.timed("generator"):
+        tensors, metrics = load_tensors(stages.run("lad-generator", settings, build) / "generator.safetensors")
+    gen = make(int(metrics["latent_dim"]))
+    gen.load_state_dict(tensors)
+    return gen.eval(), metrics
+
+
+def _boundaries(stages: _Stages, settings: dict[str, Any], config: LadConfig, classifier: TappedModel,
+                images: torch.Tensor, labels: torch.Tensor) -> TargetBoundaries:
+    """Fit (or load) the attention-SVM boundaries on the boundary split's latents."""
+    params = {"strategy": config.strategy, "kernel_size": config.svm_kernel_size, "l2": config.svm_l2,
+              "epochs": config.svm_epochs, "lr": config.svm_lr, "seed": config.seed}
+
+    def build(path: Path) -> None:
+        z = extract_latents(classifier, SPECS[config.dataset].tap, images)
+        fitted = TargetBoundaries(**params).fit(z, labels)
+        save_tensors(path / "boundaries.safetensors", fitted.to_tensors(), params)
+
+    with stages.timed("boundaries"):
+        tensors, _ = load_tensors(stages.run("lad-boundaries", settings, build) / "boundaries.safetensors")
+    return TargetBoundaries.from_tensors(tensors, **params)
+
+
+def _generated(stages: _Stages, name: str, settings: dict[str, Any], make: Callable[[], GeneratedSet]) -> GeneratedSet:
+    """A generated (or crafted) set, built once per settings."""
+    with stages.timed(name):
+        path = stages.run(f"lad-{name}", settings, lambda p: make().save(p / "set.safetensors"))
+        return GeneratedSet.load(path / "set.safetensors")
+
+
+def _finetuned(stages: _Stages, name: str, settings: dict[str, Any], base: TappedModel, clean: ImageDataset,
+               adversarial: ImageDataset, config: FinetuneConfig) -> nn.Module:
+    """Eq. 4 fine-tuning of `base` on `adversarial` (+ clean batches), cached."""
+    def build(path: Path) -> None:
+        save_checkpoint(path / "model", finetune(base, clean, adversarial, config), {"finetuned_on": name})
+
+    with stages.timed("finetune"):
+        model, _ = load_checkpoint(stages.run("lad-finetune", settings, build) / "model", map_location=default_device())
+    return model.eval()
+
+
+def _attack(name: str, s: AttackSettings, seed: int) -> attack_lib.Attack:
+    """The baseline attack `name` with the run's settings."""
+    builders: dict[str, Callable[[], attack_lib.Attack]] = {
+        "fgsm": lambda: attack_lib.FGSM(s.fgsm_eps),
+        "pgd": lambda: attack_lib.PGD(s.pgd_eps, s.pgd_step_size, s.pgd_steps,
+                                      generator=torch.Generator().manual_seed(seed)),
+        "cw": lambda: attack_lib.CarliniWagnerL2(steps=s.cw_steps, binary_search_steps=s.cw_search_steps, targeted=True),
+        "jsma": lambda: attack_lib.JSMA(theta=s.jsma_theta, gamma=s.jsma_gamma),
+    }
+    if name not in builders:
+        raise KeyError(f"unknown attack {name!r}; LAD uses {sorted(builders)}")
+    return builders[name]()
+
+
+def _craft(model: TappedModel, name: str, config: LadConfig, data: ImageDataset, pool: torch.Tensor,
+           per_class: int, path: Path) -> None:
+    """Adversarial examples of `name` against `model` from per-class samples of data[pool], saved to `path`."""
+    gen = torch.Generator().manual_seed(config.seed)
+    index = per_class_sample(data.labels, pool, per_class, gen)
+    labels, targets = data.labels[index], None
+    if name in TARGETED:
+        rows, targets = every_other_target(labels, model.num_classes)
+        index, labels = index[rows], labels[rows]
+    attack = _attack(name, config.attack, config.seed)
+    device, size = default_device(), config.attack.batch_size
+    parts = []
+    for start in track(range(0, len(index), size), f"{name} attack"):
+        x, y = data.images[index[start:start + size]].to(device), labels[start:start + size].to(device)
+        if targets is None:
+            parts.append(attack(model, x, y))
+        else:
+            parts.append(attack(model, x, y, targets[start:start + size].to(device)))
+    result = AttackResult(*(torch.cat([getattr(p, f.name).cpu() for p in parts])
+                            for f in dataclasses.fields(AttackResult)))
+    attack_lib.save_adversarial_set(path, result, labels, attack=attack, targets=targets, source_indices=index,
+                                    dataset=data.name)
+
+
+def _crafted(stages: _Stages, settings: dict[str, Any], make: Callable[[Path], None]) -> attack_lib.AdversarialSet:
+    """An input-space attack's adversarial set, crafted once per settings."""
+    with stages.timed("attacks"):
+        path = stages.run("lad-attacks", settings, lambda p: make(p / "set.safetensors"))
+        return attack_lib.load_adversarial_set(path / "set.safetensors")
+
+
+def _as_dataset(adv: attack_lib.AdversarialSet, name: str) -> ImageDataset:
+    """Adversarial images with their original labels."""
+    return ImageDataset(adv.images.float(), adv.labels, name, "adversarial")
+
+
+def _model_settings(data: dict[str, Any], arch: str, arch_kwargs: dict[str, int], cfg: TrainConfig) -> dict[str, Any]:
+    return {"data": data, "arch": arch, "arch_kwargs": arch_kwargs, "train": asdict(cfg)}
+
+
+def run_lad(config: LadConfig, out_dir: str | Path, data: Splits | None = None) -> dict[str, Any]:
+    """Run every LAD stage for `config`, write results.json, report.md and figures to out_dir; return results."""
+    start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = _spec(config.dataset)
+    stages = _Stages(Path(config.cache_root) if config.cache_root else default_cache_root())
+    with stages.timed("data"):
+        splits = data or load_dataset(spec.loader, Path(config.data_dir) if config.data_dir else None,
+                                      **dict(config.loader_kwargs))
+        train = splits.train.head(config.train_limit)
+        data_settings = {"dataset": config.dataset, "fingerprint": _fingerprint(splits), "train_limit": config.train_limit}
+    test = splits.test
+    split = make_split(test.labels, boundary_per_class=config.boundary_per_class,
+                       generation_per_class=config.generation_per_class, small_per_class=config.small_per_class,
+                       seed=config.seed)
+    split_settings = {"data": data_settings, "boundary": config.boundary_per_class, "seed": config.seed,
+                      "generation": config.generation_per_class, "small": config.small_per_class}
+
+    kw = _arch_kwargs(spec, test)
+    clf_settings = _model_settings(data_settings, spec.classifier, kw, config.classifier)
+    classifier = _trained_model(stages, "classifier", clf_settings, spec.classifier, kw, train, config.classifier)
+    black_settings = _model_settings(data_settings, spec.black, kw, config.black)
+    black = _trained_model(stages, "black", black_settings, spec.black, kw, train, config.black)
+    gen_settings = {"classifier": clf_settings, "generator": asdict(config.generator), "width": config.generator_width,
+                    "limit": config.generator_train_limit}
+    generator, gen_metrics = _trained_generator(stages, gen_settings, config, classifier, splits)
+    bnd_settings = {"classifier": clf_settings, "split": split_settings, "strategy": config.strategy,
+                    "svm": [config.svm_epochs, config.svm_lr, config.svm_l2, config.svm_kernel_size]}
+    boundaries = _boundaries(stages, bnd_settings, config, classifier, test.images[split.boundary],
+                             test.labels[split.boundary])
+
+    def lad_set(part: torch.Tensor, eps: tuple[float, ...]) -> Callable[[], GeneratedSet]:
+        return lambda: generate_set(classifier, spec.tap, generator, boundaries, test, part, eps)
+
+    large_settings = {"boundaries": bnd_settings, "generator": gen_settings, "eps": config.large_eps, "part": "generation"}
+    large = _generated(stages, "large-adv", large_settings, lad_set(split.generation, config.large_eps))
+    small_settings = {**large_settings, "eps": config.small_eps, "part": "small"}
+    small = _generated(stages, "small-adv", small_settings, lad_set(split.small, config.small_eps))
+
+    def tuned(name: str, set_settings: dict[str, Any], adversarial: ImageDataset) -> nn.Module:
+        settings = {"base": clf_settings, "set": set_settings, "finetune": asdict(config.finetune), "name": name}
+        return _finetuned(stages, name, settings, classifier, train, adversarial, config.finetune)
+
+    ft = {eps: tuned(f"FT-{eps_label(eps)}", large_settings, large.select(large.eps == eps).as_dataset())
+          for eps in config.large_eps}
+    adv_model = tuned("Adv", small_settings, small.as_dataset())
+    ft_first = ft[config.large_eps[0]]
+
+    def crafted(name: str, model: TappedModel, model_settings: dict[str, Any], source: ImageDataset,
+                pool: torch.Tensor, per_class: int, where: str) -> attack_lib.AdversarialSet:
+        settings = {"model": model_settings, "attack": name, "params": asdict(config.attack), "pool": where,
+                    "per_class": per_class, "split": split_settings}
+        return _crafted(stages, settings, lambda p: _craft(model, name, config, source, pool, per_class, p))
+
+    def per_attack(name: str) -> dict[str, Any]:
+        per_class = config.attack.targeted_per_class if name in TARGETED else config.attack.untargeted_per_class
+        white = crafted(name, classifier, clf_settings, test, split.evaluation, per_class, "evaluation")
+        transfer = crafted(name, black, black_settings, test, split.evaluation, per_class, "evaluation")
+        t4_per_class = config.attack.targeted_per_class if name in TARGETED else config.table4_per_class
+        t4_set = crafted(name, classifier, clf_settings, train, torch.arange(len(train)), t4_per_class, "train")
+        t4_model = tuned(f"attack-{name}", {"attack_set": name, "per_class": t4_per_class,
+                                            "params": asdict(config.attack)}, _as_dataset(t4_set, name))
+        with stages.timed("evaluate"):
+            return {"table2": _row(classifier, adv_model, _as_dataset(white, name)),
+                    "table3": _row(classifier, ft_first, _as_dataset(transfer, name)),
+                    "table4": {"accuracy": _acc(t4_model, test.subset(split.evaluation)), "n_train": len(t4_set)},
+                    "white": white}
+
+    attack_rows = {name: per_attack(name) for name in config.attacks}
+    with stages.timed("evaluate"):
+        evaluation = test.subset(split.evaluation)
+        table4 = {"original": _acc(classifier, evaluation), "ours": _acc(ft_first, evaluation),
+                  "ours_model": f"FT-{eps_label(config.large_eps[0])}", "adv_model": _acc(adv_model, evaluation),
+                  "n": len(evaluation), **{n: r["table4"]["accuracy"] for n, r in attack_rows.items()},
+                  "n_train": {n: r["table4"]["n_train"] for n, r in attack_rows.items()}}
+        fig5 = success_by_eps(large, classifier.num_classes)
+        fig7 = _fig7(config, classifier, adv_model, ft, large, evaluation)
+    with stages.timed("figures"):
+        _figures(out, config, classifier, generator, boundaries, splits, split, large, attack_rows, fig5, fig7)
+    results = {
+        "experiment": f"lad-{config.dataset}", "profile": config.profile,
+        "generator": {k_: gen_metrics[k_] for k_ in ("train_mse", "test_mse", "epochs", "train_images", "latent_dim")},
+        "table2": {n: r["table2"] for n, r in attack_rows.items()},
+        "table3": {n: r["table3"] for n, r in attack_rows.items()},
+        "table4": table4, "fig5": fig5, "fig7": fig7,
+        "models": {"table2_finetuned": "Adv (Small Adv. set)", "table3_finetuned": table4["ours_model"]},
+        "sets": {"large_adv": len(large), "small_adv": len(small)},
+        "split": {name: idx.tolist() for name, idx in split.as_dict().items()},
+        "settings": _jsonable(asdict(config)), "seed": config.seed,
+        "dataset_sizes": {"train": len(train), "test": len(test), "evaluation": len(split.evaluation)},
+        "git_revision": git_revision(), "environment": environment_info(),
+        "wall_time_s": {**stages.wall_time_s, "total": time.perf_counter() - start},
+    }
+    write_json(out / "results.json", results)
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(render_report(results, PAPER.get(config.dataset, {})))
+    return results
+
+
+def _jsonable(obj: Any) -> Any:
+    """asdict output with mappings made plain dicts (for JSON)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _acc(model: nn.Module, data: ImageDataset) -> float:
+    return accuracy(model, data.images, data.labels)
+
+
+def _row(original: nn.Module, finetuned: nn.Module, data: ImageDataset) -> dict[str, float | int]:
+    """Accuracy (original label) of the original and fine-tuned models on one adversarial set."""
+    return {"original": _acc(original, data), "finetuned": _acc(finetuned, data), "n": len(data)}
+
+
+def _fig7(config: LadConfig, classifier: nn.Module, adv_model: nn.Module, ft: dict[float, nn.Module],
+          large: GeneratedSet, evaluation: ImageDataset) -> dict[str, Any]:
+    """Fig. 7: clean accuracy of FT-eps per eps; accuracy of original and Adv. model on each Large Adv. set."""
+    per_eps = [large.select(large.eps == eps).as_dataset() for eps in config.large_eps]
+    return {"eps": list(config.large_eps),
+            "clean_accuracy": {"original": _acc(classifier, evaluation),
+                               "finetuned": [_acc(ft[eps], evaluation) for eps in config.large_eps]},
+            "adversarial_accuracy": {"original": [_acc(classifier, d) for d in per_eps],
+                                     "adv_model": [_acc(adv_model, d) for d in per_eps]}}
+
+
+def _figures(out: Path, config: LadConfig, classifier: TappedModel, generator: LatentGenerator,
+             boundaries: TargetBoundaries, splits: Splits, split: LadSplit, large: GeneratedSet,
+             attack_rows: dict[str, dict[str, Any]], fig5: dict[str, list], fig7: dict[str, Any]) -> None:
+    """Figs. 3-7 as PNG."""
+    spec, n = SPECS[config.dataset], 10
+    rows, labels = [], []
+    for name, part in (("train", splits.train.head(n)), ("test", splits.test.subset(split.evaluation[:n]))):
+        recon = generate(generator, extract_latents(classifier, spec.tap, part.images))
+        rows += [part.images, recon]
+        labels += [f"{name}", f"G(phi({name}))"]
+    plots.image_grid(out / "fig3_reconstructions.png", rows, labels, title="Fig. 3: generator reconstructions")
+    rows, labels, titles = [], [], []
+    for name, row in attack_rows.items():
+        white = row["white"]
+        rows.append(white.images[:n])
+        labels.append(name.upper())
+        titles.append([f"{int(y)}>{int(p)}" for y, p in zip(white.labels[:n], white.predictions[:n])])
+    for eps in config.large_eps[1::2]:
+        part = large.select((large.eps == eps) & (large.targets == (large.labels + 1) % (int(large.labels.max()) + 1)))
+        rows.append(part.images[:n])
+        labels.append(f"LAD eps={eps:g}")
+        titles.append([f"{int(y)}>{int(p)}" for y, p in zip(part.labels[:n], part.image_predictions[:n])])
+    plots.image_grid(out / "fig4_examples.png", rows, labels, titles, "Fig. 4: label>predicted class above each image")
+    plots.success_heatmap(out / "fig5_success_rate.png", fig5)
+    _fig6(out, config, classifier, generator, boundaries, splits.test, split)
+    plots.accuracy_vs_eps(out / "fig7_accuracy_vs_eps.png", fig7)
+
+
+def _fig6(out: Path, config: LadConfig, classifier: TappedModel, generator: LatentGenerator,
+          boundaries: TargetBoundaries, test: ImageDataset, split: LadSplit) -> None:
+    """Fig. 6: transitions of two images toward a target as eps grows (eps and prediction above each)."""
+    k = int(test.labels.max()) + 1
+    eps_values = torch.linspace(0, max(config.large_eps), 11).tolist()
+    rows, labels, titles = [], [], []
+    for source in range(min(2, k)):
+        idx = int(split.generation[test.labels[split.generation] == source][0])
+        target = (source + k // 2) % k
+        images, preds = transition(classifier, SPECS[config.dataset].tap, generator, boundaries, test.images[idx],
+                                   source, target, eps_values)
+        rows.append(images)
+        labels.append(f"{source} -> {target}")
+        titles.append([f"{e:.0f}: {int(p)}" for e, p in zip(eps_values, preds)])
+    plots.image_grid(out / "fig6_transitions.png", rows, labels, titles, "Fig. 6: eps: predicted class")
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.2f}%"
+
+
+def _diff(ours: float | None, paper: float | None) -> str:
+    return "—" if ours is None or paper is None else f"{100 * (ours - paper):+.2f}"
+
+
+def render_report(results: dict[str, Any], paper: dict[str, Any]) -> str:
+    """Markdown: our Tables II-IV beside the paper's, with differences in percentage points."""
+    lines = [f"# {results['experiment']} ({results['profile']} profile)", "",
+             f"git {results['git_revision']}, seed {results['seed']}, total wall time "
+             f"{results['wall_time_s']['total']:.0f} s. Accuracies on adversarial sets count the ORIGINAL label.", "",
+             "## Generator (Fig. 3)", "", "| | ours | paper |", "|---|---|---|"]
+    for key in ("train_mse", "test_mse"):
+        lines.append(f"| {key} | {results['generator'][key]:.5f} | {paper.get('generator', {}).get(key, '—')} |")
+    for table, model in (("table2", results["models"]["table2_finetuned"]),
+                         ("table3", results["models"]["table3_finetuned"])):
+        lines += ["", f"## {table.replace('table', 'Table ')} (fine-tuned = {model})", "",
+                  "| attack | n | original (ours) | original (paper) | diff | fine-tuned (ours) | fine-tuned (paper) | diff |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, row in results[table].items():
+            ref = paper.get(table, {}).get(name, (None, None))
+            lines.append(f"| {name} | {row['n']} | {_pct(row['original'])} | {_pct(ref[0])} | {_diff(row['original'], ref[0])} "
+                         f"| {_pct(row['finetuned'])} | {_pct(ref[1])} | {_diff(row['finetuned'], ref[1])} |")
+    t4 = results["table4"]
+    lines += ["", f"## Table IV (clean accuracy on {t4['n']} held-out test images)", "",
+              "| model | ours | paper | diff |", "|---|---|---|---|"]
+    names = ["original", *[n for n in ATTACKS if n in t4], "ours", "adv_model"]
+    for name in names:
+        ref = paper.get("table4", {}).get(name)
+        lines.append(f"| {name} | {_pct(t4[name])} | {_pct(ref)} | {_diff(t4[name], ref)} |")
+    lines += ["", "## Fig. 5 (LAD success rate on the Large Adv. sets)", "", "| eps | success | targeted | Eq. 3 holds |",
+              "|---|---|---|---|"]
+    f5 = results["fig5"]
+    for i, eps in enumerate(f5["eps"]):
+        lines.append(f"| {eps:g} | {_pct(f5['success_rate'][i])} | {_pct(f5['targeted_success_rate'][i])} "
+                     f"| {_pct(f5['consistency_rate'][i])} |")
+    lines += ["", "## Wall time (s)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {stage} | {sec:.1f} |" for stage, sec in results["wall_time_s"].items()]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["ATTACKS", "AttackSettings", "DatasetSpec", "LadConfig", "PAPER", "PROFILES", "SPECS", "lad_config",
+           "render_report", "run_lad"]
