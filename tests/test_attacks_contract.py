@@ -114,11 +114,11 @@ def test_channels_last_weights_restores_tensors() -> None:
     ptrs = [p.data_ptr() for p in model.parameters()]
     values = [p.detach().clone() for p in model.parameters()]
     with channels_last_weights(model):
-        assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
-        assert model[0].weight.data_ptr() != ptrs[0]
+        assert model[3].weight.is_contiguous(memory_format=torch.channels_last)
+        assert model[3].weight.data_ptr() != ptrs[2]        # (16, 8, 3, 3): really swapped
     assert [p.data_ptr() for p in model.parameters()] == ptrs          # the very same storages are back
     assert all(torch.equal(p, v) for p, v in zip(model.parameters(), values))
-    assert model[0].weight.is_contiguous()
+    assert model[3].weight.is_contiguous()
 
 
 def test_channels_last_same_result() -> None:
