@@ -23,18 +23,18 @@ from torch import nn
 
 from .. import attacks as attack_lib
 from ..attacks import AttackResult
-from .._io import atomic_path, default_device, environment_info, git_revision, load_tensors, save_tensors, write_json
+from .._io import atomic_path, default_device, environment_info, git_revision, write_json
 from .._progress import track
 from .._seed import seed_everything
 from ..data import Splits, load_dataset
 from ..data.base import ImageDataset
 from ..evaluation.metrics import accuracy
 from ..lad import plots
-from ..lad.attention_svm import TargetBoundaries
+from ..lad.attention_svm import TargetBoundaries, load_boundaries, save_boundaries
 from ..lad.finetune import FinetuneConfig, LadSplit, eps_label, finetune, make_split, per_class_sample
 from ..lad.generation import GeneratedSet, every_other_target, generate_set, success_by_eps, transition
 from ..lad.generator import (GeneratorConfig, LatentGenerator, create_generator, extract_latents, generate,
-                             reconstruction_mse, train_generator)
+                             load_generator, reconstruction_mse, save_generator, train_generator)
 from ..models import TappedModel, create_model
 from ..training import TrainConfig, load_checkpoint, save_checkpoint, train_classifier
 from .cache import default_cache_root, is_complete, mark_complete, stage_dir
@@ -225,46 +225,38 @@ def _trained_model(stages: _Stages, name: str, settings: dict[str, Any], arch: s
 
 
 def _trained_generator(stages: _Stages, settings: dict[str, Any], config: LadConfig, classifier: TappedModel,
-                       splits: Splits) -> tuple[LatentGenerator, dict[str, float]]:
+                       splits: Splits) -> tuple[LatentGenerator, dict[str, Any]]:
     """Train G (Eq. 2) on the classifier's latents of the training images, or load it; report train/test MSE."""
     spec = SPECS[config.dataset]
     train = splits.train.head(config.generator_train_limit)
-    kwargs = {"width": config.generator_width, **_arch_kwargs(spec, splits.train)}
-
-    def make(latent_dim: int) -> LatentGenerator:
-        seed_everything(config.generator.seed)
-        return create_generator(spec.generator, latent_dim=latent_dim, **kwargs).to(default_device())
 
     def build(path: Path) -> None:
         z = extract_latents(classifier, spec.tap, train.images)
-        gen = make(z.shape[1])
+        seed_everything(config.generator.seed)
+        gen = create_generator(spec.generator, latent_dim=z.shape[1], width=config.generator_width,
+                               **_arch_kwargs(spec, splits.train)).to(default_device())
         losses = train_generator(gen, z, train.images, config.generator)
         z_test = extract_latents(classifier, spec.tap, splits.test.images)
-        metrics = {"train_mse": reconstruction_mse(gen, train, z), "test_mse": reconstruction_mse(gen, splits.test, z_test),
-                   "latent_dim": z.shape[1], "final_loss": losses[-1], "epochs": len(losses), "train_images": len(train)}
-        save_tensors(path / "generator.safetensors", gen.state_dict(), metrics)
+        save_generator(path / "generator.safetensors", gen, {
+            "train_mse": reconstruction_mse(gen, train, z), "test_mse": reconstruction_mse(gen, splits.test, z_test),
+            "latent_dim": z.shape[1], "final_loss": losses[-1], "epochs": len(losses), "train_images": len(train)})
 
     with stages.timed("generator"):
-        tensors, metrics = load_tensors(stages.run("lad-generator", settings, build) / "generator.safetensors")
-    gen = make(int(metrics["latent_dim"]))
-    gen.load_state_dict(tensors)
-    return gen.eval(), metrics
+        gen, metrics = load_generator(stages.run("lad-generator", settings, build) / "generator.safetensors")
+    return gen.to(default_device()), metrics
 
 
 def _boundaries(stages: _Stages, settings: dict[str, Any], config: LadConfig, classifier: TappedModel,
-                images: torch.Tensor, labels: torch.Tensor) -> TargetBoundaries:
-    """Fit (or load) the attention-SVM boundaries on the boundary split's latents."""
-    params = {"strategy": config.strategy, "kernel_size": config.svm_kernel_size, "l2": config.svm_l2,
-              "epochs": config.svm_epochs, "lr": config.svm_lr, "seed": config.seed}
-
+                test: ImageDataset, index: torch.Tensor) -> TargetBoundaries:
+    """Fit (or load) the attention-SVM boundaries on the latents of test[index]."""
     def build(path: Path) -> None:
-        z = extract_latents(classifier, SPECS[config.dataset].tap, images)
-        fitted = TargetBoundaries(**params).fit(z, labels)
-        save_tensors(path / "boundaries.safetensors", fitted.to_tensors(), params)
+        z = extract_latents(classifier, SPECS[config.dataset].tap, test.images[index])
+        fitted = TargetBoundaries(strategy=config.strategy, kernel_size=config.svm_kernel_size, l2=config.svm_l2,
+                                  epochs=config.svm_epochs, lr=config.svm_lr, seed=config.seed).fit(z, test.labels[index])
+        save_boundaries(path / "boundaries.safetensors", fitted, {"fit_indices": index.tolist()})
 
     with stages.timed("boundaries"):
-        tensors, _ = load_tensors(stages.run("lad-boundaries", settings, build) / "boundaries.safetensors")
-    return TargetBoundaries.from_tensors(tensors, **params)
+        return load_boundaries(stages.run("lad-boundaries", settings, build) / "boundaries.safetensors")[0]
 
 
 def _generated(stages: _Stages, name: str, settings: dict[str, Any], make: Callable[[], GeneratedSet]) -> GeneratedSet:
@@ -368,8 +360,7 @@ def run_lad(config: LadConfig, out_dir: str | Path, data: Splits | None = None) 
     generator, gen_metrics = _trained_generator(stages, gen_settings, config, classifier, splits)
     bnd_settings = {"classifier": clf_settings, "split": split_settings, "strategy": config.strategy,
                     "svm": [config.svm_epochs, config.svm_lr, config.svm_l2, config.svm_kernel_size]}
-    boundaries = _boundaries(stages, bnd_settings, config, classifier, test.images[split.boundary],
-                             test.labels[split.boundary])
+    boundaries = _boundaries(stages, bnd_settings, config, classifier, test, split.boundary)
 
     def lad_set(part: torch.Tensor, eps: tuple[float, ...]) -> Callable[[], GeneratedSet]:
         return lambda: generate_set(classifier, spec.tap, generator, boundaries, test, part, eps)

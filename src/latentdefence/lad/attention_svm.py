@@ -15,6 +15,7 @@ toward every other class.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from itertools import permutations
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from .._io import load_tensors, save_tensors
 from .._seed import seed_everything
 
 
@@ -225,3 +227,21 @@ class TargetBoundaries:
         self.estimators_ = estimators
         self.classes_ = sorted({t for _, t in estimators} | {s for s, _ in estimators if s >= 0})
         return self
+
+
+_PARAMS = ("strategy", "kernel_size", "l2", "epochs", "lr", "seed")
+
+
+def save_boundaries(path: str | os.PathLike[str], boundaries: TargetBoundaries,
+                    metadata: dict[str, Any] | None = None) -> None:
+    """Fitted boundaries as safetensors, their settings (and e.g. the fit images' indices) as metadata."""
+    params = {name: getattr(boundaries, name) for name in _PARAMS}
+    save_tensors(path, boundaries.to_tensors(), {"params": params, **(metadata or {})})
+
+
+def load_boundaries(path: str | os.PathLike[str]) -> tuple[TargetBoundaries, dict[str, Any]]:
+    """(boundaries, metadata) from a file written by `save_boundaries`."""
+    tensors, meta = load_tensors(path)
+    if "params" not in meta:
+        raise ValueError(f"{path}: not a LAD boundaries file (no 'params' in its metadata)")
+    return TargetBoundaries.from_tensors(tensors, **meta["params"]), meta

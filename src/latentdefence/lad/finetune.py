@@ -7,6 +7,7 @@ mixes a batch of clean training images with a batch of generated images carrying
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._io import load_tensors
 from .._progress import make_progress
 from .._seed import seed_everything
 from ..data.base import ImageDataset
@@ -117,3 +119,17 @@ def eps_label(eps: float | Sequence[float]) -> str:
     """A stable name for an eps or list of eps, e.g. FT-0.1 (used in results keys and file names)."""
     values = [eps] if isinstance(eps, (int, float)) else list(eps)
     return "+".join(f"{float(v):g}" for v in values)
+
+
+def used_indices(paths: Sequence[str | os.PathLike[str]]) -> torch.Tensor:
+    """Test rows that boundaries files (fit_indices) or generated sets (source_index) were built from."""
+    used = [torch.zeros(0, dtype=torch.long)]
+    for path in paths:
+        tensors, meta = load_tensors(path)
+        if "fit_indices" in meta:
+            used.append(torch.tensor(meta["fit_indices"], dtype=torch.long))
+        elif "source_index" in tensors:
+            used.append(tensors["source_index"].long())
+        else:
+            raise ValueError(f"{path}: neither a boundaries file nor a generated set; cannot tell which images it used")
+    return torch.cat(used).unique()

@@ -29,7 +29,7 @@ class GeneratedSet:
     images: torch.Tensor              # (N, C, H, W) in [0, 1]
     labels: torch.Tensor              # (N,) original label of the source image
     targets: torch.Tensor             # (N,) class the latent was pushed toward
-    eps: torch.Tensor                 # (N,) perturbation strength
+    eps: torch.Tensor                 # (N,) float64 perturbation strength
     source_index: torch.Tensor        # (N,) row of the source image in the dataset it came from
     latent_predictions: torch.Tensor  # (N,) f_p(z'), the classifier's head on the perturbed latent
     image_predictions: torch.Tensor   # (N,) f(G(z')), the classifier on the generated image
@@ -113,7 +113,7 @@ def generate_set(classifier: TappedModel, tap: str, generator: LatentGenerator, 
     for eps in eps_values:
         z_new = perturb(z, boundaries, sources, targets, float(eps))
         images = generate(generator, z_new)
-        parts.append(GeneratedSet(images, sources, targets, torch.full((len(rows),), float(eps)), index[rows],
+        parts.append(GeneratedSet(images, sources, targets, torch.full((len(rows),), float(eps), dtype=torch.float64), index[rows],
                                   _head_predictions(classifier, tap, z_new), batched_predict(classifier, images)))
     return GeneratedSet.concat(parts)
 

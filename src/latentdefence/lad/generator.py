@@ -15,11 +15,14 @@ make the shapes work (see docs/lad.md):
 from __future__ import annotations
 
 from collections.abc import Callable
+import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from .._io import load_tensors, save_tensors
 from .._progress import make_progress
 from .._seed import seed_everything
 from ..data.base import ImageDataset
@@ -28,6 +31,8 @@ from ..models.taps import TappedModel
 
 class LatentGenerator(nn.Module):
     """G: (N, D) latent features -> (N, C, H, W) images in [0, 1]."""
+
+    arch: tuple[str, dict[str, Any]] | None = None  # (dataset, kwargs), set by create_generator
 
     def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], stem: tuple[int, int],
                  body: nn.Sequential) -> None:
@@ -113,11 +118,34 @@ GENERATORS: dict[str, Callable[..., LatentGenerator]] = {
 }
 
 
-def create_generator(dataset: str, **kwargs: object) -> LatentGenerator:
+def create_generator(dataset: str, **kwargs: Any) -> LatentGenerator:
     """The paper's generator for `dataset` (mnist, svhn, celeba), by name."""
     if dataset not in GENERATORS:
         raise KeyError(f"no generator for dataset {dataset!r}; available: {sorted(GENERATORS)}")
-    return GENERATORS[dataset](**kwargs)
+    generator = GENERATORS[dataset](**kwargs)
+    generator.arch = (dataset, dict(kwargs))  # recorded by save_generator so it can be rebuilt by name
+    return generator
+
+
+def save_generator(path: str | os.PathLike[str], generator: LatentGenerator, metadata: dict[str, Any] | None = None) -> None:
+    """Weights as safetensors with the architecture name and kwargs (and e.g. its MSE) as metadata."""
+    arch = getattr(generator, "arch", None)
+    if arch is None:
+        raise ValueError("generator was not built by create_generator; cannot record its architecture")
+    save_tensors(path, generator.state_dict(), {"dataset": arch[0], "kwargs": arch[1], **(metadata or {})})
+
+
+def load_generator(path: str | os.PathLike[str]) -> tuple[LatentGenerator, dict[str, Any]]:
+    """(generator in eval mode, metadata) from a file written by `save_generator`."""
+    tensors, meta = load_tensors(path)
+    if "dataset" not in meta:
+        raise ValueError(f"{path}: not a LAD generator file (no 'dataset' in its metadata)")
+    generator = create_generator(meta["dataset"], **meta.get("kwargs", {}))
+    try:
+        generator.load_state_dict(tensors)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not fit the {meta['dataset']} generator ({err})") from err
+    return generator.eval(), meta
 
 
 @dataclass(frozen=True)
