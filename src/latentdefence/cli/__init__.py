@@ -6,11 +6,14 @@ import logging
 
 import typer
 
-from . import data, reproduce, train
+from . import attack, data, dld, lad, reproduce, train
 
 app = typer.Typer(help="Latent-space defences for image classifiers (DLD, LAD): train, attack, defend, measure.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 app.add_typer(data.app, name="data")
+app.add_typer(attack.app, name="attack")
+app.add_typer(dld.app, name="dld")
+app.add_typer(lad.app, name="lad")
 train.register(app)
 reproduce.register(app)
 

@@ -33,10 +33,12 @@ def train(
 ) -> None:
     """Train a classifier (clean or adversarially), resumable from OUT/last, saving OUT/final."""
     with cli_errors():
+        from .._seed import seed_everything
         from ..data import load_dataset
         from ..models import create_model
         from ..training import TrainConfig, train_classifier
 
+        seed_everything(seed)  # the initial weights depend on it too
         splits = load_dataset(dataset, data_dir)
         train_set = splits.train.head(limit)
         if not 0 <= val_size < len(train_set):
