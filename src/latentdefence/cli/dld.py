@@ -65,7 +65,7 @@ def detect(detector: Path, images: Path = typer.Argument(..., help="safetensors 
 
 
 @app.command()
-def evaluate(profile: str = typer.Option("cpu", help="smoke | cpu | paper"), dataset: str = "mnist",
+def evaluate(profile: str = typer.Option("cpu", help="smoke | demo | cpu | paper"), dataset: str = "mnist",
              data_dir: Optional[str] = None, out: Path = Path("docs/results/dld-mnist-table1"),
              classifier_checkpoint: Optional[str] = typer.Option(None, help="Use this classifier instead of training one.")) -> None:
     """Reproduce Tables I-II and Fig. 3: results.json, report.md and figures in OUT."""
