@@ -1,0 +1,76 @@
+"""The README's paper-vs-ours table, generated from committed results so the two cannot drift apart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+# (label, path into results.json, paper value as a fraction; an AUC stays as is)
+DLD_ROWS = [
+    ("DLD Table I, FGSM eps 0.3: robustness", ("table1", "fgsm", "robustness"), 0.9840),
+    ("DLD Table I, PGD eps 0.3: robustness", ("table1", "pgd", "robustness"), 0.9756),
+    ("DLD Table I, CW-L2: robustness", ("table1", "cw", "robustness"), 0.9610),
+    ("DLD Table I, adaptive eps 0.3: robustness", ("table1", "adaptive", "robustness"), 0.9562),
+    ("DLD Table I, PGD: base accuracy", ("table1", "pgd", "base_accuracy"), 0.9120),
+    ("DLD Table I, PGD: ROC AUC", ("table1", "pgd", "roc_auc"), 0.99),
+    ("DLD Table I, adaptive: ROC AUC", ("table1", "adaptive", "roc_auc"), 0.982),
+    ("DLD clean false-positive rate", ("fpr",), 0.0196),
+]
+LAD_ROWS = [
+    ("LAD Table II, FGSM on LeNet: original -> Adv. LeNet", ("table2", "fgsm"), (0.0177, 0.2167)),
+    ("LAD Table II, PGD on LeNet: original -> Adv. LeNet", ("table2", "pgd"), (0.006, 0.0944)),
+    ("LAD Table III, transfer FGSM: original -> FT-0.1", ("table3", "fgsm"), (0.4171, 0.4960)),
+    ("LAD Table III, transfer PGD: original -> FT-0.1", ("table3", "pgd"), (0.2993, 0.3593)),
+]
+
+
+def _get(obj: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        obj = obj[key]
+    return obj
+
+
+def _fmt(value: float, key: str) -> str:
+    return f"{value:.3f}" if key == "roc_auc" else f"{100 * value:.2f}%"
+
+
+def results_table(results_dir: Path) -> str:
+    """Markdown rows: paper vs ours for the committed MNIST results found under `results_dir`."""
+    lines = ["| experiment | paper | ours | n | source |", "|---|---|---|---|---|"]
+    dld = results_dir / "dld-mnist-table1" / "results.json"
+    if dld.is_file():
+        res = json.loads(dld.read_text())
+        for label, path, paper in DLD_ROWS:
+            n = res["table1"][path[1]]["n"] if path[0] == "table1" else res.get("clean", {}).get("n", "")
+            lines.append(f"| {label} | {_fmt(paper, path[-1])} | {_fmt(_get(res, path), path[-1])} | {n} "
+                         f"| `{dld.parent.relative_to(results_dir.parent.parent)}` |")
+    lad = results_dir / "lad-mnist" / "results.json"
+    if lad.is_file():
+        res = json.loads(lad.read_text())
+        for label, path, (p0, p1) in LAD_ROWS:
+            row = _get(res, path)
+            lines.append(f"| {label} | {100 * p0:.2f}% -> {100 * p1:.2f}% | {100 * row['original']:.2f}% -> "
+                         f"{100 * row['finetuned']:.2f}% | {row['n']} | `{lad.parent.relative_to(results_dir.parent.parent)}` |")
+        t4 = res["table4"]
+        lines.append(f"| LAD Table IV, clean accuracy: original -> FT-0.1 | 99.13% -> 99.34% | {100 * t4['original']:.2f}% -> "
+                     f"{100 * t4['ours']:.2f}% | {t4['n']} | `{lad.parent.relative_to(results_dir.parent.parent)}` |")
+    if len(lines) == 2:
+        lines.append("| (no committed results yet) | | | | |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, results_dir: Path, check: bool = False) -> bool:
+    """Rewrite the block between the markers; with check=True only report whether it is current."""
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise ValueError(f"{readme}: markers {START} / {END} not found")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{START}\n{results_table(results_dir)}\n{END}{tail}"
+    if check:
+        return new == text
+    readme.write_text(new)
+    return True

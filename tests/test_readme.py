@@ -1,0 +1,34 @@
+"""The README's results table is generated from the committed results files and must match them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from latentdefence.evaluation.summary import results_table, update_readme
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_results_table_matches_committed_results() -> None:
+    assert update_readme(ROOT / "README.md", ROOT / "docs" / "results", check=True), \
+        "README.md's results table is out of date: run python scripts/update_readme.py"
+
+
+def test_readme_opens_with_the_two_setup_commands() -> None:
+    lines = [ln for ln in (ROOT / "README.md").read_text().splitlines() if ln.strip()]
+    fence = lines.index("```bash")
+    assert lines[fence + 1].startswith("make demo") and lines[fence + 2].startswith("make test")
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_results_table_reads_numbers_from_results_json(tmp_path: Path) -> None:
+    folder = tmp_path / "docs" / "results" / "dld-mnist-table1"
+    folder.mkdir(parents=True)
+    row = {"base_accuracy": 0.9, "robustness": 0.97, "roc_auc": 0.987, "true_positive_rate": 0.8, "n": 500}
+    res = {"fpr": 0.018, "clean": {"n": 8000}, "table1": {k: row for k in ("fgsm", "pgd", "cw", "adaptive")}}
+    (folder / "results.json").write_text(json.dumps(res))
+    table = results_table(tmp_path / "docs" / "results")
+    assert "| DLD Table I, PGD eps 0.3: robustness | 97.56% | 97.00% | 500 |" in table
+    assert "| DLD Table I, PGD: ROC AUC | 0.990 | 0.987 | 500 |" in table
+    assert "| DLD clean false-positive rate | 1.96% | 1.80% | 8000 |" in table
