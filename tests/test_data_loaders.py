@@ -21,13 +21,8 @@ from latentdefence.data.celeba import load_celeba_smile
 from latentdefence.data.idx import load_idx_mnist
 from latentdefence.data.svhn import load_svhn
 
-CELEBA_ATTRIBUTES = (
-    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose Black_Hair "
-    "Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee Gray_Hair Heavy_Makeup "
-    "High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard Oval_Face Pale_Skin Pointy_Nose "
-    "Receding_Hairline Rosy_Cheeks Sideburns Smiling Straight_Hair Wavy_Hair Wearing_Earrings Wearing_Hat "
-    "Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young"
-).split()
+from published_formats import CELEBA_ATTRIBUTES, write_celeba as write_celeba_files, write_svhn_mat
+
 
 
 @pytest.fixture(autouse=True)
@@ -120,11 +115,6 @@ def test_idx_label_count_mismatch_names_both_files(tmp_path: Path) -> None:
 
 # ---- SVHN --------------------------------------------------------------------------------------
 
-def write_svhn_mat(path: Path, labels: list[int], seed: int = 0) -> np.ndarray:
-    """An SVHN .mat file as published: X (32, 32, 3, N) uint8, y (N, 1) double with 10 for digit 0."""
-    x = np.random.default_rng(seed).integers(0, 256, (32, 32, 3, len(labels)), dtype=np.uint8)
-    scipy.io.savemat(str(path), {"X": x, "y": np.asarray(labels, dtype=np.float64).reshape(-1, 1)})
-    return x
 
 
 def test_svhn_layout_labels_and_extra(tmp_path: Path) -> None:
@@ -200,24 +190,10 @@ CELEBA_FILES = [  # (file, partition, smiling)
 ]
 
 
-def write_celeba(root: Path) -> None:
-    """Aligned 178x218 JPEGs (blue centre square, red 20-pixel bands above and below) and both lists."""
-    (root / "img_align_celeba").mkdir(parents=True)
-    smiling = CELEBA_ATTRIBUTES.index("Smiling")
-    attr_lines = [str(len(CELEBA_FILES)), " ".join(CELEBA_ATTRIBUTES) + " "]
-    for name, part, smile in CELEBA_FILES:
-        img = Image.new("RGB", (178, 218), (220, 0, 0))
-        img.paste((0, 0, 200), (0, 20, 178, 198))
-        img.save(root / "img_align_celeba" / name, quality=95)
-        values = [-1] * len(CELEBA_ATTRIBUTES)
-        values[smiling] = smile
-        attr_lines.append(name + " " + " ".join(f"{v:2d}" for v in values))
-    (root / "list_attr_celeba.txt").write_text("\n".join(attr_lines) + "\n")
-    (root / "list_eval_partition.txt").write_text("".join(f"{n} {p}\n" for n, p, _ in CELEBA_FILES))
 
 
 def test_celeba_smile_splits_labels_and_centre_crop(tmp_path: Path) -> None:
-    write_celeba(tmp_path)
+    write_celeba_files(tmp_path, CELEBA_FILES)
     splits = load_celeba_smile(tmp_path, image_size=16)
     assert splits.train.images.shape == (3, 3, 16, 16) and splits.test.images.shape == (2, 3, 16, 16)
     assert splits.train.labels.tolist() == [1, 0, 1] and splits.test.labels.tolist() == [0, 1]
@@ -229,7 +205,7 @@ def test_celeba_smile_splits_labels_and_centre_crop(tmp_path: Path) -> None:
 
 
 def test_celeba_corrupt_jpeg_names_it(tmp_path: Path) -> None:
-    write_celeba(tmp_path)
+    write_celeba_files(tmp_path, CELEBA_FILES)
     bad = tmp_path / "img_align_celeba" / "000002.jpg"
     bad.write_bytes(bad.read_bytes()[:300])  # truncated mid-scan
     with pytest.raises(DatasetFileError, match=r"000002\.jpg: unreadable image"):
@@ -240,21 +216,21 @@ def test_celeba_corrupt_jpeg_names_it(tmp_path: Path) -> None:
 
 
 def test_celeba_missing_image_names_it(tmp_path: Path) -> None:
-    write_celeba(tmp_path)
+    write_celeba_files(tmp_path, CELEBA_FILES)
     (tmp_path / "img_align_celeba" / "000006.jpg").unlink()
     with pytest.raises(DatasetFileError, match=r"000006\.jpg: missing image listed in .*list_eval_partition\.txt"):
         load_celeba_smile(tmp_path, image_size=8)
 
 
 def test_celeba_missing_list_names_it(tmp_path: Path) -> None:
-    write_celeba(tmp_path)
+    write_celeba_files(tmp_path, CELEBA_FILES)
     (tmp_path / "list_eval_partition.txt").unlink()
     with pytest.raises(DatasetFileError, match=r"list_eval_partition\.txt: missing"):
         load_celeba_smile(tmp_path)
 
 
 def test_celeba_malformed_attribute_row_names_file_and_line(tmp_path: Path) -> None:
-    write_celeba(tmp_path)
+    write_celeba_files(tmp_path, CELEBA_FILES)
     path = tmp_path / "list_attr_celeba.txt"
     lines = path.read_text().splitlines()
     lines[4] = lines[4].rsplit(" ", 1)[0]  # one value short

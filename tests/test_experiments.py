@@ -1,0 +1,57 @@
+"""Every paper experiment has a name, a pipeline and profiles; non-MNIST pipelines run on published-format fixtures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from latentdefence.cli import app
+from latentdefence.experiments import EXPERIMENTS, PROFILES, get_experiment, run_experiment
+from latentdefence.experiments.dld import dld_config
+from published_formats import write_svhn_dir
+
+
+def test_every_table_and_figure_has_an_experiment() -> None:
+    names = set(EXPERIMENTS)
+    for ds in ("mnist", "svhn"):
+        assert {f"dld-{ds}-table1", f"dld-{ds}-table2", f"dld-{ds}-fig3"} <= names
+    assert {f"lad-mnist-table{i}" for i in (2, 3, 4)} | {f"lad-mnist-fig{i}" for i in (3, 4, 5, 6, 7)} <= names
+    assert {"lad-svhn-table5", "lad-svhn-table6", "lad-svhn-table7"} <= names
+    assert {"lad-celeba-table8", "lad-celeba-table9", "lad-celeba-table10"} <= names
+    assert all(e.pipeline in ("dld", "lad") and e.needs_data_dir == (e.dataset != "mnist") for e in EXPERIMENTS.values())
+
+
+def test_unknown_names_profiles_and_missing_data_dirs_are_explained(tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match="unknown experiment 'dld-cifar'"):
+        get_experiment("dld-cifar")
+    with pytest.raises(ValueError, match="unknown profile 'huge'"):
+        run_experiment("dld-mnist-table1", "huge", tmp_path)
+    with pytest.raises(ValueError, match="needs --data-dir"):
+        run_experiment("dld-svhn-table1", "smoke", tmp_path)
+    res = CliRunner().invoke(app, ["reproduce", "lad-svhn-table5", "--profile", "smoke"])
+    assert res.exit_code == 2 and "needs --data-dir" in res.output
+
+
+def test_demo_profile_is_a_reduced_cpu_profile() -> None:
+    demo, cpu = dld_config("demo"), dld_config("cpu")
+    assert "demo" in PROFILES and demo.profile == "demo"
+    assert demo.attacks.pgd_steps < cpu.attacks.pgd_steps and demo.classifier.max_train < cpu.classifier.max_train
+    assert demo.n_calibration == 750 and demo.target_fpr == 0.02
+
+
+@pytest.mark.slow
+def test_dld_svhn_smoke_runs_on_published_format_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LATENTDEFENCE_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("LATENTDEFENCE_CACHE", str(tmp_path / "cache"))
+    data = write_svhn_dir(tmp_path / "svhn", n_train=400, n_test=200)
+    res = CliRunner().invoke(app, ["reproduce", "dld-svhn-table1", "--profile", "smoke", "--data-dir", str(data),
+                                   "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["settings"]["dataset"] == "svhn" and results["settings"]["latent_dim"] == 100
+    assert [r["layers"] for r in results["table2"]] == [["layer1"], ["layer1", "layer2"]]
+    assert set(results["table1"]) == {"fgsm", "pgd", "cw", "adaptive"}
+    assert "# DLD on SVHN" in (tmp_path / "out" / "report.md").read_text()
