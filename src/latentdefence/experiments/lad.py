@@ -127,7 +127,7 @@ def lad_config(profile: str, dataset: str = "mnist", **overrides: Any) -> LadCon
     if profile == "cpu":
         base = replace(base, classifier=TrainConfig(epochs=3, batch_size=64), black=TrainConfig(epochs=2, batch_size=64,
                                                                                               seed=1),
-                       generator=GeneratorConfig(epochs=8, batch_size=128), generator_train_limit=20_000,
+                       generator=GeneratorConfig(epochs=4, batch_size=128),
                        svm_epochs=200, finetune=FinetuneConfig(epochs=3),
                        attack=AttackSettings(pgd_steps=20, pgd_step_size=0.03, cw_steps=100, cw_search_steps=4,
                                              untargeted_per_class=200, targeted_per_class=10),

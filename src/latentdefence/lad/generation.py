@@ -113,7 +113,8 @@ def generate_set(classifier: TappedModel, tap: str, generator: LatentGenerator, 
     for eps in eps_values:
         z_new = perturb(z, boundaries, sources, targets, float(eps))
         images = generate(generator, z_new)
-        parts.append(GeneratedSet(images, sources, targets, torch.full((len(rows),), float(eps), dtype=torch.float64), index[rows],
+        eps_column = torch.full((len(rows),), float(eps), dtype=torch.float64)
+        parts.append(GeneratedSet(images, sources, targets, eps_column, index[rows],
                                   _head_predictions(classifier, tap, z_new), batched_predict(classifier, images)))
     return GeneratedSet.concat(parts)
 
