@@ -42,6 +42,7 @@ from .cache import default_cache_root, is_complete, mark_complete, stage_dir
 PROFILES = ("smoke", "cpu", "paper")
 ATTACKS = ("fgsm", "jsma", "pgd", "cw")
 TARGETED = frozenset({"jsma", "cw"})
+PAPER_ATTACKS = {"mnist": ATTACKS, "svhn": ("fgsm", "pgd", "jsma"), "celeba": ("fgsm", "pgd")}  # Tables II, V, VIII
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def lad_config(profile: str, dataset: str = "mnist", **overrides: Any) -> LadCon
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
     _spec(dataset)
-    base = LadConfig(profile=profile, dataset=dataset)
+    base = LadConfig(profile=profile, dataset=dataset, attacks=PAPER_ATTACKS[dataset])
     if profile == "cpu":
         base = replace(base, classifier=TrainConfig(epochs=3, batch_size=64), black=TrainConfig(epochs=2, batch_size=64,
                                                                                               seed=1),
