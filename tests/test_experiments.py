@@ -31,6 +31,8 @@ def test_unknown_names_profiles_and_missing_data_dirs_are_explained(tmp_path: Pa
         run_experiment("dld-mnist-table1", "huge", tmp_path)
     with pytest.raises(ValueError, match="needs --data-dir"):
         run_experiment("dld-svhn-table1", "smoke", tmp_path)
+    with pytest.raises(ValueError, match="demo profile"):
+        run_experiment("lad-mnist-table2", "demo", tmp_path)
     res = CliRunner().invoke(app, ["reproduce", "lad-svhn-table5", "--profile", "smoke"])
     assert res.exit_code == 2 and "needs --data-dir" in res.output
 

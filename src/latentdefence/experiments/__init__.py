@@ -68,6 +68,8 @@ def run_experiment(name: str, profile: str, out_dir: str | Path, data_dir: str |
     exp = get_experiment(name)
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
+    if profile == "demo" and exp.pipeline != "dld":
+        raise ValueError("the demo profile is the README's DLD main job; LAD experiments take smoke, cpu or paper")
     if exp.needs_data_dir and data_dir is None:
         raise ValueError(f"{name} needs --data-dir pointing at your copy of {exp.dataset.upper()} "
                          f"(see docs/data.md); it cannot be downloaded here")
