@@ -179,6 +179,7 @@ def run_dld(config: DLDExperimentConfig, out_dir: str | Path, cache_root: Path |
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timer, generator = _Timer(), seed_everything(config.seed)
+    revision = git_revision()  # the code that runs, not whatever HEAD is when the run ends
     with timer.stage("data"):
         train, cal, clean = _data(config)
     with timer.stage("classifier"):
@@ -198,7 +199,7 @@ def run_dld(config: DLDExperimentConfig, out_dir: str | Path, cache_root: Path |
         results = _evaluate(config, detector, cal, clean, adversarial, sweep)
     with timer.stage("figures"):
         _figures(out, detector, clean, adversarial, sweep, results)
-    results.update(settings=asdict(config), seed=config.seed, git_revision=git_revision(),
+    results.update(settings=asdict(config), seed=config.seed, git_revision=revision,
                    environment=environment_info(), wall_time_s=timer.seconds,
                    dataset_sizes={"train": len(train), "calibration": len(cal), "clean_eval": len(clean)})
     write_json(out / "results.json", results)

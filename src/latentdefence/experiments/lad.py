@@ -335,6 +335,7 @@ def _model_settings(data: dict[str, Any], arch: str, arch_kwargs: dict[str, int]
 def run_lad(config: LadConfig, out_dir: str | Path, data: Splits | None = None) -> dict[str, Any]:
     """Run every LAD stage for `config`, write results.json, report.md and figures to out_dir; return results."""
     start = time.perf_counter()
+    revision = git_revision()  # the code that runs, not whatever HEAD is when the run ends
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     spec = _spec(config.dataset)
@@ -422,7 +423,7 @@ def run_lad(config: LadConfig, out_dir: str | Path, data: Splits | None = None) 
         "split": {name: idx.tolist() for name, idx in split.as_dict().items()},
         "settings": _jsonable(asdict(config)), "seed": config.seed,
         "dataset_sizes": {"train": len(train), "test": len(test), "evaluation": len(split.evaluation)},
-        "git_revision": git_revision(), "environment": environment_info(),
+        "git_revision": revision, "environment": environment_info(),
         "wall_time_s": {**stages.wall_time_s, "total": time.perf_counter() - start},
     }
     write_json(out / "results.json", results)
