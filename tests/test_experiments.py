@@ -57,3 +57,19 @@ def test_dld_svhn_smoke_runs_on_published_format_files(tmp_path: Path, monkeypat
     assert [r["layers"] for r in results["table2"]] == [["layer1"], ["layer1", "layer2"]]
     assert set(results["table1"]) == {"fgsm", "pgd", "cw", "adaptive"}
     assert "# DLD on SVHN" in (tmp_path / "out" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_lad_celeba_smoke_runs_on_published_format_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from latentdefence.experiments.lad import lad_config, run_lad
+    from published_formats import celeba_files, write_celeba
+
+    monkeypatch.setenv("LATENTDEFENCE_CACHE", str(tmp_path / "cache"))
+    data = write_celeba(tmp_path / "celeba", celeba_files(100, 80))
+    config = lad_config("smoke", "celeba", data_dir=str(data), cache_root=str(tmp_path / "runs"),
+                        loader_kwargs={"image_size": 32})
+    results = run_lad(config, tmp_path / "out")
+    assert set(results["table2"]) == {"fgsm", "pgd"}  # the paper's CelebA attacks (Table VIII)
+    assert 0.0 <= results["table4"]["original"] <= 1.0 and results["dataset_sizes"]["train"] == 100
+    on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert on_disk["settings"]["dataset"] == "celeba" and on_disk["generator"]["test_mse"] >= 0.0
