@@ -73,3 +73,18 @@ def test_lad_celeba_smoke_runs_on_published_format_files(tmp_path: Path, monkeyp
     assert 0.0 <= results["table4"]["original"] <= 1.0 and results["dataset_sizes"]["train"] == 100
     on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
     assert on_disk["settings"]["dataset"] == "celeba" and on_disk["generator"]["test_mse"] >= 0.0
+
+
+@pytest.mark.slow
+def test_lad_svhn_smoke_runs_on_published_format_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from latentdefence.experiments.lad import lad_config, run_lad
+
+    monkeypatch.setenv("LATENTDEFENCE_CACHE", str(tmp_path / "cache"))
+    data = write_svhn_dir(tmp_path / "svhn", n_train=200, n_test=120)
+    # JSMA's pair search over 3,072 SVHN features takes minutes even at smoke size; it is tested on its own.
+    config = lad_config("smoke", "svhn", data_dir=str(data), cache_root=str(tmp_path / "runs"), attacks=("fgsm", "pgd"))
+    results = run_lad(config, tmp_path / "out")
+    assert set(results["table2"]) == set(results["table3"]) == {"fgsm", "pgd"}
+    assert all(0.0 <= row["original"] <= 1.0 and row["n"] > 0 for row in results["table2"].values())
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["settings"]["dataset"] == "svhn"
+    assert (tmp_path / "out" / "report.md").is_file()
