@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -47,3 +49,29 @@ def is_complete(path: Path) -> bool:
 def mark_complete(path: Path, info: Mapping[str, Any] | None = None) -> None:
     """Record that the stage in `path` finished (after all its files were written atomically)."""
     write_json(path / _MARKER, dict(info or {}))
+
+
+def ensure_stage(stage: str, settings: Mapping[str, Any], build: Callable[[Path], object],
+                 root: Path | None = None) -> Path:
+    """The stage's directory, running `build(dir)` first unless a completed run with these settings exists."""
+    path = stage_dir(stage, settings, root)
+    if not is_complete(path):
+        build(path)
+        mark_complete(path, {"stage": stage, "settings": settings})
+    return path
+
+
+class StageTimer:
+    """Wall time per stage, for results.json; a stage timed twice accumulates."""
+
+    def __init__(self) -> None:
+        self.wall_time_s: dict[str, float] = {}
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Add the block's wall time to stage `name`."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.wall_time_s[name] = round(self.wall_time_s.get(name, 0.0) + time.perf_counter() - start, 2)

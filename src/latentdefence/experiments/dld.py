@@ -7,9 +7,7 @@ on 2 CPU cores for MNIST, slow attacks on subsets with Wilson intervals) and ``s
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from ..dld import (CentroidAttack, DeepLatentDefence, EncoderTrainConfig, attack
                    cumulative_layers, ensemble_pgd, load_encoders, save_encoders, train_encoder)
 from ..dld.encoders import EncoderDecoder
 from ..models import TappedModel, create_model
-from .cache import is_complete, mark_complete, settings_key, stage_dir
+from .cache import StageTimer, ensure_stage, settings_key
 
 ATTACKS = ("fgsm", "pgd", "cw", "adaptive")
 # Paper values (percent / AUC) for the report: (base accuracy, robustness, ROC AUC); Table II: (TP increase, FP).
@@ -161,46 +159,33 @@ def _smoke(base: DLDExperimentConfig) -> DLDExperimentConfig:
 
 
 # -- the run ------------------------------------------------------------------------------------
-class _Timer:
-    """Wall time per stage, for results.json."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = round(time.perf_counter() - start, 2)
-
-
 def run_dld(config: DLDExperimentConfig, out_dir: str | Path, cache_root: Path | None = None) -> dict[str, Any]:
     """Run the whole DLD pipeline; write results.json, report.md and figures to `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    timer, generator = _Timer(), seed_everything(config.seed)
+    timer, generator = StageTimer(), seed_everything(config.seed)
     revision = git_revision()  # the code that runs, not whatever HEAD is when the run ends
-    with timer.stage("data"):
+    with timer.timed("data"):
         train, cal, clean = _data(config)
-    with timer.stage("classifier"):
+    with timer.timed("classifier"):
         classifier, classifier_key = _classifier(config, train, cache_root)
-    with timer.stage("encoders"):
+    with timer.timed("encoders"):
         encoders, enc_dir = _encoders(config, classifier, classifier_key, train, cache_root)
-    with timer.stage("detector"):
+    with timer.timed("detector"):
         detector = _detector(config, classifier, encoders, train, cal, enc_dir)
     adversarial: dict[str, dict[str, torch.Tensor]] = {}
     for name in ("fgsm", "pgd", "cw"):
-        with timer.stage(f"attack_{name}"):
+        with timer.timed(f"attack_{name}"):
             adversarial[name] = _grey_box(config, name, classifier, classifier_key, clean, cache_root, generator)
-    with timer.stage("attack_adaptive"):
+    with timer.timed("attack_adaptive"):
         sweep = _adaptive(config, classifier, encoders, detector, enc_dir.name, clean, cache_root,
                           generator)
-    with timer.stage("evaluate"):
+    with timer.timed("evaluate"):
         results = _evaluate(config, detector, cal, clean, adversarial, sweep)
-    with timer.stage("figures"):
+    with timer.timed("figures"):
         _figures(out, detector, clean, adversarial, sweep, results)
     results.update(settings=asdict(config), seed=config.seed, git_revision=revision,
-                   environment=environment_info(), wall_time_s=timer.seconds,
+                   environment=environment_info(), wall_time_s=timer.wall_time_s,
                    dataset_sizes={"train": len(train), "calibration": len(cal), "clean_eval": len(clean)})
     write_json(out / "results.json", results)
     _write_report(out / "report.md", config, results)
@@ -231,13 +216,11 @@ def _classifier(config: DLDExperimentConfig, train: ImageDataset, root: Path | N
         return model, settings_key({"checkpoint": config.classifier_checkpoint})
     cs = config.classifier
     settings = {"dataset": config.dataset, **asdict(cs)}
-    path = stage_dir("dld-classifier", settings, root)
-    if not is_complete(path):
-        tc = TrainConfig(epochs=cs.epochs, batch_size=cs.batch_size, lr=cs.lr, adversarial=cs.adversarial,  # type: ignore[arg-type]
-                         eps=cs.eps, steps=cs.steps, step_size=cs.step_size, eps_ramp_epochs=cs.eps_ramp_epochs,
-                         seed=cs.seed)
-        train_classifier(create_model(cs.arch), train.head(cs.max_train), tc, checkpoint_dir=path)
-        mark_complete(path, settings)
+    tc = TrainConfig(epochs=cs.epochs, batch_size=cs.batch_size, lr=cs.lr, adversarial=cs.adversarial,  # type: ignore[arg-type]
+                     eps=cs.eps, steps=cs.steps, step_size=cs.step_size, eps_ramp_epochs=cs.eps_ramp_epochs,
+                     seed=cs.seed)
+    path = ensure_stage("dld-classifier", settings, lambda d: train_classifier(
+        create_model(cs.arch), train.head(cs.max_train), tc, checkpoint_dir=d), root)
     return load_checkpoint(path / "final")[0].eval(), settings_key(settings)
 
 
@@ -246,11 +229,8 @@ def _encoders(config: DLDExperimentConfig, classifier: TappedModel, classifier_k
     """Encoder-decoders for every tap, trained once per (classifier, settings) and cached."""
     settings = {"classifier": classifier_key, "taps": list(config.taps), "latent_dim": config.latent_dim,
                 **asdict(config.encoder)}
-    path = stage_dir("dld-encoders", settings, root)
-    if not is_complete(path):
-        eds = {tap: train_encoder(classifier, tap, train, config.latent_dim, config.encoder) for tap in config.taps}
-        save_encoders(str(path / "encoders.safetensors"), eds)
-        mark_complete(path, settings)
+    path = ensure_stage("dld-encoders", settings, lambda d: save_encoders(str(d / "encoders.safetensors"), {
+        tap: train_encoder(classifier, tap, train, config.latent_dim, config.encoder) for tap in config.taps}), root)
     return load_encoders(str(path / "encoders.safetensors")), path
 
 
@@ -267,10 +247,7 @@ def _detector(config: DLDExperimentConfig, classifier: TappedModel, encoders: di
 def _cached_images(stage: str, settings: dict[str, Any], root: Path | None,
                    make: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Adversarial sets stored once per settings."""
-    path = stage_dir(stage, settings, root)
-    if not is_complete(path):
-        save_tensors(path / "images.safetensors", make())
-        mark_complete(path, settings)
+    path = ensure_stage(stage, settings, lambda d: save_tensors(d / "images.safetensors", make()), root)
     return load_tensors(path / "images.safetensors")[0]
 
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 import dataclasses
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -37,7 +36,7 @@ from ..lad.generator import (GeneratorConfig, LatentGenerator, create_generator,
                              load_generator, reconstruction_mse, save_generator, train_generator)
 from ..models import TappedModel, create_model
 from ..training import TrainConfig, load_checkpoint, save_checkpoint, train_classifier
-from .cache import default_cache_root, is_complete, mark_complete, stage_dir
+from .cache import StageTimer, default_cache_root, ensure_stage
 
 PROFILES = ("smoke", "cpu", "paper")
 ATTACKS = ("fgsm", "jsma", "pgd", "cw")
@@ -174,29 +173,16 @@ PAPER: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-class _Stages:
+class _Stages(StageTimer):
     """Cached stages with wall times: a stage's directory is reused when its settings match."""
 
     def __init__(self, root: Path) -> None:
+        super().__init__()
         self.root = root
-        self.wall_time_s: dict[str, float] = {}
-
-    @contextmanager
-    def timed(self, name: str) -> Iterator[None]:
-        """Add the block's wall time to stage `name`."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.wall_time_s[name] = self.wall_time_s.get(name, 0.0) + time.perf_counter() - start
 
     def run(self, stage: str, settings: Mapping[str, Any], build: Callable[[Path], None]) -> Path:
-        """The stage's directory, running `build(dir)` first unless a completed run with these settings exists."""
-        path = stage_dir(stage, settings, self.root)
-        if not is_complete(path):
-            build(path)
-            mark_complete(path, {"stage": stage, "settings": settings})
-        return path
+        """The stage's directory, built first unless a completed run with these settings exists."""
+        return ensure_stage(stage, settings, build, self.root)
 
 
 def _fingerprint(splits: Splits) -> str:
