@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -19,6 +20,7 @@ from typing import Any
 from .._io import write_json
 
 _MARKER = "COMPLETE.json"
+log = logging.getLogger(__name__)
 
 
 def settings_key(settings: Mapping[str, Any] | Any) -> str:
@@ -62,7 +64,7 @@ def ensure_stage(stage: str, settings: Mapping[str, Any], build: Callable[[Path]
 
 
 class StageTimer:
-    """Wall time per stage, for results.json; a stage timed twice accumulates."""
+    """Wall time per stage, for results.json (a stage timed twice accumulates), logged as each stage ends."""
 
     def __init__(self) -> None:
         self.wall_time_s: dict[str, float] = {}
@@ -71,7 +73,10 @@ class StageTimer:
     def timed(self, name: str) -> Iterator[None]:
         """Add the block's wall time to stage `name`."""
         start = time.perf_counter()
+        log.info("stage %s: started", name)
         try:
             yield
         finally:
-            self.wall_time_s[name] = round(self.wall_time_s.get(name, 0.0) + time.perf_counter() - start, 2)
+            elapsed = time.perf_counter() - start
+            self.wall_time_s[name] = round(self.wall_time_s.get(name, 0.0) + elapsed, 2)
+            log.info("stage %s: finished in %.1f s", name, elapsed)

@@ -1,0 +1,46 @@
+"""Stage cache: a completed stage is reused, an interrupted one reruns, and stages are timed and logged."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from latentdefence.experiments.cache import StageTimer, ensure_stage, is_complete, settings_key
+
+
+def test_completed_stage_is_not_rebuilt(tmp_path):
+    calls = []
+    first = ensure_stage("toy", {"a": 1}, lambda d: calls.append(d), root=tmp_path)
+    second = ensure_stage("toy", {"a": 1}, lambda d: calls.append(d), root=tmp_path)
+    assert first == second and len(calls) == 1 and is_complete(first)
+
+
+def test_other_settings_get_their_own_stage(tmp_path):
+    assert settings_key({"a": 1}) != settings_key({"a": 2})
+    assert ensure_stage("toy", {"a": 1}, lambda d: None, root=tmp_path) != \
+        ensure_stage("toy", {"a": 2}, lambda d: None, root=tmp_path)
+
+
+def test_interrupted_stage_reruns(tmp_path):
+    def crash(_):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ensure_stage("toy", {"a": 1}, crash, root=tmp_path)
+    calls = []
+    path = ensure_stage("toy", {"a": 1}, lambda d: calls.append(d), root=tmp_path)
+    assert calls == [path] and is_complete(path)
+
+
+def test_stage_timer_accumulates_and_logs(caplog):
+    timer = StageTimer()
+    with caplog.at_level(logging.INFO, logger="latentdefence.experiments.cache"):
+        with timer.timed("encoders"):
+            pass
+        with timer.timed("encoders"):
+            pass
+    assert set(timer.wall_time_s) == {"encoders"} and timer.wall_time_s["encoders"] >= 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("stage encoders: started") == 2
+    assert sum(m.startswith("stage encoders: finished in") for m in messages) == 2
