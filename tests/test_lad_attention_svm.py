@@ -51,6 +51,42 @@ def test_large_steps_cross_to_the_target() -> None:
     assert (svm.predict(source + 20 * svm.direction(source)) == 1).all()
 
 
+def test_margin_units_put_the_median_source_on_the_boundary_at_boundary_eps() -> None:
+    z, y = toy(n=200, gap=2.0)
+    z[:, 2] += 0.5 * torch.rand(len(z), generator=torch.Generator().manual_seed(3))  # spread the distances
+    svm = AttentionSVM(**FAST, boundary_eps=10.0).fit(z, y)
+    source = z[y == 0]
+
+    def crossed(eps: float) -> float:
+        return (svm.decision_function(source + eps * svm.direction(source)) > 0).float().mean().item()
+
+    assert crossed(0.0) == 0.0
+    assert 0.3 <= crossed(10.0) <= 0.7          # about half of the source latents reach it at boundary_eps
+    assert crossed(30.0) == 1.0
+
+
+def test_latent_units_step_eps_along_the_unit_normal_under_uniform_attention() -> None:
+    z, y = toy()
+    svm = AttentionSVM(**FAST, eps_scale="latent").fit(z, y)
+    assert svm.step_scale_.item() == 1.0
+    svm.conv_weight_, svm.conv_bias_ = torch.zeros_like(svm.conv_weight_), torch.zeros_like(svm.conv_bias_)
+    torch.testing.assert_close(svm.direction(z[:3]), svm.boundary_normal_.expand(3, -1))
+    with pytest.raises(ValueError, match="eps_scale"):
+        AttentionSVM(eps_scale="pixels").fit(z, y)
+
+
+def test_saved_boundaries_keep_their_eps_scale(tmp_path) -> None:
+    from latentdefence.lad.attention_svm import load_boundaries, save_boundaries
+
+    z, y = toy()
+    bounds = TargetBoundaries(**FAST, boundary_eps=5.0).fit(z, y)
+    save_boundaries(tmp_path / "b.safetensors", bounds)
+    loaded, _ = load_boundaries(tmp_path / "b.safetensors")
+    sources, targets = y, 1 - y
+    assert loaded.eps_scale == "margin" and loaded.boundary_eps == 5.0
+    torch.testing.assert_close(loaded.direction(z, sources, targets), bounds.direction(z, sources, targets))
+
+
 @pytest.mark.parametrize("strategy", ["pairwise", "one_vs_rest"])
 def test_boundaries_toward_every_class(strategy: str) -> None:
     g = torch.Generator().manual_seed(1)

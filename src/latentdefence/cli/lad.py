@@ -62,6 +62,8 @@ def boundary_cmd(
     per_class: int = typer.Option(20, help="Labelled test images per class used to fit (paper: 20-200 per pair)."),
     strategy: str = typer.Option("pairwise", help="pairwise (one SVM per source/target) | one_vs_rest"),
     epochs: int = 300, lr: float = 0.01, l2: float = 1e-3, kernel_size: int = 3, seed: int = 0,
+    eps_scale: str = typer.Option("margin", help="margin: eps=boundary-eps reaches the median boundary | latent: raw units"),
+    boundary_eps: float = typer.Option(10.0, help="With eps-scale margin, the eps that reaches the median boundary."),
 ) -> None:
     """Fit attention-SVM boundaries toward every class on a few labelled test latents."""
     with cli_errors():
@@ -76,8 +78,9 @@ def boundary_cmd(
         model, _ = load_checkpoint(classifier)
         test = load_dataset(dataset, data_dir).test
         index = per_class_sample(test.labels, torch.arange(len(test)), per_class, torch.Generator().manual_seed(seed))
-        bounds = TargetBoundaries(strategy=strategy, kernel_size=kernel_size, l2=l2, epochs=epochs, lr=lr,
-                                  seed=seed).fit(extract_latents(model, tap, test.images[index]), test.labels[index])
+        bounds = TargetBoundaries(strategy=strategy, kernel_size=kernel_size, l2=l2, epochs=epochs, lr=lr, seed=seed,
+                                  eps_scale=eps_scale, boundary_eps=boundary_eps)
+        bounds.fit(extract_latents(model, tap, test.images[index]), test.labels[index])
         save_boundaries(out, bounds, {"fit_indices": index.tolist(), "tap": tap})
         _echo({"boundaries": out, "pairs": len(bounds.estimators_), "fit_images": len(index)})
 

@@ -31,6 +31,7 @@ from ..evaluation.metrics import accuracy
 from ..lad import plots
 from ..lad.attention_svm import TargetBoundaries, load_boundaries, save_boundaries
 from ..lad.finetune import FinetuneConfig, LadSplit, eps_label, finetune, make_split, per_class_sample
+from ..lad.ga import ACGAN, ACGANConfig, UnrestrictedAttack, load_acgan, save_acgan, train_acgan
 from ..lad.generation import GeneratedSet, every_other_target, generate_set, success_by_eps, transition
 from ..lad.generator import (GeneratorConfig, LatentGenerator, create_generator, extract_latents, generate,
                              load_generator, reconstruction_mse, save_generator, train_generator)
@@ -39,9 +40,9 @@ from ..training import TrainConfig, load_checkpoint, save_checkpoint, train_clas
 from .cache import StageTimer, default_cache_root, ensure_stage
 
 PROFILES = ("smoke", "cpu", "paper")
-ATTACKS = ("fgsm", "jsma", "pgd", "cw")
+ATTACKS = ("fgsm", "jsma", "pgd", "cw", "ga")
 TARGETED = frozenset({"jsma", "cw"})
-PAPER_ATTACKS = {"mnist": ATTACKS, "svhn": ("fgsm", "pgd", "jsma"), "celeba": ("fgsm", "pgd")}  # Tables II, V, VIII
+PAPER_ATTACKS = {"mnist": ATTACKS, "svhn": ("fgsm", "pgd", "jsma"), "celeba": ("fgsm", "pgd")}  # Tables II-X
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,12 @@ class AttackSettings:
     jsma_gamma: float = 0.1
     cw_steps: int = 1000
     cw_search_steps: int = 9
+    ga_steps: int = 200               # GA (Song et al. 2018): Adam on the AC-GAN noise
+    ga_lr: float = 0.01
+    ga_lambda1: float = 100.0
+    ga_lambda2: float = 100.0
+    ga_z_eps: float = 0.1
+    ga_candidates: int = 2            # noise draws per wanted example (only successes are kept)
     untargeted_per_class: int = 450   # 4500 MNIST images (Tables II, III)
     targeted_per_class: int = 50      # x (K - 1) targets = 4500 examples
     batch_size: int = 500
@@ -92,6 +99,7 @@ class LadConfig:
     train_limit: int | None = None
     classifier: TrainConfig = TrainConfig(epochs=10, batch_size=64, lr=1e-3)
     black: TrainConfig = TrainConfig(epochs=10, batch_size=64, lr=1e-3, seed=1)
+    acgan: ACGANConfig = ACGANConfig()
     generator: GeneratorConfig = GeneratorConfig()
     generator_width: float = 1.0
     generator_train_limit: int | None = None
@@ -101,6 +109,8 @@ class LadConfig:
     svm_l2: float = 1e-3
     svm_kernel_size: int = 3
     strategy: str = "pairwise"
+    eps_scale: str = "margin"
+    boundary_eps: float = 10.0
     generation_per_class: int = 50
     small_per_class: int = 10
     large_eps: tuple[float, ...] = (0.1, 2.0, 5.0, 7.0, 10.0, 15.0, 20.0)
@@ -127,10 +137,10 @@ def lad_config(profile: str, dataset: str = "mnist", **overrides: Any) -> LadCon
     if profile == "cpu":
         base = replace(base, classifier=TrainConfig(epochs=3, batch_size=64), black=TrainConfig(epochs=2, batch_size=64,
                                                                                               seed=1),
-                       generator=GeneratorConfig(epochs=4, batch_size=128),
+                       generator=GeneratorConfig(epochs=8, batch_size=128), acgan=ACGANConfig(epochs=5, width=32),
                        svm_epochs=200, finetune=FinetuneConfig(epochs=3),
                        attack=AttackSettings(pgd_steps=20, pgd_step_size=0.03, cw_steps=100, cw_search_steps=4,
-                                             untargeted_per_class=200, targeted_per_class=10),
+                                             ga_steps=100, untargeted_per_class=200, targeted_per_class=10),
                        table4_per_class=200)
         if dataset != "mnist":
             base = replace(base, generator_width=0.25, train_limit=20_000,
@@ -139,11 +149,12 @@ def lad_config(profile: str, dataset: str = "mnist", **overrides: Any) -> LadCon
         base = replace(base, classifier=TrainConfig(epochs=1, batch_size=32), black=TrainConfig(epochs=1, batch_size=32,
                                                                                               seed=1),
                        generator=GeneratorConfig(epochs=1, batch_size=32), generator_width=0.125, train_limit=256,
+                       acgan=ACGANConfig(epochs=1, batch_size=32, width=8, latent_dim=16),
                        boundary_per_class=3, svm_epochs=20, strategy="one_vs_rest", generation_per_class=1,
                        small_per_class=1,
                        large_eps=(0.1, 5.0, 20.0), small_eps=(0.1, 10.0), finetune=FinetuneConfig(epochs=1, batch_size=16),
                        attack=AttackSettings(pgd_steps=3, pgd_step_size=0.1, cw_steps=5, cw_search_steps=1,
-                                             jsma_gamma=0.01, untargeted_per_class=2, targeted_per_class=1),
+                                             jsma_gamma=0.01, ga_steps=5, untargeted_per_class=2, targeted_per_class=1),
                        table4_per_class=2)
     return replace(base, **overrides)
 
@@ -239,7 +250,8 @@ def _boundaries(stages: _Stages, settings: dict[str, Any], config: LadConfig, cl
     def build(path: Path) -> None:
         z = extract_latents(classifier, SPECS[config.dataset].tap, test.images[index])
         fitted = TargetBoundaries(strategy=config.strategy, kernel_size=config.svm_kernel_size, l2=config.svm_l2,
-                                  epochs=config.svm_epochs, lr=config.svm_lr, seed=config.seed).fit(z, test.labels[index])
+                                  epochs=config.svm_epochs, lr=config.svm_lr, seed=config.seed,
+                                  eps_scale=config.eps_scale, boundary_eps=config.boundary_eps).fit(z, test.labels[index])
         save_boundaries(path / "boundaries.safetensors", fitted, {"fit_indices": index.tolist()})
 
     with stages.timed("boundaries"):
@@ -279,8 +291,14 @@ def _attack(name: str, s: AttackSettings, seed: int) -> attack_lib.Attack:
 
 
 def _craft(model: TappedModel, name: str, config: LadConfig, data: ImageDataset, pool: torch.Tensor,
-           per_class: int, path: Path) -> None:
-    """Adversarial examples of `name` against `model` from per-class samples of data[pool], saved to `path`."""
+           per_class: int, path: Path, acgan: ACGAN | None = None) -> None:
+    """Adversarial examples of `name` against `model` from per-class samples of data[pool], saved to `path`
+    (GA draws its images from the AC-GAN instead)."""
+    if name == "ga":
+        if acgan is None:
+            raise ValueError("the GA baseline needs a trained AC-GAN")
+        _craft_ga(model, acgan, config, per_class, path)
+        return
     gen = torch.Generator().manual_seed(config.seed)
     index = per_class_sample(data.labels, pool, per_class, gen)
     labels, targets = data.labels[index], None
@@ -300,6 +318,34 @@ def _craft(model: TappedModel, name: str, config: LadConfig, data: ImageDataset,
                             for f in dataclasses.fields(AttackResult)))
     attack_lib.save_adversarial_set(path, result, labels, attack=attack, targets=targets, source_indices=index,
                                     dataset=data.name)
+
+
+def _craft_ga(model: TappedModel, acgan: ACGAN, config: LadConfig, per_class: int, path: Path) -> None:
+    """GA examples against `model`: `ga_candidates` noise draws per wanted example and class; the first
+    `per_class` successes of each class are kept (labels = the class the AC-GAN drew)."""
+    s = config.attack
+    attack = UnrestrictedAttack(acgan, steps=s.ga_steps, lr=s.ga_lr, lambda1=s.ga_lambda1, lambda2=s.ga_lambda2,
+                                z_eps=s.ga_z_eps)
+    gen = torch.Generator().manual_seed(config.seed)
+    sources = torch.arange(model.num_classes).repeat_interleave(per_class * s.ga_candidates)
+    parts = [attack(model, sources[i:i + s.batch_size], generator=gen)[0]
+             for i in track(range(0, len(sources), s.batch_size), "ga attack")]
+    result = AttackResult(*(torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(AttackResult)))
+    keep = torch.cat([torch.nonzero(result.success & (sources == c)).flatten()[:per_class]
+                      for c in range(model.num_classes)])
+    kept = AttackResult(*(getattr(result, f.name)[keep] for f in dataclasses.fields(AttackResult)))
+    attack_lib.save_adversarial_set(path, kept, sources[keep], attack=attack.describe(), dataset="acgan",
+                                    extra={"candidates": len(sources), "success_rate": result.success_rate})
+
+
+def _trained_acgan(stages: _Stages, settings: dict[str, Any], config: LadConfig, train: ImageDataset) -> ACGAN:
+    """The AC-GAN GA searches (trained on the training images only), or the cached one."""
+    def build(path: Path) -> None:
+        model, history = train_acgan(train, config.acgan)
+        save_acgan(path / "acgan.safetensors", model, {"history": history, "train_images": len(train)})
+
+    with stages.timed("acgan"):
+        return load_acgan(stages.run("lad-acgan", settings, build) / "acgan.safetensors")[0]
 
 
 def _crafted(stages: _Stages, settings: dict[str, Any], make: Callable[[Path], None]) -> attack_lib.AdversarialSet:
@@ -347,7 +393,8 @@ def run_lad(config: LadConfig, out_dir: str | Path, data: Splits | None = None) 
                     "limit": config.generator_train_limit}
     generator, gen_metrics = _trained_generator(stages, gen_settings, config, classifier, splits)
     bnd_settings = {"classifier": clf_settings, "split": split_settings, "strategy": config.strategy,
-                    "svm": [config.svm_epochs, config.svm_lr, config.svm_l2, config.svm_kernel_size]}
+                    "svm": [config.svm_epochs, config.svm_lr, config.svm_l2, config.svm_kernel_size],
+                    "eps_scale": [config.eps_scale, config.boundary_eps]}
     boundaries = _boundaries(stages, bnd_settings, config, classifier, test, split.boundary)
 
     def lad_set(part: torch.Tensor, eps: tuple[float, ...]) -> Callable[[], GeneratedSet]:
@@ -366,12 +413,14 @@ def run_lad(config: LadConfig, out_dir: str | Path, data: Splits | None = None) 
           for eps in config.large_eps}
     adv_model = tuned("Adv", small_settings, small.as_dataset())
     ft_first = ft[config.large_eps[0]]
+    acgan_settings = {"data": data_settings, "acgan": asdict(config.acgan)}
+    acgan = _trained_acgan(stages, acgan_settings, config, train) if "ga" in config.attacks else None
 
     def crafted(name: str, model: TappedModel, model_settings: dict[str, Any], source: ImageDataset,
                 pool: torch.Tensor, per_class: int, where: str) -> attack_lib.AdversarialSet:
         settings = {"model": model_settings, "attack": name, "params": asdict(config.attack), "pool": where,
-                    "per_class": per_class, "split": split_settings}
-        return _crafted(stages, settings, lambda p: _craft(model, name, config, source, pool, per_class, p))
+                    "per_class": per_class, "split": split_settings, **({"acgan": acgan_settings} if name == "ga" else {})}
+        return _crafted(stages, settings, lambda p: _craft(model, name, config, source, pool, per_class, p, acgan))
 
     def per_attack(name: str) -> dict[str, Any]:
         per_class = config.attack.targeted_per_class if name in TARGETED else config.attack.untargeted_per_class
@@ -380,11 +429,13 @@ def run_lad(config: LadConfig, out_dir: str | Path, data: Splits | None = None) 
         t4_per_class = config.attack.targeted_per_class if name in TARGETED else config.table4_per_class
         t4_set = crafted(name, classifier, clf_settings, train, torch.arange(len(train)), t4_per_class, "train")
         t4_model = tuned(f"attack-{name}", {"attack_set": name, "per_class": t4_per_class,
-                                            "params": asdict(config.attack)}, _as_dataset(t4_set, name))
+                                            "params": asdict(config.attack)}, _as_dataset(t4_set, name)) \
+            if len(t4_set) else None  # GA may find no example at smoke scale
         with stages.timed("evaluate"):
             return {"table2": _row(classifier, adv_model, _as_dataset(white, name)),
                     "table3": _row(classifier, ft_first, _as_dataset(transfer, name)),
-                    "table4": {"accuracy": _acc(t4_model, test.subset(split.evaluation)), "n_train": len(t4_set)},
+                    "table4": {"accuracy": _acc(t4_model, test.subset(split.evaluation)) if t4_model else None,
+                               "n_train": len(t4_set)},
                     "white": white}
 
     attack_rows = {name: per_attack(name) for name in config.attacks}
@@ -427,8 +478,9 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _acc(model: nn.Module, data: ImageDataset) -> float:
-    return accuracy(model, data.images, data.labels)
+def _acc(model: nn.Module, data: ImageDataset) -> float | None:
+    """Accuracy on `data`; None for an empty set (e.g. GA found no example)."""
+    return accuracy(model, data.images, data.labels) if len(data) else None
 
 
 def _row(original: nn.Module, finetuned: nn.Module, data: ImageDataset) -> dict[str, float | int]:

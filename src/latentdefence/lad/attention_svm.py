@@ -7,6 +7,13 @@ trained jointly in torch by full-batch Adam on a few labelled latents (the paper
 Scaling: beta sums to 1, so beta ~ 1/D; the SVM reads D * beta * z, which is z itself under uniform
 attention, so w and its penalty keep their usual scale for any D. The boundary normal d is w / ||w||.
 
+eps units (`eps_scale`): "latent" makes the step eps * D * beta * d, a distance in raw latent units, which
+means different things for differently trained classifiers. "margin" (the default) divides by the
+fitted `step_scale_`, so that eps = `boundary_eps` (10) moves the median source-class fitting latent onto
+the hyperplane (found by bisection along the step): eps is then comparable across models, and the
+paper's range 0.1-20 spans "barely moved" to "twice the typical distance to the boundary", matching its
+Fig. 6 (crossing near eps 9-11) and Fig. 5 (~100% success at 20). See docs/lad.md.
+
 Beyond the paper's one boundary between a source and a target class, :class:`TargetBoundaries` fits
 one attention SVM per (source, target) pair (or per target, one-vs-rest), so any image can be pushed
 toward every other class.
@@ -25,6 +32,8 @@ from torch.nn import functional as F
 
 from .._io import load_tensors, save_tensors
 from .._seed import seed_everything
+
+EPS_SCALES = ("margin", "latent")
 
 
 def _check_latents(z: torch.Tensor, n_features: int | None = None) -> None:
@@ -53,17 +62,21 @@ class AttentionSVM:
     """Binary linear SVM on attended latents; classes_[1] is the target (positive side of the boundary).
 
     Parameters: kernel_size (odd, the attention conv's width), l2 (penalty lambda/2 ||w||^2), epochs and
-    lr of full-batch Adam, seed. Learned: classes_, conv_weight_, conv_bias_, coef_, intercept_,
-    boundary_normal_ (unit, from classes_[0] toward classes_[1]), n_features_in_.
+    lr of full-batch Adam, seed, eps_scale ("margin" or "latent") and boundary_eps (the eps at which the
+    median source latent reaches the boundary, for "margin"). Learned: classes_, conv_weight_, conv_bias_,
+    coef_, intercept_, boundary_normal_ (unit, from classes_[0] toward classes_[1]), step_scale_ (latent
+    units per eps), n_features_in_.
     """
 
     def __init__(self, *, kernel_size: int = 3, l2: float = 1e-3, epochs: int = 300, lr: float = 0.01,
-                 seed: int = 0) -> None:
+                 seed: int = 0, eps_scale: str = "margin", boundary_eps: float = 10.0) -> None:
         self.kernel_size = kernel_size
         self.l2 = l2
         self.epochs = epochs
         self.lr = lr
         self.seed = seed
+        self.eps_scale = eps_scale
+        self.boundary_eps = boundary_eps
 
     def _alpha(self, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         # 1-D convolution as a matmul: (N, D + k - 1) -> windows (N, D, k) -> (N, D); avoids per-shape conv setup
@@ -80,6 +93,9 @@ class AttentionSVM:
         _check_latents(z)
         if self.kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd to keep D features, got {self.kernel_size}")
+        if self.eps_scale not in EPS_SCALES or self.boundary_eps <= 0:
+            raise ValueError(f"eps_scale must be one of {EPS_SCALES} and boundary_eps > 0, got "
+                             f"{self.eps_scale!r}, {self.boundary_eps}")
         classes = torch.unique(y)
         if classes.numel() != 2 or y.shape != (z.shape[0],):
             raise ValueError(f"fit needs y of shape ({z.shape[0]},) with exactly two classes, got "
@@ -109,7 +125,31 @@ class AttentionSVM:
         if norm == 0:
             raise ValueError("attention SVM learned w = 0 (no boundary); check the labels and l2")
         self.boundary_normal_ = self.coef_ / norm
+        self.step_scale_ = torch.tensor(1.0)
+        if self.eps_scale == "margin":
+            self.step_scale_ = self._median_crossing(z[sign < 0]) / self.boundary_eps
         return self
+
+    def _median_crossing(self, z: torch.Tensor) -> torch.Tensor:
+        """Median eps (latent units) at which z + eps * D * beta(z) * d reaches the boundary, by bisection."""
+        step = self.n_features_in_ * self.attention(z) * self.boundary_normal_
+
+        def beyond(eps: torch.Tensor) -> torch.Tensor:
+            return self.decision_function(z + eps[:, None] * step) > 0
+
+        hi = torch.ones(z.shape[0])
+        for _ in range(60):                       # grow until every latent is past the boundary (or give up)
+            short = ~beyond(hi)
+            if not short.any():
+                break
+            hi = torch.where(short, 2 * hi, hi)
+        lo = torch.zeros_like(hi)
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            past = beyond(mid)
+            hi, lo = torch.where(past, mid, hi), torch.where(past, lo, mid)
+        reached = beyond(hi)
+        return hi[reached].median() if reached.any() else torch.tensor(1.0)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "coef_"):
@@ -132,8 +172,8 @@ class AttentionSVM:
         return torch.where(self.decision_function(z) > 0, self.classes_[1], self.classes_[0])
 
     def direction(self, z: torch.Tensor) -> torch.Tensor:
-        """D * beta * d (N, D): the per-sample step of LAD's z' = z + eps * beta * d (scaled as in docs/lad.md)."""
-        return self.n_features_in_ * self.attention(z) * self.boundary_normal_
+        """step_scale_ * D * beta * d (N, D): the per-sample step of LAD's z' = z + eps * beta * d (see docs/lad.md)."""
+        return self.step_scale_ * self.n_features_in_ * self.attention(z) * self.boundary_normal_
 
 
 class TargetBoundaries:
@@ -144,16 +184,19 @@ class TargetBoundaries:
     """
 
     def __init__(self, *, strategy: str = "pairwise", kernel_size: int = 3, l2: float = 1e-3, epochs: int = 300,
-                 lr: float = 0.01, seed: int = 0) -> None:
+                 lr: float = 0.01, seed: int = 0, eps_scale: str = "margin", boundary_eps: float = 10.0) -> None:
         self.strategy = strategy
         self.kernel_size = kernel_size
         self.l2 = l2
         self.epochs = epochs
         self.lr = lr
         self.seed = seed
+        self.eps_scale = eps_scale
+        self.boundary_eps = boundary_eps
 
     def _svm(self) -> AttentionSVM:
-        return AttentionSVM(kernel_size=self.kernel_size, l2=self.l2, epochs=self.epochs, lr=self.lr, seed=self.seed)
+        return AttentionSVM(kernel_size=self.kernel_size, l2=self.l2, epochs=self.epochs, lr=self.lr, seed=self.seed,
+                            eps_scale=self.eps_scale, boundary_eps=self.boundary_eps)
 
     def fit(self, z: torch.Tensor, y: torch.Tensor) -> "TargetBoundaries":
         """Fit every boundary from labelled latents z (N, D), y (N,) covering at least two classes."""
@@ -208,7 +251,7 @@ class TargetBoundaries:
         """Learned state as named tensors, for `_io.save_tensors` (the settings go in its metadata)."""
         out: dict[str, torch.Tensor] = {}
         for (source, target), est in self.estimators_.items():
-            for name in ("classes_", "conv_weight_", "conv_bias_", "coef_", "intercept_"):
+            for name in ("classes_", "conv_weight_", "conv_bias_", "coef_", "intercept_", "step_scale_"):
                 out[f"{source}:{target}:{name}"] = getattr(est, name)
         return out
 
@@ -222,6 +265,8 @@ class TargetBoundaries:
             est = estimators.setdefault((int(source), int(target)), self._svm())
             setattr(est, name, value)
         for est in estimators.values():
+            if not hasattr(est, "step_scale_"):
+                est.step_scale_ = torch.tensor(1.0)  # files from before eps scaling were in latent units
             est.n_features_in_ = int(est.coef_.shape[0])
             est.boundary_normal_ = est.coef_ / est.coef_.norm()
         self.estimators_ = estimators
@@ -229,7 +274,7 @@ class TargetBoundaries:
         return self
 
 
-_PARAMS = ("strategy", "kernel_size", "l2", "epochs", "lr", "seed")
+_PARAMS = ("strategy", "kernel_size", "l2", "epochs", "lr", "seed", "eps_scale", "boundary_eps")
 
 
 def save_boundaries(path: str | os.PathLike[str], boundaries: TargetBoundaries,
@@ -244,4 +289,5 @@ def load_boundaries(path: str | os.PathLike[str]) -> tuple[TargetBoundaries, dic
     tensors, meta = load_tensors(path)
     if "params" not in meta:
         raise ValueError(f"{path}: not a LAD boundaries file (no 'params' in its metadata)")
-    return TargetBoundaries.from_tensors(tensors, **meta["params"]), meta
+    params = {"eps_scale": "latent", **meta["params"]}  # files without eps_scale predate "margin"
+    return TargetBoundaries.from_tensors(tensors, **params), meta
