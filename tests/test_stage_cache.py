@@ -44,3 +44,12 @@ def test_stage_timer_accumulates_and_logs(caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert messages.count("stage encoders: started") == 2
     assert sum(m.startswith("stage encoders: finished in") for m in messages) == 2
+
+
+def test_marker_keeps_the_build_time_for_runs_that_reuse_the_stage(tmp_path):
+    from latentdefence.experiments.cache import build_seconds
+
+    path = ensure_stage("toy", {"a": 1}, lambda d: None, root=tmp_path)
+    first = build_seconds(path)
+    assert first is not None and first >= 0
+    assert build_seconds(ensure_stage("toy", {"a": 1}, lambda d: None, root=tmp_path)) == first

@@ -55,12 +55,23 @@ def mark_complete(path: Path, info: Mapping[str, Any] | None = None) -> None:
 
 def ensure_stage(stage: str, settings: Mapping[str, Any], build: Callable[[Path], object],
                  root: Path | None = None) -> Path:
-    """The stage's directory, running `build(dir)` first unless a completed run with these settings exists."""
+    """The stage's directory, running `build(dir)` first unless a completed run with these settings exists.
+    The marker records how long the build took, so a run that reuses the stage can still report it."""
     path = stage_dir(stage, settings, root)
-    if not is_complete(path):
+    if is_complete(path):
+        log.info("stage %s: reusing %s (built in %s s)", stage, path, build_seconds(path))
+    else:
+        start = time.perf_counter()
         build(path)
-        mark_complete(path, {"stage": stage, "settings": settings})
+        mark_complete(path, {"stage": stage, "settings": settings,
+                             "build_seconds": round(time.perf_counter() - start, 1)})
     return path
+
+
+def build_seconds(path: Path) -> float | None:
+    """Wall time the completed stage in `path` took to build (None for markers that predate it)."""
+    value = json.loads((path / _MARKER).read_text()).get("build_seconds")
+    return float(value) if value is not None else None
 
 
 class StageTimer:
