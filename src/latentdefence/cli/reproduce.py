@@ -22,6 +22,8 @@ def reproduce(
     out: Optional[Path] = typer.Option(None, help="Output folder (default: runs/<experiment>-<profile>)."),
     data_dir: Optional[Path] = typer.Option(None, help="Your copy of SVHN or CelebA (not needed for MNIST)."),
     classifier: Optional[Path] = typer.Option(None, help="DLD only: use this adversarially trained checkpoint."),
+    set_: list[str] = typer.Option([], "--set", help="Change a setting of the profile, KEY=VALUE (repeat); e.g. "
+                                   "--set attack.pgd_steps=40 --set boundary_eps=8. Recorded in results.json."),
     list_: bool = typer.Option(False, "--list", help="List the experiments and exit."),
 ) -> None:
     """Re-run a table or figure of either paper; writes results.json, report.md and PNG figures."""
@@ -33,11 +35,11 @@ def reproduce(
         return
     with cli_errors():
         target = out or Path("runs") / f"{experiment}-{profile}"
-        run_experiment(experiment, profile, target, data_dir, classifier)
+        run_experiment(experiment, profile, target, data_dir, classifier, set_)
         typer.echo((target / "report.md").read_text())
         typer.echo(f"results: {target / 'results.json'}")
 
 
 def demo(out: Path = typer.Option(Path("runs/demo"), help="Output folder.")) -> None:
     """The main job: Deep Latent Defence end to end on embedded MNIST at a small scale (~10 min on 2 cores)."""
-    reproduce("dld-mnist-table1", profile="demo", out=out, data_dir=None, classifier=None, list_=False)
+    reproduce("dld-mnist-table1", profile="demo", out=out, data_dir=None, classifier=None, set_=[], list_=False)

@@ -6,10 +6,12 @@ tables and figures from one LAD run per dataset); the stage cache makes the seco
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from .overrides import apply_overrides
 
 PROFILES = ("smoke", "demo", "cpu", "paper")
 
@@ -63,8 +65,9 @@ def get_experiment(name: str) -> Experiment:
 
 
 def run_experiment(name: str, profile: str, out_dir: str | Path, data_dir: str | Path | None = None,
-                   classifier_checkpoint: str | Path | None = None) -> dict[str, Any]:
-    """Run a named experiment with a profile, writing results.json, report.md and figures to out_dir."""
+                   classifier_checkpoint: str | Path | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Run a named experiment with a profile (and "key=value" overrides of its settings), writing
+    results.json, report.md and figures to out_dir."""
     exp = get_experiment(name)
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
@@ -80,13 +83,14 @@ def run_experiment(name: str, profile: str, out_dir: str | Path, data_dir: str |
         cfg = dld_config(profile, exp.dataset, str(data_dir) if data_dir else None)
         if classifier_checkpoint:
             cfg = replace(cfg, classifier_checkpoint=str(classifier_checkpoint))
+        cfg = apply_overrides(cfg, overrides)
         runner = lambda: run_dld(cfg, out_dir)  # noqa: E731
     else:
         if classifier_checkpoint:
             raise ValueError("--classifier applies to DLD experiments only")
         from .lad import lad_config, run_lad
 
-        lcfg = lad_config(profile, exp.dataset, data_dir=str(data_dir) if data_dir else None)
+        lcfg = apply_overrides(lad_config(profile, exp.dataset, data_dir=str(data_dir) if data_dir else None), overrides)
         runner = lambda: run_lad(lcfg, out_dir)  # noqa: E731
     results = runner()
     results.setdefault("experiment", name)
