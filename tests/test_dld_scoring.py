@@ -15,12 +15,30 @@ def _line_index(backend: str) -> KNNIndex:
     return index
 
 
-@pytest.mark.parametrize("backend", ["sklearn", "faiss"])
+@pytest.mark.parametrize("backend", ["sklearn", "faiss", "faiss-hnsw"])
 def test_search_returns_euclidean_neighbours_in_order(backend: str) -> None:
     dist, idx = _line_index(backend).search(torch.tensor([[0.9], [11.6]]), k=2)
     assert idx.tolist() == [[1, 0], [5, 4]]
     assert dist.flatten().tolist() == pytest.approx([0.1, 0.9, 0.4, 0.6], abs=1e-5)
     assert dist.dtype == torch.float32 and idx.dtype == torch.int64
+
+
+def test_hnsw_neighbour_labels_agree_with_exact_search_on_clustered_latents() -> None:
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (20_000,), generator=gen)
+    points = 3 * torch.randn(10, 10, generator=gen)[labels] + torch.randn(20_000, 10, generator=gen)
+    queries = points[:500] + 0.5 * torch.randn(500, 10, generator=gen)
+    exact, approx = KNNIndex("sklearn"), KNNIndex("faiss-hnsw")
+    for index in (exact, approx):
+        index.add(points, labels)
+    _, idx_exact = exact.search(queries, 10)
+    _, idx_approx = approx.search(queries, 10)
+    recall = sum(len(set(a) & set(b)) for a, b in zip(idx_exact.tolist(), idx_approx.tolist())) / idx_exact.numel()
+    assert recall >= 0.95
+    label_agreement = (exact.neighbour_labels(queries, 10).sort(1).values ==
+                       approx.neighbour_labels(queries, 10).sort(1).values).float().mean()
+    assert label_agreement >= 0.98
+    assert approx.nbytes() > exact.embeddings.numel() * 4
 
 
 def test_nonconformity_counts_neighbours_disagreeing_with_the_prediction() -> None:

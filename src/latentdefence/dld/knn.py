@@ -1,10 +1,13 @@
-"""Exact k-nearest-neighbour search in a latent space behind a two-call surface (add / search).
+"""k-nearest-neighbour search in a latent space behind a two-call surface (add / search).
 
 Backends (chosen by ``benchmarks/detect.py``, never a hand-written search):
 
 * ``"sklearn"``: scikit-learn ``NearestNeighbors`` (``algorithm`` "brute" (default: fastest measured, 10-d and 100-d) | "kd_tree" | "ball_tree" | "auto");
 * ``"faiss"``: FAISS ``IndexFlatL2``. FAISS ships its own OpenMP runtime, so it is imported only when
   this backend is chosen, keeping the default process to the one runtime torch brings.
+* ``"faiss-hnsw"``: FAISS ``IndexHNSWFlat`` (M = ``hnsw_m``, efSearch = ``ef_search``): approximate,
+  for when exact search is the bottleneck of guarded inference. Its recall against exact search is
+  tested; what it buys is measured by ``benchmarks/detect.py``.
 
 Distances are Euclidean (FAISS's squared distances are square-rooted) so backends agree.
 """
@@ -16,17 +19,20 @@ from typing import Any
 import numpy as np
 import torch
 
-BACKENDS = ("sklearn", "faiss")
+BACKENDS = ("sklearn", "faiss", "faiss-hnsw")
 
 
 class KNNIndex:
-    """Labelled embeddings with exact L2 k-NN search."""
+    """Labelled embeddings with L2 k-NN search (exact, or approximate with "faiss-hnsw")."""
 
-    def __init__(self, backend: str = "sklearn", algorithm: str = "brute") -> None:
+    def __init__(self, backend: str = "sklearn", algorithm: str = "brute", hnsw_m: int = 32,
+                 ef_search: int = 64) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown k-NN backend {backend!r}; choose one of {BACKENDS}")
         self.backend = backend
         self.algorithm = algorithm
+        self.hnsw_m = hnsw_m
+        self.ef_search = ef_search
         self.embeddings = torch.empty(0, 0)
         self.labels = torch.empty(0, dtype=torch.int64)
         self._impl: Any = None
@@ -56,7 +62,7 @@ class KNNIndex:
         if queries.shape[1] != self.embeddings.shape[1]:
             raise ValueError(f"query dim {queries.shape[1]} != index dim {self.embeddings.shape[1]}")
         q = queries.numpy()
-        if self.backend == "faiss":
+        if self.backend.startswith("faiss"):
             dist, idx = self._impl.search(q, k)
             dist = np.sqrt(np.maximum(dist, 0.0))
         else:
@@ -69,17 +75,23 @@ class KNNIndex:
 
     def nbytes(self) -> int:
         """Memory held: our embeddings and labels plus the backend's own copy of the data."""
-        if self.backend == "faiss":
+        if self.backend == "faiss-hnsw":  # vectors plus the graph's links (2M at level 0, int32)
+            backend = self._impl.ntotal * (self._impl.d * 4 + 2 * self.hnsw_m * 4) if self._impl is not None else 0
+        elif self.backend == "faiss":
             backend = self._impl.ntotal * self._impl.d * 4 if self._impl is not None else 0
         else:
             backend = self._impl._fit_X.nbytes if self._impl is not None else 0
         return self.embeddings.numel() * 4 + self.labels.numel() * 8 + backend
 
     def _build(self, data: np.ndarray) -> Any:
-        if self.backend == "faiss":
+        if self.backend.startswith("faiss"):
             import faiss  # lazily: see the module docstring
 
-            index = faiss.IndexFlatL2(data.shape[1])
+            if self.backend == "faiss-hnsw":
+                index = faiss.IndexHNSWFlat(data.shape[1], self.hnsw_m)
+                index.hnsw.efSearch = self.ef_search
+            else:
+                index = faiss.IndexFlatL2(data.shape[1])
             index.add(data)
             return index
         from sklearn.neighbors import NearestNeighbors
