@@ -53,3 +53,14 @@ def test_marker_keeps_the_build_time_for_runs_that_reuse_the_stage(tmp_path):
     first = build_seconds(path)
     assert first is not None and first >= 0
     assert build_seconds(ensure_stage("toy", {"a": 1}, lambda d: None, root=tmp_path)) == first
+
+
+def test_progress_steps_are_logged_when_bars_are_off(caplog, monkeypatch):
+    from latentdefence._progress import advance, make_progress
+
+    monkeypatch.setenv("LATENTDEFENCE_PROGRESS", "0")
+    with caplog.at_level(logging.INFO, logger="latentdefence.progress"), make_progress() as progress:
+        task = progress.add_task("generator", total=2, status="")
+        advance(progress, task, "loss 0.5")
+        advance(progress, task, "loss 0.4")
+    assert [r.getMessage() for r in caplog.records] == ["generator 1/2: loss 0.5", "generator 2/2: loss 0.4"]

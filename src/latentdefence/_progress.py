@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
 T = TypeVar("T")
+log = logging.getLogger("latentdefence.progress")
 
 
 def progress_enabled() -> bool:
@@ -36,3 +38,10 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
         for item in items:
             yield item
             progress.advance(task)
+
+
+def advance(progress: Progress, task: TaskID, status: str) -> None:
+    """Advance a bar one step and log it, so runs whose output is not a terminal still show progress."""
+    progress.update(task, advance=1, status=status)
+    info = next(t for t in progress.tasks if t.id == task)
+    log.info("%s %d/%s: %s", info.description, int(info.completed), info.total, status)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .._io import load_tensors, save_tensors
-from .._progress import make_progress
+from .._progress import advance, make_progress
 from .._seed import seed_everything
 from ..attacks import PGD
 from ..attacks.base import frozen_eval
@@ -63,7 +63,7 @@ def train_encoder(classifier: TappedModel, tap: str, train: ImageDataset, latent
             idx = order[(step % batches) * config.batch_size:(step % batches + 1) * config.batch_size]
             loss, acc = _train_step(classifier, inserted, ed, opt, data, idx, _eps_at(config, step, total),
                                     config, generator, device)
-            progress.update(task, advance=1, status=f"loss {loss:.3f} acc {acc:.3f}")
+            advance(progress, task, f"loss {loss:.3f} acc {acc:.3f}")
     return ed
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._io import load_tensors
-from .._progress import make_progress
+from .._progress import advance, make_progress
 from .._seed import seed_everything
 from ..data.base import ImageDataset
 
@@ -64,7 +64,7 @@ def finetune(model: nn.Module, clean: ImageDataset, adversarial: ImageDataset, c
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-            progress.update(task, advance=1, status=f"loss {loss.item():.4f}")
+            advance(progress, task, f"loss {loss.item():.4f}")
     tuned.eval()
     return tuned
 

@@ -17,7 +17,6 @@ humans; we have no annotators, see docs/lad.md). Their labels are the source cla
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -26,13 +25,11 @@ import torch
 from torch import nn
 
 from .._io import load_tensors, save_tensors
-from .._progress import make_progress
+from .._progress import advance, make_progress
 from .._seed import seed_everything
 from ..attacks import AttackResult
 from ..attacks.base import frozen_eval
 from ..data.base import ImageDataset
-
-log = logging.getLogger(__name__)
 
 
 class ACGANGenerator(nn.Module):
@@ -126,7 +123,7 @@ def train_acgan(data: ImageDataset, config: ACGANConfig, num_classes: int | None
     n, history = len(data), []
     with make_progress() as progress:
         task = progress.add_task("AC-GAN", total=config.epochs, status="")
-        for epoch in range(config.epochs):
+        for _ in range(config.epochs):
             g_net.train(), d_net.train()
             sums = {"d_loss": 0.0, "g_loss": 0.0, "aux_accuracy_real": 0.0}
             order = torch.randperm(n, generator=gen)
@@ -152,9 +149,7 @@ def train_acgan(data: ImageDataset, config: ACGANConfig, num_classes: int | None
                 sums["aux_accuracy_real"] += (real_aux.argmax(1) == y).sum().item()
             seen = max(1, (n // config.batch_size) * config.batch_size)
             history.append({key: value / seen for key, value in sums.items()})
-            log.info("AC-GAN epoch %d/%d: %s", epoch + 1, config.epochs,
-                     ", ".join(f"{key} {value:.4f}" for key, value in history[-1].items()))
-            progress.update(task, advance=1, status=f"aux acc {history[-1]['aux_accuracy_real']:.3f}")
+            advance(progress, task, ", ".join(f"{key} {value:.4f}" for key, value in history[-1].items()))
     if not all(torch.isfinite(torch.tensor([h["d_loss"], h["g_loss"]])).all() for h in history):
         raise FloatingPointError(f"AC-GAN losses became non-finite: {history[-2:]}")
     return ACGAN(g_net.eval(), d_net.eval(), config), history

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .._io import load_tensors, save_tensors
-from .._progress import make_progress
+from .._progress import advance, make_progress
 from .._seed import seed_everything
 from ..data.base import ImageDataset
 from ..models.taps import TappedModel
@@ -210,7 +210,7 @@ def train_generator(generator: LatentGenerator, latents: torch.Tensor, images: t
                 opt.step()
                 total += float(loss.item()) * idx.numel()
             losses.append(total / n)
-            progress.update(task, advance=1, status=f"loss {losses[-1]:.5f}")
+            advance(progress, task, f"loss {losses[-1]:.5f}")
     generator.eval()
     if not torch.isfinite(torch.tensor(losses)).all():
         raise FloatingPointError(f"generator loss became non-finite: {losses[-3:]}")
