@@ -46,6 +46,15 @@ def test_adversarial_training_records_pgd_accuracy() -> None:
     assert TrainConfig().train_attack(0.3) is None
 
 
+def test_adversarial_training_without_validation_runs_every_epoch() -> None:
+    # regression: without a validation set the overfitting guard once scored epochs by -epoch and stopped
+    # adversarial training after its second epoch, restoring the first epoch's weights
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=3, batch_size=50, lr=3e-3, adversarial="fgsm_rs", eps=0.1)
+    result = train_classifier(create_model("dld_mnist"), toy_digits(100), cfg)
+    assert not result.stopped_early and [h["epoch"] for h in result.history] == [1, 2, 3]
+
+
 def test_checkpoint_round_trip_gives_identical_logits(tmp_path: Path) -> None:
     model = create_model("lenet5").eval()
     save_checkpoint(tmp_path / "ck", model, {"note": "x"})

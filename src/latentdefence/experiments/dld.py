@@ -215,12 +215,14 @@ def _classifier(config: DLDExperimentConfig, train: ImageDataset, root: Path | N
         model = load_checkpoint(config.classifier_checkpoint)[0]
         return model, settings_key({"checkpoint": config.classifier_checkpoint})
     cs = config.classifier
-    settings = {"dataset": config.dataset, **asdict(cs)}
+    # images past max_train (5k of them) are held out to guard against catastrophic overfitting, as `train` does
+    val = train.subset(slice(cs.max_train, cs.max_train + 5000)) if cs.max_train and cs.max_train < len(train) else None
+    settings = {"dataset": config.dataset, **asdict(cs), "validation": len(val) if val is not None else 0}
     tc = TrainConfig(epochs=cs.epochs, batch_size=cs.batch_size, lr=cs.lr, adversarial=cs.adversarial,  # type: ignore[arg-type]
                      eps=cs.eps, steps=cs.steps, step_size=cs.step_size, eps_ramp_epochs=cs.eps_ramp_epochs,
                      seed=cs.seed)
     path = ensure_stage("dld-classifier", settings, lambda d: train_classifier(
-        create_model(cs.arch), train.head(cs.max_train), tc, checkpoint_dir=d), root)
+        create_model(cs.arch), train.head(cs.max_train), tc, val=val, checkpoint_dir=d), root)
     return load_checkpoint(path / "final")[0].eval(), settings_key(settings)
 
 

@@ -135,8 +135,10 @@ def train_classifier(model: nn.Module, train: ImageDataset, config: TrainConfig,
             result.history.append(stats)
             log.info("epoch %d/%d: %s", epoch + 1, config.epochs,
                      ", ".join(f"{k} {v:.4g}" for k, v in stats.items() if k != "epoch"))
-            score = stats.get("val_pgd_acc", stats.get("val_clean_acc", -epoch))
-            if score >= best[0]:
+            score = stats.get("val_pgd_acc", stats.get("val_clean_acc"))  # None without a validation set
+            if score is None:
+                pass  # nothing held out to judge overfitting by: keep training, keep the last weights
+            elif score >= best[0]:
                 best = (score, copy.deepcopy(model.state_dict()))
             elif config.adversarial != "none" and best[1] is not None and score < best[0] - config.overfit_guard:
                 model.load_state_dict(best[1])  # catastrophic overfitting: keep the robust weights
