@@ -65,6 +65,25 @@ def test_margin_units_put_the_median_source_on_the_boundary_at_boundary_eps() ->
     assert crossed(30.0) == 1.0
 
 
+def test_classifier_units_put_the_median_source_where_the_classifier_flips() -> None:
+    z, y = toy(n=200, gap=2.0)
+    z[:, 2] += 0.5 * torch.rand(len(z), generator=torch.Generator().manual_seed(3))
+
+    def head(latents: torch.Tensor) -> torch.Tensor:   # a "classifier" that flips further out than the SVM
+        return torch.stack([torch.zeros(len(latents)), 8.0 * (latents[:, 2] - 2.2)], dim=1)
+
+    with pytest.raises(ValueError, match="needs head"):
+        TargetBoundaries(**FAST, eps_scale="classifier").fit(z, y)
+    bounds = TargetBoundaries(**FAST, eps_scale="classifier", boundary_eps=10.0).fit(z, y, head=head)
+    source = z[y == 0]
+    sources, targets = torch.zeros(len(source), dtype=torch.long), torch.ones(len(source), dtype=torch.long)
+
+    def flipped(eps: float) -> float:
+        return (head(source + eps * bounds.direction(source, sources, targets)).argmax(1) != 0).float().mean().item()
+
+    assert flipped(0.0) == 0.0 and 0.3 <= flipped(10.0) <= 0.7 and flipped(40.0) == 1.0
+
+
 def test_latent_units_step_eps_along_the_unit_normal_under_uniform_attention() -> None:
     z, y = toy()
     svm = AttentionSVM(**FAST, eps_scale="latent").fit(z, y)

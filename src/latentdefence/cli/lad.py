@@ -62,8 +62,9 @@ def boundary_cmd(
     per_class: int = typer.Option(20, help="Labelled test images per class used to fit (paper: 20-200 per pair)."),
     strategy: str = typer.Option("pairwise", help="pairwise (one SVM per source/target) | one_vs_rest"),
     epochs: int = 300, lr: float = 0.01, l2: float = 1e-3, kernel_size: int = 3, seed: int = 0,
-    eps_scale: str = typer.Option("margin", help="margin: eps=boundary-eps reaches the median boundary | latent: raw units"),
-    boundary_eps: float = typer.Option(10.0, help="With eps-scale margin, the eps that reaches the median boundary."),
+    eps_scale: str = typer.Option("classifier", help="classifier: eps=boundary-eps takes the median latent to where "
+                                  "the classifier flips | margin: to the SVM boundary | latent: raw latent units"),
+    boundary_eps: float = typer.Option(10.0, help="The eps that reaches the median flip (classifier) or boundary (margin)."),
 ) -> None:
     """Fit attention-SVM boundaries toward every class on a few labelled test latents."""
     with cli_errors():
@@ -72,7 +73,7 @@ def boundary_cmd(
         from ..data import load_dataset
         from ..lad.attention_svm import TargetBoundaries, save_boundaries
         from ..lad.finetune import per_class_sample
-        from ..lad.generator import extract_latents
+        from ..lad.generator import extract_latents, latent_head
         from ..training import load_checkpoint
 
         model, _ = load_checkpoint(classifier)
@@ -80,7 +81,7 @@ def boundary_cmd(
         index = per_class_sample(test.labels, torch.arange(len(test)), per_class, torch.Generator().manual_seed(seed))
         bounds = TargetBoundaries(strategy=strategy, kernel_size=kernel_size, l2=l2, epochs=epochs, lr=lr, seed=seed,
                                   eps_scale=eps_scale, boundary_eps=boundary_eps)
-        bounds.fit(extract_latents(model, tap, test.images[index]), test.labels[index])
+        bounds.fit(extract_latents(model, tap, test.images[index]), test.labels[index], head=latent_head(model, tap))
         save_boundaries(out, bounds, {"fit_indices": index.tolist(), "tap": tap})
         _echo({"boundaries": out, "pairs": len(bounds.estimators_), "fit_images": len(index)})
 

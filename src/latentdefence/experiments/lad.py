@@ -34,7 +34,7 @@ from ..lad.finetune import FinetuneConfig, LadSplit, eps_label, finetune, make_s
 from ..lad.ga import ACGAN, ACGANConfig, UnrestrictedAttack, load_acgan, save_acgan, train_acgan
 from ..lad.generation import GeneratedSet, every_other_target, generate_set, success_by_eps, transition
 from ..lad.generator import (GeneratorConfig, LatentGenerator, create_generator, extract_latents, generate,
-                             load_generator, reconstruction_mse, save_generator, train_generator)
+                             latent_head, load_generator, reconstruction_mse, save_generator, train_generator)
 from ..models import TappedModel, create_model
 from ..training import TrainConfig, load_checkpoint, save_checkpoint, train_classifier
 from .cache import StageTimer, build_seconds, default_cache_root, ensure_stage
@@ -109,7 +109,7 @@ class LadConfig:
     svm_l2: float = 1e-3
     svm_kernel_size: int = 3
     strategy: str = "pairwise"
-    eps_scale: str = "margin"
+    eps_scale: str = "classifier"
     boundary_eps: float = 10.0
     generation_per_class: int = 50
     small_per_class: int = 10
@@ -250,11 +250,14 @@ def _trained_generator(stages: _Stages, settings: dict[str, Any], config: LadCon
 def _boundaries(stages: _Stages, settings: dict[str, Any], config: LadConfig, classifier: TappedModel,
                 test: ImageDataset, index: torch.Tensor) -> TargetBoundaries:
     """Fit (or load) the attention-SVM boundaries on the latents of test[index]."""
+    tap = SPECS[config.dataset].tap
+
     def build(path: Path) -> None:
-        z = extract_latents(classifier, SPECS[config.dataset].tap, test.images[index])
+        z = extract_latents(classifier, tap, test.images[index])
         fitted = TargetBoundaries(strategy=config.strategy, kernel_size=config.svm_kernel_size, l2=config.svm_l2,
                                   epochs=config.svm_epochs, lr=config.svm_lr, seed=config.seed,
-                                  eps_scale=config.eps_scale, boundary_eps=config.boundary_eps).fit(z, test.labels[index])
+                                  eps_scale=config.eps_scale, boundary_eps=config.boundary_eps)
+        fitted.fit(z, test.labels[index], head=latent_head(classifier, tap))
         save_boundaries(path / "boundaries.safetensors", fitted, {"fit_indices": index.tolist()})
 
     with stages.timed("boundaries"):

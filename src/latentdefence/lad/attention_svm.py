@@ -7,7 +7,7 @@ trained jointly in torch by full-batch Adam on a few labelled latents (the paper
 Scaling: beta sums to 1, so beta ~ 1/D; the SVM reads D * beta * z, which is z itself under uniform
 attention, so w and its penalty keep their usual scale for any D. The boundary normal d is w / ||w||.
 
-eps units (`eps_scale`): "latent" makes the step eps * D * beta * d, a distance in raw latent units, which
+eps units (`eps_scale`; TargetBoundaries adds "classifier", the default of the experiments): "latent" makes the step eps * D * beta * d, a distance in raw latent units, which
 means different things for differently trained classifiers. "margin" (the default) divides by the
 fitted `step_scale_`, so that eps = `boundary_eps` (10) moves the median source-class fitting latent onto
 the hyperplane (found by bisection along the step): eps is then comparable across models, and the
@@ -33,7 +33,26 @@ from torch.nn import functional as F
 from .._io import load_tensors, save_tensors
 from .._seed import seed_everything
 
-EPS_SCALES = ("margin", "latent")
+EPS_SCALES = ("margin", "latent")           # what an AttentionSVM can set on its own
+BOUNDARY_EPS_SCALES = (*EPS_SCALES, "classifier")  # TargetBoundaries can also ask the classifier
+
+
+def median_crossing(beyond: Callable[[torch.Tensor], torch.Tensor], n: int) -> torch.Tensor:
+    """Median over n samples of the smallest eps >= 0 with beyond(eps) true (bisection on a monotone-ish
+    test; `beyond` maps per-sample eps (n,) to a bool mask). Samples that never get there are left out."""
+    hi = torch.ones(n)
+    for _ in range(60):                       # grow until every sample is past (or give up)
+        short = ~beyond(hi)
+        if not short.any():
+            break
+        hi = torch.where(short, 2 * hi, hi)
+    lo = torch.zeros_like(hi)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        past = beyond(mid)
+        hi, lo = torch.where(past, mid, hi), torch.where(past, lo, mid)
+    reached = beyond(hi)
+    return hi[reached].median() if reached.any() else torch.tensor(1.0)
 
 
 def _check_latents(z: torch.Tensor, n_features: int | None = None) -> None:
@@ -131,25 +150,9 @@ class AttentionSVM:
         return self
 
     def _median_crossing(self, z: torch.Tensor) -> torch.Tensor:
-        """Median eps (latent units) at which z + eps * D * beta(z) * d reaches the boundary, by bisection."""
+        """Median eps (latent units) at which z + eps * D * beta(z) * d reaches the boundary."""
         step = self.n_features_in_ * self.attention(z) * self.boundary_normal_
-
-        def beyond(eps: torch.Tensor) -> torch.Tensor:
-            return self.decision_function(z + eps[:, None] * step) > 0
-
-        hi = torch.ones(z.shape[0])
-        for _ in range(60):                       # grow until every latent is past the boundary (or give up)
-            short = ~beyond(hi)
-            if not short.any():
-                break
-            hi = torch.where(short, 2 * hi, hi)
-        lo = torch.zeros_like(hi)
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            past = beyond(mid)
-            hi, lo = torch.where(past, mid, hi), torch.where(past, lo, mid)
-        reached = beyond(hi)
-        return hi[reached].median() if reached.any() else torch.tensor(1.0)
+        return median_crossing(lambda eps: self.decision_function(z + eps[:, None] * step) > 0, z.shape[0])
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "coef_"):
@@ -180,6 +183,11 @@ class TargetBoundaries:
     """Attention SVMs toward every target class: strategy "pairwise" fits one per (source, target)
     pair (the paper's two-class boundary, for all pairs); "one_vs_rest" one per target (target vs rest).
 
+    eps_scale "classifier" (needs `head` in fit: the classifier from the latent layer on, z -> logits)
+    sets each boundary's eps unit so that eps = boundary_eps takes the median fitting latent of the source
+    class to where the classifier itself stops predicting that class; "margin" and "latent" are as in
+    AttentionSVM.
+
     Learned: classes_, estimators_ {(source, target): AttentionSVM}, with source = -1 for one-vs-rest.
     """
 
@@ -195,12 +203,19 @@ class TargetBoundaries:
         self.boundary_eps = boundary_eps
 
     def _svm(self) -> AttentionSVM:
+        own_scale = "margin" if self.eps_scale == "classifier" else self.eps_scale  # then recalibrated in fit
         return AttentionSVM(kernel_size=self.kernel_size, l2=self.l2, epochs=self.epochs, lr=self.lr, seed=self.seed,
-                            eps_scale=self.eps_scale, boundary_eps=self.boundary_eps)
+                            eps_scale=own_scale, boundary_eps=self.boundary_eps)
 
-    def fit(self, z: torch.Tensor, y: torch.Tensor) -> "TargetBoundaries":
-        """Fit every boundary from labelled latents z (N, D), y (N,) covering at least two classes."""
+    def fit(self, z: torch.Tensor, y: torch.Tensor,
+            head: Callable[[torch.Tensor], torch.Tensor] | None = None) -> "TargetBoundaries":
+        """Fit every boundary from labelled latents z (N, D), y (N,) covering at least two classes
+        (`head`, latents -> logits, is needed for eps_scale "classifier")."""
         _check_latents(z)
+        if self.eps_scale not in BOUNDARY_EPS_SCALES:
+            raise ValueError(f"eps_scale must be one of {BOUNDARY_EPS_SCALES}, got {self.eps_scale!r}")
+        if self.eps_scale == "classifier" and head is None:
+            raise ValueError("eps_scale='classifier' needs head=, the classifier from the latent layer on")
         classes = [int(c) for c in torch.unique(y)]
         if len(classes) < 2:
             raise ValueError(f"need latents of at least two classes, got {classes}")
@@ -216,7 +231,19 @@ class TargetBoundaries:
             raise ValueError(f"unknown strategy {self.strategy!r}; use 'pairwise' or 'one_vs_rest'")
         self.classes_ = classes
         self.estimators_ = estimators
+        if head is not None and self.eps_scale == "classifier":
+            self._calibrate_to(head, z, y)
         return self
+
+    @torch.no_grad()
+    def _calibrate_to(self, head: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, y: torch.Tensor) -> None:
+        """step_scale_ per boundary: median eps (latent units) at which head() stops predicting the source."""
+        for (source, target), est in self.estimators_.items():
+            rows = (y == source) if source >= 0 else (y != target)
+            zs, ys = z[rows].float(), y[rows]
+            step = est.n_features_in_ * est.attention(zs) * est.boundary_normal_
+            crossing = median_crossing(lambda eps: head(zs + eps[:, None] * step).argmax(1) != ys, zs.shape[0])
+            est.step_scale_ = crossing / self.boundary_eps
 
     def estimator(self, source: int, target: int) -> AttentionSVM:
         """The boundary used to push class `source` toward class `target`."""

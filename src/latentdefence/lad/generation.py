@@ -19,7 +19,7 @@ from ..data.base import ImageDataset
 from ..evaluation.metrics import batched_predict
 from ..models.taps import TappedModel
 from .attention_svm import TargetBoundaries
-from .generator import LatentGenerator, extract_latents, generate
+from .generator import LatentGenerator, extract_latents, generate, latent_head
 
 
 @dataclass(frozen=True)
@@ -90,18 +90,6 @@ def perturb(z: torch.Tensor, boundaries: TargetBoundaries, sources: torch.Tensor
     return z + eps * boundaries.direction(z, sources, targets)
 
 
-@torch.no_grad()
-def _head_predictions(classifier: TappedModel, tap: str, z: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    was_training = classifier.training
-    classifier.eval()
-    try:
-        device = next(classifier.parameters()).device
-        return torch.cat([classifier.forward_from(z[i:i + batch_size].to(device), tap).argmax(1).cpu()
-                          for i in range(0, z.shape[0], batch_size)])
-    finally:
-        classifier.train(was_training)
-
-
 def generate_set(classifier: TappedModel, tap: str, generator: LatentGenerator, boundaries: TargetBoundaries,
                  data: ImageDataset, index: torch.Tensor, eps_values: Sequence[float]) -> GeneratedSet:
     """Push every image data[index] toward every other class at every eps; record Eq. 3 and success."""
@@ -115,7 +103,7 @@ def generate_set(classifier: TappedModel, tap: str, generator: LatentGenerator, 
         images = generate(generator, z_new)
         eps_column = torch.full((len(rows),), float(eps), dtype=torch.float64)
         parts.append(GeneratedSet(images, sources, targets, eps_column, index[rows],
-                                  _head_predictions(classifier, tap, z_new), batched_predict(classifier, images)))
+                                  latent_head(classifier, tap)(z_new).argmax(1), batched_predict(classifier, images)))
     return GeneratedSet.concat(parts)
 
 

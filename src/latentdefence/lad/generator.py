@@ -178,6 +178,23 @@ def extract_latents(classifier: TappedModel, tap: str, images: torch.Tensor, bat
     return z
 
 
+def latent_head(classifier: TappedModel, tap: str, batch_size: int = 1024) -> Callable[[torch.Tensor], torch.Tensor]:
+    """f_p: the frozen classifier from `tap` on, as latents (N, D) -> logits (N, K) on CPU (eval mode, batched)."""
+    device = next(classifier.parameters()).device
+
+    @torch.no_grad()
+    def head(z: torch.Tensor) -> torch.Tensor:
+        was_training = classifier.training
+        classifier.eval()
+        try:
+            return torch.cat([classifier.forward_from(z[i:i + batch_size].to(device), tap).cpu()
+                              for i in range(0, z.shape[0], batch_size)])
+        finally:
+            classifier.train(was_training)
+
+    return head
+
+
 def lp_loss(x: torch.Tensor, x_hat: torch.Tensor, p: int) -> torch.Tensor:
     """Eq. 2: mean over samples of ||x - G(z)||_p^p, divided by pixels so lr does not depend on image size."""
     if p not in (1, 2):
