@@ -64,3 +64,14 @@ def test_progress_steps_are_logged_when_bars_are_off(caplog, monkeypatch):
         advance(progress, task, "loss 0.5")
         advance(progress, task, "loss 0.4")
     assert [r.getMessage() for r in caplog.records] == ["generator 1/2: loss 0.5", "generator 2/2: loss 0.4"]
+
+
+def test_long_bars_log_every_tenth_step_only(caplog, monkeypatch):
+    from latentdefence._progress import advance, make_progress
+
+    monkeypatch.setenv("LATENTDEFENCE_PROGRESS", "0")
+    with caplog.at_level(logging.INFO, logger="latentdefence.progress"), make_progress() as progress:
+        task = progress.add_task("encoder", total=100, status="")
+        for _ in range(100):
+            advance(progress, task, "")
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [f"encoder {10 * i}/100" for i in range(1, 11)]

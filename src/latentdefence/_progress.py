@@ -41,7 +41,9 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
 
 
 def advance(progress: Progress, task: TaskID, status: str) -> None:
-    """Advance a bar one step and log it, so runs whose output is not a terminal still show progress."""
+    """Advance a bar one step and log every tenth of it, so runs off a terminal still show progress."""
     progress.update(task, advance=1, status=status)
     info = next(t for t in progress.tasks if t.id == task)
-    log.info("%s %d/%s: %s", info.description, int(info.completed), info.total, status)
+    done, total = int(info.completed), info.total
+    if total is None or total <= 10 or done == total or done % (int(total) // 10) == 0:
+        log.info("%s %d/%s: %s", info.description, done, total, status)
