@@ -297,13 +297,13 @@ def _attack(name: str, s: AttackSettings, seed: int) -> attack_lib.Attack:
 
 
 def _craft(model: TappedModel, name: str, config: LadConfig, data: ImageDataset, pool: torch.Tensor,
-           per_class: int, path: Path, acgan: ACGAN | None = None) -> None:
+           per_class: int, path: Path, acgan: ACGAN | None = None, draw: int = 0) -> None:
     """Adversarial examples of `name` against `model` from per-class samples of data[pool], saved to `path`
-    (GA draws its images from the AC-GAN instead)."""
+    (GA draws its images from the AC-GAN instead, with noise seeded by seed + `draw`)."""
     if name == "ga":
         if acgan is None:
             raise ValueError("the GA baseline needs a trained AC-GAN")
-        _craft_ga(model, acgan, config, per_class, path)
+        _craft_ga(model, acgan, config, per_class, path, config.seed + draw)
         return
     gen = torch.Generator().manual_seed(config.seed)
     index = per_class_sample(data.labels, pool, per_class, gen)
@@ -326,13 +326,13 @@ def _craft(model: TappedModel, name: str, config: LadConfig, data: ImageDataset,
                                     dataset=data.name)
 
 
-def _craft_ga(model: TappedModel, acgan: ACGAN, config: LadConfig, per_class: int, path: Path) -> None:
+def _craft_ga(model: TappedModel, acgan: ACGAN, config: LadConfig, per_class: int, path: Path, seed: int) -> None:
     """GA examples against `model`: `ga_candidates` noise draws per wanted example and class; the first
     `per_class` successes of each class are kept (labels = the class the AC-GAN drew)."""
     s = config.attack
     attack = UnrestrictedAttack(acgan, steps=s.ga_steps, lr=s.ga_lr, lambda1=s.ga_lambda1, lambda2=s.ga_lambda2,
                                 z_eps=s.ga_z_eps)
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(seed)
     sources = torch.arange(model.num_classes).repeat_interleave(per_class * s.ga_candidates)
     parts = [attack(model, sources[i:i + s.batch_size], generator=gen)[0]
              for i in track(range(0, len(sources), s.batch_size), "ga attack")]
@@ -425,8 +425,11 @@ def run_lad(config: LadConfig, out_dir: str | Path, data: Splits | None = None) 
     def crafted(name: str, model: TappedModel, model_settings: dict[str, Any], source: ImageDataset,
                 pool: torch.Tensor, per_class: int, where: str) -> attack_lib.AdversarialSet:
         settings = {"model": model_settings, "attack": name, "params": asdict(config.attack), "pool": where,
-                    "per_class": per_class, "split": split_settings, **({"acgan": acgan_settings} if name == "ga" else {})}
-        return _crafted(stages, settings, lambda p: _craft(model, name, config, source, pool, per_class, p, acgan))
+                    "per_class": per_class, "split": split_settings}
+        draw = int(where == "train")  # GA: Table IV's fine-tuning draws differ from the evaluated ones
+        if name == "ga":
+            settings.update(acgan=acgan_settings, **({"draw": draw} if draw else {}))  # draw 0 keeps older keys
+        return _crafted(stages, settings, lambda p: _craft(model, name, config, source, pool, per_class, p, acgan, draw))
 
     def per_attack(name: str) -> dict[str, Any]:
         per_class = config.attack.targeted_per_class if name in TARGETED else config.attack.untargeted_per_class
