@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -27,6 +27,15 @@ class AttackResult:
     @property
     def success_rate(self) -> float:
         return float(self.success.float().mean().item()) if self.success.numel() else 0.0
+
+    def select(self, rows: torch.Tensor) -> "AttackResult":
+        """The rows picked by a mask or index."""
+        return AttackResult(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    @staticmethod
+    def concat(parts: "Sequence[AttackResult]") -> "AttackResult":
+        """One result holding all rows of `parts` (e.g. batches), in order, on CPU."""
+        return AttackResult(*(torch.cat([getattr(p, f.name).cpu() for p in parts]) for f in fields(AttackResult)))
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

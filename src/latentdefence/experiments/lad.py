@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Mapping
-import dataclasses
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -320,8 +319,7 @@ def _craft(model: TappedModel, name: str, config: LadConfig, data: ImageDataset,
             parts.append(attack(model, x, y))
         else:
             parts.append(attack(model, x, y, targets[start:start + size].to(device)))
-    result = AttackResult(*(torch.cat([getattr(p, f.name).cpu() for p in parts])
-                            for f in dataclasses.fields(AttackResult)))
+    result = AttackResult.concat(parts)
     attack_lib.save_adversarial_set(path, result, labels, attack=attack, targets=targets, source_indices=index,
                                     dataset=data.name)
 
@@ -336,11 +334,10 @@ def _craft_ga(model: TappedModel, acgan: ACGAN, config: LadConfig, per_class: in
     sources = torch.arange(model.num_classes).repeat_interleave(per_class * s.ga_candidates)
     parts = [attack(model, sources[i:i + s.batch_size], generator=gen)[0]
              for i in track(range(0, len(sources), s.batch_size), "ga attack")]
-    result = AttackResult(*(torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(AttackResult)))
+    result = AttackResult.concat(parts)
     keep = torch.cat([torch.nonzero(result.success & (sources == c)).flatten()[:per_class]
                       for c in range(model.num_classes)])
-    kept = AttackResult(*(getattr(result, f.name)[keep] for f in dataclasses.fields(AttackResult)))
-    attack_lib.save_adversarial_set(path, kept, sources[keep], attack=attack.describe(), dataset="acgan",
+    attack_lib.save_adversarial_set(path, result.select(keep), sources[keep], attack=attack.describe(), dataset="acgan",
                                     extra={"candidates": len(sources), "success_rate": result.success_rate})
 
 

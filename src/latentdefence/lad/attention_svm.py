@@ -146,13 +146,18 @@ class AttentionSVM:
         self.boundary_normal_ = self.coef_ / norm
         self.step_scale_ = torch.tensor(1.0)
         if self.eps_scale == "margin":
-            self.step_scale_ = self._median_crossing(z[sign < 0]) / self.boundary_eps
+            self.fit_step_scale(z[sign < 0], lambda moved: self.decision_function(moved) > 0)
         return self
 
-    def _median_crossing(self, z: torch.Tensor) -> torch.Tensor:
-        """Median eps (latent units) at which z + eps * D * beta(z) * d reaches the boundary."""
-        step = self.n_features_in_ * self.attention(z) * self.boundary_normal_
-        return median_crossing(lambda eps: self.decision_function(z + eps[:, None] * step) > 0, z.shape[0])
+    def _unit_step(self, z: torch.Tensor) -> torch.Tensor:
+        """D * beta(z) * d (N, D): the step for eps = 1 before step_scale_."""
+        return self.n_features_in_ * self.attention(z) * self.boundary_normal_
+
+    def fit_step_scale(self, z: torch.Tensor, crossed: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Set step_scale_ so that eps = boundary_eps takes the median of latents z to where `crossed`
+        (moved latents -> bool mask) first holds: the SVM's boundary ("margin") or the classifier's flip."""
+        step = self._unit_step(z)
+        self.step_scale_ = median_crossing(lambda eps: crossed(z + eps[:, None] * step), z.shape[0]) / self.boundary_eps
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "coef_"):
@@ -176,7 +181,7 @@ class AttentionSVM:
 
     def direction(self, z: torch.Tensor) -> torch.Tensor:
         """step_scale_ * D * beta * d (N, D): the per-sample step of LAD's z' = z + eps * beta * d (see docs/lad.md)."""
-        return self.step_scale_ * self.n_features_in_ * self.attention(z) * self.boundary_normal_
+        return self.step_scale_ * self._unit_step(z)
 
 
 class TargetBoundaries:
@@ -241,9 +246,7 @@ class TargetBoundaries:
         for (source, target), est in self.estimators_.items():
             rows = (y == source) if source >= 0 else (y != target)
             zs, ys = z[rows].float(), y[rows]
-            step = est.n_features_in_ * est.attention(zs) * est.boundary_normal_
-            crossing = median_crossing(lambda eps: head(zs + eps[:, None] * step).argmax(1) != ys, zs.shape[0])
-            est.step_scale_ = crossing / self.boundary_eps
+            est.fit_step_scale(zs, lambda moved: head(moved).argmax(1) != ys)
 
     def estimator(self, source: int, target: int) -> AttentionSVM:
         """The boundary used to push class `source` toward class `target`."""

@@ -17,6 +17,7 @@ humans; we have no annotators, see docs/lad.md). Their labels are the source cla
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -150,7 +151,7 @@ def train_acgan(data: ImageDataset, config: ACGANConfig, num_classes: int | None
             seen = max(1, (n // config.batch_size) * config.batch_size)
             history.append({key: value / seen for key, value in sums.items()})
             advance(progress, task, ", ".join(f"{key} {value:.4f}" for key, value in history[-1].items()))
-    if not all(torch.isfinite(torch.tensor([h["d_loss"], h["g_loss"]])).all() for h in history):
+    if not all(math.isfinite(h["d_loss"]) and math.isfinite(h["g_loss"]) for h in history):
         raise FloatingPointError(f"AC-GAN losses became non-finite: {history[-2:]}")
     return ACGAN(g_net.eval(), d_net.eval(), config), history
 
