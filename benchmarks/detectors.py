@@ -8,7 +8,8 @@ Per detector: fit time, what it holds in memory, guarded-inference time per batc
 backward time per batch of 100, then on `--n` test images (calibrated at 2% FP on the 750 calibration
 images of `experiments.dld.calibration_split`): clean FP, and for FGSM / PGD-20 at eps 0.3 crafted
 against F alone (not detector-aware, so not a robustness figure) the share of misclassified examples
-flagged and the ROC AUC of misclassified adversarial vs clean test images.
+flagged and the ROC AUC of misclassified adversarial vs clean test images; for Mahalanobis and LID also
+the logistic regression's in-sample AUC on its own training pairs.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ def main() -> None:
         xs, cs = test.images[:100].clone().requires_grad_(True), test.labels[:100]
         surrogate = seconds(lambda: torch.autograd.grad(det.surrogate_score(xs, cs).sum(), xs))
         clean = det.predict(test.images)
+        if hasattr(det, "lr_train_auc_"):
+            print(f"{name}: logistic regression on {det.lr_examples_} fooled training images (+ clean and noisy twins), "
+                  f"in-sample AUC adversarial vs their clean originals {det.lr_train_auc_:.3f}")
         print(f"{name}: fit+calibrate {fit:.1f} s, holds {held_bytes(det) / 2**20:.1f} MiB, guarded {1e3 * guarded:.0f} ms "
               f"per {args.batch} ({guarded / plain:.1f}x F), surrogate fwd+bwd {1e3 * surrogate:.0f} ms per 100; "
               f"clean FP {clean.is_adversarial.float().mean():.3f} (threshold {det.threshold_:.3g})")

@@ -12,6 +12,7 @@ from ..attacks import FGSM, Attack
 from ..attacks.base import frozen_eval
 from ..data.base import ImageDataset
 from ..dld.detector import ConformalDetector, check_classes, check_images
+from ..dld.evaluate import roc_auc
 from ..models import TappedModel
 
 
@@ -79,6 +80,8 @@ class LayerScoreDetector(ConformalDetector):
     A subclass sets ``classifier``, ``taps``, ``attack``, ``lr_samples``, ``seed``, ``batch_size``, and
     implements ``_fit_layers(data)`` (its per-layer statistics) and ``_layer_score(tap, activation)``
     (B,), higher = more suspicious, differentiable. The score thresholded is the combiner's logit.
+    ``fit`` records ``lr_examples_`` (fooled training images used) and ``lr_train_auc_`` (the regression's
+    in-sample ROC AUC, adversarial vs their own clean originals: how much it could learn at all).
     """
 
     classifier: TappedModel
@@ -116,6 +119,9 @@ class LayerScoreDetector(ConformalDetector):
         labels = torch.cat([torch.zeros(2 * m, dtype=torch.int64), torch.ones(m, dtype=torch.int64)])
         self.combiner_ = LogisticCombiner().fit(features, labels)
         self.lr_examples_ = m
+        with torch.no_grad():
+            logits = self.combiner_(features)
+        self.lr_train_auc_ = roc_auc(logits[2 * m:], logits[:m])  # adversarial vs their clean originals, in-sample
         return self
 
     def _pass(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
