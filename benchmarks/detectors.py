@@ -78,7 +78,8 @@ def main() -> None:
         clean = det.predict(test.images)
         if hasattr(det, "lr_train_auc_"):
             print(f"{name}: logistic regression on {det.lr_examples_} fooled training images (+ clean and noisy twins), "
-                  f"in-sample AUC adversarial vs their clean originals {det.lr_train_auc_:.3f}")
+                  f"in-sample AUC adversarial vs their clean originals {det.lr_train_auc_:.3f}; weights on standardised "
+                  + ", ".join(f"{t} {w:+.2f}" for t, w in zip(det.taps_, det.combiner_.coef_.tolist())))
         print(f"{name}: fit+calibrate {fit:.1f} s, holds {held_bytes(det) / 2**20:.1f} MiB, guarded {1e3 * guarded:.0f} ms "
               f"per {args.batch} ({guarded / plain:.1f}x F), surrogate fwd+bwd {1e3 * surrogate:.0f} ms per 100; "
               f"clean FP {clean.is_adversarial.float().mean():.3f} (threshold {det.threshold_:.3g})")
