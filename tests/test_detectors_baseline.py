@@ -13,7 +13,7 @@ from latentdefence.detectors import (DeepKNN, LIDDetector, LogisticCombiner, Mah
                                      clean_noisy_adversarial)
 from latentdefence.dld import ConformalDetector, KNNIndex, nonconformity, soft_nonconformity
 from latentdefence.models import StagedModel
-from toy_blobs import blobs, trained_tiny_model
+from toy_blobs import blobs, tiny_model, trained_tiny_model
 
 FACTORIES = {
     "dknn": lambda m: DeepKNN(m, ("layer1", "layer2"), k=10, max_train=300),
@@ -186,3 +186,24 @@ def test_logistic_training_set_keeps_fooled_pairs_with_matched_noise(setup) -> N
         clean_noisy_adversarial(model, data, FGSM(eps=0.0))
     with pytest.raises(ValueError, match="both"):
         LogisticCombiner().fit(torch.randn(10, 2), torch.zeros(10, dtype=torch.int64))
+
+
+def test_artifact_round_trip_gives_identical_scores(detector, setup, tmp_path) -> None:
+    _, _, _, test = setup
+    path = tmp_path / "detector.safetensors"
+    detector.save(path)
+    loaded = type(detector).load(path, classifier=tiny_model())
+    a, b = detector.predict(test.images), loaded.predict(test.images)
+    assert torch.equal(a.predicted, b.predicted) and torch.equal(a.is_adversarial, b.is_adversarial)
+    assert torch.allclose(a.nonconformity.float(), b.nonconformity.float()) and loaded.threshold_ == detector.threshold_
+    classes = a.predicted[:20]
+    assert torch.allclose(detector.surrogate_score(test.images[:20], classes),
+                          loaded.surrogate_score(test.images[:20], classes), atol=1e-5)
+    with pytest.raises(ValueError, match="architecture"):
+        type(detector).load(path)                         # the toy model is not in the registry
+    other = LIDDetector if isinstance(detector, MahalanobisDetector) else MahalanobisDetector
+    with pytest.raises(ValueError, match="not a MahalanobisDetector|not a LIDDetector"):
+        other.load(path, classifier=tiny_model())
+    (tmp_path / "broken.safetensors").write_bytes(b"\x00" * 40)
+    with pytest.raises(ValueError, match="not a readable"):
+        type(detector).load(tmp_path / "broken.safetensors", classifier=tiny_model())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -14,6 +15,7 @@ from ..data.base import ImageDataset
 from ..dld.detector import ConformalDetector, check_classes, check_images
 from ..dld.evaluate import roc_auc
 from ..models import TappedModel
+from .artifact import load_detector, save_detector
 
 
 class LogisticCombiner:
@@ -91,6 +93,8 @@ class LayerScoreDetector(ConformalDetector):
     seed: int
     batch_size: int
 
+    per_tap_state: tuple[str, ...] = ()   # fitted attributes holding tap -> tensor, saved with the artifact
+
     def _fit_layers(self, data: ImageDataset) -> None:
         raise NotImplementedError
 
@@ -160,3 +164,25 @@ class LayerScoreDetector(ConformalDetector):
         check_images(images)
         check_classes(images, classes)
         return self.combiner_(self._pass(images)[1])
+
+    def save(self, path: str | Path) -> None:
+        """One atomic safetensors file: F's weights, per-layer statistics, the regression, the calibration."""
+        self._check_fitted("combiner_")
+        state = {f"{attr}{tap}": t for attr in self.per_tap_state for tap, t in getattr(self, attr).items()}
+        state.update({f"combiner.{name}": getattr(self.combiner_, name) for name in ("mean_", "scale_", "coef_")})
+        save_detector(self, path, state, {"taps": self.taps_, "intercept": self.combiner_.intercept_,
+                                          "lr_examples": self.lr_examples_, "lr_train_auc": self.lr_train_auc_})
+
+    @classmethod
+    def load(cls, path: str | Path, classifier: TappedModel | None = None) -> "LayerScoreDetector":
+        """Rebuild a saved detector; F comes from the registry by name unless `classifier` is given."""
+        det, tensors, fitted = load_detector(cls, path, classifier)
+        det.taps_ = fitted["taps"]
+        for attr in cls.per_tap_state:
+            setattr(det, attr, {tap: tensors[f"{attr}{tap}"] for tap in det.taps_})
+        det.combiner_ = LogisticCombiner()
+        for name in ("mean_", "scale_", "coef_"):
+            setattr(det.combiner_, name, tensors[f"combiner.{name}"])
+        det.combiner_.intercept_ = fitted["intercept"]
+        det.lr_examples_, det.lr_train_auc_ = fitted["lr_examples"], fitted["lr_train_auc"]
+        return det
