@@ -2,7 +2,8 @@
 
 Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/detectors.py [--checkpoint docs/results/dld-mnist-table1/classifier]
      [--n 500] [--batch 256] [--only dknn mahalanobis lid]
-Reference measured in the same run, beside each detector: F alone on the same batch (best of 3; guarded / plain ratio).
+Reference measured in the same run, beside each detector: F alone on the same batch (guarded / plain ratio);
+times are the fastest of 2 runs after a warm-up (`best_of` of benchmarks/detect.py).
 
 Per detector: fit time, what it holds in memory, guarded-inference time per batch, surrogate forward +
 backward time per batch of 100, then on `--n` test images (calibrated at 2% FP on the 750 calibration
@@ -23,6 +24,7 @@ import torch
 
 os.environ.setdefault("LATENTDEFENCE_PROGRESS", "0")
 
+from detect import best_of  # noqa: E402  (benchmarks/detect.py, beside this file)
 from latentdefence.attacks import FGSM, PGD  # noqa: E402
 from latentdefence.data import load_dataset  # noqa: E402
 from latentdefence.detectors import DeepKNN, LIDDetector, MahalanobisDetector  # noqa: E402
@@ -32,16 +34,6 @@ from latentdefence.training import load_checkpoint  # noqa: E402
 
 DETECTORS: dict[str, Callable[..., ConformalDetector]] = {
     "dknn": DeepKNN, "mahalanobis": MahalanobisDetector, "lid": LIDDetector}
-
-
-def seconds(fn: Callable[[], object], repeats: int = 1) -> float:
-    """Fastest wall time of `repeats` calls (the shared machine's load only ever adds time)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def held_bytes(det: ConformalDetector) -> int:
@@ -72,12 +64,14 @@ def main() -> None:
     print(f"torch threads {torch.get_num_threads()}")
     for name in args.only:
         det = DETECTORS[name](model)
-        fit = seconds(lambda: det.fit(splits.train).calibrate(cal, target_fpr=0.02))
+        start = time.perf_counter()
+        det.fit(splits.train).calibrate(cal, target_fpr=0.02)
+        fit = time.perf_counter() - start
         with torch.no_grad():
-            plain = seconds(lambda: model(x), repeats=3)                         # the reference, same moment
-        guarded = seconds(lambda: det.nonconformity(x), repeats=3)
+            plain = best_of(lambda: model(x), repeats=2)                         # the reference, same moment
+        guarded = best_of(lambda: det.nonconformity(x), repeats=2)
         xs, cs = test.images[:100].clone().requires_grad_(True), test.labels[:100]
-        surrogate = seconds(lambda: torch.autograd.grad(det.surrogate_score(xs, cs).sum(), xs))
+        surrogate = best_of(lambda: torch.autograd.grad(det.surrogate_score(xs, cs).sum(), xs), repeats=2)
         clean = det.predict(test.images)
         if hasattr(det, "lr_train_auc_"):
             print(f"{name}: logistic regression on {det.lr_examples_} fooled training images (+ clean and noisy twins), "
