@@ -112,7 +112,8 @@ class LayerScoreDetector(ConformalDetector):
         for tap in self.taps_:
             self.classifier.check_tap(tap)
         if not 0 < self.lr_samples < len(train):
-            raise ValueError(f"lr_samples must be in 1..{len(train) - 1} (training set size - 1), got {self.lr_samples}")
+            raise ValueError(f"lr_samples must be in 1..{len(train) - 1} (training set size - 1), "
+                             f"got {self.lr_samples}")
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed))
         self._fit_layers(train.subset(order[self.lr_samples:]))
         attack = self.attack if self.attack is not None else FGSM(eps=0.3)
@@ -145,7 +146,8 @@ class LayerScoreDetector(ConformalDetector):
 
     def _scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Batched `_exact_layer_scores` on CPU."""
-        parts = [self._exact_layer_scores(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
+        step = self.batch_size
+        parts = [self._exact_layer_scores(images[i:i + step]) for i in range(0, len(images), step)]
         return torch.cat([p[0].cpu() for p in parts]), torch.cat([p[1].cpu() for p in parts])
 
     def nonconformity(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:

@@ -279,7 +279,8 @@ class DeepLatentDefence(KNNDetector):
             tensors.update({f"encoder.{tap}.{k}": v for k, v in enc.state_dict().items()})
             tensors[f"index.{tap}.embeddings"] = self.indexes_[tap].embeddings
             tensors[f"index.{tap}.labels"] = self.indexes_[tap].labels
-        meta.update({"format": FORMAT, "params": self._params(), "encoders": self.encoder_specs_, "pruned": self.pruned_})
+        meta.update({"format": FORMAT, "params": self._params(), "encoders": self.encoder_specs_,
+                     "pruned": self.pruned_})
         save_tensors(path, tensors, meta)
 
     def _params(self) -> dict[str, object]:
