@@ -86,7 +86,6 @@ class LayerScoreDetector(ConformalDetector):
     in-sample ROC AUC, adversarial vs their own clean originals: how much it could learn at all).
     """
 
-    classifier: TappedModel
     taps: Sequence[str] | None
     attack: Attack | None
     lr_samples: int
