@@ -208,3 +208,17 @@ def test_artifact_round_trip_gives_identical_scores(detector, setup, tmp_path) -
     (tmp_path / "broken.safetensors").write_bytes(b"\x00" * 40)
     with pytest.raises(ValueError, match="not a readable"):
         type(detector).load(tmp_path / "broken.safetensors", classifier=tiny_model())
+
+
+def test_descending_the_surrogate_lowers_the_exact_score(detector, setup) -> None:
+    model, _, _, test = setup
+    adv = PGD(eps=0.3, steps=20, generator=torch.Generator().manual_seed(8))(model, test.images[:60], test.labels[:60])
+    x0 = adv.images[adv.success]
+    classes = adv.predictions[adv.success]                # keep F's (wrong) class, hide it from the detector
+    x = x0.clone()
+    for _ in range(10):
+        x.requires_grad_(True)
+        grad, = torch.autograd.grad(detector.surrogate_score(x, classes).sum(), x)
+        x = (x.detach() - 0.01 * grad.sign()).clamp(0, 1)
+    before, after = detector.nonconformity(x0)[1].float(), detector.nonconformity(x)[1].float()
+    assert after.mean() < before.mean() and (after <= before).float().mean() > 0.6
