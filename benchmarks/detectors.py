@@ -10,7 +10,8 @@ backward time per batch of 100, then on `--n` test images (calibrated at 2% FP o
 images of `experiments.dld.calibration_split`): clean FP, and for FGSM / PGD-20 at eps 0.3 crafted
 against F alone (not detector-aware, so not a robustness figure) the share of misclassified examples
 flagged and the ROC AUC of misclassified adversarial vs clean test images; for Mahalanobis and LID also
-the logistic regression's in-sample AUC on its own training pairs.
+the logistic regression's in-sample AUC on its own training pairs; and how closely each surrogate follows the
+exact score (Spearman) and where its gradient vanishes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from scipy.stats import spearmanr
 
 os.environ.setdefault("LATENTDEFENCE_PROGRESS", "0")
 
@@ -80,6 +82,14 @@ def main() -> None:
         print(f"{name}: fit+calibrate {fit:.1f} s, holds {held_bytes(det) / 2**20:.1f} MiB, guarded {1e3 * guarded:.0f} ms "
               f"per {args.batch} ({guarded / plain:.1f}x F's {1e3 * plain:.0f} ms), surrogate fwd+bwd {1e3 * surrogate:.0f} ms per 100; "
               f"clean FP {clean.is_adversarial.float().mean():.3f} (threshold {det.threshold_:.3g})")
+        probes = torch.cat([test.images[:100], adversarial["pgd20"].images[adversarial["pgd20"].success]]).requires_grad_(True)
+        with torch.no_grad():
+            classes = model(probes).argmax(1)
+        soft = det.surrogate_score(probes, classes)
+        flat = torch.autograd.grad(soft.sum(), probes)[0].flatten(1).abs().sum(1) == 0
+        rho = spearmanr(soft.detach().numpy(), det.nonconformity(probes.detach())[1].float().numpy()).statistic
+        print(f"  surrogate vs exact score on 100 clean + the fooled PGD-20 images, at F's class: Spearman {rho:.3f}; "
+              f"zero gradient on {flat[:100].float().mean():.2f} of clean, {flat[100:].float().mean():.2f} of adversarial")
         for attack, result in adversarial.items():
             out = det.predict(result.images)
             wrong = result.success
