@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from .._io import load_tensors, save_tensors
+from .._io import git_revision, load_tensors, save_tensors
 from ..attacks.base import frozen_eval
 from ..data.base import ImageDataset
 from ..models import TappedModel, create_model
@@ -40,6 +41,7 @@ class Detection:
     credibility: torch.Tensor                # (N,) conformal p-value; low is suspicious
     nonconformity: torch.Tensor              # (N,) summed over encoders
     per_layer: dict[str, torch.Tensor]       # tap -> (N,) beta_N of Eq. 8
+    probabilities: torch.Tensor | None = None  # (N, K) softmax of F's logits, where the detector has them
 
 
 class DeepLatentDefence:
@@ -114,25 +116,34 @@ class DeepLatentDefence:
         return self
 
     # -- inference -----------------------------------------------------------------------------
-    @torch.no_grad()
     def nonconformity(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """(F's predictions (N,), summed non-conformity (N,), per-tap non-conformity) in batches."""
+        logits, score, per_layer = self._score(images)
+        return logits.argmax(1), score, per_layer
+
+    @torch.no_grad()
+    def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(F's logits (N, K), summed non-conformity (N,), per-tap non-conformity) in batches."""
         self._check_fitted("indexes_")
         if images.ndim != 4 or not images.is_floating_point():
             raise ValueError(f"images must be float (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
-        preds, per = [], {tap: [] for tap in self.indexes_}
+        logits, per = [], {tap: [] for tap in self.indexes_}
         for i in range(0, len(images), self.batch_size):
-            pred, latents = self.embed(images[i:i + self.batch_size])
-            preds.append(pred)
+            out, latents = self._forward(images[i:i + self.batch_size])
+            logits.append(out)
             for tap, z in latents.items():
-                per[tap].append(nonconformity(self.indexes_[tap].neighbour_labels(z, self.k), pred))
-        predicted = torch.cat(preds)
+                per[tap].append(nonconformity(self.indexes_[tap].neighbour_labels(z, self.k), out.argmax(1)))
         per_layer = {tap: torch.cat(v) for tap, v in per.items()}
-        return predicted, torch.stack(list(per_layer.values())).sum(0), per_layer
+        return torch.cat(logits), torch.stack(list(per_layer.values())).sum(0), per_layer
 
-    @torch.no_grad()
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """F's predictions (B,) and each encoder's embedding (B, d), from one pass through F."""
+        logits, latents = self._forward(images)
+        return logits.argmax(1), latents
+
+    @torch.no_grad()
+    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """F's logits (B, K) and each encoder's embedding (B, d), on the CPU, from one pass through F."""
         device = next(self.classifier.parameters()).device
         taps = list(self.encoders_.keys())
         last = max(taps, key=self.classifier.tap_names.index)
@@ -140,14 +151,14 @@ class DeepLatentDefence:
             acts = self.classifier.intermediates(images.to(device), taps)
             logits = self.classifier.forward_from(acts[last], last)
             latents = {tap: self.encoders_[tap](acts[tap]).cpu() for tap in taps}
-        return logits.argmax(1).cpu(), latents
+        return logits.cpu(), latents
 
     def predict(self, images: torch.Tensor) -> Detection:
-        """F's class, the adversarial flag, credibility and per-layer non-conformity per input."""
+        """F's class and probabilities, the adversarial flag, credibility and per-layer non-conformity per input."""
         self._check_fitted("threshold_")
-        predicted, score, per_layer = self.nonconformity(images)
-        return Detection(predicted, score > self.threshold_, credibility(score, self.calibration_scores_),
-                         score, per_layer)
+        logits, score, per_layer = self._score(images)
+        return Detection(logits.argmax(1), score > self.threshold_, credibility(score, self.calibration_scores_),
+                         score, per_layer, logits.softmax(1))
 
     def score_samples(self, images: torch.Tensor) -> torch.Tensor:
         """-(summed non-conformity): higher is more normal."""
@@ -175,8 +186,12 @@ class DeepLatentDefence:
             raise RuntimeError(f"DeepLatentDefence is not ready: call {step} first")
 
     # -- persistence ---------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """One atomic safetensors file: F's and the encoders' weights, indexes, calibration (if done); JSON metadata."""
+    def save(self, path: str | Path, metadata: Mapping[str, Any] | None = None) -> None:
+        """One atomic safetensors file: F's and the encoders' weights, indexes, calibration (if done); JSON metadata.
+
+        `metadata` (e.g. dataset, threat model) is added to what a loaded detector carried (`metadata_`),
+        with the git revision that wrote the file; servers report it (`latentdefence serve`, GET /v1/model).
+        """
         self._check_fitted("indexes_")
         tensors = {f"classifier.{k}": v for k, v in self.classifier.state_dict().items()}
         for tap, enc in self.encoders_.items():
@@ -189,7 +204,8 @@ class DeepLatentDefence:
                 "threshold": getattr(self, "threshold_", None), "target_fpr": getattr(self, "target_fpr_", None),
                 "pruned": self.pruned_,
                 "classifier": {"arch": getattr(self.classifier, "arch", None),
-                               "arch_kwargs": getattr(self.classifier, "arch_kwargs", {})}}
+                               "arch_kwargs": getattr(self.classifier, "arch_kwargs", {})},
+                "metadata": {**getattr(self, "metadata_", {}), **(metadata or {}), "git_revision": git_revision()}}
         save_tensors(path, tensors, meta)
 
     def _params(self) -> dict[str, object]:
@@ -198,12 +214,16 @@ class DeepLatentDefence:
                 "knn_algorithm": self.knn_algorithm, "batch_size": self.batch_size}
 
     @classmethod
-    def load(cls, path: str | Path, classifier: TappedModel | None = None) -> "DeepLatentDefence":
-        """Rebuild a saved detector; F comes from the registry by name unless `classifier` is given."""
+    def load(cls, path: str | Path, classifier: TappedModel | None = None,
+             knn_backend: str | None = None) -> "DeepLatentDefence":
+        """Rebuild a saved detector; F comes from the registry by name unless `classifier` is given.
+
+        `knn_backend` replaces the saved one (e.g. "faiss-hnsw" for approximate, faster search).
+        """
         tensors, meta = load_tensors(path)
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path}: not a DLD detector artifact (format {meta.get('format')!r})")
-        params = dict(meta["params"])
+        params = dict(meta["params"], **({"knn_backend": knn_backend} if knn_backend else {}))
         if classifier is None:
             arch = meta["classifier"]
             if not arch["arch"]:
@@ -219,6 +239,7 @@ class DeepLatentDefence:
         det._build_indexes({tap: (tensors[f"index.{tap}.embeddings"], tensors[f"index.{tap}.labels"])
                             for tap in meta["encoders"]})
         det.pruned_ = meta["pruned"]
+        det.metadata_ = dict(meta.get("metadata") or {})  # absent from artifacts written before it existed
         if meta["threshold"] is not None:
             det.calibration_scores_ = tensors["calibration_scores"]
             det.threshold_, det.target_fpr_ = meta["threshold"], meta["target_fpr"]
