@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from .errors import cli_errors
 
+if TYPE_CHECKING:
+    from ..serving import AuditLog
+
 app = typer.Typer(help="List and export the inputs a guarded service flagged.", no_args_is_help=True)
 DB = typer.Option(Path("latentdefence-audit.sqlite"), "--db", help="Audit log written by `latentdefence serve`.")
 
 
-def _open(db: Path):  # type: ignore[no-untyped-def]
+def _open(db: Path) -> "AuditLog":
     from ..serving import AuditLog
 
     if not db.is_file():

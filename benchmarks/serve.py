@@ -1,0 +1,239 @@
+"""Load on the guarded HTTP service (`latentdefence serve`) against in-process `GuardedClassifier.predict`, one run.
+
+Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/serve.py [--requests 3000] [--clients 8] [--batches 16]
+     [--artifact PATH] [--knn-backend sklearn|faiss|faiss-hnsw] [--out docs/results/serve-benchmark]
+Targets: zero 5xx, audit records == flagged responses exactly, and guarded predictions/s of the server at
+batch 64 >= 0.8x of in-process `GuardedClassifier.predict` on the same images (loopback only, bounded).
+
+Without --artifact a realistic MNIST detector is built once and cached (stage "serve-bench-detector"):
+the committed PGD-trained classifier (docs/results/dld-mnist-table1), encoders on layer1-3 trained
+clean for 1 epoch on 6k images, indexes over the full pruned training set, calibrated at 2% FPR on 750
+test images. Sizes set the cost here, not encoder quality. Traffic: held-out test images, a quarter of
+them FGSM (eps 0.3) against the classifier, so that some requests are flagged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+os.environ.setdefault("LATENTDEFENCE_PROGRESS", "0")
+
+from latentdefence._io import environment_info, git_revision, sha256_file, write_json  # noqa: E402
+from latentdefence.attacks import FGSM  # noqa: E402
+from latentdefence.data import load_dataset  # noqa: E402
+from latentdefence.dld import DeepLatentDefence, EncoderTrainConfig  # noqa: E402
+from latentdefence.experiments.cache import ensure_stage  # noqa: E402
+from latentdefence.experiments.dld import calibration_split  # noqa: E402
+from latentdefence.serving import GuardedClassifier  # noqa: E402
+from latentdefence.training import load_checkpoint  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSIFIER = ROOT / "docs" / "results" / "dld-mnist-table1" / "classifier"
+
+
+def build_artifact() -> Path:
+    """The cached benchmark detector (see the module docstring)."""
+    weights = CLASSIFIER.with_suffix(".safetensors")
+    settings = {"classifier_sha256": sha256_file(weights), "taps": ["layer1", "layer2", "layer3"], "epochs": 1,
+                "max_train": 6000, "target_fpr": 0.02, "n_calibration": 750}
+
+    def build(folder: Path) -> None:
+        mnist = load_dataset("mnist")
+        cal, _ = calibration_split(mnist.test, settings["n_calibration"], seed=0)
+        training = EncoderTrainConfig(epochs=1, adversarial=False, max_train=settings["max_train"])
+        det = DeepLatentDefence(load_checkpoint(weights)[0].eval(), settings["taps"], training=training)
+        det.fit(mnist.train).calibrate(cal, target_fpr=settings["target_fpr"])
+        det.save(folder / "detector.safetensors", metadata={"dataset": "mnist", "threat_model": {
+            "norm": "linf", "eps": 0.3, "note": "classifier PGD-trained at eps 0.3; encoders trained clean"}})
+
+    return ensure_stage("serve-bench-detector", settings, build) / "detector.safetensors"
+
+
+def traffic(guard: GuardedClassifier, n: int, seed: int = 0) -> torch.Tensor:
+    """n held-out test images (8-bit exact, as PNG carries them), the first quarter FGSM-perturbed, shuffled."""
+    _, held_out = calibration_split(load_dataset("mnist").test, 750, seed=0)
+    x, y = held_out.images[:n], held_out.labels[:n]
+    adv = FGSM(0.3)(guard.classifier, x[:n // 4], y[:n // 4]).images
+    x = torch.cat([adv, x[n // 4:]])
+    x = (x * 255).round() / 255                                        # what a PNG of the image decodes to
+    return x[torch.randperm(n, generator=torch.Generator().manual_seed(seed))]
+
+
+def png(image: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8), "L").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def multipart(files: list[bytes], boundary: str = "latentdefence-bench-boundary") -> dict[str, Any]:
+    """A multipart/form-data body with one PNG part per file, encoded once (the client's cost is not measured)."""
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{i}.png"\r\n'
+             f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n" for i, data in enumerate(files)]
+    return {"content": b"".join(parts) + f"--{boundary}--\r\n".encode(),
+            "headers": {"content-type": f"multipart/form-data; boundary={boundary}"}}
+
+
+def start_server(artifact: Path, audit_db: Path, knn_backend: str | None) -> tuple[subprocess.Popen[bytes], str]:
+    """`latentdefence serve` on a free loopback port, with this process's torch thread count."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = Path(sys.executable).with_name("latentdefence")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-c", "from latentdefence.cli import main; main()"]
+    cmd += ["serve", str(artifact), "--port", str(port), "--audit-db", str(audit_db), "--max-batch", "64",
+            "--threads", str(torch.get_num_threads())] + (["--knn-backend", knn_backend] if knn_backend else [])
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def load_test(url: str, bodies: list[bytes], requests: int, clients: int) -> dict[str, Any]:
+    """`requests` single-image PNG posts from `clients` threads: throughput, latency, status counts, flags."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    flagged = [0]
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        with httpx.Client(timeout=60) as c:
+            for i in range(index, requests, clients):
+                start = time.perf_counter()
+                r = c.post(f"{url}/v1/predict", content=bodies[i % len(bodies)], headers={"content-type": "image/png"})
+                elapsed = time.perf_counter() - start
+                with lock:
+                    latencies.append(elapsed)
+                    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                    if r.status_code == 200:
+                        flagged[0] += sum(p["is_adversarial"] for p in r.json()["predictions"])
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    q = statistics.quantiles(latencies, n=100)
+    return {"requests": requests, "clients": clients, "wall_s": round(wall, 2), "requests_per_s": requests / wall,
+            "p50_ms": 1e3 * statistics.median(latencies), "p99_ms": 1e3 * q[98], "statuses": statuses,
+            "server_errors": sum(v for k, v in statuses.items() if k >= 500), "flagged_responses": flagged[0]}
+
+
+def server_batches(url: str, batches: list[torch.Tensor], form: str, clients: int) -> float:
+    """Guarded predictions per second when `clients` threads post the batches (multipart PNG or JSON)."""
+    if form == "png":
+        payloads = [multipart([png(img) for img in b]) for b in batches]
+    else:
+        payloads = [{"content": json.dumps({"images": b.tolist()}), "headers": {"content-type": "application/json"}}
+                    for b in batches]
+
+    def client(index: int) -> None:
+        with httpx.Client(timeout=120) as c:
+            for i in range(index, len(payloads), clients):
+                r = c.post(f"{url}/v1/predict", **payloads[i])
+                assert r.status_code == 200, r.text
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(len(b) for b in batches) / (time.perf_counter() - start)
+
+
+def in_process(guard: GuardedClassifier, batches: list[torch.Tensor]) -> float:
+    """Guarded predictions per second of `GuardedClassifier.predict` on the same batches."""
+    start = time.perf_counter()
+    for b in batches:
+        guard.predict(b)
+    return sum(len(b) for b in batches) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifact", type=Path, default=None)
+    parser.add_argument("--knn-backend", default=None, help="override the artifact's k-NN backend (both sides)")
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=16, help="batches of 64 images for the throughput ratio")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None, help="write results.json here")
+    args = parser.parse_args()
+    load_before = os.getloadavg()
+    artifact = args.artifact or build_artifact()
+    guard = GuardedClassifier.load(artifact, knn_backend=args.knn_backend)
+    images = traffic(guard, max(1000, 64 * args.batches))
+    bodies = [png(img) for img in images[:1000]]
+    batches = list(images[:64 * args.batches].split(64))
+    print(f"torch threads {torch.get_num_threads()}, k-NN {guard.detector.knn_backend}, artifact {artifact}")
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "audit.sqlite"
+        proc, url = start_server(artifact, db, args.knn_backend)
+        try:
+            in_process(guard, batches[:2]), server_batches(url, batches[:2], "png", 1)     # warm-up both sides
+            runs: dict[str, list[float]] = {"in_process": [], "png_1_client": [], "png_2_clients": [],
+                                            "json_1_client": []}
+            for _ in range(args.repeats):                                  # interleaved, best of each
+                runs["in_process"].append(in_process(guard, batches))
+                runs["png_1_client"].append(server_batches(url, batches, "png", 1))
+                runs["png_2_clients"].append(server_batches(url, batches, "png", 2))
+                runs["json_1_client"].append(server_batches(url, batches, "json", 1))
+            audit_before = _audit_count(db)
+            load = load_test(url, bodies, args.requests, args.clients)
+            load["audit_records"] = _audit_count(db) - audit_before
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    best = {k: max(v) for k, v in runs.items()}
+    ratios = {k: best[k] / best["in_process"] for k in best if k != "in_process"}
+    print(f"load: {load['requests']} requests from {load['clients']} clients in {load['wall_s']} s: "
+          f"{load['requests_per_s']:.0f} req/s, p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms, "
+          f"statuses {load['statuses']}, 5xx {load['server_errors']}")
+    print(f"audit: {load['audit_records']} records for {load['flagged_responses']} flagged responses "
+          f"({'equal' if load['audit_records'] == load['flagged_responses'] else 'MISMATCH'})")
+    print(f"batch 64 ({args.batches} batches, best of {args.repeats}): in-process {best['in_process']:.0f} pred/s; "
+          + ", ".join(f"server {k} {best[k]:.0f} pred/s ({ratios[k]:.2f}x)" for k in ratios) + " (target >= 0.8x)")
+    print(f"load average before {load_before}, after {os.getloadavg()}")
+    if args.out:
+        write_json(args.out / "results.json", {
+            "command": "OMP_NUM_THREADS=1 python benchmarks/serve.py " + " ".join(sys.argv[1:]),
+            "git_revision": git_revision(), "environment": environment_info(), "artifact": str(artifact),
+            "artifact_sha256": sha256_file(artifact), "knn_backend": guard.detector.knn_backend,
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "load_average_before": load_before, "load_average_after": os.getloadavg(),
+            "load_test": load, "batch64_pred_per_s": runs, "batch64_best": best, "batch64_ratio": ratios})
+
+
+def _audit_count(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM flagged").fetchone()[0])
+
+
+if __name__ == "__main__":
+    main()
