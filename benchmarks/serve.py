@@ -18,14 +18,13 @@ import argparse
 import io
 import json
 import os
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from latentdefence.dld import DeepLatentDefence, EncoderTrainConfig  # noqa: E40
 from latentdefence.experiments.cache import ensure_stage  # noqa: E402
 from latentdefence.experiments.dld import calibration_split  # noqa: E402
 from latentdefence.serving import GuardedClassifier  # noqa: E402
+from latentdefence.serving.process import start_server  # noqa: E402
 from latentdefence.training import load_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +83,12 @@ def png(image: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
+def npy(images: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, images.numpy())
+    return buf.getvalue()
+
+
 def multipart(files: list[bytes], boundary: str = "latentdefence-bench-boundary") -> dict[str, Any]:
     """A multipart/form-data body with one PNG part per file, encoded once (the client's cost is not measured)."""
     parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{i}.png"\r\n'
@@ -91,25 +97,15 @@ def multipart(files: list[bytes], boundary: str = "latentdefence-bench-boundary"
             "headers": {"content-type": f"multipart/form-data; boundary={boundary}"}}
 
 
-def start_server(artifact: Path, audit_db: Path, knn_backend: str | None) -> tuple[subprocess.Popen[bytes], str]:
-    """`latentdefence serve` on a free loopback port, with this process's torch thread count."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    script = Path(sys.executable).with_name("latentdefence")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-c", "from latentdefence.cli import main; main()"]
-    cmd += ["serve", str(artifact), "--port", str(port), "--audit-db", str(audit_db), "--max-batch", "64",
-            "--threads", str(torch.get_num_threads())] + (["--knn-backend", knn_backend] if knn_backend else [])
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not start")
+def run_clients(client: Callable[[int], None], clients: int) -> float:
+    """Seconds for `clients` threads running client(0..clients-1) to finish."""
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
 
 
 def load_test(url: str, bodies: list[bytes], requests: int, clients: int) -> dict[str, Any]:
@@ -131,13 +127,7 @@ def load_test(url: str, bodies: list[bytes], requests: int, clients: int) -> dic
                     if r.status_code == 200:
                         flagged[0] += sum(p["is_adversarial"] for p in r.json()["predictions"])
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
+    wall = run_clients(client, clients)
     q = statistics.quantiles(latencies, n=100)
     return {"requests": requests, "clients": clients, "wall_s": round(wall, 2), "requests_per_s": requests / wall,
             "p50_ms": 1e3 * statistics.median(latencies), "p99_ms": 1e3 * q[98], "statuses": statuses,
@@ -148,6 +138,8 @@ def server_batches(url: str, batches: list[torch.Tensor], form: str, clients: in
     """Guarded predictions per second when `clients` threads post the batches (multipart PNG or JSON)."""
     if form == "png":
         payloads = [multipart([png(img) for img in b]) for b in batches]
+    elif form == "npy":
+        payloads = [{"content": npy(b), "headers": {"content-type": "application/x-npy"}} for b in batches]
     else:
         payloads = [{"content": json.dumps({"images": b.tolist()}), "headers": {"content-type": "application/json"}}
                     for b in batches]
@@ -158,13 +150,7 @@ def server_batches(url: str, batches: list[torch.Tensor], form: str, clients: in
                 r = c.post(f"{url}/v1/predict", **payloads[i])
                 assert r.status_code == 200, r.text
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(len(b) for b in batches) / (time.perf_counter() - start)
+    return sum(len(b) for b in batches) / run_clients(client, clients)
 
 
 def in_process(guard: GuardedClassifier, batches: list[torch.Tensor]) -> float:
@@ -194,16 +180,18 @@ def main() -> None:
     print(f"torch threads {torch.get_num_threads()}, k-NN {guard.detector.knn_backend}, artifact {artifact}")
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "audit.sqlite"
-        proc, url = start_server(artifact, db, args.knn_backend)
+        proc, url = start_server(artifact, "--audit-db", str(db), "--max-batch", "64", "--threads",
+                                 str(torch.get_num_threads()), *(["--knn-backend", args.knn_backend]
+                                                                 if args.knn_backend else []), timeout_s=120)
         try:
             in_process(guard, batches[:2]), server_batches(url, batches[:2], "png", 1)     # warm-up both sides
-            runs: dict[str, list[float]] = {"in_process": [], "png_1_client": [], "png_2_clients": [],
-                                            "json_1_client": []}
+            modes = [("png", 1), ("png", 2), ("json", 1), ("npy", 1), ("npy", 2)]
+            runs: dict[str, list[float]] = {"in_process": [], **{f"{f}_{c}_client{'s' * (c > 1)}": [] for f, c in modes}}
             for _ in range(args.repeats):                                  # interleaved, best of each
                 runs["in_process"].append(in_process(guard, batches))
-                runs["png_1_client"].append(server_batches(url, batches, "png", 1))
-                runs["png_2_clients"].append(server_batches(url, batches, "png", 2))
-                runs["json_1_client"].append(server_batches(url, batches, "json", 1))
+                for form, clients in modes:
+                    runs[f"{form}_{clients}_client{'s' * (clients > 1)}"].append(
+                        server_batches(url, batches, form, clients))
             audit_before = _audit_count(db)
             load = load_test(url, bodies, args.requests, args.clients)
             load["audit_records"] = _audit_count(db) - audit_before

@@ -8,10 +8,8 @@ import io
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +27,7 @@ from latentdefence._io import load_tensors, save_tensors
 from latentdefence.cli import app as cli_app
 from latentdefence.dld import DeepLatentDefence
 from latentdefence.serving import AuditLog, GuardedClassifier, InputError, MicroBatcher, image_sha256
+from latentdefence.serving.process import start_server
 from latentdefence.training import load_checkpoint
 
 MAX_BODY, MAX_IMAGES = 120_000, 8
@@ -156,31 +155,9 @@ def test_batcher_coalesces_concurrent_requests_and_keeps_order() -> None:
 
 
 # -- the real server process --------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start_server(artifact: Path, audit_db: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    """`latentdefence serve` as its own process; returns it once /healthz answers."""
-    port = _free_port()
-    script = Path(sys.executable).with_name("latentdefence")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-c", "from latentdefence.cli import main; main()"]
-    proc = subprocess.Popen([*cmd, "serve", str(artifact), "--port", str(port), "--audit-db", str(audit_db), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stdout.read().decode() if proc.stdout else ''}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not come up in 90 s")
+    return start_server(artifact, "--audit-db", str(audit_db), "--threads", "1", *extra,
+                        log=audit_db.with_suffix(".log"))
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +178,12 @@ def _png(image: torch.Tensor, mode: str | None = None, fmt: str = "PNG") -> byte
     return buf.getvalue()
 
 
+def _npy(array: np.ndarray, pickle: bool = False) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=pickle)
+    return buf.getvalue()
+
+
 def _post(url: str, content: bytes | str, content_type: str | None) -> httpx.Response:
     headers = {"content-type": content_type} if content_type else {}
     return httpx.post(f"{url}/v1/predict", content=content, headers=headers, timeout=30)
@@ -218,7 +201,7 @@ def test_health_model_card_and_openapi(server: tuple[str, Path], guard: GuardedC
     spec = httpx.get(f"{url}/openapi.json").json()
     assert {"/v1/predict", "/v1/model", "/healthz"} <= set(spec["paths"])
     body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
-    assert {"image/png", "image/jpeg", "application/json", "multipart/form-data"} <= set(body)
+    assert {"image/png", "image/jpeg", "application/json", "application/x-npy", "multipart/form-data"} <= set(body)
 
 
 def test_predict_png_json_batch_and_multipart_match_in_process(server: tuple[str, Path], guard: GuardedClassifier,
@@ -231,7 +214,9 @@ def test_predict_png_json_batch_and_multipart_match_in_process(server: tuple[str
     single = _post(url, json.dumps({"image": x[4].tolist()}), "application/json").json()["predictions"]
     files = [("files", (f"{i}.png", _png(img), "image/png")) for i, img in enumerate(x)]
     multi = httpx.post(f"{url}/v1/predict", files=files, timeout=30).json()["predictions"]
-    for got, want in [(one[0], expected[0]), (single[0], expected[4]), *zip(batch, expected), *zip(multi, expected)]:
+    npy = _post(url, _npy(x.numpy()), "application/x-npy").json()["predictions"]
+    for got, want in [(one[0], expected[0]), (single[0], expected[4]), *zip(batch, expected), *zip(multi, expected),
+                      *zip(npy, expected)]:
         assert got["label"] == want["label"] and got["is_adversarial"] == want["is_adversarial"]
         assert got["nonconformity"] == want["nonconformity"] and got["per_layer"] == want["per_layer"]
         assert got["credibility"] == pytest.approx(want["credibility"])
@@ -322,6 +307,14 @@ BAD_INPUTS = [
      "rectangular nested array"),
     ("json strings", lambda x: (json.dumps({"image": [[["a", "b"]]]}), "application/json"), 422,
      "rectangular nested array"),
+    ("npy not npy", lambda x: (b"PK\x03\x04 a zip file", "application/x-npy"), 400, "not a .npy file"),
+    ("npy truncated", lambda x: (_npy(x.numpy())[:200], "application/x-npy"), 400, "not a readable .npy array"),
+    ("npy pickled", lambda x: (_npy(np.array([{"a": 1}]), pickle=True), "application/x-npy"), 400,
+     "not a readable .npy array"),
+    ("npy integers", lambda x: (_npy((x.numpy() * 255).astype(np.uint8)), "application/x-npy"), 422,
+     "floating point pixels in [0, 1], got dtype uint8"),
+    ("npy 2-d", lambda x: (_npy(x[0].numpy()), "application/x-npy"), 422, "shaped (C, H, W) or (N, C, H, W)"),
+    ("npy nan", lambda x: (_npy(np.full((1, 28, 28), np.nan, np.float32)), "application/x-npy"), 422, "NaN"),
     ("too many images", lambda x: (json.dumps({"images": torch.zeros(MAX_IMAGES + 1, *x.shape).tolist()}),
                                    "application/json"), 413, f"limit is {MAX_IMAGES}"),
     ("oversized body", lambda x: (b"0" * (MAX_BODY + 1), "application/json"), 413,

@@ -25,7 +25,8 @@ from starlette.datastructures import UploadFile
 from .audit import AuditLog, image_sha256
 from .batching import MicroBatcher
 from .guarded import GuardedClassifier, InputError
-from .inputs import ACCEPTED_TYPES, IMAGE_TYPES, JSON_TYPE, MULTIPART_TYPE, decode_image, decode_json, media_type
+from .inputs import (ACCEPTED_TYPES, IMAGE_TYPES, JSON_TYPE, MULTIPART_TYPE, NPY_TYPE, decode_image, decode_json,
+                     decode_npy, media_type)
 
 log = logging.getLogger(__name__)
 DEFAULT_AUDIT_DB = Path("latentdefence-audit.sqlite")
@@ -95,7 +96,7 @@ class ErrorBody(BaseModel):
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text} for code, text in [
-        (400, "empty body, not an image, invalid JSON, damaged file"),
+        (400, "empty body, not an image, invalid JSON or .npy, damaged file"),
         (413, "body or image count over the server's limit"),
         (415, "content type other than " + ", ".join(ACCEPTED_TYPES)),
         (422, "wrong size or channel count, NaN/Inf, values outside [0, 1], wrong nesting")]}
@@ -106,6 +107,8 @@ _REQUEST_BODY = {"requestBody": {"required": True, "content": {
     JSON_TYPE: {"schema": {"type": "object", "description": 'exactly one of "image" (C, H, W) or "images" '
                            "(N, C, H, W), pixel values in [0, 1]",
                            "properties": {"image": _PIXELS, "images": {"type": "array", "items": _PIXELS}}}},
+    NPY_TYPE: {"schema": {"type": "string", "format": "binary", "description": "numpy.save file of float pixels "
+                          "(C, H, W) or (N, C, H, W) in [0, 1]; no pickles"}},
     MULTIPART_TYPE: {"schema": {"type": "object", "description": "a batch: one PNG/JPEG file per part, in order",
                                 "properties": {"files": {"type": "array",
                                                          "items": {"type": "string", "format": "binary"}}}}},
@@ -201,7 +204,7 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
 
     @app.post("/v1/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_REQUEST_BODY)
     async def predict(request: Request) -> dict[str, Any]:
-        """Classify and screen one image (PNG/JPEG body, or JSON "image") or a batch (JSON "images", multipart files)."""
+        """Classify and screen one image (PNG/JPEG body, JSON "image") or a batch (JSON "images", .npy, multipart)."""
         images = await _read_images(request, guard.input_shape, config.max_images)
         if len(images) > config.max_images:
             raise InputError(f"{len(images)} images in one request; the limit is {config.max_images} "
@@ -227,4 +230,4 @@ async def _read_images(request: Request, shape: tuple[int, int, int], max_images
     body = await request.body()
     if kind in IMAGE_TYPES:
         return (await run_in_threadpool(decode_image, body, shape)).unsqueeze(0)
-    return await run_in_threadpool(decode_json, body)
+    return await run_in_threadpool(decode_npy if kind == NPY_TYPE else decode_json, body)

@@ -52,12 +52,6 @@ class GuardedPrediction:
                  "per_layer": {tap: float(v[i]) for tap, v in per_layer.items()}}
                 for i in range(len(self))]
 
-    def select(self, index: slice) -> "GuardedPrediction":
-        """The predictions of inputs `index` (a server splits a coalesced batch back per request)."""
-        return GuardedPrediction(self.label[index], self.probabilities[index], self.is_adversarial[index],
-                                 self.credibility[index], self.nonconformity[index],
-                                 {tap: v[index] for tap, v in self.per_layer.items()})
-
 
 class GuardedClassifier:
     """F plus its calibrated DLD detector: every prediction comes with the detector's verdict.

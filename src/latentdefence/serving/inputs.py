@@ -1,4 +1,4 @@
-"""Request bodies to image tensors: PNG/JPEG files and JSON pixel arrays, with errors that name the problem.
+"""Request bodies to image tensors: PNG/JPEG files, JSON pixel arrays and .npy arrays, with errors naming the problem.
 
 Shapes, channels, NaN and range are checked afterwards by `GuardedClassifier.check_images`; here only
 what is specific to the wire format (decodable, image mode, nesting) is.
@@ -18,8 +18,9 @@ from .guarded import InputError
 
 IMAGE_TYPES = ("image/png", "image/jpeg")
 JSON_TYPE = "application/json"
+NPY_TYPE = "application/x-npy"
 MULTIPART_TYPE = "multipart/form-data"
-ACCEPTED_TYPES = (*IMAGE_TYPES, JSON_TYPE, MULTIPART_TYPE)
+ACCEPTED_TYPES = (*IMAGE_TYPES, JSON_TYPE, NPY_TYPE, MULTIPART_TYPE)
 _CHANNELS = {"L": 1, "1": 1, "RGB": 3}
 
 
@@ -87,3 +88,21 @@ def decode_json(data: bytes) -> torch.Tensor:
                          f"got shape {list(array.shape)}")
     tensor = torch.from_numpy(array.astype(np.float32))
     return tensor.unsqueeze(0) if key == "image" else tensor
+
+
+def decode_npy(data: bytes) -> torch.Tensor:
+    """A `numpy.save` file (no pickles) of float pixels (C, H, W) or (N, C, H, W) as float32 (N, C, H, W)."""
+    if not data:
+        raise InputError("request body is empty", status=400)
+    if not data.startswith(b"\x93NUMPY"):
+        raise InputError("request body is not a .npy file (numpy.save format)", status=400)
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:                # truncated, object arrays, bad header
+        raise InputError(f"request body is not a readable .npy array ({err})", status=400) from err
+    if array.dtype.kind != "f":
+        raise InputError(f".npy array must hold floating point pixels in [0, 1], got dtype {array.dtype}")
+    if array.ndim not in (3, 4):
+        raise InputError(f".npy array must be shaped (C, H, W) or (N, C, H, W), got {list(array.shape)}")
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    return tensor.unsqueeze(0) if array.ndim == 3 else tensor
