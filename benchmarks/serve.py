@@ -134,31 +134,59 @@ def load_test(url: str, bodies: list[bytes], requests: int, clients: int) -> dic
             "server_errors": sum(v for k, v in statuses.items() if k >= 500), "flagged_responses": flagged[0]}
 
 
-def server_batches(url: str, batches: list[torch.Tensor], form: str, clients: int) -> float:
-    """Guarded predictions per second when `clients` threads post the batches (multipart PNG or JSON)."""
+def payload(images: torch.Tensor, form: str) -> dict[str, Any]:
+    """A POST of a batch as multipart PNG files, one .npy array or JSON, encoded once (not timed)."""
     if form == "png":
-        payloads = [multipart([png(img) for img in b]) for b in batches]
-    elif form == "npy":
-        payloads = [{"content": npy(b), "headers": {"content-type": "application/x-npy"}} for b in batches]
-    else:
-        payloads = [{"content": json.dumps({"images": b.tolist()}), "headers": {"content-type": "application/json"}}
-                    for b in batches]
+        return multipart([png(img) for img in images])
+    if form == "npy":
+        return {"content": npy(images), "headers": {"content-type": "application/x-npy"}}
+    return {"content": json.dumps({"images": images.tolist()}), "headers": {"content-type": "application/json"}}
+
+
+def paired_rates(guard: GuardedClassifier, url: str, batches: list[torch.Tensor], forms: list[str],
+                 repeats: int) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Predictions/s in-process and through the server (one client per form), batch by batch in turn;
+    and per form where a request's time went (ms per batch, from the server's Server-Timing header).
+
+    Each batch is predicted in-process and then posted in every form before the next batch, so every
+    mode sees the same moments of a shared machine's load; a mode's rate is its images over its total time.
+    """
+    bodies = {form: [payload(b, form) for b in batches] for form in forms}
+    seconds = dict.fromkeys(["in_process", *forms], 0.0)
+    parts = {form: dict.fromkeys(["read", "wait", "infer"], 0.0) for form in forms}
+    with httpx.Client(timeout=120) as client:
+        for _ in range(repeats):
+            for i, b in enumerate(batches):
+                start = time.perf_counter()
+                guard.predict(b)
+                seconds["in_process"] += time.perf_counter() - start
+                for form in forms:
+                    start = time.perf_counter()
+                    r = client.post(f"{url}/v1/predict", **bodies[form][i])
+                    seconds[form] += time.perf_counter() - start
+                    assert r.status_code == 200, r.text
+                    for part in r.headers["server-timing"].split(","):
+                        name, dur = part.strip().split(";")[:2]
+                        parts[form][name] += float(dur.removeprefix("dur="))
+    images, n = repeats * sum(len(b) for b in batches), repeats * len(batches)
+    breakdown = {form: {"in_process_predict": 1e3 * seconds["in_process"] / n, "round_trip": 1e3 * seconds[form] / n,
+                        **{k: v / n for k, v in parts[form].items()}} for form in forms}
+    for row in breakdown.values():
+        row["http_and_response"] = row["round_trip"] - row["read"] - row["wait"] - row["infer"]
+    return {mode: images / t for mode, t in seconds.items()}, breakdown
+
+
+def concurrent_rate(url: str, batches: list[torch.Tensor], form: str, clients: int) -> float:
+    """Predictions/s when `clients` threads post the batches at once (decoding overlaps inference)."""
+    bodies = [payload(b, form) for b in batches]
 
     def client(index: int) -> None:
         with httpx.Client(timeout=120) as c:
-            for i in range(index, len(payloads), clients):
-                r = c.post(f"{url}/v1/predict", **payloads[i])
+            for i in range(index, len(bodies), clients):
+                r = c.post(f"{url}/v1/predict", **bodies[i])
                 assert r.status_code == 200, r.text
 
     return sum(len(b) for b in batches) / run_clients(client, clients)
-
-
-def in_process(guard: GuardedClassifier, batches: list[torch.Tensor]) -> float:
-    """Guarded predictions per second of `GuardedClassifier.predict` on the same batches."""
-    start = time.perf_counter()
-    for b in batches:
-        guard.predict(b)
-    return sum(len(b) for b in batches) / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -168,7 +196,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--batches", type=int, default=16, help="batches of 64 images for the throughput ratio")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="passes over the batches")
     parser.add_argument("--out", type=Path, default=None, help="write results.json here")
     args = parser.parse_args()
     load_before = os.getloadavg()
@@ -184,29 +212,29 @@ def main() -> None:
                                  str(torch.get_num_threads()), *(["--knn-backend", args.knn_backend]
                                                                  if args.knn_backend else []), timeout_s=120)
         try:
-            in_process(guard, batches[:2]), server_batches(url, batches[:2], "png", 1)     # warm-up both sides
-            modes = [("png", 1), ("png", 2), ("json", 1), ("npy", 1), ("npy", 2)]
-            runs: dict[str, list[float]] = {"in_process": [], **{f"{f}_{c}_client{'s' * (c > 1)}": [] for f, c in modes}}
-            for _ in range(args.repeats):                                  # interleaved, best of each
-                runs["in_process"].append(in_process(guard, batches))
-                for form, clients in modes:
-                    runs[f"{form}_{clients}_client{'s' * (clients > 1)}"].append(
-                        server_batches(url, batches, form, clients))
+            paired_rates(guard, url, batches[:2], ["npy"], 1)                       # warm-up both sides
+            rates, breakdown = paired_rates(guard, url, batches, ["png", "npy", "json"], args.repeats)
+            concurrent = {f"{form}_2_clients": concurrent_rate(url, batches, form, 2) for form in ("png", "npy")}
             audit_before = _audit_count(db)
             load = load_test(url, bodies, args.requests, args.clients)
             load["audit_records"] = _audit_count(db) - audit_before
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    best = {k: max(v) for k, v in runs.items()}
-    ratios = {k: best[k] / best["in_process"] for k in best if k != "in_process"}
+    ratios = {k: v / rates["in_process"] for k, v in {**rates, **concurrent}.items() if k != "in_process"}
     print(f"load: {load['requests']} requests from {load['clients']} clients in {load['wall_s']} s: "
           f"{load['requests_per_s']:.0f} req/s, p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms, "
           f"statuses {load['statuses']}, 5xx {load['server_errors']}")
     print(f"audit: {load['audit_records']} records for {load['flagged_responses']} flagged responses "
           f"({'equal' if load['audit_records'] == load['flagged_responses'] else 'MISMATCH'})")
-    print(f"batch 64 ({args.batches} batches, best of {args.repeats}): in-process {best['in_process']:.0f} pred/s; "
-          + ", ".join(f"server {k} {best[k]:.0f} pred/s ({ratios[k]:.2f}x)" for k in ratios) + " (target >= 0.8x)")
+    print(f"batch 64, {args.batches} batches x {args.repeats} repeats, paired batch by batch: in-process "
+          f"{rates['in_process']:.0f} pred/s; server " + ", ".join(
+              f"{k} {v * rates['in_process']:.0f} pred/s ({v:.2f}x)" for k, v in ratios.items()) + " (target >= 0.8x)")
+    print("ms per batch of 64: in-process predict | server: round trip = read+decode+check, queue wait, "
+          "inference+audit, HTTP+response")
+    for form, row in breakdown.items():
+        print(f"  {form:5s} {row['in_process_predict']:6.1f} | {row['round_trip']:6.1f} = {row['read']:5.1f} + "
+              f"{row['wait']:4.1f} + {row['infer']:6.1f} + {row['http_and_response']:5.1f}")
     print(f"load average before {load_before}, after {os.getloadavg()}")
     if args.out:
         write_json(args.out / "results.json", {
@@ -215,7 +243,8 @@ def main() -> None:
             "artifact_sha256": sha256_file(artifact), "knn_backend": guard.detector.knn_backend,
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "load_average_before": load_before, "load_average_after": os.getloadavg(),
-            "load_test": load, "batch64_pred_per_s": runs, "batch64_best": best, "batch64_ratio": ratios})
+            "load_test": load, "batch64_pred_per_s": {**rates, **concurrent}, "batch64_ratio": ratios,
+            "batch64_ms_breakdown": breakdown})
 
 
 def _audit_count(db: Path) -> int:

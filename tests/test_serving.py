@@ -27,6 +27,7 @@ from latentdefence._io import load_tensors, save_tensors
 from latentdefence.cli import app as cli_app
 from latentdefence.dld import DeepLatentDefence
 from latentdefence.serving import AuditLog, GuardedClassifier, InputError, MicroBatcher, image_sha256
+from latentdefence.serving.batching import Batched
 from latentdefence.serving.process import start_server
 from latentdefence.training import load_checkpoint
 
@@ -141,7 +142,7 @@ def test_batcher_coalesces_concurrent_requests_and_keeps_order() -> None:
         calls.append(len(x))
         return (2 * x.flatten(1)[:, 0]).tolist()
 
-    async def run() -> list[list[float]]:
+    async def run() -> list[Batched[float]]:
         batcher: MicroBatcher[float] = MicroBatcher(double, max_batch=8, max_wait_ms=20)
         await batcher.start()
         try:
@@ -149,8 +150,9 @@ def test_batcher_coalesces_concurrent_requests_and_keeps_order() -> None:
         finally:
             await batcher.stop()
 
-    results = asyncio.run(run())
-    assert results == [[2.0 * i] * (1 + i % 3) for i in range(10)]
+    batched = asyncio.run(run())
+    assert [b.results for b in batched] == [[2.0 * i] * (1 + i % 3) for i in range(10)]
+    assert all(b.batch_images >= len(b.results) and b.run_s >= 0 and b.wait_s >= 0 for b in batched)
     assert sum(calls) == 19 and max(calls) <= 8 and len(calls) <= 4
 
 
@@ -209,7 +211,9 @@ def test_predict_png_json_batch_and_multipart_match_in_process(server: tuple[str
     url, _ = server
     x = torch.cat([images["clean"][:3], images["flagged"][:3]])
     expected = guard.predict(x).rows()
-    one = _post(url, _png(x[0]), "image/png").json()["predictions"]
+    first = _post(url, _png(x[0]), "image/png")
+    one = first.json()["predictions"]
+    assert {"read", "wait", "infer"} <= {part.split(";")[0].strip() for part in first.headers["server-timing"].split(",")}
     batch = _post(url, json.dumps({"images": x.tolist()}), "application/json").json()["predictions"]
     single = _post(url, json.dumps({"image": x[4].tolist()}), "application/json").json()["predictions"]
     files = [("files", (f"{i}.png", _png(img), "image/png")) for i, img in enumerate(x)]

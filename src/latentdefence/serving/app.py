@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
@@ -203,14 +204,20 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
         return card
 
     @app.post("/v1/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_REQUEST_BODY)
-    async def predict(request: Request) -> dict[str, Any]:
+    async def predict(request: Request, response: Response) -> dict[str, Any]:
         """Classify and screen one image (PNG/JPEG body, JSON "image") or a batch (JSON "images", .npy, multipart)."""
+        start = time.perf_counter()
         images = await _read_images(request, guard.input_shape, config.max_images)
         if len(images) > config.max_images:
             raise InputError(f"{len(images)} images in one request; the limit is {config.max_images} "
                              "(serve --max-images)", status=413)
         images = guard.check_images(images)
-        return {"predictions": await batcher.submit(images)}
+        decoded = time.perf_counter()
+        out = await batcher.submit(images)
+        response.headers["Server-Timing"] = (
+            f"read;dur={1e3 * (decoded - start):.2f}, wait;dur={1e3 * out.wait_s:.2f}, "
+            f"infer;dur={1e3 * out.run_s:.2f};desc=\"batch of {out.batch_images}\"")
+        return {"predictions": out.results}
 
     return app
 

@@ -18,6 +18,17 @@ T = TypeVar("T")
 class _Job:
     images: torch.Tensor                   # (n, C, H, W) of one request
     future: asyncio.Future
+    queued: float                          # loop time when submitted
+
+
+@dataclass(frozen=True)
+class Batched(Generic[T]):
+    """One request's results and how its batch went (the server reports these as Server-Timing)."""
+
+    results: list[T]
+    wait_s: float                          # from submit until its batch started
+    run_s: float                           # the batch's call of fn
+    batch_images: int                      # images in that batch, all requests together
 
 
 class MicroBatcher(Generic[T]):
@@ -53,10 +64,11 @@ class MicroBatcher(Generic[T]):
                 job.future.set_exception(RuntimeError("server shutting down"))
         self._executor.shutdown(wait=True)
 
-    async def submit(self, images: torch.Tensor) -> list[T]:
+    async def submit(self, images: torch.Tensor) -> Batched[T]:
         """Results for images (n, C, H, W), computed in some batch together with other requests."""
-        future = asyncio.get_running_loop().create_future()
-        self._jobs.append(_Job(images, future))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._jobs.append(_Job(images, future, loop.time()))
         self._wakeup.set()
         return await future
 
@@ -81,18 +93,21 @@ class MicroBatcher(Generic[T]):
             if self._queued() < self.max_batch and self.max_wait_ms > 0:
                 await asyncio.sleep(self.max_wait_ms / 1000)     # bounded wait for others to join
             jobs = self._take()
+            batch = torch.cat([j.images for j in jobs])
+            started = loop.time()
             try:
-                results = await loop.run_in_executor(self._executor, self.fn, torch.cat([j.images for j in jobs]))
+                results = await loop.run_in_executor(self._executor, self.fn, batch)
             except Exception as err:  # one failing batch answers its requests with the error; the server goes on
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(err)
                 continue
+            run_s = loop.time() - started
             self.batches += 1
             self.requests += len(jobs)
             start = 0
             for job in jobs:
                 stop = start + len(job.images)
                 if not job.future.done():          # a request whose client went away is cancelled
-                    job.future.set_result(list(results[start:stop]))
+                    job.future.set_result(Batched(list(results[start:stop]), started - job.queued, run_s, len(batch)))
                 start = stop
