@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -28,7 +29,7 @@ from latentdefence.cli import app as cli_app
 from latentdefence.dld import DeepLatentDefence
 from latentdefence.serving import AuditLog, GuardedClassifier, InputError, MicroBatcher, image_sha256
 from latentdefence.serving.batching import Batched
-from latentdefence.serving.process import start_server
+from latentdefence.serving.process import launch_server, wait_until_healthy
 from latentdefence.training import load_checkpoint
 
 MAX_BODY, MAX_IMAGES = 120_000, 8
@@ -157,19 +158,33 @@ def test_batcher_coalesces_concurrent_requests_and_keeps_order() -> None:
 
 
 # -- the real server process --------------------------------------------------------------------------------
-def _start_server(artifact: Path, audit_db: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    return start_server(artifact, "--audit-db", str(audit_db), "--threads", "1", *extra,
-                        log=audit_db.with_suffix(".log"))
+def _launch(artifact: Path, audit_db: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+    log = audit_db.with_suffix(".log")
+    return (*launch_server(artifact, "--audit-db", str(audit_db), "--threads", "1", *extra, log=log), log)
 
 
 @pytest.fixture(scope="module")
-def server(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    db = tmp_path_factory.mktemp("audit") / "audit.sqlite"
-    proc, url = _start_server(artifact, db, "--keep-images", "--max-body-bytes", str(MAX_BODY),
-                              "--max-images", str(MAX_IMAGES), "--max-batch", "16", "--max-wait-ms", "30")
-    yield url, db
-    proc.terminate()
-    proc.wait(timeout=20)
+def servers(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[str, Path, Any]]]:
+    """Two server processes started together (start-up is mostly imports): one to query, one to kill -9."""
+    folder = tmp_path_factory.mktemp("audit")
+    started = {"main": _launch(artifact, folder / "audit.sqlite", "--keep-images", "--max-body-bytes", str(MAX_BODY),
+                               "--max-images", str(MAX_IMAGES), "--max-batch", "16", "--max-wait-ms", "30"),
+               "victim": _launch(artifact, folder / "victim.sqlite", "--max-wait-ms", "5")}
+    try:
+        for proc, url, log in started.values():
+            wait_until_healthy(proc, url, log)
+        yield {name: (url, log.with_suffix(".sqlite"), proc) for name, (proc, url, log) in started.items()}
+    finally:
+        for proc, _, _ in started.values():
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(servers: dict[str, tuple[str, Path, Any]]) -> tuple[str, Path]:
+    url, db, _ = servers["main"]
+    return url, db
 
 
 def _png(image: torch.Tensor, mode: str | None = None, fmt: str = "PNG") -> bytes:
@@ -356,10 +371,9 @@ def test_chunked_oversized_body_multipart_limits_and_the_server_keeps_serving(
     assert ok.status_code == 200 and httpx.get(f"{url}/healthz").json()["status"] == "ok"
 
 
-def test_kill_9_never_loses_an_acknowledged_audit_record(artifact: Path, images: dict[str, torch.Tensor],
-                                                         tmp_path: Path) -> None:
-    db = tmp_path / "audit.sqlite"
-    proc, url = _start_server(artifact, db, "--max-wait-ms", "5")
+def test_kill_9_never_loses_an_acknowledged_audit_record(servers: dict[str, tuple[str, Path, Any]],
+                                                         images: dict[str, torch.Tensor]) -> None:
+    url, db, proc = servers["victim"]
     body = json.dumps({"images": images["flagged"][:2].tolist()})
     acknowledged: list[tuple[int, str]] = []
     stop = threading.Event()

@@ -25,13 +25,25 @@ def start_server(artifact: str | Path, *args: str, log: str | Path | None = None
 
     The server's output goes to `log` (appended), else nowhere; the caller stops the process.
     """
+    proc, url = launch_server(artifact, *args, log=log)
+    wait_until_healthy(proc, url, log, timeout_s)
+    return proc, url
+
+
+def launch_server(artifact: str | Path, *args: str, log: str | Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the process and return at once (start several, then `wait_until_healthy` on each)."""
     port = free_port()
     script = Path(sys.executable).with_name("latentdefence")
     cmd = [str(script)] if script.exists() else [sys.executable, "-c", "from latentdefence.cli import main; main()"]
     with open(log, "ab") if log else open(os.devnull, "wb") as out:
         proc = subprocess.Popen([*cmd, "serve", str(artifact), "--port", str(port), *args], stdout=out,
                                 stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_until_healthy(proc: subprocess.Popen[bytes], url: str, log: str | Path | None = None,
+                       timeout_s: float = 90.0) -> None:
+    """Return once GET /healthz answers 200; raise (killing the process) if it exits or times out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -39,7 +51,7 @@ def start_server(artifact: str | Path, *args: str, log: str | Path | None = None
             raise RuntimeError(f"latentdefence serve exited with code {proc.returncode}: {tail}")
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
+                return
         except httpx.TransportError:
             time.sleep(0.2)
     proc.kill()
