@@ -35,13 +35,13 @@ from PIL import Image
 
 os.environ.setdefault("LATENTDEFENCE_PROGRESS", "0")
 
-from latentdefence._io import environment_info, git_revision, sha256_file, write_json  # noqa: E402
+from latentdefence._io import atomic_path, environment_info, git_revision, sha256_file, write_json  # noqa: E402
 from latentdefence.attacks import FGSM  # noqa: E402
 from latentdefence.data import load_dataset  # noqa: E402
 from latentdefence.dld import DeepLatentDefence, EncoderTrainConfig  # noqa: E402
 from latentdefence.experiments.cache import ensure_stage  # noqa: E402
 from latentdefence.experiments.dld import calibration_split  # noqa: E402
-from latentdefence.serving import GuardedClassifier  # noqa: E402
+from latentdefence.serving import AuditLog, GuardedClassifier  # noqa: E402
 from latentdefence.serving.process import start_server  # noqa: E402
 from latentdefence.training import load_checkpoint  # noqa: E402
 
@@ -205,7 +205,7 @@ def main() -> None:
     images = traffic(guard, max(1000, 64 * args.batches))
     bodies = [png(img) for img in images[:1000]]
     batches = list(images[:64 * args.batches].split(64))
-    print(f"torch threads {torch.get_num_threads()}, k-NN {guard.detector.knn_backend}, artifact {artifact}")
+    print(f"artifact {artifact}")
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "audit.sqlite"
         proc, url = start_server(artifact, "--audit-db", str(db), "--max-batch", "64", "--threads",
@@ -218,33 +218,58 @@ def main() -> None:
             audit_before = _audit_count(db)
             load = load_test(url, bodies, args.requests, args.clients)
             load["audit_records"] = _audit_count(db) - audit_before
+            flagged_batches = sum(bool(guard.predict(b).is_adversarial.any()) for b in batches)
+            commit_ms = audit_commit_ms(Path(tmp), images[0])
         finally:
             proc.terminate()
             proc.wait(timeout=30)
     ratios = {k: v / rates["in_process"] for k, v in {**rates, **concurrent}.items() if k != "in_process"}
-    print(f"load: {load['requests']} requests from {load['clients']} clients in {load['wall_s']} s: "
-          f"{load['requests_per_s']:.0f} req/s, p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms, "
-          f"statuses {load['statuses']}, 5xx {load['server_errors']}")
-    print(f"audit: {load['audit_records']} records for {load['flagged_responses']} flagged responses "
-          f"({'equal' if load['audit_records'] == load['flagged_responses'] else 'MISMATCH'})")
-    print(f"batch 64, {args.batches} batches x {args.repeats} repeats, paired batch by batch: in-process "
-          f"{rates['in_process']:.0f} pred/s; server " + ", ".join(
-              f"{k} {v * rates['in_process']:.0f} pred/s ({v:.2f}x)" for k, v in ratios.items()) + " (target >= 0.8x)")
-    print("ms per batch of 64: in-process predict | server: round trip = read+decode+check, queue wait, "
-          "inference+audit, HTTP+response")
-    for form, row in breakdown.items():
-        print(f"  {form:5s} {row['in_process_predict']:6.1f} | {row['round_trip']:6.1f} = {row['read']:5.1f} + "
-              f"{row['wait']:4.1f} + {row['infer']:6.1f} + {row['http_and_response']:5.1f}")
-    print(f"load average before {load_before}, after {os.getloadavg()}")
+    lines = [
+        f"torch threads {torch.get_num_threads()}, k-NN {guard.detector.knn_backend}, git {git_revision()}",
+        f"load: {load['requests']} requests from {load['clients']} clients in {load['wall_s']} s: "
+        f"{load['requests_per_s']:.0f} req/s, p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms, "
+        f"statuses {load['statuses']}, 5xx {load['server_errors']}",
+        f"audit: {load['audit_records']} records for {load['flagged_responses']} flagged responses "
+        f"({'equal' if load['audit_records'] == load['flagged_responses'] else 'MISMATCH'})",
+        f"batch 64, {args.batches} batches x {args.repeats} repeats, paired batch by batch: in-process "
+        f"{rates['in_process']:.0f} pred/s; server " + ", ".join(
+            f"{k} {v * rates['in_process']:.0f} pred/s ({v:.2f}x)" for k, v in ratios.items()) + " (target >= 0.8x; "
+        "2_clients: two concurrent clients, timed apart from the pairing)",
+        "ms per batch of 64: in-process predict | server: round trip = read+decode+check, queue wait, "
+        "inference+audit, HTTP+response",
+        *(f"  {form:5s} {row['in_process_predict']:6.1f} | {row['round_trip']:6.1f} = {row['read']:5.1f} + "
+          f"{row['wait']:4.1f} + {row['infer']:6.1f} + {row['http_and_response']:5.1f}" for form, row in breakdown.items()),
+        f"one durable audit commit (fsync) {commit_ms:.1f} ms; {flagged_batches} of {len(batches)} batches "
+        "hold a flagged image and pay it (in the server's inference+audit, not in-process)",
+        f"load average (1, 5, 15 min) before {tuple(round(v, 2) for v in load_before)}, "
+        f"after {tuple(round(v, 2) for v in os.getloadavg())} on {os.cpu_count()} cores",
+    ]
+    print("\n".join(lines))
     if args.out:
+        command = "OMP_NUM_THREADS=1 python benchmarks/serve.py " + " ".join(sys.argv[1:])
         write_json(args.out / "results.json", {
-            "command": "OMP_NUM_THREADS=1 python benchmarks/serve.py " + " ".join(sys.argv[1:]),
+            "command": command,
             "git_revision": git_revision(), "environment": environment_info(), "artifact": str(artifact),
             "artifact_sha256": sha256_file(artifact), "knn_backend": guard.detector.knn_backend,
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "load_average_before": load_before, "load_average_after": os.getloadavg(),
             "load_test": load, "batch64_pred_per_s": {**rates, **concurrent}, "batch64_ratio": ratios,
-            "batch64_ms_breakdown": breakdown})
+            "batch64_ms_breakdown": breakdown, "audit_commit_ms": commit_ms, "batches_with_flags": flagged_batches})
+        with atomic_path(args.out / "report.md") as tmp:
+            tmp.write_text(f"# Serving benchmark\n\n`{command}`\n\n```\n" + "\n".join(lines) + "\n```\n")
+
+
+def audit_commit_ms(folder: Path, image: torch.Tensor, repeats: int = 20) -> float:
+    """Median ms of one durable audit commit (one record, WAL + synchronous=FULL) in `folder`'s file system."""
+    log = AuditLog(folder / "commit-probe.sqlite")
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        log.record(image[None], torch.tensor([0]), torch.tensor([1]), torch.tensor([0.5]), {"t": torch.tensor([1])},
+                   1.0, "probe")
+        times.append(1e3 * (time.perf_counter() - start))
+    log.close()
+    return statistics.median(times)
 
 
 def _audit_count(db: Path) -> int:
