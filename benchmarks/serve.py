@@ -176,6 +176,28 @@ def paired_rates(guard: GuardedClassifier, url: str, batches: list[torch.Tensor]
     return {mode: images / t for mode, t in seconds.items()}, breakdown
 
 
+def cpu_per_batch(guard: GuardedClassifier, url: str, pid: int, batches: list[torch.Tensor]) -> dict[str, float]:
+    """CPU ms per batch: in-process predict (this thread's clock) and the whole server process (Linux /proc)
+    answering the same batches as .npy; on a shared machine CPU time, unlike wall time, is not inflated by waiting."""
+    bodies = [payload(b, "npy") for b in batches]
+    in_process = 0.0
+    for b in batches:
+        start = time.thread_time()
+        guard.predict(b)
+        in_process += time.thread_time() - start
+    before = _process_cpu_s(pid)
+    with httpx.Client(timeout=120) as client:
+        for body in bodies:
+            assert client.post(f"{url}/v1/predict", **body).status_code == 200
+    server = _process_cpu_s(pid) - before
+    return {"in_process_predict_ms": 1e3 * in_process / len(batches), "server_process_ms": 1e3 * server / len(batches)}
+
+
+def _process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()     # fields 3.. of proc(5)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")          # utime + stime
+
+
 def concurrent_rate(url: str, batches: list[torch.Tensor], form: str, clients: int) -> float:
     """Predictions/s when `clients` threads post the batches at once (decoding overlaps inference)."""
     bodies = [payload(b, form) for b in batches]
@@ -215,6 +237,7 @@ def main() -> None:
             paired_rates(guard, url, batches[:2], ["npy"], 1)                       # warm-up both sides
             rates, breakdown = paired_rates(guard, url, batches, ["png", "npy", "json"], args.repeats)
             concurrent = {f"{form}_2_clients": concurrent_rate(url, batches, form, 2) for form in ("png", "npy")}
+            cpu = cpu_per_batch(guard, url, proc.pid, batches)
             audit_before = _audit_count(db)
             load = load_test(url, bodies, args.requests, args.clients)
             load["audit_records"] = _audit_count(db) - audit_before
@@ -241,6 +264,8 @@ def main() -> None:
           f"{row['wait']:4.1f} + {row['infer']:6.1f} + {row['http_and_response']:5.1f}" for form, row in breakdown.items()),
         f"one durable audit commit (fsync) {commit_ms:.1f} ms; {flagged_batches} of {len(batches)} batches "
         "hold a flagged image and pay it (in the server's inference+audit, not in-process)",
+        f"CPU per batch of 64 (.npy): in-process predict {cpu['in_process_predict_ms']:.1f} ms, whole server process "
+        f"{cpu['server_process_ms']:.1f} ms",
         f"load average (1, 5, 15 min) before {tuple(round(v, 2) for v in load_before)}, "
         f"after {tuple(round(v, 2) for v in os.getloadavg())} on {os.cpu_count()} cores",
     ]
@@ -254,7 +279,8 @@ def main() -> None:
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "load_average_before": load_before, "load_average_after": os.getloadavg(),
             "load_test": load, "batch64_pred_per_s": {**rates, **concurrent}, "batch64_ratio": ratios,
-            "batch64_ms_breakdown": breakdown, "audit_commit_ms": commit_ms, "batches_with_flags": flagged_batches})
+            "batch64_ms_breakdown": breakdown, "audit_commit_ms": commit_ms, "batches_with_flags": flagged_batches,
+            "cpu_ms_per_batch": cpu})
         with atomic_path(args.out / "report.md") as tmp:
             tmp.write_text(f"# Serving benchmark\n\n`{command}`\n\n```\n" + "\n".join(lines) + "\n```\n")
 
