@@ -70,8 +70,8 @@ class ModelCard(BaseModel):
     architecture: str
     input_shape: list[int]
     num_classes: int
-    dataset: str | None
-    threat_model: dict[str, Any] | None
+    dataset: Any                           # as the artifact's metadata records them (free-form), else null
+    threat_model: Any
     taps: list[str]
     k: int
     knn_backend: str
