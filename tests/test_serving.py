@@ -274,13 +274,15 @@ def test_flagged_inputs_are_audited_and_the_cli_lists_and_exports_them(
 def test_concurrent_requests_share_forward_passes(server: tuple[str, Path], images: dict[str, torch.Tensor]) -> None:
     url, _ = server
     before = httpx.get(f"{url}/healthz").json()
-    x = images["clean"]
+    bodies = [_png(images["clean"][i % len(images["clean"])]) for i in range(16)]
+    start = threading.Barrier(16)                                            # all post at the same moment
+    codes: list[int] = []
     with httpx.Client(timeout=30) as client:
-        def send(i: int) -> int:
-            return client.post(f"{url}/v1/predict", content=_png(x[i % len(x)]),
-                               headers={"content-type": "image/png"}).status_code
-        threads = [threading.Thread(target=lambda i=i: codes.append(send(i))) for i in range(16)]
-        codes: list[int] = []
+        def send(body: bytes) -> None:
+            start.wait()
+            codes.append(client.post(f"{url}/v1/predict", content=body, headers={"content-type": "image/png"})
+                         .status_code)
+        threads = [threading.Thread(target=send, args=(body,)) for body in bodies]
         for t in threads:
             t.start()
         for t in threads:
@@ -391,7 +393,8 @@ def test_kill_9_never_loses_an_acknowledged_audit_record(servers: dict[str, tupl
     threads = [threading.Thread(target=client) for _ in range(4)]
     for t in threads:
         t.start()
-    while len(acknowledged) < 40 and proc.poll() is None:
+    deadline = time.monotonic() + 60
+    while len(acknowledged) < 40 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)                                        # requests are in flight now
     proc.wait(timeout=10)
