@@ -104,6 +104,10 @@ def test_classifier_alone_exports_as_a_plain_checkpoint(guard: GuardedClassifier
     with torch.no_grad():
         assert torch.equal(model(x).argmax(1), guard.predict(x).label)
     assert meta["arch"] == "lenet5" and meta["detector_threshold"] == guard.detector.threshold_
+    cli = CliRunner().invoke(cli_app, ["export-classifier", str(guard.source), "--out", str(tmp_path / "cli")])
+    assert cli.exit_code == 0, cli.output
+    exported = load_checkpoint(tmp_path / "cli")[0].state_dict()
+    assert all(torch.equal(exported[k], v) for k, v in model.state_dict().items())
 
 
 def test_knn_backend_is_chosen_at_load_and_old_artifacts_without_metadata_load(
