@@ -44,13 +44,13 @@ class GuardedPrediction:
         return int(self.label.shape[0])
 
     def rows(self) -> list[dict[str, Any]]:
-        """One JSON-ready dict per input."""
-        per_layer = {tap: v.tolist() for tap, v in self.per_layer.items()}
-        return [{"label": int(self.label[i]), "probabilities": self.probabilities[i].tolist(),
-                 "is_adversarial": bool(self.is_adversarial[i]), "credibility": float(self.credibility[i]),
-                 "nonconformity": float(self.nonconformity[i]),
-                 "per_layer": {tap: float(v[i]) for tap, v in per_layer.items()}}
-                for i in range(len(self))]
+        """One JSON-ready dict per input (each tensor converted once, not per element)."""
+        per_layer = {tap: v.double().tolist() for tap, v in self.per_layer.items()}
+        columns = zip(self.label.tolist(), self.probabilities.tolist(), self.is_adversarial.tolist(),
+                      self.credibility.double().tolist(), self.nonconformity.double().tolist())
+        return [{"label": label, "probabilities": probs, "is_adversarial": flag, "credibility": cred,
+                 "nonconformity": score, "per_layer": {tap: v[i] for tap, v in per_layer.items()}}
+                for i, (label, probs, flag, cred, score) in enumerate(columns)]
 
 
 class GuardedClassifier:
