@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from . import attack, data, dld, lad, reproduce, train
+from . import attack, audit, data, dld, lad, reproduce, serve, train
 
 app = typer.Typer(help="Latent-space defences for image classifiers (DLD, LAD): train, attack, defend, measure.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -14,8 +14,10 @@ app.add_typer(data.app, name="data")
 app.add_typer(attack.app, name="attack")
 app.add_typer(dld.app, name="dld")
 app.add_typer(lad.app, name="lad")
+app.add_typer(audit.app, name="audit")
 train.register(app)
 reproduce.register(app)
+serve.register(app)
 
 
 @app.callback()

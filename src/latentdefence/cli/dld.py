@@ -29,7 +29,8 @@ def fit(checkpoint: Path = typer.Argument(..., help="Classifier checkpoint (from
 
         cfg = EncoderTrainConfig(epochs=epochs, steps=pgd_steps, eps=eps, max_train=max_train)
         det = DeepLatentDefence(load_checkpoint(checkpoint)[0], taps.split(","), k=k, latent_dim=latent_dim, training=cfg)
-        det.fit(load_dataset(dataset, data_dir).train).save(out)
+        det.fit(load_dataset(dataset, data_dir).train).save(
+            out, metadata={"dataset": dataset, "threat_model": {"norm": "linf", "eps": eps}})
         typer.echo(f"wrote {out} (pruned per layer: {det.pruned_})")
 
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from .._io import load_tensors, save_tensors
+from .._io import git_revision, load_tensors, save_tensors
 from ..attacks.base import frozen_eval
 from ..data.base import ImageDataset
 from ..models import TappedModel, create_model
@@ -44,6 +45,7 @@ class Detection:
     credibility: torch.Tensor                # (N,) conformal p-value; low is suspicious
     nonconformity: torch.Tensor              # (N,) the score thresholded (DLD: Eq. 8 summed over encoders)
     per_layer: dict[str, torch.Tensor]       # tap -> (N,) that layer's score (DLD: beta_N of Eq. 8)
+    probabilities: torch.Tensor | None = None  # (N, K) softmax of F's logits, where the detector has them
 
 
 class ConformalDetector:
@@ -72,9 +74,12 @@ class ConformalDetector:
     def predict(self, images: torch.Tensor) -> Detection:
         """F's class, the adversarial flag, credibility and per-layer scores per input."""
         self._check_fitted("threshold_")
-        predicted, score, per_layer = self.nonconformity(images)
+        return self._verdict(*self.nonconformity(images))
+
+    def _verdict(self, predicted: torch.Tensor, score: torch.Tensor, per_layer: dict[str, torch.Tensor],
+                 probabilities: torch.Tensor | None = None) -> Detection:
         return Detection(predicted, score > self.threshold_, credibility(score, self.calibration_scores_),
-                         score, per_layer)
+                         score, per_layer, probabilities)
 
     def score_samples(self, images: torch.Tensor) -> torch.Tensor:
         """-(score): higher is more normal."""
@@ -143,24 +148,39 @@ class KNNDetector(ConformalDetector):
             index.add(z, y)
             self.indexes_[tap] = index
 
-    @torch.no_grad()
     def nonconformity(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """(F's predictions (N,), summed non-conformity (N,), per-tap non-conformity) in batches."""
-        self._check_fitted("indexes_")
-        check_images(images)
-        preds, per = [], {tap: [] for tap in self.indexes_}
-        for i in range(0, len(images), self.batch_size):
-            pred, latents = self.embed(images[i:i + self.batch_size])
-            preds.append(pred)
-            for tap, z in latents.items():
-                per[tap].append(nonconformity(self.indexes_[tap].neighbour_labels(z, self.k), pred))
-        predicted = torch.cat(preds)
-        per_layer = {tap: torch.cat(v) for tap, v in per.items()}
-        return predicted, torch.stack(list(per_layer.values())).sum(0), per_layer
+        logits, score, per_layer = self._score(images)
+        return logits.argmax(1), score, per_layer
+
+    def predict(self, images: torch.Tensor) -> Detection:
+        """As `ConformalDetector.predict`, plus F's class probabilities from the same forward pass."""
+        self._check_fitted("threshold_")
+        logits, score, per_layer = self._score(images)
+        return self._verdict(logits.argmax(1), score, per_layer, logits.softmax(1))
 
     @torch.no_grad()
+    def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(F's logits (N, K), summed non-conformity (N,), per-tap non-conformity) in batches."""
+        self._check_fitted("indexes_")
+        check_images(images)
+        logits, per = [], {tap: [] for tap in self.indexes_}
+        for i in range(0, len(images), self.batch_size):
+            out, latents = self._forward(images[i:i + self.batch_size])
+            logits.append(out)
+            for tap, z in latents.items():
+                per[tap].append(nonconformity(self.indexes_[tap].neighbour_labels(z, self.k), out.argmax(1)))
+        per_layer = {tap: torch.cat(v) for tap, v in per.items()}
+        return torch.cat(logits), torch.stack(list(per_layer.values())).sum(0), per_layer
+
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """F's predictions (B,) and each tap's embedding (B, d) on CPU, from one pass through F."""
+        logits, latents = self._forward(images)
+        return logits.argmax(1), latents
+
+    @torch.no_grad()
+    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """F's logits (B, K) and each tap's embedding (B, d), on CPU, from one pass through F."""
         self._check_fitted("indexes_")
         taps = list(self.indexes_)
         last = max(taps, key=self.classifier.tap_names.index)
@@ -168,7 +188,7 @@ class KNNDetector(ConformalDetector):
             acts = self.classifier.intermediates(images.to(_device(self.classifier)), taps)
             logits = self.classifier.forward_from(acts[last], last)
             latents = {tap: self._project(tap, acts[tap]).cpu() for tap in taps}
-        return logits.argmax(1).cpu(), latents
+        return logits.cpu(), latents
 
     def latents(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Differentiable w.r.t. images: tap -> embedding (B, d) its index searches (what attacks steer)."""
@@ -271,8 +291,12 @@ class DeepLatentDefence(KNNDetector):
         return self.encoders_[tap](activation)
 
     # -- persistence ---------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """One atomic safetensors file: F's and the encoders' weights, indexes, calibration (if done); JSON metadata."""
+    def save(self, path: str | Path, metadata: Mapping[str, Any] | None = None) -> None:
+        """One atomic safetensors file: F's and the encoders' weights, indexes, calibration (if done); JSON metadata.
+
+        `metadata` (e.g. dataset, threat model) is added to what a loaded detector carried (`metadata_`),
+        with the git revision that wrote the file; servers report it (`latentdefence serve`, GET /v1/model).
+        """
         self._check_fitted("indexes_")
         tensors, meta = self._artifact()
         for tap, enc in self.encoders_.items():
@@ -280,7 +304,8 @@ class DeepLatentDefence(KNNDetector):
             tensors[f"index.{tap}.embeddings"] = self.indexes_[tap].embeddings
             tensors[f"index.{tap}.labels"] = self.indexes_[tap].labels
         meta.update({"format": FORMAT, "params": self._params(), "encoders": self.encoder_specs_,
-                     "pruned": self.pruned_})
+                     "pruned": self.pruned_,
+                     "metadata": {**getattr(self, "metadata_", {}), **(metadata or {}), "git_revision": git_revision()}})
         save_tensors(path, tensors, meta)
 
     def _params(self) -> dict[str, object]:
@@ -289,12 +314,16 @@ class DeepLatentDefence(KNNDetector):
                 "knn_algorithm": self.knn_algorithm, "batch_size": self.batch_size}
 
     @classmethod
-    def load(cls, path: str | Path, classifier: TappedModel | None = None) -> "DeepLatentDefence":
-        """Rebuild a saved detector; F comes from the registry by name unless `classifier` is given."""
+    def load(cls, path: str | Path, classifier: TappedModel | None = None,
+             knn_backend: str | None = None) -> "DeepLatentDefence":
+        """Rebuild a saved detector; F comes from the registry by name unless `classifier` is given.
+
+        `knn_backend` replaces the saved one (e.g. "faiss-hnsw" for approximate, faster search).
+        """
         tensors, meta = load_tensors(path)
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path}: not a DLD detector artifact (format {meta.get('format')!r})")
-        params = dict(meta["params"])
+        params = dict(meta["params"], **({"knn_backend": knn_backend} if knn_backend else {}))
         classifier = cls._artifact_classifier(path, tensors, meta, classifier)
         training = EncoderTrainConfig(**params.pop("training")) if params.get("training") else None
         det = cls(classifier, **{**params, "training": training})
@@ -305,6 +334,7 @@ class DeepLatentDefence(KNNDetector):
         det._build_indexes({tap: (tensors[f"index.{tap}.embeddings"], tensors[f"index.{tap}.labels"])
                             for tap in meta["encoders"]})
         det.pruned_ = meta["pruned"]
+        det.metadata_ = dict(meta.get("metadata") or {})  # absent from artifacts written before it existed
         det._restore_calibration(tensors, meta)
         return det
 

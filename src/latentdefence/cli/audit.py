@@ -1,0 +1,63 @@
+"""`latentdefence audit list|export`: what the service flagged, from its SQLite audit log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+
+from .errors import cli_errors
+
+if TYPE_CHECKING:
+    from ..serving import AuditLog
+
+app = typer.Typer(help="List and export the inputs a guarded service flagged.", no_args_is_help=True)
+DB = typer.Option(Path("latentdefence-audit.sqlite"), "--db", help="Audit log written by `latentdefence serve`.")
+
+
+def _open(db: Path) -> "AuditLog":
+    from ..serving import AuditLog
+
+    if not db.is_file():
+        raise FileNotFoundError(f"{db}: no such audit log (pass --db; `serve --audit-db` sets where it is written)")
+    return AuditLog(db)
+
+
+@app.command("list")
+def list_(db: Path = DB, limit: int = typer.Option(20, help="Show at most N records."),
+          since_id: int = typer.Option(0, help="Only records with a larger id.")) -> None:
+    """Print flagged records, oldest first: id, time, predicted class, non-conformity, credibility, hash."""
+    with cli_errors():
+        log = _open(db)
+        typer.echo(f"{log.count()} flagged inputs in {db}")
+        for r in log.records(limit, since_id):
+            typer.echo(f"{r.id:6d}  {r.time}  class {r.predicted}  score {r.nonconformity:g} "
+                       f"(threshold {r.threshold:g})  credibility {r.credibility:.4f}  {r.sha256[:16]}")
+
+
+@app.command("export")
+def export(db: Path = DB, out: Path = typer.Option(..., help="JSON Lines file, one record per line."),
+           images: Optional[Path] = typer.Option(None, help="Also write the stored images here (.safetensors: "
+                                                  "`images` (N, C, H, W), `ids` (N,)).")) -> None:
+    """Export every flagged record (and, if kept, its image); files are written atomically."""
+    with cli_errors():
+        import torch
+
+        from .._io import atomic_path, save_tensors
+
+        log = _open(db)
+        records = list(log.records())
+        with atomic_path(out) as tmp:
+            tmp.write_text("".join(json.dumps(r.as_dict()) + "\n" for r in records))
+        message = f"wrote {len(records)} records to {out}"
+        if images is not None:
+            stored = log.images([r.id for r in records])
+            if not stored:
+                raise ValueError(f"{db} holds no images (serve --keep-images stores them)")
+            ids = sorted(stored)
+            save_tensors(images, {"images": torch.stack([stored[i] for i in ids]), "ids": torch.tensor(ids)},
+                         {"source": str(db)})
+            message += f" and {len(ids)} images to {images}"
+        typer.echo(message)

@@ -1,0 +1,58 @@
+"""`latentdefence serve` and `latentdefence export-classifier`: thin commands over `latentdefence.serving`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import cli_errors
+
+
+def register(app: typer.Typer) -> None:
+    """Add `serve` and `export-classifier` to the main app."""
+    app.command("serve")(serve)
+    app.command("export-classifier")(export_classifier)
+
+
+def serve(
+    artifact: Path = typer.Argument(..., help="Calibrated detector artifact (DeepLatentDefence.save)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind; the default serves this machine only."),
+    port: int = typer.Option(8000, help="TCP port."),
+    audit_db: Path = typer.Option(Path("latentdefence-audit.sqlite"), help="SQLite audit log of flagged inputs."),
+    keep_images: bool = typer.Option(False, help="Also store each flagged input's pixels in the audit log."),
+    knn_backend: Optional[str] = typer.Option(None, help="Override the artifact's k-NN backend: sklearn | faiss | "
+                                              "faiss-hnsw (approximate, faster)."),
+    max_body_bytes: int = typer.Option(8 * 2**20, help="Larger request bodies get 413."),
+    max_images: int = typer.Option(256, help="Images per request."),
+    max_batch: int = typer.Option(64, help="Images per coalesced forward pass."),
+    max_wait_ms: float = typer.Option(2.0, help="How long a batch waits for concurrent requests to join."),
+    threads: Optional[int] = typer.Option(None, help="torch threads for inference (default: torch's)."),
+    access_log: bool = typer.Option(False, help="Log every request (uvicorn access log)."),
+) -> None:
+    """Serve a guarded classifier over HTTP: POST /v1/predict, GET /v1/model, GET /healthz (OpenAPI at /docs)."""
+    with cli_errors():
+        import torch
+        import uvicorn
+
+        from ..serving import GuardedClassifier
+        from ..serving.app import ServeConfig, create_app
+
+        if threads:
+            torch.set_num_threads(threads)
+        config = ServeConfig(audit_db=audit_db, keep_images=keep_images, max_body_bytes=max_body_bytes,
+                             max_images=max_images, max_batch=max_batch, max_wait_ms=max_wait_ms)
+        app = create_app(GuardedClassifier.load(artifact, knn_backend=knn_backend), config)
+    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")
+
+
+def export_classifier(
+    artifact: Path = typer.Argument(..., help="Detector artifact (DeepLatentDefence.save)."),
+    out: Path = typer.Option(..., help="Checkpoint path for the classifier alone (`load_checkpoint` reads it)."),
+) -> None:
+    """Write the guarded classifier alone as a plain checkpoint, for users who do not want the detector."""
+    with cli_errors():
+        from ..serving import GuardedClassifier
+
+        typer.echo(f"wrote {GuardedClassifier.load(artifact).export_classifier(out)}")

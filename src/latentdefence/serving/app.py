@@ -1,0 +1,240 @@
+"""The HTTP service around a `GuardedClassifier` (FastAPI): predict, model card, health, audit of flagged inputs.
+
+Every request is decoded and validated on arrival (4xx with a message naming the problem, see
+`inputs.py` and `GuardedClassifier.check_images`); valid images go to the `MicroBatcher`, which runs
+one guarded forward pass per coalesced batch in a worker thread and commits that batch's flagged
+inputs to the audit log before any of its requests is answered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from .audit import AuditLog, image_sha256
+from .batching import MicroBatcher
+from .guarded import GuardedClassifier, InputError
+from .inputs import (ACCEPTED_TYPES, IMAGE_TYPES, JSON_TYPE, MULTIPART_TYPE, NPY_TYPE, decode_image, decode_json,
+                     decode_npy, media_type)
+
+log = logging.getLogger(__name__)
+DEFAULT_AUDIT_DB = Path("latentdefence-audit.sqlite")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Settings of the service (`latentdefence serve` flags map onto these)."""
+
+    audit_db: Path = DEFAULT_AUDIT_DB      # SQLite file of flagged inputs
+    keep_images: bool = False              # also store each flagged input's pixels in the audit log
+    max_body_bytes: int = 8 * 2**20        # larger bodies get 413 (a 256-image JSON batch of 28x28 is ~4 MB)
+    max_images: int = 256                  # images per request
+    max_batch: int = 64                    # images per coalesced forward pass
+    max_wait_ms: float = 2.0               # how long a batch waits for more requests to join
+
+
+class Prediction(BaseModel):
+    """The guarded model's answer for one image."""
+
+    label: int
+    probabilities: list[float]
+    is_adversarial: bool
+    credibility: float
+    nonconformity: float
+    per_layer: dict[str, float]
+    sha256: str                            # of the decoded image as float32 (C, H, W) bytes
+    audit_id: int | None                   # id of the audit record when flagged, else null
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+
+
+class ModelCard(BaseModel):
+    """What GET /v1/model reports (absent metadata is null)."""
+
+    artifact: str | None
+    artifact_sha256: str | None
+    architecture: str
+    input_shape: list[int]
+    num_classes: int
+    dataset: Any                           # as the artifact's metadata records them (free-form), else null
+    threat_model: Any
+    taps: list[str]
+    k: int
+    knn_backend: str
+    threshold: float
+    target_fpr: float | None
+    calibration_fpr: float
+    calibration_size: int
+    git_revision: str | None
+    server_git_revision: str
+    metadata: dict[str, Any]
+    limits: dict[str, Any]
+
+
+class Health(BaseModel):
+    status: str
+    requests: int                          # predict requests answered by the batcher so far
+    forward_passes: int                    # guarded forward passes run for them (fewer when batched)
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text} for code, text in [
+        (400, "empty body, not an image, invalid JSON or .npy, damaged file"),
+        (413, "body or image count over the server's limit"),
+        (415, "content type other than " + ", ".join(ACCEPTED_TYPES)),
+        (422, "wrong size or channel count, NaN/Inf, values outside [0, 1], wrong nesting")]}
+_PIXELS = {"type": "array", "items": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}}
+_REQUEST_BODY = {"requestBody": {"required": True, "content": {
+    "image/png": {"schema": {"type": "string", "format": "binary"}},
+    "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+    JSON_TYPE: {"schema": {"type": "object", "description": 'exactly one of "image" (C, H, W) or "images" '
+                           "(N, C, H, W), pixel values in [0, 1]",
+                           "properties": {"image": _PIXELS, "images": {"type": "array", "items": _PIXELS}}}},
+    NPY_TYPE: {"schema": {"type": "string", "format": "binary", "description": "numpy.save file of float pixels "
+                          "(C, H, W) or (N, C, H, W) in [0, 1]; no pickles"}},
+    MULTIPART_TYPE: {"schema": {"type": "object", "description": "a batch: one PNG/JPEG file per part, in order",
+                                "properties": {"files": {"type": "array",
+                                                         "items": {"type": "string", "format": "binary"}}}}},
+}}}
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over `max_bytes`, by Content-Length or while it streams in."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            status, detail = (413, self._too_large(int(length))) if length.isdigit() else (400, "bad Content-Length")
+            await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Any:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise InputError(self._too_large(received), status=413)
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _too_large(self, size: int) -> str:
+        return f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes (serve --max-body-bytes)"
+
+
+def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) -> FastAPI:
+    """The FastAPI app serving `guard`; the audit log opens and the batcher starts with the app."""
+    card = {**guard.info(), "limits": {"max_body_bytes": config.max_body_bytes, "max_images": config.max_images,
+                                       "max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms}}
+    threshold, model_id = float(guard.detector.threshold_), card["artifact_sha256"] or str(guard.source)
+    audit = AuditLog(config.audit_db, keep_images=config.keep_images)
+
+    def infer(images: torch.Tensor) -> list[dict[str, Any]]:
+        """One guarded forward pass; flagged inputs are durably recorded before the results are returned."""
+        out = guard.predict(images)
+        flagged = out.is_adversarial.nonzero().flatten()                        # (F,)
+        ids = audit.record(images[flagged], out.label[flagged], out.nonconformity[flagged],
+                           out.credibility[flagged], {t: v[flagged] for t, v in out.per_layer.items()},
+                           threshold, model_id)
+        audit_ids: list[int | None] = [None] * len(out)
+        for i, record_id in zip(flagged.tolist(), ids):
+            audit_ids[i] = record_id
+        return [{**row, "sha256": image_sha256(images[i]), "audit_id": audit_ids[i]}
+                for i, row in enumerate(out.rows())]
+
+    batcher: MicroBatcher[dict[str, Any]] = MicroBatcher(infer, config.max_batch, config.max_wait_ms)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await batcher.start()
+        log.info("serving %s (%s, threshold %g), audit log %s", guard.source, card["architecture"], threshold,
+                 config.audit_db)
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            audit.close()
+
+    app = FastAPI(title="latentdefence guarded classifier", version="1",
+                  description="A classifier guarded by Deep Latent Defence (arXiv:1910.03334): every prediction "
+                              "carries the detector's verdict; flagged inputs are recorded in an audit log.",
+                  lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.state.batcher, app.state.audit = batcher, audit
+
+    @app.exception_handler(InputError)
+    async def _input_error(request: Request, err: InputError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=err.status)
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz() -> dict[str, Any]:
+        """Liveness, and how many requests shared how many forward passes."""
+        return {"status": "ok", "requests": batcher.requests, "forward_passes": batcher.batches}
+
+    @app.get("/v1/model", response_model=ModelCard)
+    async def model() -> dict[str, Any]:
+        """Architecture, dataset, threat model, threshold, calibration FPR, git revision, limits."""
+        return card
+
+    @app.post("/v1/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_REQUEST_BODY)
+    async def predict(request: Request, response: Response) -> dict[str, Any]:
+        """Classify and screen one image (PNG/JPEG body, JSON "image") or a batch (JSON "images", .npy, multipart)."""
+        start = time.perf_counter()
+        images = await _read_images(request, guard.input_shape, config.max_images)
+        if len(images) > config.max_images:
+            raise InputError(f"{len(images)} images in one request; the limit is {config.max_images} "
+                             "(serve --max-images)", status=413)
+        images = guard.check_images(images)
+        decoded = time.perf_counter()
+        out = await batcher.submit(images)
+        response.headers["Server-Timing"] = (
+            f"read;dur={1e3 * (decoded - start):.2f}, wait;dur={1e3 * out.wait_s:.2f}, "
+            f"infer;dur={1e3 * out.run_s:.2f};desc=\"batch of {out.batch_images}\"")
+        return {"predictions": out.results}
+
+    return app
+
+
+async def _read_images(request: Request, shape: tuple[int, int, int], max_images: int) -> torch.Tensor:
+    """The request's images (N, C, H, W), decoded off the event loop."""
+    kind = media_type(request.headers.get("content-type"))
+    if kind == MULTIPART_TYPE:
+        form = await request.form(max_files=max_images, max_fields=max_images)   # more: 400 "Too many files"
+        files = [(value.filename or key, await value.read()) for key, value in form.multi_items()
+                 if isinstance(value, UploadFile)]
+        await form.close()
+        if not files:
+            raise InputError("multipart body holds no image files (send one file part per image)", status=400)
+        return await run_in_threadpool(
+            lambda: torch.stack([decode_image(data, shape, f"file {name!r}") for name, data in files]))
+    body = await request.body()
+    if kind in IMAGE_TYPES:
+        return (await run_in_threadpool(decode_image, body, shape)).unsqueeze(0)
+    return await run_in_threadpool(decode_npy if kind == NPY_TYPE else decode_json, body)

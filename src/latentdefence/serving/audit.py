@@ -1,0 +1,132 @@
+"""The audit log of flagged inputs: an embedded SQLite database a crash cannot take acknowledged records from.
+
+Durability: WAL journal with ``synchronous=FULL``, so a committed transaction is on disk (fsync of the
+WAL) before ``commit()`` returns; the server commits a batch's records before it answers any request of
+that batch, so every flagged response a client received has its record, even after ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS flagged (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,              -- UTC, ISO 8601
+    sha256 TEXT NOT NULL,            -- of the input as float32 (C, H, W) C-order bytes
+    predicted INTEGER NOT NULL,      -- F's class
+    nonconformity REAL NOT NULL,     -- summed over layers
+    credibility REAL NOT NULL,
+    threshold REAL NOT NULL,
+    per_layer TEXT NOT NULL,         -- JSON {tap: non-conformity}
+    model TEXT NOT NULL,             -- sha256 of the detector artifact that judged it
+    shape TEXT NOT NULL,             -- JSON [C, H, W]
+    image BLOB                       -- float32 pixels when images are kept, else NULL
+);
+"""
+COLUMNS = ("id", "time", "sha256", "predicted", "nonconformity", "credibility", "threshold", "per_layer",
+           "model", "shape")
+
+
+def image_sha256(image: torch.Tensor) -> str:
+    """Hex sha256 of one image (C, H, W) as contiguous float32 bytes: the same pixels give the same hash."""
+    return hashlib.sha256(image.to(torch.float32).contiguous().numpy().tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class FlaggedRecord:
+    """One flagged input, as stored."""
+
+    id: int
+    time: str
+    sha256: str
+    predicted: int
+    nonconformity: float
+    credibility: float
+    threshold: float
+    per_layer: dict[str, float]
+    model: str
+    shape: list[int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in COLUMNS}
+
+
+class AuditLog:
+    """Append flagged inputs, list and export them. One connection, guarded by a lock (any thread may write)."""
+
+    def __init__(self, path: str | Path, keep_images: bool = False) -> None:
+        self.path = Path(path)
+        self.keep_images = keep_images
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as err:
+            raise ValueError(f"{self.path}: not a usable audit database ({err})") from err
+        self._lock = threading.Lock()
+
+    def record(self, images: torch.Tensor, predicted: torch.Tensor, nonconformity: torch.Tensor,
+               credibility: torch.Tensor, per_layer: dict[str, torch.Tensor], threshold: float,
+               model: str) -> list[int]:
+        """Store inputs (N, C, H, W) with their verdicts in one durable transaction; their ids, in order."""
+        now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        rows = [(now, image_sha256(images[i]), int(predicted[i]), float(nonconformity[i]), float(credibility[i]),
+                 threshold, json.dumps({tap: float(v[i]) for tap, v in per_layer.items()}), model,
+                 json.dumps(list(images.shape[1:])),
+                 images[i].to(torch.float32).contiguous().numpy().tobytes() if self.keep_images else None)
+                for i in range(len(images))]
+        if not rows:
+            return []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [self._db.execute(
+                    "INSERT INTO flagged (time, sha256, predicted, nonconformity, credibility, threshold, per_layer,"
+                    " model, shape, image) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row).lastrowid for row in rows]
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return [int(i) for i in ids if i is not None]
+
+    def count(self) -> int:
+        """Number of stored records."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM flagged").fetchone()[0])
+
+    def records(self, limit: int | None = None, since_id: int = 0) -> Iterator[FlaggedRecord]:
+        """Stored records in id order, from `since_id` (exclusive), at most `limit`."""
+        with self._lock:
+            rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM flagged WHERE id > ? ORDER BY id LIMIT ?",
+                                    (since_id, -1 if limit is None else limit)).fetchall()
+        for row in rows:
+            values = dict(zip(COLUMNS, row))
+            yield FlaggedRecord(**{**values, "per_layer": json.loads(values["per_layer"]),
+                                   "shape": json.loads(values["shape"])})
+
+    def images(self, ids: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Stored images (C, H, W) of records `ids` that kept one."""
+        out = {}
+        with self._lock:
+            for i in ids:
+                row = self._db.execute("SELECT shape, image FROM flagged WHERE id = ?", (i,)).fetchone()
+                if row and row[1] is not None:
+                    out[i] = torch.frombuffer(bytearray(row[1]), dtype=torch.float32).reshape(json.loads(row[0]))
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,138 @@
+"""A classifier guarded by its Deep Latent Defence detector, loaded from one artifact.
+
+```python
+from latentdefence.serving import GuardedClassifier
+guard = GuardedClassifier.load("guard.safetensors")      # classifier + encoders + indexes + threshold
+out = guard.predict(images)      # .label .probabilities .is_adversarial .credibility .nonconformity .per_layer
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._io import git_revision, sha256_file
+from ..dld import DeepLatentDefence
+from ..models import TappedModel
+from ..training import save_checkpoint
+
+
+class InputError(ValueError):
+    """An input the guarded model cannot answer; `status` is the HTTP code a server gives it."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class GuardedPrediction:
+    """The classifier's answer and the detector's verdict for a batch."""
+
+    label: torch.Tensor                    # (N,) int64: F's class
+    probabilities: torch.Tensor            # (N, K) softmax of F's logits
+    is_adversarial: torch.Tensor           # (N,) bool: summed non-conformity > threshold
+    credibility: torch.Tensor              # (N,) conformal p-value in (0, 1]; low is suspicious
+    nonconformity: torch.Tensor            # (N,) summed over encoders (Eq. 8)
+    per_layer: dict[str, torch.Tensor]     # tap -> (N,) non-conformity of that layer
+
+    def __len__(self) -> int:
+        return int(self.label.shape[0])
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One JSON-ready dict per input (each tensor converted once, not per element)."""
+        per_layer = {tap: v.double().tolist() for tap, v in self.per_layer.items()}
+        columns = zip(self.label.tolist(), self.probabilities.tolist(), self.is_adversarial.tolist(),
+                      self.credibility.double().tolist(), self.nonconformity.double().tolist())
+        return [{"label": label, "probabilities": probs, "is_adversarial": flag, "credibility": cred,
+                 "nonconformity": score, "per_layer": {tap: v[i] for tap, v in per_layer.items()}}
+                for i, (label, probs, flag, cred, score) in enumerate(columns)]
+
+
+class GuardedClassifier:
+    """F plus its calibrated DLD detector: every prediction comes with the detector's verdict.
+
+    Args:
+        detector: a fitted and calibrated `DeepLatentDefence`.
+        source: where it was loaded from (reported by `info`).
+    """
+
+    def __init__(self, detector: DeepLatentDefence, source: str | None = None) -> None:
+        if not hasattr(detector, "threshold_"):
+            raise ValueError("the detector is not calibrated: call calibrate() before guarding a model with it")
+        self.detector = detector
+        self.source = source
+
+    @classmethod
+    def load(cls, path: str | Path, knn_backend: str | None = None,
+             classifier: TappedModel | None = None) -> "GuardedClassifier":
+        """Load a calibrated detector artifact (`DeepLatentDefence.save`); `knn_backend` overrides the saved one."""
+        return cls(DeepLatentDefence.load(path, classifier=classifier, knn_backend=knn_backend), str(path))
+
+    @property
+    def classifier(self) -> TappedModel:
+        return self.detector.classifier
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.classifier.input_shape)  # type: ignore[return-value]
+
+    def check_images(self, images: torch.Tensor) -> torch.Tensor:
+        """`images` as float32 (N, C, H, W) of F's input shape, finite, in [0, 1]; else an InputError naming why."""
+        if not isinstance(images, torch.Tensor):
+            raise InputError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        if not images.is_floating_point():
+            raise InputError(f"images must be floating point pixels in [0, 1], got dtype {images.dtype}")
+        c, h, w = self.input_shape
+        if images.ndim != 4 or len(images) == 0:
+            raise InputError(f"images must be a non-empty batch shaped (N, {c}, {h}, {w}), got {tuple(images.shape)}")
+        if images.shape[1] != c:
+            raise InputError(f"images have {images.shape[1]} channels, the model expects {c}")
+        if tuple(images.shape[2:]) != (h, w):
+            raise InputError(f"images are {images.shape[2]}x{images.shape[3]} (HxW), the model expects {h}x{w}")
+        images = images.detach().to("cpu", torch.float32)
+        if not torch.isfinite(images).all():
+            bad = (~torch.isfinite(images)).flatten(1).any(1).nonzero().flatten().tolist()
+            raise InputError(f"images contain NaN or infinite values (images {bad[:10]})")
+        low, high = float(images.min()), float(images.max())
+        if low < 0.0 or high > 1.0:
+            raise InputError(f"pixel values must lie in [0, 1], got values in [{low:g}, {high:g}]")
+        return images
+
+    def predict(self, images: torch.Tensor) -> GuardedPrediction:
+        """Class, probabilities and the detector's verdict for images (N, C, H, W) in [0, 1]."""
+        det = self.detector.predict(self.check_images(images))
+        assert det.probabilities is not None  # DeepLatentDefence.predict always fills them
+        return GuardedPrediction(det.predicted, det.probabilities, det.is_adversarial, det.credibility,
+                                 det.nonconformity, det.per_layer)
+
+    def __call__(self, images: torch.Tensor) -> GuardedPrediction:
+        return self.predict(images)
+
+    def info(self) -> dict[str, Any]:
+        """What a user of the service may know about the guarded model (GET /v1/model)."""
+        det = self.detector
+        meta = getattr(det, "metadata_", {})
+        cal = det.calibration_scores_
+        return {
+            "artifact": self.source,
+            "artifact_sha256": sha256_file(self.source) if self.source and Path(self.source).is_file() else None,
+            "architecture": getattr(self.classifier, "arch", None) or type(self.classifier).__name__,
+            "input_shape": list(self.input_shape), "num_classes": int(self.classifier.num_classes),
+            "dataset": meta.get("dataset"), "threat_model": meta.get("threat_model"),
+            "taps": list(det.encoders_.keys()), "k": det.k, "knn_backend": det.knn_backend,
+            "threshold": det.threshold_, "target_fpr": det.target_fpr_,
+            "calibration_fpr": float((cal > det.threshold_).double().mean()), "calibration_size": int(len(cal)),
+            "git_revision": meta.get("git_revision"), "metadata": meta, "server_git_revision": git_revision(),
+        }
+
+    def export_classifier(self, path: str | Path) -> Path:
+        """Write F alone as a plain checkpoint (`training.load_checkpoint` reads it); returns the weights file."""
+        if not getattr(self.classifier, "arch", None):
+            raise ValueError("the classifier has no registry name; save its state_dict() yourself")
+        return save_checkpoint(path, self.classifier, {"exported_from": self.source,
+                                                       "detector_threshold": self.detector.threshold_})
