@@ -73,6 +73,23 @@ class KNNIndex:
         """Labels (Q, k) of each query's k nearest stored points (the multiset Omega_N of Eq. 8)."""
         return self.labels[self.search(queries, k)[1]]
 
+    def class_neighbours(self, queries: torch.Tensor, classes: torch.Tensor, m: int) -> torch.Tensor:
+        """Indices (Q, m) of each query's m nearest stored points labelled `classes` (Q,): the guide points
+        of a soft-kNN attack. Exact, in torch; differentiable attacks recompute distances to the rows."""
+        queries = _as_matrix(queries, "queries")
+        if classes.shape != queries.shape[:1]:
+            raise ValueError(f"classes must be shaped ({queries.shape[0]},), got {tuple(classes.shape)}")
+        out = torch.empty(len(queries), m, dtype=torch.int64)
+        for c in classes.unique().tolist():
+            rows = (classes == c).nonzero().squeeze(1).cpu()
+            members = (self.labels == c).nonzero().squeeze(1)
+            if len(members) < m:
+                raise ValueError(f"class {c} has {len(members)} stored points, fewer than m={m}")
+            dist = torch.cat([torch.cdist(queries[rows[i:i + 1024]], self.embeddings[members])
+                              for i in range(0, len(rows), 1024)])             # (R, members)
+            out[rows] = members[dist.topk(m, dim=1, largest=False).indices]
+        return out
+
     def nbytes(self) -> int:
         """Memory held: our embeddings and labels plus the backend's own copy of the data."""
         if self.backend == "faiss-hnsw":  # vectors plus the graph's links (2M at level 0, int32)
