@@ -7,6 +7,10 @@ whose summed non-conformity (Eq. 8 over all encoders) exceeds it.
 Signs: ``score_samples`` = -(summed non-conformity), higher is more normal; ``decision_function`` =
 ``threshold_ - nonconformity``, negative means flagged (as in scikit-learn's outlier detectors). For a
 ROC with adversarial examples as positives use ``-decision_function`` (or the non-conformity itself).
+
+The contract itself (calibrate / predict / score_samples / decision_function over a ``nonconformity``
+score) is ``ConformalDetector``; ``KNNDetector`` adds Eq. 8 over one k-NN index per tap. The baseline
+detectors in ``latentdefence.detectors`` build on both.
 """
 
 from __future__ import annotations
@@ -38,11 +42,147 @@ class Detection:
     predicted: torch.Tensor                  # (N,) F's class
     is_adversarial: torch.Tensor             # (N,) bool: nonconformity > threshold_
     credibility: torch.Tensor                # (N,) conformal p-value; low is suspicious
-    nonconformity: torch.Tensor              # (N,) summed over encoders
-    per_layer: dict[str, torch.Tensor]       # tap -> (N,) beta_N of Eq. 8
+    nonconformity: torch.Tensor              # (N,) the score thresholded (DLD: Eq. 8 summed over encoders)
+    per_layer: dict[str, torch.Tensor]       # tap -> (N,) that layer's score (DLD: beta_N of Eq. 8)
 
 
-class DeepLatentDefence:
+class ConformalDetector:
+    """The contract every detector shares (DLD and the baselines in `latentdefence.detectors`).
+
+    A subclass implements ``nonconformity(images) -> (F's predictions (N,), score (N,), per-layer scores)``
+    with higher scores more suspicious; this class turns it into a threshold calibrated on held-out clean
+    data, conformal credibility, ``predict``, ``score_samples`` and ``decision_function``.
+    """
+
+    def nonconformity(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(F's predictions (N,), score (N,), per-layer scores): the subclass's detector score."""
+        raise NotImplementedError
+
+    def calibrate(self, calibration: ImageDataset, target_fpr: float = 0.02) -> "ConformalDetector":
+        """Threshold with at most `target_fpr` of the clean calibration set flagged (DLD Section IV-B)."""
+        _, scores, _ = self.nonconformity(calibration.images)
+        self.calibration_scores_ = scores
+        self.threshold_ = calibrate_threshold(scores, target_fpr)
+        self.target_fpr_ = target_fpr
+        return self
+
+    def predict(self, images: torch.Tensor) -> Detection:
+        """F's class, the adversarial flag, credibility and per-layer scores per input."""
+        self._check_fitted("threshold_")
+        predicted, score, per_layer = self.nonconformity(images)
+        return Detection(predicted, score > self.threshold_, credibility(score, self.calibration_scores_),
+                         score, per_layer)
+
+    def score_samples(self, images: torch.Tensor) -> torch.Tensor:
+        """-(score): higher is more normal."""
+        return -self.nonconformity(images)[1].to(torch.float32)
+
+    def decision_function(self, images: torch.Tensor) -> torch.Tensor:
+        """threshold_ - score: negative means flagged as adversarial."""
+        self._check_fitted("threshold_")
+        return self.threshold_ + self.score_samples(images)
+
+    def _check_fitted(self, attr: str) -> None:
+        if not hasattr(self, attr):
+            step = "calibrate()" if attr == "threshold_" else "fit()"
+            raise RuntimeError(f"{type(self).__name__} is not ready: call {step} first")
+
+
+class KNNDetector(ConformalDetector):
+    """A detector scoring by Eq. 8 over one k-NN index per tap of F (DLD; Deep k-NN on raw layers).
+
+    A subclass sets ``classifier``, ``k``, ``knn_backend``, ``knn_algorithm`` and ``batch_size`` and says
+    how a tap's activation becomes the embedding its index holds (``_project``).
+    """
+
+    classifier: TappedModel
+    k: int
+    knn_backend: str
+    knn_algorithm: str
+    batch_size: int
+
+    def _project(self, tap: str, activation: torch.Tensor) -> torch.Tensor:
+        """The embedding (B, d) of tap `tap`'s activation that its index searches."""
+        raise NotImplementedError
+
+    def _build_indexes(self, data: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.indexes_: dict[str, KNNIndex] = {}
+        for tap, (z, y) in data.items():
+            if len(y) < self.k:
+                raise ValueError(f"tap {tap!r}: only {len(y)} training points to index, fewer than k={self.k}")
+            index = KNNIndex(self.knn_backend, self.knn_algorithm)
+            index.add(z, y)
+            self.indexes_[tap] = index
+
+    @torch.no_grad()
+    def nonconformity(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(F's predictions (N,), summed non-conformity (N,), per-tap non-conformity) in batches."""
+        self._check_fitted("indexes_")
+        check_images(images)
+        preds, per = [], {tap: [] for tap in self.indexes_}
+        for i in range(0, len(images), self.batch_size):
+            pred, latents = self.embed(images[i:i + self.batch_size])
+            preds.append(pred)
+            for tap, z in latents.items():
+                per[tap].append(nonconformity(self.indexes_[tap].neighbour_labels(z, self.k), pred))
+        predicted = torch.cat(preds)
+        per_layer = {tap: torch.cat(v) for tap, v in per.items()}
+        return predicted, torch.stack(list(per_layer.values())).sum(0), per_layer
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """F's predictions (B,) and each tap's embedding (B, d) on CPU, from one pass through F."""
+        self._check_fitted("indexes_")
+        taps = list(self.indexes_)
+        last = max(taps, key=self.classifier.tap_names.index)
+        with frozen_eval(self.classifier):
+            acts = self.classifier.intermediates(images.to(_device(self.classifier)), taps)
+            logits = self.classifier.forward_from(acts[last], last)
+            latents = {tap: self._project(tap, acts[tap]).cpu() for tap in taps}
+        return logits.argmax(1).cpu(), latents
+
+    def latents(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Differentiable w.r.t. images: tap -> embedding (B, d) its index searches (what attacks steer)."""
+        self._check_fitted("indexes_")
+        check_images(images)
+        taps = list(self.indexes_)
+        with frozen_eval(self.classifier):
+            acts = self.classifier.intermediates(images.to(_device(self.classifier)), taps)
+            return {tap: self._project(tap, acts[tap]) for tap in taps}
+
+    def centroids(self) -> dict[str, torch.Tensor]:
+        """Per tap, the class centroids (K, d) of the indexed training embeddings (Eq. 10's targets)."""
+        self._check_fitted("indexes_")
+        k = self.classifier.num_classes
+        out = {}
+        for tap, index in self.indexes_.items():
+            sums = torch.zeros(k, index.embeddings.shape[1]).index_add_(0, index.labels, index.embeddings)
+            counts = torch.bincount(index.labels, minlength=k).clamp_min(1).unsqueeze(1)
+            out[tap] = sums / counts
+        return out
+
+
+def check_images(images: torch.Tensor) -> None:
+    """Reject what no detector can score, naming the problem."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
+        raise ValueError(f"images must be a float tensor (N, C, H, W), got "
+                         f"{getattr(images, 'dtype', type(images))} {tuple(getattr(images, 'shape', ()))}")
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or infinite values")
+
+
+def check_classes(images: torch.Tensor, classes: torch.Tensor) -> None:
+    """`classes` must be int64 (B,) for images (B, C, H, W) (a surrogate score's candidate classes)."""
+    if not isinstance(classes, torch.Tensor) or classes.dtype != torch.int64 or classes.shape != images.shape[:1]:
+        raise ValueError(f"classes must be int64 shaped ({images.shape[0]},), got "
+                         f"{getattr(classes, 'dtype', type(classes))} {tuple(getattr(classes, 'shape', ()))}")
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+class DeepLatentDefence(KNNDetector):
     """Deep Latent Defence (Zizzo et al., arXiv:1910.03334): encoders on F's layers + latent k-NN.
 
     Args:
@@ -86,8 +226,7 @@ class DeepLatentDefence:
         missing = [t for t in taps if t not in eds]
         if missing:
             raise KeyError(f"no encoder-decoder given for taps {missing}")
-        device = next(self.classifier.parameters()).device
-        eds = {tap: eds[tap].to(device) for tap in taps}
+        eds = {tap: eds[tap].to(_device(self.classifier)) for tap in taps}
         data = pruned_embeddings(self.classifier, eds, train, self.batch_size)
         self.encoders_ = nn.ModuleDict({tap: eds[tap].encoder for tap in taps}).eval()
         self.encoder_specs_ = {tap: {"shape": list(eds[tap].shape), "latent_dim": eds[tap].latent_dim,
@@ -96,83 +235,9 @@ class DeepLatentDefence:
         self.pruned_ = {tap: len(train) - len(data[tap][1]) for tap in taps}
         return self
 
-    def _build_indexes(self, data: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        self.indexes_: dict[str, KNNIndex] = {}
-        for tap, (z, y) in data.items():
-            if len(y) < self.k:
-                raise ValueError(f"tap {tap!r}: only {len(y)} training points survive pruning, fewer than k={self.k}")
-            index = KNNIndex(self.knn_backend, self.knn_algorithm)
-            index.add(z, y)
-            self.indexes_[tap] = index
-
-    def calibrate(self, calibration: ImageDataset, target_fpr: float = 0.02) -> "DeepLatentDefence":
-        """Threshold with at most `target_fpr` of the clean calibration set flagged (Section IV-B)."""
-        _, scores, _ = self.nonconformity(calibration.images)
-        self.calibration_scores_ = scores
-        self.threshold_ = calibrate_threshold(scores, target_fpr)
-        self.target_fpr_ = target_fpr
-        return self
-
     # -- inference -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def nonconformity(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """(F's predictions (N,), summed non-conformity (N,), per-tap non-conformity) in batches."""
-        self._check_fitted("indexes_")
-        if images.ndim != 4 or not images.is_floating_point():
-            raise ValueError(f"images must be float (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
-        preds, per = [], {tap: [] for tap in self.indexes_}
-        for i in range(0, len(images), self.batch_size):
-            pred, latents = self.embed(images[i:i + self.batch_size])
-            preds.append(pred)
-            for tap, z in latents.items():
-                per[tap].append(nonconformity(self.indexes_[tap].neighbour_labels(z, self.k), pred))
-        predicted = torch.cat(preds)
-        per_layer = {tap: torch.cat(v) for tap, v in per.items()}
-        return predicted, torch.stack(list(per_layer.values())).sum(0), per_layer
-
-    @torch.no_grad()
-    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """F's predictions (B,) and each encoder's embedding (B, d), from one pass through F."""
-        device = next(self.classifier.parameters()).device
-        taps = list(self.encoders_.keys())
-        last = max(taps, key=self.classifier.tap_names.index)
-        with frozen_eval(self.classifier):
-            acts = self.classifier.intermediates(images.to(device), taps)
-            logits = self.classifier.forward_from(acts[last], last)
-            latents = {tap: self.encoders_[tap](acts[tap]).cpu() for tap in taps}
-        return logits.argmax(1).cpu(), latents
-
-    def predict(self, images: torch.Tensor) -> Detection:
-        """F's class, the adversarial flag, credibility and per-layer non-conformity per input."""
-        self._check_fitted("threshold_")
-        predicted, score, per_layer = self.nonconformity(images)
-        return Detection(predicted, score > self.threshold_, credibility(score, self.calibration_scores_),
-                         score, per_layer)
-
-    def score_samples(self, images: torch.Tensor) -> torch.Tensor:
-        """-(summed non-conformity): higher is more normal."""
-        return -self.nonconformity(images)[1].to(torch.float32)
-
-    def decision_function(self, images: torch.Tensor) -> torch.Tensor:
-        """threshold_ - non-conformity: negative means flagged as adversarial."""
-        self._check_fitted("threshold_")
-        return self.threshold_ + self.score_samples(images)
-
-    def centroids(self) -> dict[str, torch.Tensor]:
-        """Per tap, the class centroids (K, d) of the indexed training embeddings (Eq. 10's targets)."""
-        self._check_fitted("indexes_")
-        k = self.classifier.num_classes
-        out = {}
-        for tap, index in self.indexes_.items():
-            sums = torch.zeros(k, index.embeddings.shape[1]).index_add_(0, index.labels, index.embeddings)
-            counts = torch.bincount(index.labels, minlength=k).clamp_min(1).unsqueeze(1)
-            out[tap] = sums / counts
-        return out
-
-    def _check_fitted(self, attr: str) -> None:
-        if not hasattr(self, attr):
-            step = "calibrate()" if attr == "threshold_" else "fit()"
-            raise RuntimeError(f"DeepLatentDefence is not ready: call {step} first")
+    def _project(self, tap: str, activation: torch.Tensor) -> torch.Tensor:
+        return self.encoders_[tap](activation)
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from .knn import KNNIndex
+
 
 def nonconformity(neighbour_labels: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
     """beta_N(x, j): how many of the k neighbours' labels (N, k) differ from F's prediction j (N,)."""
@@ -42,3 +44,29 @@ def _check_scores(scores: torch.Tensor, name: str) -> torch.Tensor:
     if scores.is_floating_point() and not torch.isfinite(scores).all():
         raise ValueError(f"{name} contain NaN or infinite values")
     return scores.detach().cpu()
+
+
+def soft_nonconformity(latents: torch.Tensor, index: KNNIndex, classes: torch.Tensor, k: int,
+                       temperature: float = 0.1, candidates: int | None = None) -> torch.Tensor:
+    """Differentiable stand-in (B,) for Eq. 8 on `index`: the neighbour vote with soft membership.
+
+    Each of a query's `candidates` (default 2k) nearest stored points is weighted by
+    sigmoid((tau - d) / (temperature * tau)), tau = the midpoint of its current k-th and (k+1)-th
+    neighbour distances (fixed for the step, as in Sitawarin & Wagner's soft k-NN attack); the score is
+    k * (weighted share of those points whose label differs from `classes`). As temperature -> 0 it
+    is exactly Eq. 8. Memory: B * candidates * d floats.
+    """
+    if latents.ndim != 2 or classes.shape != latents.shape[:1]:
+        raise ValueError(f"expected latents (B, d) and classes (B,), got {tuple(latents.shape)} and "
+                         f"{tuple(classes.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    m = min(len(index), max(candidates or 2 * k, k + 1))
+    dist, idx = index.search(latents.detach(), m)                               # (B, m) each, on CPU
+    tau = ((dist[:, k - 1] + dist[:, min(k, m - 1)]) / 2).to(latents).clamp_min(1e-12)  # (B,)
+    points = index.embeddings[idx].to(latents)                                  # (B, m, d)
+    squared = (latents.pow(2).sum(1, keepdim=True) + points.pow(2).sum(2)
+               - 2 * torch.einsum("bd,bmd->bm", latents, points))                # (B, m)
+    weight = torch.sigmoid((tau[:, None] - squared.clamp_min(1e-12).sqrt()) / (temperature * tau[:, None]))
+    differ = (index.labels[idx].to(classes.device) != classes[:, None]).to(latents)
+    return k * (weight * differ).sum(1) / weight.sum(1).clamp_min(1e-12)
