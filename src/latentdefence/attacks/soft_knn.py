@@ -24,7 +24,7 @@ class GuidePointAttack(DetectorAttack):
     Sitawarin & Wagner, "On the Robustness of Deep K-Nearest Neighbors", arXiv:1903.08333 (and "Minimum-Norm
     Adversarial Examples on KNN and KNN-Based Models", arXiv:1906.03972). For a target class t, per tap the
     guides are the m nearest indexed points of class t to the current embedding z and the threshold r is the
-    current distance to the k-th neighbour; both are refreshed every `refresh_every` steps. The loss
+    midpoint of the current k-th and (k+1)-th neighbour distances; both are refreshed every `refresh_every` steps. The loss
     minimised is
 
         max(max_{i != t} f_i(x) - f_t(x), -kappa) + detector_weight * sum_taps mean_guides (1 - soft_inside)
@@ -104,5 +104,6 @@ class GuidePointAttack(DetectorAttack):
                 guides[tap] = torch.zeros(n, m, index.embeddings.shape[1])
                 radius[tap] = torch.ones(n, 1)
             g = index.embeddings[index.class_neighbours(z, targets.cpu(), m)]                 # (R, m, d)
-            r = index.search(z, int(detector.k))[0][:, -1:]                                  # (R, 1)
+            dist = index.search(z, min(int(detector.k) + 1, len(index)))[0]                 # (R, k + 1)
+            r = dist[:, int(detector.k) - 1:].mean(1, keepdim=True)                           # (R, 1)
             guides[tap][rows.cpu()], radius[tap][rows.cpu()] = g, r

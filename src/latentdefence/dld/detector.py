@@ -24,6 +24,7 @@ from torch import nn
 
 from .._io import load_tensors, save_tensors
 from ..attacks.base import frozen_eval
+from ..attacks.soft_knn import soft_inside
 from ..data.base import ImageDataset
 from ..models import TappedModel, create_model
 from .encoders import EncoderDecoder, make_encoder
@@ -238,6 +239,30 @@ class DeepLatentDefence(KNNDetector):
     # -- inference -----------------------------------------------------------------------------
     def _project(self, tap: str, activation: torch.Tensor) -> torch.Tensor:
         return self.encoders_[tap](activation)
+
+    def surrogate_score(self, images: torch.Tensor, classes: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+        """Smooth summed non-conformity (B,) if F predicted `classes` (B,); attacks minimise it.
+
+        Per encoder, with r the (detached) midpoint of the k-th and (k+1)-th neighbour distances and s(e) = sigmoid((r - |z - e|) /
+        (temperature * r)) a soft "e is among the k nearest": (k + sum of s over the k neighbours not of the class
+        - sum of s over the k nearest indexed points of the class) / 2. With hard memberships this is Eq. 8's count
+        (the class's points inside the ball are among its k nearest); unlike `soft_nonconformity` (Deep k-NN's),
+        the second sum pulls z toward the class even when none of its points is among the neighbours yet.
+        """
+        check_classes(images, classes)
+        total = torch.zeros(images.shape[0], device=images.device)
+        for tap, z in self.latents(images).items():
+            index = self.indexes_[tap]
+            with torch.no_grad():
+                dist, near = index.search(z.detach(), min(self.k + 1, len(index)))   # (B, k + 1)
+                radius = dist[:, self.k - 1:].mean(1, keepdim=True).to(z)            # (B, 1)
+                near = near[:, :self.k]                                               # (B, k)
+                guides = index.class_neighbours(z.detach(), classes.cpu(), self.k)    # (B, k)
+                other = (index.labels[near] != classes.cpu().unsqueeze(1)).to(z)      # (B, k)
+            inside_other = (soft_inside(z, index.embeddings[near].to(z), radius, temperature) * other).sum(1)
+            inside_class = soft_inside(z, index.embeddings[guides].to(z), radius, temperature).sum(1)
+            total = total + (self.k + inside_other - inside_class).to(total.device) / 2
+        return total
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
