@@ -77,6 +77,7 @@ class GuidePointAttack(DetectorAttack):
         ranked = logits.scatter(1, labels[:, None], -float("inf")).argsort(dim=1, descending=True)  # (N, K)
         m = self.m or int(detector.k)
         guides: dict[str, torch.Tensor] = {}
+        valid: dict[str, torch.Tensor] = {}
         radius: dict[str, torch.Tensor] = {}
         for r in range(min(self.n_targets, logits.shape[1] - 1)):
             targets = ranked[:, r]
@@ -84,26 +85,33 @@ class GuidePointAttack(DetectorAttack):
             def objective(x: torch.Tensor, rows: torch.Tensor, step: int) -> torch.Tensor:
                 t = targets[rows]
                 if step % self.refresh_every == 0:
-                    self._refresh(detector, x, rows, t, m, len(images), guides, radius)
+                    self._refresh(detector, x, rows, t, m, len(images), guides, valid, radius)
                 x = x.detach().requires_grad_(True)
                 with torch.enable_grad():
                     hinge = margin(detector.classifier(x), t, targeted=True).clamp_min(-self.kappa)
-                    latent = sum((1 - soft_inside(z, guides[tap][rows].to(z), radius[tap][rows].to(z),
-                                                  self.temperature)).mean(1)
-                                 for tap, z in detector.latents(x).items())
+                    latent = sum(self._outside(z, guides[tap][rows].to(z), valid[tap][rows].to(z),
+                                               radius[tap][rows].to(z)) for tap, z in detector.latents(x).items())
                     return -torch.autograd.grad((hinge + self.detector_weight * latent).sum(), x)[0]
             self._descend(images, best, objective, torch.arange(len(images), device=images.device))
 
+    def _outside(self, z: torch.Tensor, guides: torch.Tensor, valid: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+        """Mean over a row's valid guides of 1 - soft_inside (R,); 0 where the target class has no point here."""
+        outside = (1 - soft_inside(z, guides, radius, self.temperature)) * valid                  # (R, m)
+        return outside.sum(1) / valid.sum(1).clamp_min(1)
+
     @torch.no_grad()
     def _refresh(self, detector: Any, x: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, m: int, n: int,
-                 guides: dict[str, torch.Tensor], radius: dict[str, torch.Tensor]) -> None:
-        """Guides (N, m, d) and k-th-neighbour radii (N, 1) per tap, rewritten for `rows`."""
+                 guides: dict[str, torch.Tensor], valid: dict[str, torch.Tensor],
+                 radius: dict[str, torch.Tensor]) -> None:
+        """Guides (N, m, d), their validity (N, m) and k-th-neighbour radii (N, 1) per tap, rewritten for `rows`."""
         for tap, z in detector.latents(x).items():
             index = detector.indexes_[tap]
             if tap not in guides:
                 guides[tap] = torch.zeros(n, m, index.embeddings.shape[1])
+                valid[tap] = torch.zeros(n, m)
                 radius[tap] = torch.ones(n, 1)
-            g = index.embeddings[index.class_neighbours(z, targets.cpu(), m)]                 # (R, m, d)
+            idx = index.class_neighbours(z, targets.cpu(), m)                                 # (R, m)
             dist = index.search(z, min(int(detector.k) + 1, len(index)))[0]                 # (R, k + 1)
-            r = dist[:, int(detector.k) - 1:].mean(1, keepdim=True)                           # (R, 1)
-            guides[tap][rows.cpu()], radius[tap][rows.cpu()] = g, r
+            guides[tap][rows.cpu()] = index.embeddings[idx.clamp_min(0)]
+            valid[tap][rows.cpu()] = (idx >= 0).float()
+            radius[tap][rows.cpu()] = dist[:, int(detector.k) - 1:].mean(1, keepdim=True)

@@ -260,7 +260,8 @@ class DeepLatentDefence(KNNDetector):
                 guides = index.class_neighbours(z.detach(), classes.cpu(), self.k)    # (B, k)
                 other = (index.labels[near] != classes.cpu().unsqueeze(1)).to(z)      # (B, k)
             inside_other = (soft_inside(z, index.embeddings[near].to(z), radius, temperature) * other).sum(1)
-            inside_class = soft_inside(z, index.embeddings[guides].to(z), radius, temperature).sum(1)
+            inside = soft_inside(z, index.embeddings[guides.clamp_min(0)].to(z), radius, temperature)  # (B, k)
+            inside_class = (inside * (guides >= 0).to(z)).sum(1)
             total = total + (self.k + inside_other - inside_class).to(total.device) / 2
         return total
 
