@@ -28,6 +28,11 @@ LAD_ROWS = [
 ]
 
 
+# detector key in dld-mnist-adaptive's results.json -> (README name, the paper's robustness under its own attacks)
+ADAPTIVE_ROWS = {"dld": ("DLD", "95.62% (adaptive)"), "dknn": ("Deep k-NN", "—"), "mahalanobis": ("Mahalanobis", "—"),
+                 "lid": ("LID", "—")}
+
+
 def _get(obj: Any, path: tuple[str, ...]) -> Any:
     for key in path:
         obj = obj[key]
@@ -67,9 +72,28 @@ def results_table(results_dir: Path) -> str:
         f5 = res["fig5"]
         lines.append(f"| LAD Fig. 5, success rate of generated examples at eps {f5['eps'][-1]:g} | ~100% | "
                      f"{100 * f5['success_rate'][-1]:.2f}% | {res['sets']['large_adv'] // len(f5['eps'])} | {source} |")
+    adaptive = results_dir / "dld-mnist-adaptive" / "results.json"
+    if adaptive.is_file():
+        lines += _adaptive_rows(json.loads(adaptive.read_text()),
+                                f"`{adaptive.parent.relative_to(results_dir.parent.parent)}`")
     if len(lines) == 2:
         lines.append("| (no committed results yet) | | | | |")
     return "\n".join(lines)
+
+
+def _adaptive_rows(res: dict[str, Any], source: str) -> list[str]:
+    """Per detector: robustness under the paper's attacks -> under every attack we have (per-image worst case)."""
+    eps = res["settings"]["attacks"]["eps"]
+    rows = []
+    for key, det in res["detectors"].items():
+        name, paper = ADAPTIVE_ROWS.get(key, (key, "—"))
+        w0, w1 = det["paper_attacks"], det["all_attacks"]
+        rows.append(f"| {name} on F, eps {eps:g}: robustness, paper's attacks -> all our attacks (worst case) | {paper} | "
+                    f"{100 * w0['robustness']:.2f}% -> {100 * w1['robustness']:.2f}% | {w1['n']} | {source} |")
+    aa = res["classifier_alone"]
+    rows.append(f"| F alone, eps {eps:g}: robust accuracy, AutoAttack-style cascade (APGD-CE, APGD-T, Square) | — | "
+                f"{100 * aa['autoattack_robust_accuracy_after']['square']:.2f}% | {aa['n']} | {source} |")
+    return rows
 
 
 def update_readme(readme: Path, results_dir: Path, check: bool = False) -> bool:
