@@ -13,7 +13,8 @@ from .detector_aware import DetectorAttack, KeepBest
 def soft_inside(z: torch.Tensor, points: torch.Tensor, radius: torch.Tensor, temperature: float) -> torch.Tensor:
     """sigmoid((radius - |z - p|) / (temperature * radius)) (B, m): a differentiable "p is within radius of z"
     for queries z (B, d), points (B, m, d) and radii (B, 1) (Sitawarin & Wagner's soft k-NN, arXiv:1903.08333)."""
-    d = (z.unsqueeze(1) - points).pow(2).sum(-1).add(1e-12).sqrt()                 # (B, m)
+    squared = z.pow(2).sum(1, keepdim=True) + points.pow(2).sum(2) - 2 * torch.einsum("bd,bmd->bm", z, points)
+    d = squared.clamp_min(1e-12).sqrt()                                                # (B, m)
     return torch.sigmoid((radius - d) / (temperature * radius + 1e-6))
 
 
@@ -89,8 +90,9 @@ class GuidePointAttack(DetectorAttack):
                 x = x.detach().requires_grad_(True)
                 with torch.enable_grad():
                     hinge = margin(detector.classifier(x), t, targeted=True).clamp_min(-self.kappa)
-                    latent = sum(self._outside(z, guides[tap][rows].to(z), valid[tap][rows].to(z),
-                                               radius[tap][rows].to(z)) for tap, z in detector.latents(x).items())
+                    latent = sum(self._outside(z, detector.indexes_[tap].embeddings[guides[tap][rows.cpu()]].to(z),
+                                               valid[tap][rows].to(z), radius[tap][rows].to(z))
+                                 for tap, z in detector.latents(x).items())
                     return -torch.autograd.grad((hinge + self.detector_weight * latent).sum(), x)[0]
             self._descend(images, best, objective, torch.arange(len(images), device=images.device))
 
@@ -103,15 +105,16 @@ class GuidePointAttack(DetectorAttack):
     def _refresh(self, detector: Any, x: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, m: int, n: int,
                  guides: dict[str, torch.Tensor], valid: dict[str, torch.Tensor],
                  radius: dict[str, torch.Tensor]) -> None:
-        """Guides (N, m, d), their validity (N, m) and k-th-neighbour radii (N, 1) per tap, rewritten for `rows`."""
+        """Guide indices (N, m) into the tap's index, their validity (N, m) and k-th-neighbour radii (N, 1) per tap,
+        rewritten for `rows` (indices, not embeddings: raw-layer latents of Deep k-NN have thousands of dims)."""
         for tap, z in detector.latents(x).items():
             index = detector.indexes_[tap]
             if tap not in guides:
-                guides[tap] = torch.zeros(n, m, index.embeddings.shape[1])
+                guides[tap] = torch.zeros(n, m, dtype=torch.int64)
                 valid[tap] = torch.zeros(n, m)
                 radius[tap] = torch.ones(n, 1)
             idx = index.class_neighbours(z, targets.cpu(), m)                                 # (R, m)
             dist = index.search(z, min(int(detector.k) + 1, len(index)))[0]                 # (R, k + 1)
-            guides[tap][rows.cpu()] = index.embeddings[idx.clamp_min(0)]
+            guides[tap][rows.cpu()] = idx.clamp_min(0)
             valid[tap][rows.cpu()] = (idx >= 0).float()
             radius[tap][rows.cpu()] = dist[:, int(detector.k) - 1:].mean(1, keepdim=True)
