@@ -12,37 +12,15 @@ from latentdefence.data.base import ImageDataset
 from latentdefence.dld import (CentroidAttack, DeepLatentDefence, EncoderDecoder, EncoderTrainConfig, EnsembleModel,
                                InsertedModel, adaptive_attack, prune_mask, pruned_embeddings, train_encoder)
 from latentdefence.models import StagedModel
+from toy_blobs import blobs as _blobs, tiny_model as _tiny_model, trained_tiny_model
 
 TAPS = ("layer1", "layer2")
 
 
-def _tiny_model() -> StagedModel:
-    return StagedModel([
-        ("layer1", nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))),  # (N, 4, 4, 4)
-        ("layer2", nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))),  # (N, 8, 2, 2)
-        ("logits", nn.Sequential(nn.Flatten(), nn.Linear(32, 3))),
-    ], input_shape=(1, 8, 8), num_classes=3)
-
-
-def _blobs(n: int, seed: int) -> ImageDataset:
-    """Three classes: a bright 4x4 quadrant (top-left, top-right, bottom) plus noise."""
-    gen = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 3
-    images = 0.2 * torch.rand(n, 1, 8, 8, generator=gen)
-    for c, (r, col) in enumerate([(0, 0), (0, 4), (4, 2)]):
-        images[labels == c, :, r:r + 4, col:col + 4] += 0.7
-    return ImageDataset(images.clamp(0, 1), labels, "blobs", "train")
-
-
 @pytest.fixture(scope="module")
 def trained() -> tuple[StagedModel, ImageDataset, dict[str, EncoderDecoder]]:
-    torch.manual_seed(0)
-    model, train = _tiny_model(), _blobs(240, 0)
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(60):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(train.images), train.labels).backward()
-        opt.step()
+    train = _blobs(240, 0)
+    model = trained_tiny_model(train)
     cfg = EncoderTrainConfig(epochs=6, batch_size=60, lr=0.01, eps=0.1, steps=2, step_size=0.05, eps_ramp=0.5, width=4)
     eds = {tap: train_encoder(model, tap, train, latent_dim=3, config=cfg) for tap in TAPS}
     return model, train, eds

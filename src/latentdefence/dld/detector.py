@@ -146,7 +146,9 @@ class KNNDetector(ConformalDetector):
         """Differentiable w.r.t. images: tap -> embedding (B, d) its index searches (what attacks steer)."""
         self._check_fitted("indexes_")
         check_images(images)
-        taps = list(self.indexes_)
+        return self._latents(images, list(self.indexes_))
+
+    def _latents(self, images: torch.Tensor, taps: Sequence[str]) -> dict[str, torch.Tensor]:
         with frozen_eval(self.classifier):
             acts = self.classifier.intermediates(images.to(_device(self.classifier)), taps)
             return {tap: self._project(tap, acts[tap]) for tap in taps}

@@ -50,11 +50,12 @@ def soft_nonconformity(latents: torch.Tensor, index: KNNIndex, classes: torch.Te
                        temperature: float = 0.1, candidates: int | None = None) -> torch.Tensor:
     """Differentiable stand-in (B,) for Eq. 8 on `index`: the neighbour vote with soft membership.
 
-    Each of a query's `candidates` (default 2k) nearest stored points is weighted by
-    sigmoid((tau - d) / (temperature * tau)), tau = the midpoint of its current k-th and (k+1)-th
-    neighbour distances (fixed for the step, as in Sitawarin & Wagner's soft k-NN attack); the score is
-    k * (weighted share of those points whose label differs from `classes`). As temperature -> 0 it
-    is exactly Eq. 8. Memory: B * candidates * d floats.
+    Candidates per query: its `candidates` (default 2k) nearest stored points whose label differs from
+    its class, and the `candidates` nearest of its class (so a query surrounded by other classes still
+    gets a pull toward its class). Each is weighted by sigmoid((tau - d) / (temperature * tau)), tau =
+    the midpoint of the query's current k-th and (k+1)-th neighbour distances (fixed for the step, as in
+    Sitawarin & Wagner's soft k-NN attack); the score is k * (weighted share of candidates whose label
+    differs). As temperature -> 0 it is exactly Eq. 8. Memory: B * 2 * candidates * d floats.
     """
     if latents.ndim != 2 or classes.shape != latents.shape[:1]:
         raise ValueError(f"expected latents (B, d) and classes (B,), got {tuple(latents.shape)} and "
@@ -62,11 +63,30 @@ def soft_nonconformity(latents: torch.Tensor, index: KNNIndex, classes: torch.Te
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     m = min(len(index), max(candidates or 2 * k, k + 1))
-    dist, idx = index.search(latents.detach(), m)                               # (B, m) each, on CPU
+    classes_cpu = classes.detach().cpu()
+    dist, near = index.search(latents.detach(), m)                             # (B, m) each, on CPU
     tau = ((dist[:, k - 1] + dist[:, min(k, m - 1)]) / 2).to(latents).clamp_min(1e-12)  # (B,)
-    points = index.embeddings[idx].to(latents)                                  # (B, m, d)
+    same, same_ok = _nearest_of_class(latents.detach().cpu(), index, classes_cpu, m)  # (B, m) each
+    idx = torch.cat([near, same], 1)                                            # (B, 2m)
+    usable = torch.cat([index.labels[near] != classes_cpu[:, None], same_ok], 1).to(latents)
+    points = index.embeddings[idx].to(latents)                                  # (B, 2m, d)
     squared = (latents.pow(2).sum(1, keepdim=True) + points.pow(2).sum(2)
-               - 2 * torch.einsum("bd,bmd->bm", latents, points))                # (B, m)
-    weight = torch.sigmoid((tau[:, None] - squared.clamp_min(1e-12).sqrt()) / (temperature * tau[:, None]))
-    differ = (index.labels[idx].to(classes.device) != classes[:, None]).to(latents)
+               - 2 * torch.einsum("bd,bmd->bm", latents, points))                # (B, 2m)
+    weight = usable * torch.sigmoid((tau[:, None] - squared.clamp_min(1e-12).sqrt()) / (temperature * tau[:, None]))
+    differ = (index.labels[idx] != classes_cpu[:, None]).to(latents)
     return k * (weight * differ).sum(1) / weight.sum(1).clamp_min(1e-12)
+
+
+def _nearest_of_class(queries: torch.Tensor, index: KNNIndex, classes: torch.Tensor,
+                      m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (B, m) of each query's m nearest stored points labelled its class, and which are real (B, m)."""
+    idx = torch.zeros(len(queries), m, dtype=torch.int64)
+    ok = torch.zeros(len(queries), m, dtype=torch.bool)
+    for c in classes.unique().tolist():
+        rows, members = (classes == c).nonzero().squeeze(1), (index.labels == c).nonzero().squeeze(1)
+        n = min(m, len(members))
+        if n:
+            dist = torch.cdist(queries[rows], index.embeddings[members])           # (b, |members|)
+            idx[rows, :n] = members[dist.topk(n, dim=1, largest=False).indices]
+            ok[rows, :n] = True
+    return idx, ok
