@@ -24,12 +24,11 @@ from torch import nn
 
 from .._io import load_tensors, save_tensors
 from ..attacks.base import frozen_eval
-from ..attacks.soft_knn import soft_inside
 from ..data.base import ImageDataset
 from ..models import TappedModel, create_model
 from .encoders import EncoderDecoder, make_encoder
 from .knn import KNNIndex
-from .nonconformity import calibrate_threshold, credibility, nonconformity
+from .nonconformity import calibrate_threshold, credibility, nonconformity, soft_nonconformity
 from .pruning import pruned_embeddings
 from .training import EncoderTrainConfig, train_encoder
 
@@ -243,29 +242,11 @@ class DeepLatentDefence(KNNDetector):
         return self.encoders_[tap](activation)
 
     def surrogate_score(self, images: torch.Tensor, classes: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-        """Smooth summed non-conformity (B,) if F predicted `classes` (B,); attacks minimise it.
-
-        Per encoder, with r the (detached) midpoint of the k-th and (k+1)-th neighbour distances and s(e) = sigmoid((r - |z - e|) /
-        (temperature * r)) a soft "e is among the k nearest": (k + sum of s over the k neighbours not of the class
-        - sum of s over the k nearest indexed points of the class) / 2. With hard memberships this is Eq. 8's count
-        (the class's points inside the ball are among its k nearest); unlike `soft_nonconformity` (Deep k-NN's),
-        the second sum pulls z toward the class even when none of its points is among the neighbours yet.
-        """
+        """Smooth summed non-conformity (B,) if F predicted `classes` (B,): `soft_nonconformity` (Eq. 8 with soft
+        k-NN membership and a pull toward the class) per encoder, summed as the detector sums; attacks minimise it."""
         check_classes(images, classes)
-        total = torch.zeros(images.shape[0], device=images.device)
-        for tap, z in self.latents(images).items():
-            index = self.indexes_[tap]
-            with torch.no_grad():
-                dist, near = index.search(z.detach(), min(self.k + 1, len(index)))   # (B, k + 1)
-                radius = dist[:, self.k - 1:].mean(1, keepdim=True).to(z)            # (B, 1)
-                near = near[:, :self.k]                                               # (B, k)
-                guides = index.class_neighbours(z.detach(), classes.cpu(), self.k)    # (B, k)
-                other = (index.labels[near] != classes.cpu().unsqueeze(1)).to(z)      # (B, k)
-            inside_other = (soft_inside(z, index.embeddings[near].to(z), radius, temperature) * other).sum(1)
-            inside = soft_inside(z, index.embeddings[guides.clamp_min(0)].to(z), radius, temperature)  # (B, k)
-            inside_class = (inside * (guides >= 0).to(z)).sum(1)
-            total = total + (self.k + inside_other - inside_class).to(total.device) / 2
-        return total
+        return torch.stack([soft_nonconformity(z, self.indexes_[tap], classes.to(z.device), self.k, temperature)
+                            for tap, z in self.latents(images).items()]).sum(0)
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:

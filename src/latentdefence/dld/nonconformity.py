@@ -66,7 +66,8 @@ def soft_nonconformity(latents: torch.Tensor, index: KNNIndex, classes: torch.Te
     classes_cpu = classes.detach().cpu()
     dist, near = index.search(latents.detach(), m)                             # (B, m) each, on CPU
     tau = ((dist[:, k - 1] + dist[:, min(k, m - 1)]) / 2).to(latents).clamp_min(1e-12)  # (B,)
-    same, same_ok = _nearest_of_class(latents.detach().cpu(), index, classes_cpu, m)  # (B, m) each
+    same = index.class_neighbours(latents.detach(), classes_cpu, m)           # (B, m), -1 = no such point
+    same_ok, same = same >= 0, same.clamp_min(0)
     idx = torch.cat([near, same], 1)                                            # (B, 2m)
     usable = torch.cat([index.labels[near] != classes_cpu[:, None], same_ok], 1).to(latents)
     points = index.embeddings[idx].to(latents)                                  # (B, 2m, d)
@@ -76,17 +77,3 @@ def soft_nonconformity(latents: torch.Tensor, index: KNNIndex, classes: torch.Te
     differ = (index.labels[idx] != classes_cpu[:, None]).to(latents)
     return k * (weight * differ).sum(1) / weight.sum(1).clamp_min(1e-12)
 
-
-def _nearest_of_class(queries: torch.Tensor, index: KNNIndex, classes: torch.Tensor,
-                      m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (B, m) of each query's m nearest stored points labelled its class, and which are real (B, m)."""
-    idx = torch.zeros(len(queries), m, dtype=torch.int64)
-    ok = torch.zeros(len(queries), m, dtype=torch.bool)
-    for c in classes.unique().tolist():
-        rows, members = (classes == c).nonzero().squeeze(1), (index.labels == c).nonzero().squeeze(1)
-        n = min(m, len(members))
-        if n:
-            dist = torch.cdist(queries[rows], index.embeddings[members])           # (b, |members|)
-            idx[rows, :n] = members[dist.topk(n, dim=1, largest=False).indices]
-            ok[rows, :n] = True
-    return idx, ok
