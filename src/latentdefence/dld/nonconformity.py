@@ -55,7 +55,8 @@ def soft_nonconformity(latents: torch.Tensor, index: KNNIndex, classes: torch.Te
     gets a pull toward its class). Each is weighted by sigmoid((tau - d) / (temperature * tau)), tau =
     the midpoint of the query's current k-th and (k+1)-th neighbour distances (fixed for the step, as in
     Sitawarin & Wagner's soft k-NN attack); the score is k * (weighted share of candidates whose label
-    differs). As temperature -> 0 it is exactly Eq. 8. Memory: B * 2 * candidates * d floats.
+    differs). As temperature -> 0 it is exactly Eq. 8. Distances to all N stored points come from one
+    (B, d) x (d, N) product, cheaper in time and memory than gathering B * candidates points of a wide layer.
     """
     if latents.ndim != 2 or classes.shape != latents.shape[:1]:
         raise ValueError(f"expected latents (B, d) and classes (B,), got {tuple(latents.shape)} and "
@@ -63,17 +64,16 @@ def soft_nonconformity(latents: torch.Tensor, index: KNNIndex, classes: torch.Te
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     m = min(len(index), max(candidates or 2 * k, k + 1))
-    classes_cpu = classes.detach().cpu()
-    dist, near = index.search(latents.detach(), m)                             # (B, m) each, on CPU
-    tau = ((dist[:, k - 1] + dist[:, min(k, m - 1)]) / 2).to(latents).clamp_min(1e-12)  # (B,)
-    same = index.class_neighbours(latents.detach(), classes_cpu, m)           # (B, m), -1 = no such point
-    same_ok, same = same >= 0, same.clamp_min(0)
-    idx = torch.cat([near, same], 1)                                            # (B, 2m)
-    usable = torch.cat([index.labels[near] != classes_cpu[:, None], same_ok], 1).to(latents)
-    points = index.embeddings[idx].to(latents)                                  # (B, 2m, d)
-    squared = (latents.pow(2).sum(1, keepdim=True) + points.pow(2).sum(2)
-               - 2 * torch.einsum("bd,bmd->bm", latents, points))                # (B, 2m)
-    weight = usable * torch.sigmoid((tau[:, None] - squared.clamp_min(1e-12).sqrt()) / (temperature * tau[:, None]))
-    differ = (index.labels[idx] != classes_cpu[:, None]).to(latents)
+    points, labels = index.embeddings.to(latents), index.labels.to(latents.device)
+    squared = latents.pow(2).sum(1, keepdim=True) + points.pow(2).sum(1) - 2 * latents @ points.T  # (B, N)
+    dist = squared.clamp_min(1e-12).sqrt()
+    with torch.no_grad():
+        near_dist, near = dist.topk(m, dim=1, largest=False)                      # (B, m) ascending
+        tau = ((near_dist[:, k - 1] + near_dist[:, min(k, m - 1)]) / 2).clamp_min(1e-12)  # (B,)
+        own = labels[None, :] == classes[:, None]                                  # (B, N)
+        own_dist, same = dist.masked_fill(~own, float("inf")).topk(m, dim=1, largest=False)  # (B, m)
+        idx = torch.cat([near, same], 1)                                           # (B, 2m)
+        usable = torch.cat([~own.gather(1, near), torch.isfinite(own_dist)], 1).to(latents)
+        differ = (labels[idx] != classes[:, None]).to(latents)
+    weight = usable * torch.sigmoid((tau[:, None] - dist.gather(1, idx)) / (temperature * tau[:, None]))
     return k * (weight * differ).sum(1) / weight.sum(1).clamp_min(1e-12)
-
