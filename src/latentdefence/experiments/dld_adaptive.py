@@ -14,6 +14,7 @@ from a saved artifact (`detector_artifact`); which one is recorded in results.js
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -75,7 +76,9 @@ class DLDAdaptiveConfig:
                                                                     classifier_checkpoint=COMMITTED_CLASSIFIER))
     detector_artifact: str | None = None    # a saved DeepLatentDefence; None: build it from dld's stages
     baselines: tuple[str, ...] = BASELINES
-    baseline_max_train: int | None = 10_000  # training images the baselines fit on
+    baseline_max_train: int | None = None   # training images the baselines are given (None: all)
+    dknn_max_train: int | None = 10_000     # of which Deep k-NN indexes a seeded subset (its cost grows with it)
+    lr_samples: int = 2000                  # training images for Mahalanobis' and LID's logistic regression
     attacks: AdaptiveSettings = AdaptiveSettings()
     fprs: tuple[float, ...] = (0.01, 0.05)
     seed: int = 0
@@ -87,13 +90,14 @@ def adaptive_config(profile: str = "cpu") -> DLDAdaptiveConfig:
     if profile == "paper":
         return base
     if profile == "cpu":
-        return replace(base, profile="cpu", attacks=replace(
+        return replace(base, profile="cpu", dknn_max_train=3000, attacks=replace(
             base.attacks, n=500, pgd_steps=40, pgd_restarts=1, adaptive_steps=50, centroid_steps=50, steps=40,
             restarts=1, n_targets=2, autoattack_steps=50, autoattack_targets=3, square_queries=500, n_masking=100,
             eps_sweep=(0.1, 0.2, 0.3, 0.4, 0.5)))
     if profile == "smoke":
         dld = replace(dld_config("smoke"), classifier_checkpoint=COMMITTED_CLASSIFIER)
-        return replace(base, profile="smoke", dld=dld, baseline_max_train=400, attacks=replace(
+        return replace(base, profile="smoke", dld=dld, baseline_max_train=1000, dknn_max_train=300, lr_samples=500,
+                       attacks=replace(
             base.attacks, n=12, pgd_steps=3, pgd_restarts=1, adaptive_steps=2, centroid_steps=2, alpha2=(15.0,),
             steps=3, restarts=1, n_targets=1, check_every=1, refresh_every=2, autoattack_steps=3,
             autoattack_targets=1, square_queries=5, n_masking=8, eps_sweep=(0.1, 0.3), undefended_max_train=300,
@@ -107,7 +111,7 @@ def run_dld_adaptive(config: DLDAdaptiveConfig, out_dir: str | Path, cache_root:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timer, generator = StageTimer(), seed_everything(config.seed)
-    revision = git_revision()
+    revision, cpu_start = git_revision(), time.process_time()
     a = config.attacks
     with timer.timed("data"):
         train, cal, clean = _data(config.dld)
@@ -144,6 +148,7 @@ def run_dld_adaptive(config: DLDAdaptiveConfig, out_dir: str | Path, cache_root:
         _figures(out, results)
     results.update(settings=asdict(config), seed=config.seed, git_revision=revision, detector_source=source,
                    environment=environment_info(), wall_time_s=timer.wall_time_s,
+                   cpu_time_s=round(time.process_time() - cpu_start, 1),
                    dataset_sizes={"train": len(train), "calibration": len(cal), "clean_eval": len(clean),
                                   "attacked": len(data)})
     write_json(out / "results.json", results)
@@ -181,9 +186,10 @@ def _baselines(config: DLDAdaptiveConfig, classifier: TappedModel, train: ImageD
         return {}
     from .. import detectors as baseline
 
-    make: dict[str, Callable[[], Any]] = {"dknn": lambda: baseline.DeepKNN(classifier),
-                                          "mahalanobis": lambda: baseline.MahalanobisDetector(classifier),
-                                          "lid": lambda: baseline.LIDDetector(classifier)}
+    make: dict[str, Callable[[], Any]] = {"dknn": lambda: baseline.DeepKNN(classifier, max_train=config.dknn_max_train),
+                                          "mahalanobis": lambda: baseline.MahalanobisDetector(
+                                              classifier, lr_samples=config.lr_samples),
+                                          "lid": lambda: baseline.LIDDetector(classifier, lr_samples=config.lr_samples)}
     unknown = set(config.baselines) - set(make)
     if unknown:
         raise ValueError(f"unknown baseline detectors {sorted(unknown)}; choose from {sorted(make)}")
@@ -390,7 +396,8 @@ def _write_report(path: Path, config: DLDAdaptiveConfig, results: dict[str, Any]
               f"DLD robustness {100 * tr['dld_robustness_transfer']:.2f}% vs {100 * tr['dld_robustness_white_box']:.2f}% "
               "white-box.", "",
               "Settings: " + ", ".join(f"{k} {v}" for k, v in asdict(a).items()), "",
-              "Wall time (s): " + ", ".join(f"{k} {v}" for k, v in results["wall_time_s"].items()), ""]
+              "Wall time (s): " + ", ".join(f"{k} {v}" for k, v in results["wall_time_s"].items())
+              + f"; total {sum(results['wall_time_s'].values()):.0f} s wall, {results['cpu_time_s']:.0f} s CPU.", ""]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines))
 
