@@ -350,7 +350,8 @@ def _figures(out: Path, results: dict[str, Any]) -> None:
                 ax.plot(row["roc"]["fpr"], row["roc"]["tpr"], label=f"{attack} ({row['roc_auc']:.3f})")
         ax.plot([0, 1], [0, 1], ":", color="grey")
         ax.set(xlabel="FPR (clean)", ylabel="TPR (misclassified adv.)", title=f"{name} ROC")
-        ax.legend(fontsize=7, loc="lower right")
+        if len(ax.lines) > 1:
+            ax.legend(fontsize=7, loc="lower right")
     _save(fig, out / "roc.png")
 
 
