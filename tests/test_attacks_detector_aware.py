@@ -13,8 +13,8 @@ from latentdefence.attacks import (PGD, AutoAttack, GuidePointAttack, KeepBest, 
 from latentdefence.data.base import ImageDataset
 from latentdefence.dld import DeepLatentDefence, Detection, EncoderTrainConfig, KNNIndex, train_encoder
 from latentdefence.dld.nonconformity import nonconformity
-from latentdefence.models import StagedModel
 from test_attacks_fixtures import tiny_batch, tiny_model
+from toy_blobs import blobs, trained_tiny_model
 
 
 class NeverFlags:
@@ -157,33 +157,14 @@ def test_autoattack_books_only_still_robust_inputs_and_never_loses_a_break() -> 
     assert (result.norms <= 0.08 + 1e-6).all()
 
 
-def _blobs(n: int, seed: int) -> ImageDataset:
-    gen = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 3
-    images = 0.2 * torch.rand(n, 1, 8, 8, generator=gen)
-    for c, (r, col) in enumerate([(0, 0), (0, 4), (4, 2)]):
-        images[labels == c, :, r:r + 4, col:col + 4] += 0.7
-    return ImageDataset(images.clamp(0, 1), labels, "blobs", "train")
-
-
 @pytest.fixture(scope="module")
 def tiny_dld() -> tuple[DeepLatentDefence, ImageDataset]:
-    torch.manual_seed(0)
-    model = StagedModel([
-        ("layer1", nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))),
-        ("layer2", nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))),
-        ("logits", nn.Sequential(nn.Flatten(), nn.Linear(32, 3))),
-    ], input_shape=(1, 8, 8), num_classes=3)
-    train = _blobs(240, 0)
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(60):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(train.images), train.labels).backward()
-        opt.step()
+    train = blobs(240, 0)
+    model = trained_tiny_model(train)
     cfg = EncoderTrainConfig(epochs=6, batch_size=60, lr=0.01, eps=0.1, steps=2, step_size=0.05, eps_ramp=0.5, width=4)
     eds = {tap: train_encoder(model, tap, train, latent_dim=3, config=cfg) for tap in ("layer1", "layer2")}
-    det = DeepLatentDefence(model.eval(), ("layer1", "layer2"), k=5, latent_dim=3, encoders=eds).fit(train)
-    return det.calibrate(_blobs(90, 1), target_fpr=0.05), _blobs(30, 2)
+    det = DeepLatentDefence(model, ("layer1", "layer2"), k=5, latent_dim=3, encoders=eds).fit(train)
+    return det.calibrate(blobs(90, 1), target_fpr=0.05), blobs(30, 2)
 
 
 def test_dld_surrogate_is_eq8_at_low_temperature_and_has_gradient(tiny_dld) -> None:
