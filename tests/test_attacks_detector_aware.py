@@ -47,6 +47,16 @@ def test_with_a_detector_that_flags_nothing_the_attack_matches_pgd(attack) -> No
         assert torch.equal(result.success, model(result.images).argmax(1) != y)
 
 
+def test_a_start_that_already_evades_is_kept() -> None:
+    model = tiny_model()
+    x, y = tiny_batch(64)
+    pgd = PGD(0.08, 0.01, 20, generator=torch.Generator().manual_seed(0))(model, x, y)
+    result = SelectivePGD(0.08, 0.001, 1)(NeverFlags(model), x, y, starts=pgd.images)
+    assert result.success[pgd.success].all()
+    with pytest.raises(ValueError, match="starts must be shaped like images"):
+        SelectivePGD(0.08)(NeverFlags(model), x, y, starts=x[:3])
+
+
 class ToyKNN:
     """F reads pixel 0 only (class 1 iff it exceeds 0.45); the detector's k-NN reads all four pixels.
 

@@ -90,29 +90,40 @@ class DetectorAttack(Attack):
     generator: torch.Generator | None
 
     def __call__(self, detector: Detector, images: torch.Tensor, labels: torch.Tensor,  # type: ignore[override]
-                 targets: torch.Tensor | None = None) -> AttackResult:
+                 targets: torch.Tensor | None = None, *, starts: torch.Tensor | None = None) -> AttackResult:
+        """`starts` (optional, shaped like images): where the first run begins instead of a random point, e.g.
+        another attack's output (projected into this attack's ball); they are judged by the detector first."""
         check_inputs(images, labels, targets, False)
+        if starts is not None and starts.shape != images.shape:
+            raise ValueError(f"starts must be shaped like images {tuple(images.shape)}, got {tuple(starts.shape)}")
         if images.shape[0] == 0:
             empty = torch.zeros(0, device=images.device)
             return AttackResult(images.detach().clone(), empty.bool(), empty, labels.clone())
+        starts = None if starts is None else project(starts.detach(), images, self.eps, self.norm)
         with frozen_eval(detector.classifier):
             best = KeepBest(detector, images, labels)
-            self.evade(detector, images.detach().clone(), labels.detach().clone(), best)
+            if starts is not None:
+                best.update(starts, torch.arange(len(images), device=images.device))
+            self.evade(detector, images.detach().clone(), labels.detach().clone(), best, starts)
         return best.result(images, self.norm)
 
-    def evade(self, detector: Detector, images: torch.Tensor, labels: torch.Tensor, best: KeepBest) -> None:
-        """Drive `best` toward evading iterates."""
+    def evade(self, detector: Detector, images: torch.Tensor, labels: torch.Tensor, best: KeepBest,
+              starts: torch.Tensor | None) -> None:
+        """Drive `best` toward evading iterates (first runs from `starts` when given)."""
         raise NotImplementedError
 
-    def _descend(self, images: torch.Tensor, best: KeepBest, objective: Objective, rows: torch.Tensor) -> None:
-        """`restarts` runs of projected steepest ascent on `objective` over `rows`; every `check_every` steps
-        (and at the end) the detector decides, and inputs that evade leave the batch."""
-        for _ in range(self.restarts):
+    def _descend(self, images: torch.Tensor, best: KeepBest, objective: Objective, rows: torch.Tensor,
+                 starts: torch.Tensor | None) -> None:
+        """`restarts` runs of projected steepest ascent on `objective` over `rows` (the first from `starts` when
+        given, the others from random points); every `check_every` steps (and at the end) the detector decides,
+        and inputs that evade leave the batch."""
+        for restart in range(self.restarts):
             rows = rows[~best.evaded[rows.cpu()].to(rows.device)]
             if rows.numel() == 0:
                 return
             x0 = images[rows]
-            x = random_start(x0, self.eps, self.norm, self.generator)
+            x = starts[rows] if restart == 0 and starts is not None else random_start(x0, self.eps, self.norm,
+                                                                                        self.generator)
             for step in range(self.steps):
                 grad = objective(x, rows, step)
                 with torch.no_grad():
@@ -142,7 +153,8 @@ class _SurrogatePGD(DetectorAttack):
         self.check_every = check_every
         self.generator = generator
 
-    def evade(self, detector: Detector, images: torch.Tensor, labels: torch.Tensor, best: KeepBest) -> None:
+    def evade(self, detector: Detector, images: torch.Tensor, labels: torch.Tensor, best: KeepBest,
+              starts: torch.Tensor | None) -> None:
         def objective(x: torch.Tensor, rows: torch.Tensor, step: int) -> torch.Tensor:
             x = x.detach().requires_grad_(True)
             with torch.enable_grad():
@@ -152,7 +164,7 @@ class _SurrogatePGD(DetectorAttack):
                 classifier_loss = cross_entropy(logits, labels[rows])                       # ascend
                 detector_loss = -detector.surrogate_score(x, pred)                          # ascend
                 return self._combine(x, classifier_loss, detector_loss, fooled)
-        self._descend(images, best, objective, torch.arange(len(images), device=images.device))
+        self._descend(images, best, objective, torch.arange(len(images), device=images.device), starts)
 
     def _combine(self, x: torch.Tensor, classifier_loss: torch.Tensor, detector_loss: torch.Tensor,
                  fooled: torch.Tensor) -> torch.Tensor:

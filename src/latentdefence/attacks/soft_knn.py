@@ -72,7 +72,8 @@ class GuidePointAttack(DetectorAttack):
         self.check_every = check_every
         self.generator = generator
 
-    def evade(self, detector: Any, images: torch.Tensor, labels: torch.Tensor, best: KeepBest) -> None:
+    def evade(self, detector: Any, images: torch.Tensor, labels: torch.Tensor, best: KeepBest,
+              starts: torch.Tensor | None) -> None:
         with torch.no_grad():
             logits = detector.classifier(images)
         ranked = logits.scatter(1, labels[:, None], -float("inf")).argsort(dim=1, descending=True)  # (N, K)
@@ -94,7 +95,7 @@ class GuidePointAttack(DetectorAttack):
                                                valid[tap][rows].to(z), radius[tap][rows].to(z))
                                  for tap, z in detector.latents(x).items())
                     return -torch.autograd.grad((hinge + self.detector_weight * latent).sum(), x)[0]
-            self._descend(images, best, objective, torch.arange(len(images), device=images.device))
+            self._descend(images, best, objective, torch.arange(len(images), device=images.device), starts)
 
     def _outside(self, z: torch.Tensor, guides: torch.Tensor, valid: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
         """Mean over a row's valid guides of 1 - soft_inside (R,); 0 where the target class has no point here."""

@@ -136,8 +136,9 @@ def run_dld_adaptive(config: DLDAdaptiveConfig, out_dir: str | Path, cache_root:
             with timer.timed("attack_adaptive_paper"):
                 per_detector[name]["adaptive_paper"] = _paper_adaptive(config, dld, encoders, data, generator)
         for attack_name, attack in _detector_attacks(config, det, generator).items():
+            starts = sets["autoattack"] if attack_name == "selective" else None   # F already fooled: hide it
             with timer.timed(f"attack_{attack_name}_{name}"):
-                per_detector[name][attack_name] = _on_detector(attack, det, data, a.batch_size)
+                per_detector[name][attack_name] = _on_detector(attack, det, data, a.batch_size, starts)
     with timer.timed("evaluate"):
         results = _evaluate(config, detectors, cal, clean, data, per_detector)
         results["classifier_alone"] = {"autoattack_robust_accuracy_after": robust_after, "n": len(data)}
@@ -214,8 +215,12 @@ def _on_classifier(attack: Attack, classifier: TappedModel, data: ImageDataset, 
     return _batched(lambda x, y: attack(classifier, x, y).images, data, batch_size, type(attack).__name__)
 
 
-def _on_detector(attack: DetectorAttack, det: Any, data: ImageDataset, batch_size: int) -> torch.Tensor:
-    return _batched(lambda x, y: attack(det, x, y).images, data, batch_size, type(attack).__name__)
+def _on_detector(attack: DetectorAttack, det: Any, data: ImageDataset, batch_size: int,
+                 starts: torch.Tensor | None = None) -> torch.Tensor:
+    """The attack in batches, its first run from `starts` (N, C, H, W) when given."""
+    return torch.cat([attack(det, data.images[i:i + batch_size], data.labels[i:i + batch_size],
+                             starts=None if starts is None else starts[i:i + batch_size]).images
+                      for i in range(0, len(data), batch_size)])
 
 
 def _autoattack(attack: AutoAttack, classifier: TappedModel, data: ImageDataset,
