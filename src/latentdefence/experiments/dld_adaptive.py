@@ -371,6 +371,9 @@ def _write_report(path: Path, config: DLDAdaptiveConfig, results: dict[str, Any]
              f"DLD source: {src['kind']} {src.get('path') or src.get('encoders_dir')}. git {results['git_revision']}.",
              "", "Robustness = classified correctly, or misclassified and flagged (DLD's definition). "
              "SR = undetected success rate (misclassified and not flagged).", ""]
+    if "adaptive_paper" not in results["detectors"]["dld"]["attacks"]:
+        lines += ["**The paper's adaptive attack was not run**: no encoder-decoders (`encoders.safetensors`) beside the "
+                  "artifact, and it needs the decoders; DLD's 'paper's attacks' row is PGD alone.", ""]
     for name, res in results["detectors"].items():
         lines += [f"## {name}", "", f"Clean FP {100 * res['clean']['fpr']:.2f}% (n {res['clean']['n']}), "
                   f"threshold {res['threshold']:g}.", "",
