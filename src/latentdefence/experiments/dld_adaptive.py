@@ -295,9 +295,11 @@ def _masking(config: DLDAdaptiveConfig, det: DeepLatentDefence, encoders: dict[s
         v = verdicts(det, images)
         return float((~((v.predicted != sub.labels) & ~v.flagged)).float().mean())
 
+    starts = sets["autoattack"][:len(sub)] if strongest == "selective" else None   # as in the main run
     more = {"attack": strongest, "budget": robustness(sets[strongest][:len(sub)]),
-            "double_steps_and_restarts": robustness(_on_detector(doubled, det, sub, a.batch_size))}
-    sweep: dict[str, Any] = {"eps": list(a.eps_sweep), "attack": strongest, "dld": [], "classifier_alone": []}
+            "double_steps_and_restarts": robustness(_on_detector(doubled, det, sub, a.batch_size, starts))}
+    sweep: dict[str, Any] = {"eps": list(a.eps_sweep), "attack": f"{strongest} (random start)", "dld": [],
+                             "classifier_alone": []}
     for eps in a.eps_sweep:
         attack = type(base)(**{**base.params, "eps": eps, "step_size": 2.5 * eps / a.steps, "generator": generator})
         sweep["dld"].append(robustness(_on_detector(attack, det, sub, a.batch_size)))
