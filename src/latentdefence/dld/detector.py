@@ -231,8 +231,7 @@ class DeepLatentDefence(KNNDetector):
         eds = {tap: eds[tap].to(_device(self.classifier)) for tap in taps}
         data = pruned_embeddings(self.classifier, eds, train, self.batch_size)
         self.encoders_ = nn.ModuleDict({tap: eds[tap].encoder for tap in taps}).eval()
-        self.encoder_specs_ = {tap: {"shape": list(eds[tap].shape), "latent_dim": eds[tap].latent_dim,
-                                     "width": eds[tap].width} for tap in taps}
+        self.encoder_specs_ = {tap: eds[tap].spec() for tap in taps}
         self._build_indexes(data)
         self.pruned_ = {tap: len(train) - len(data[tap][1]) for tap in taps}
         return self
@@ -284,7 +283,7 @@ class DeepLatentDefence(KNNDetector):
                 raise ValueError(f"{path}: no classifier architecture recorded; pass classifier=")
             classifier = create_model(arch["arch"], **arch["arch_kwargs"])
         classifier.load_state_dict(_strip(tensors, "classifier."))
-        training = EncoderTrainConfig(**params.pop("training")) if params.get("training") else None
+        training = _training_config(params.pop("training", None))
         det = cls(classifier, **{**params, "training": training})
         det.encoder_specs_ = meta["encoders"]
         device = next(classifier.parameters()).device
@@ -299,11 +298,17 @@ class DeepLatentDefence(KNNDetector):
         return det
 
 
+def _training_config(saved: Mapping[str, object] | None) -> EncoderTrainConfig | None:
+    """The saved settings; artifacts older than the `pairing` setting were trained with legacy pairing."""
+    return EncoderTrainConfig(**{"pairing": "legacy", **saved}) if saved else None
+
+
 def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def _encoder(spec: Mapping[str, object], state: Mapping[str, torch.Tensor]) -> nn.Module:
-    enc = make_encoder(spec["shape"], spec["latent_dim"], spec["width"])  # type: ignore[arg-type]
+    """An encoder rebuilt from its saved spec; artifacts older than `depth` hold depth-1 encoders."""
+    enc = make_encoder(spec["shape"], spec["latent_dim"], spec["width"], spec.get("depth", 1))  # type: ignore[arg-type]
     enc.load_state_dict(state)
     return enc

@@ -209,11 +209,11 @@ def calibration_split(test: ImageDataset, n_calibration: int = 750, seed: int = 
 
 def _classifier(config: DLDExperimentConfig, train: ImageDataset, root: Path | None) -> tuple[TappedModel, str]:
     """F from the given checkpoint, else adversarially trained once and cached."""
-    from ..training import TrainConfig, load_checkpoint, train_classifier
+    from ..training import TrainConfig, checkpoint_digest, load_checkpoint, train_classifier
 
-    if config.classifier_checkpoint:
+    if config.classifier_checkpoint:  # keyed by content: the same weights reuse caches from any path
         model = load_checkpoint(config.classifier_checkpoint)[0]
-        return model, settings_key({"checkpoint": config.classifier_checkpoint})
+        return model.eval(), settings_key({"checkpoint_sha256": checkpoint_digest(config.classifier_checkpoint)})
     cs = config.classifier
     # images past max_train (5k of them) are held out to guard against catastrophic overfitting, as `train` does
     val = train.subset(slice(cs.max_train, cs.max_train + 5000)) if cs.max_train and cs.max_train < len(train) else None
