@@ -85,10 +85,11 @@ class DLDAdaptiveConfig:
 
 
 def adaptive_config(profile: str = "cpu") -> DLDAdaptiveConfig:
-    """The named profile: paper (GPU budgets), cpu (~30 min on one core, n = 500), smoke (seconds)."""
+    """The named profile: paper (GPU budgets, DLD's paper profile), cpu (DLD's cpu profile on the committed
+    classifier; ~30-40 min on one core, n = 500), smoke (seconds; numbers meaningless)."""
     base = DLDAdaptiveConfig()
     if profile == "paper":
-        return base
+        return replace(base, dld=dld_config("paper"))   # DLD and its classifier at the paper's settings (a GPU job)
     if profile == "cpu":
         return replace(base, profile="cpu", dknn_max_train=3000, attacks=replace(
             base.attacks, n=500, pgd_steps=40, pgd_restarts=1, adaptive_steps=50, centroid_steps=50, steps=40,
