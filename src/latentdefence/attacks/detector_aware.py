@@ -107,6 +107,22 @@ class DetectorAttack(Attack):
             self.evade(detector, images.detach().clone(), labels.detach().clone(), best, starts)
         return best.result(images, self.norm)
 
+    def _store_threat_model(self, eps: float, step_size: float | None, steps: int, norm: str, restarts: int,
+                            check_every: int, generator: torch.Generator | None) -> None:
+        """Check and store the settings every detector attack shares (step size default: Madry's 2.5 eps / steps)."""
+        if norm not in ("linf", "l2"):
+            raise ValueError(f"{type(self).__name__} supports norm 'linf' or 'l2', got {norm!r}")
+        if eps < 0 or steps < 1 or restarts < 1 or check_every < 1:
+            raise ValueError(f"need eps >= 0 and steps, restarts, check_every >= 1; got {eps}, {steps}, "
+                             f"{restarts}, {check_every}")
+        self.eps = eps
+        self.step_size = 2.5 * eps / steps if step_size is None else step_size
+        self.steps = steps
+        self.norm = norm
+        self.restarts = restarts
+        self.check_every = check_every
+        self.generator = generator
+
     def evade(self, detector: Detector, images: torch.Tensor, labels: torch.Tensor, best: KeepBest,
               starts: torch.Tensor | None) -> None:
         """Drive `best` toward evading iterates (first runs from `starts` when given)."""
@@ -140,18 +156,7 @@ class _SurrogatePGD(DetectorAttack):
 
     def __init__(self, eps: float, step_size: float | None = None, steps: int = 100, *, norm: str = "linf",
                  restarts: int = 1, check_every: int = 5, generator: torch.Generator | None = None) -> None:
-        if norm not in ("linf", "l2"):
-            raise ValueError(f"{type(self).__name__} supports norm 'linf' or 'l2', got {norm!r}")
-        if eps < 0 or steps < 1 or restarts < 1 or check_every < 1:
-            raise ValueError(f"need eps >= 0 and steps, restarts, check_every >= 1; got {eps}, {steps}, "
-                             f"{restarts}, {check_every}")
-        self.eps = eps
-        self.step_size = 2.5 * eps / steps if step_size is None else step_size
-        self.steps = steps
-        self.norm = norm
-        self.restarts = restarts
-        self.check_every = check_every
-        self.generator = generator
+        self._store_threat_model(eps, step_size, steps, norm, restarts, check_every, generator)
 
     def evade(self, detector: Detector, images: torch.Tensor, labels: torch.Tensor, best: KeepBest,
               starts: torch.Tensor | None) -> None:

@@ -52,25 +52,16 @@ class GuidePointAttack(DetectorAttack):
                  n_targets: int = 3, m: int | None = None, refresh_every: int = 10, temperature: float = 0.1,
                  kappa: float = 5.0, detector_weight: float = 1.0, restarts: int = 1, check_every: int = 5,
                  generator: torch.Generator | None = None) -> None:
-        if norm not in ("linf", "l2"):
-            raise ValueError(f"GuidePointAttack supports norm 'linf' or 'l2', got {norm!r}")
-        if eps < 0 or min(steps, n_targets, refresh_every, restarts, check_every) < 1 or (m is not None and m < 1):
-            raise ValueError("need eps >= 0 and steps, n_targets, m, refresh_every, restarts, check_every >= 1")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.eps = eps
-        self.step_size = 2.5 * eps / steps if step_size is None else step_size
-        self.steps = steps
-        self.norm = norm
+        self._store_threat_model(eps, step_size, steps, norm, restarts, check_every, generator)
+        if min(n_targets, refresh_every) < 1 or (m is not None and m < 1) or temperature <= 0:
+            raise ValueError(f"need n_targets, m, refresh_every >= 1 and temperature > 0; got {n_targets}, {m}, "
+                             f"{refresh_every}, {temperature}")
         self.n_targets = n_targets
         self.m = m
         self.refresh_every = refresh_every
         self.temperature = temperature
         self.kappa = kappa
         self.detector_weight = detector_weight
-        self.restarts = restarts
-        self.check_every = check_every
-        self.generator = generator
 
     def evade(self, detector: Any, images: torch.Tensor, labels: torch.Tensor, best: KeepBest,
               starts: torch.Tensor | None) -> None:
