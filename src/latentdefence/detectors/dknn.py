@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -10,6 +11,7 @@ from ..data.base import ImageDataset
 from ..dld.detector import KNNDetector, check_classes
 from ..dld.nonconformity import soft_nonconformity
 from ..models import TappedModel
+from .artifact import load_detector, save_detector
 
 
 class DeepKNN(KNNDetector):
@@ -73,8 +75,23 @@ class DeepKNN(KNNDetector):
 
     def surrogate_score(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Soft non-conformity (B,) summed over taps if F predicted `classes`; differentiable, higher = flagged."""
-        check_classes(images, classes)
         latents = self.latents(images)
+        check_classes(images, classes)
         classes = classes.to(next(iter(latents.values())).device)
         return torch.stack([soft_nonconformity(z, self.indexes_[tap], classes, self.k, self.surrogate_temperature,
                                                self.surrogate_candidates) for tap, z in latents.items()]).sum(0)
+
+    def save(self, path: str | Path) -> None:
+        """One atomic safetensors file: F's weights, each tap's indexed activations and labels, the calibration."""
+        self._check_fitted("indexes_")
+        state = {f"index.{tap}.{part}": getattr(index, part) for tap, index in self.indexes_.items()
+                 for part in ("embeddings", "labels")}
+        save_detector(self, path, state, {"taps": list(self.indexes_)})
+
+    @classmethod
+    def load(cls, path: str | Path, classifier: TappedModel | None = None) -> "DeepKNN":
+        """Rebuild a saved detector; F comes from the registry by name unless `classifier` is given."""
+        det, tensors, fitted = load_detector(cls, path, classifier)
+        det._build_indexes({tap: (tensors[f"index.{tap}.embeddings"], tensors[f"index.{tap}.labels"])
+                            for tap in fitted["taps"]})
+        return det

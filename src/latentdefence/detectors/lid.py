@@ -37,6 +37,8 @@ class LIDDetector(LayerScoreDetector):
     Shapes: images (N, C, H, W) in [0, 1]; per-layer LIDs (N,).
     """
 
+    per_tap_state = ("reference_",)
+
     def __init__(self, classifier: TappedModel, taps: Sequence[str] | None = None, *, k: int = 20,
                  reference_size: int = 100, attack: Attack | None = None, lr_samples: int = 2000, seed: int = 0,
                  batch_size: int = 256) -> None:

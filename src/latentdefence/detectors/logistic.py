@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -12,7 +13,9 @@ from ..attacks import FGSM, Attack
 from ..attacks.base import frozen_eval
 from ..data.base import ImageDataset
 from ..dld.detector import ConformalDetector, check_classes, check_images
+from ..dld.evaluate import roc_auc
 from ..models import TappedModel
+from .artifact import load_detector, save_detector
 
 
 class LogisticCombiner:
@@ -79,14 +82,17 @@ class LayerScoreDetector(ConformalDetector):
     A subclass sets ``classifier``, ``taps``, ``attack``, ``lr_samples``, ``seed``, ``batch_size``, and
     implements ``_fit_layers(data)`` (its per-layer statistics) and ``_layer_score(tap, activation)``
     (B,), higher = more suspicious, differentiable. The score thresholded is the combiner's logit.
+    ``fit`` records ``lr_examples_`` (fooled training images used) and ``lr_train_auc_`` (the regression's
+    in-sample ROC AUC, adversarial vs their own clean originals: how much it could learn at all).
     """
 
-    classifier: TappedModel
     taps: Sequence[str] | None
     attack: Attack | None
     lr_samples: int
     seed: int
     batch_size: int
+
+    per_tap_state: tuple[str, ...] = ()   # fitted attributes holding tap -> tensor, saved with the artifact
 
     def _fit_layers(self, data: ImageDataset) -> None:
         raise NotImplementedError
@@ -105,7 +111,8 @@ class LayerScoreDetector(ConformalDetector):
         for tap in self.taps_:
             self.classifier.check_tap(tap)
         if not 0 < self.lr_samples < len(train):
-            raise ValueError(f"lr_samples must be in 1..{len(train) - 1} (training set size - 1), got {self.lr_samples}")
+            raise ValueError(f"lr_samples must be in 1..{len(train) - 1} (training set size - 1), "
+                             f"got {self.lr_samples}")
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed))
         self._fit_layers(train.subset(order[self.lr_samples:]))
         attack = self.attack if self.attack is not None else FGSM(eps=0.3)
@@ -116,6 +123,9 @@ class LayerScoreDetector(ConformalDetector):
         labels = torch.cat([torch.zeros(2 * m, dtype=torch.int64), torch.ones(m, dtype=torch.int64)])
         self.combiner_ = LogisticCombiner().fit(features, labels)
         self.lr_examples_ = m
+        with torch.no_grad():
+            logits = self.combiner_(features)
+        self.lr_train_auc_ = roc_auc(logits[2 * m:], logits[:m])  # adversarial vs their clean originals, in-sample
         return self
 
     def _pass(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +145,8 @@ class LayerScoreDetector(ConformalDetector):
 
     def _scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Batched `_exact_layer_scores` on CPU."""
-        parts = [self._exact_layer_scores(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
+        step = self.batch_size
+        parts = [self._exact_layer_scores(images[i:i + step]) for i in range(0, len(images), step)]
         return torch.cat([p[0].cpu() for p in parts]), torch.cat([p[1].cpu() for p in parts])
 
     def nonconformity(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -154,3 +165,25 @@ class LayerScoreDetector(ConformalDetector):
         check_images(images)
         check_classes(images, classes)
         return self.combiner_(self._pass(images)[1])
+
+    def save(self, path: str | Path) -> None:
+        """One atomic safetensors file: F's weights, per-layer statistics, the regression, the calibration."""
+        self._check_fitted("combiner_")
+        state = {f"{attr}{tap}": t for attr in self.per_tap_state for tap, t in getattr(self, attr).items()}
+        state.update({f"combiner.{name}": getattr(self.combiner_, name) for name in ("mean_", "scale_", "coef_")})
+        save_detector(self, path, state, {"taps": self.taps_, "intercept": self.combiner_.intercept_,
+                                          "lr_examples": self.lr_examples_, "lr_train_auc": self.lr_train_auc_})
+
+    @classmethod
+    def load(cls, path: str | Path, classifier: TappedModel | None = None) -> "LayerScoreDetector":
+        """Rebuild a saved detector; F comes from the registry by name unless `classifier` is given."""
+        det, tensors, fitted = load_detector(cls, path, classifier)
+        det.taps_ = fitted["taps"]
+        for attr in cls.per_tap_state:
+            setattr(det, attr, {tap: tensors[f"{attr}{tap}"] for tap in det.taps_})
+        det.combiner_ = LogisticCombiner()
+        for name in ("mean_", "scale_", "coef_"):
+            setattr(det.combiner_, name, tensors[f"combiner.{name}"])
+        det.combiner_.intercept_ = fitted["intercept"]
+        det.lr_examples_, det.lr_train_auc_ = fitted["lr_examples"], fitted["lr_train_auc"]
+        return det

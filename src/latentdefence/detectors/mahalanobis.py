@@ -40,6 +40,8 @@ class MahalanobisDetector(LayerScoreDetector):
     Shapes: images (N, C, H, W) in [0, 1]; per-layer scores (N,).
     """
 
+    per_tap_state = ("means_", "precisions_")
+
     def __init__(self, classifier: TappedModel, taps: Sequence[str] | None = None, *, noise: float = 0.0,
                  max_train: int | None = 20_000, attack: Attack | None = None, lr_samples: int = 2000,
                  seed: int = 0, batch_size: int = 256) -> None:

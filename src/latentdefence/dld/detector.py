@@ -51,8 +51,11 @@ class ConformalDetector:
 
     A subclass implements ``nonconformity(images) -> (F's predictions (N,), score (N,), per-layer scores)``
     with higher scores more suspicious; this class turns it into a threshold calibrated on held-out clean
-    data, conformal credibility, ``predict``, ``score_samples`` and ``decision_function``.
+    data, conformal credibility, ``predict``, ``score_samples`` and ``decision_function``, and the parts of
+    an artifact every detector shares (F's weights and registry name, the calibration).
     """
+
+    classifier: TappedModel
 
     def nonconformity(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """(F's predictions (N,), score (N,), per-layer scores): the subclass's detector score."""
@@ -87,6 +90,33 @@ class ConformalDetector:
             step = "calibrate()" if attr == "threshold_" else "fit()"
             raise RuntimeError(f"{type(self).__name__} is not ready: call {step} first")
 
+    def _artifact(self) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+        """What every detector artifact holds: F's weights and registry name, the calibration if done."""
+        tensors = {f"classifier.{k}": v for k, v in self.classifier.state_dict().items()}
+        if hasattr(self, "threshold_"):
+            tensors["calibration_scores"] = self.calibration_scores_
+        meta = {"threshold": getattr(self, "threshold_", None), "target_fpr": getattr(self, "target_fpr_", None),
+                "classifier": {"arch": getattr(self.classifier, "arch", None),
+                               "arch_kwargs": getattr(self.classifier, "arch_kwargs", {})}}
+        return tensors, meta
+
+    @staticmethod
+    def _artifact_classifier(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, object],
+                             classifier: TappedModel | None) -> TappedModel:
+        """F with the saved weights: the given module, else rebuilt from the registry by name."""
+        if classifier is None:
+            arch = meta["classifier"]
+            if not arch["arch"]:  # type: ignore[index]
+                raise ValueError(f"{path}: no classifier architecture recorded; pass classifier=")
+            classifier = create_model(arch["arch"], **arch["arch_kwargs"])  # type: ignore[index]
+        classifier.load_state_dict(_strip(tensors, "classifier."))
+        return classifier
+
+    def _restore_calibration(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, object]) -> None:
+        if meta["threshold"] is not None:
+            self.calibration_scores_ = tensors["calibration_scores"]
+            self.threshold_, self.target_fpr_ = meta["threshold"], meta["target_fpr"]
+
 
 class KNNDetector(ConformalDetector):
     """A detector scoring by Eq. 8 over one k-NN index per tap of F (DLD; Deep k-NN on raw layers).
@@ -95,7 +125,6 @@ class KNNDetector(ConformalDetector):
     how a tap's activation becomes the embedding its index holds (``_project``).
     """
 
-    classifier: TappedModel
     k: int
     knn_backend: str
     knn_algorithm: str
@@ -251,18 +280,13 @@ class DeepLatentDefence(KNNDetector):
     def save(self, path: str | Path) -> None:
         """One atomic safetensors file: F's and the encoders' weights, indexes, calibration (if done); JSON metadata."""
         self._check_fitted("indexes_")
-        tensors = {f"classifier.{k}": v for k, v in self.classifier.state_dict().items()}
+        tensors, meta = self._artifact()
         for tap, enc in self.encoders_.items():
             tensors.update({f"encoder.{tap}.{k}": v for k, v in enc.state_dict().items()})
             tensors[f"index.{tap}.embeddings"] = self.indexes_[tap].embeddings
             tensors[f"index.{tap}.labels"] = self.indexes_[tap].labels
-        if hasattr(self, "threshold_"):
-            tensors["calibration_scores"] = self.calibration_scores_
-        meta = {"format": FORMAT, "params": self._params(), "encoders": self.encoder_specs_,
-                "threshold": getattr(self, "threshold_", None), "target_fpr": getattr(self, "target_fpr_", None),
-                "pruned": self.pruned_,
-                "classifier": {"arch": getattr(self.classifier, "arch", None),
-                               "arch_kwargs": getattr(self.classifier, "arch_kwargs", {})}}
+        meta.update({"format": FORMAT, "params": self._params(), "encoders": self.encoder_specs_,
+                     "pruned": self.pruned_})
         save_tensors(path, tensors, meta)
 
     def _params(self) -> dict[str, object]:
@@ -277,12 +301,7 @@ class DeepLatentDefence(KNNDetector):
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path}: not a DLD detector artifact (format {meta.get('format')!r})")
         params = dict(meta["params"])
-        if classifier is None:
-            arch = meta["classifier"]
-            if not arch["arch"]:
-                raise ValueError(f"{path}: no classifier architecture recorded; pass classifier=")
-            classifier = create_model(arch["arch"], **arch["arch_kwargs"])
-        classifier.load_state_dict(_strip(tensors, "classifier."))
+        classifier = cls._artifact_classifier(path, tensors, meta, classifier)
         training = _training_config(params.pop("training", None))
         det = cls(classifier, **{**params, "training": training})
         det.encoder_specs_ = meta["encoders"]
@@ -292,9 +311,7 @@ class DeepLatentDefence(KNNDetector):
         det._build_indexes({tap: (tensors[f"index.{tap}.embeddings"], tensors[f"index.{tap}.labels"])
                             for tap in meta["encoders"]})
         det.pruned_ = meta["pruned"]
-        if meta["threshold"] is not None:
-            det.calibration_scores_ = tensors["calibration_scores"]
-            det.threshold_, det.target_fpr_ = meta["threshold"], meta["target_fpr"]
+        det._restore_calibration(tensors, meta)
         return det
 
 
