@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from latentdefence._io import save_tensors
 from latentdefence.cli.dld import app
-from latentdefence.experiments.dld import ATTACKS, dld_config, run_dld
+from latentdefence.experiments.dld import ATTACKS, dld_config, run_dld, strongest_alpha2
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +29,21 @@ def test_smoke_run_writes_results_report_and_figures(smoke_run: Path) -> None:
         row = results["table1"][name]
         assert {"base_accuracy", "robustness", "roc_auc", "true_positive_rate", "n"} <= set(row)
         assert row["base_accuracy"] <= row["robustness"] <= 1.0
+        assert set(row["roc_auc_per_layer"]) == {"layer1", "layer2", "layer3"}
+        assert 0.0 <= row["roc_auc_all_adversarial"] <= 1.0
     assert [r["layers"] for r in results["table2"]] == [["layer1"], ["layer1", "layer2"], ["layer1", "layer2", "layer3"]]
-    assert set(results["fig3"]["robustness"]) == {"0", "15"}
+    assert set(results["fig3"]["robustness"]) == {"0", "1"}
+    assert results["fig3"]["strongest_alpha2"] in results["fig3"]["tied_alpha2"]
+    assert results["cw_fool_rate"] == pytest.approx(1 - results["table1"]["cw"]["base_accuracy"])
     assert {"settings", "seed", "git_revision", "environment", "wall_time_s"} <= set(results)
     assert results["settings"]["profile"] == "smoke" and results["dataset_sizes"]["calibration"] == 100
     assert "| adaptive |" in (out / "report.md").read_text()
     assert all((out / f).stat().st_size > 0 for f in ("roc.png", "fig3_alpha2.png", "latent_pca.png"))
+
+
+def test_strongest_alpha2_is_numeric_with_ties_reported() -> None:
+    assert strongest_alpha2({"0": 0.9, "15": 0.8, "5": 0.8, "30": 0.85}) == ("5", ["5", "15"])
+    assert strongest_alpha2({"0.5": 0.7, "16": 0.9}) == ("0.5", ["0.5"])
 
 
 def test_profiles_are_named_and_svhn_uses_its_own_settings() -> None:
