@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from latentdefence._io import save_tensors
 from latentdefence.cli.dld import app
 from latentdefence.experiments.dld import ATTACKS, dld_config, run_dld, strongest_alpha2
+from latentdefence.experiments.dld_ablation import ablation_config, run_dld_ablation
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,23 @@ def test_smoke_run_writes_results_report_and_figures(smoke_run: Path) -> None:
     assert results["settings"]["profile"] == "smoke" and results["dataset_sizes"]["calibration"] == 100
     assert "| adaptive |" in (out / "report.md").read_text()
     assert all((out / f).stat().st_size > 0 for f in ("roc.png", "fig3_alpha2.png", "latent_pca.png"))
+
+
+def test_smoke_ablation_reports_one_row_per_change_against_the_same_attack_sets(smoke_run: Path) -> None:
+    config = ablation_config("smoke")
+    results = run_dld_ablation(config, smoke_run / "ablation", cache_root=smoke_run / "cache")
+    assert [r["name"] for r in results["rows"]] == ["legacy pairing", "reference"]
+    legacy, ref = results["rows"]
+    assert legacy["changes"] == ["encoder.pairing=legacy"] and ref["changes"] == []
+    for row in results["rows"]:
+        assert set(row["attacks"]) == {"fgsm", "pgd"} and row["encoder_build_s"] is not None
+        assert set(row["attacks"]["pgd"]["roc_auc_per_layer"]) == {"layer1", "layer2", "layer3"}
+    # same F and attack sets: base accuracy cannot depend on the row
+    assert legacy["attacks"]["pgd"]["base_accuracy"] == ref["attacks"]["pgd"]["base_accuracy"]
+    assert json.loads((smoke_run / "ablation" / "results.json").read_text())["rows"][1]["name"] == "reference"
+    assert "| legacy pairing | encoder.pairing=legacy |" in (smoke_run / "ablation" / "report.md").read_text()
+    with pytest.raises(ValueError, match="smoke and cpu"):
+        ablation_config("paper")
 
 
 def test_strongest_alpha2_is_numeric_with_ties_reported() -> None:

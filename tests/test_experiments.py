@@ -21,7 +21,9 @@ def test_every_table_and_figure_has_an_experiment() -> None:
     assert {f"lad-mnist-table{i}" for i in (2, 3, 4)} | {f"lad-mnist-fig{i}" for i in (3, 4, 5, 6, 7)} <= names
     assert {"lad-svhn-table5", "lad-svhn-table6", "lad-svhn-table7"} <= names
     assert {"lad-celeba-table8", "lad-celeba-table9", "lad-celeba-table10"} <= names
-    assert all(e.pipeline in ("dld", "lad") and e.needs_data_dir == (e.dataset != "mnist") for e in EXPERIMENTS.values())
+    assert "dld-mnist-ablation" in names
+    assert all(e.pipeline in ("dld", "dld-ablation", "lad") and e.needs_data_dir == (e.dataset != "mnist")
+               for e in EXPERIMENTS.values())
 
 
 def test_unknown_names_profiles_and_missing_data_dirs_are_explained(tmp_path: Path) -> None:
