@@ -44,6 +44,9 @@ def test_demo_profile_is_a_reduced_cpu_profile() -> None:
     assert "demo" in PROFILES and demo.profile == "demo"
     assert demo.attacks.pgd_steps < cpu.attacks.pgd_steps and demo.classifier.max_train < cpu.classifier.max_train
     assert demo.n_calibration == 750 and demo.target_fpr == 0.02
+    # a checkout ships the cpu profile's PGD-trained classifier; the demo spends its time on adversarial encoders
+    assert demo.classifier_checkpoint is not None and demo.classifier_checkpoint.endswith("classifier")
+    assert demo.encoder.adversarial and demo.encoder.steps >= 3
 
 
 @pytest.mark.slow
