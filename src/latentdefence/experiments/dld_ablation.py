@@ -52,18 +52,19 @@ CPU_ROWS = (AblationRow("legacy pairing", ("encoder.pairing=legacy",)),
             AblationRow("latent dim 20", ("latent_dim=20",)),
             AblationRow("PGD-7 in encoder training", _pgd_steps(7)),
             AblationRow("4 epochs", ("encoder.epochs=4",)),
-            AblationRow("2x training images", ("encoder.max_train=8000",)),
+            AblationRow("2x training images", ("encoder.max_train=4000",)),
             AblationRow("PGD-10 in encoder training", _pgd_steps(10)))
 
 
 def ablation_config(profile: str = "cpu") -> DLDAblationConfig:
-    """`cpu`: ~1 h of one core (MNIST): encoders on 4k images x 2 epochs and a 20k-image index, scored on
-    the cpu profile's own FGSM (all 9,250) and PGD (500) sets, so those come from its cache;
-    `smoke`: seconds, two rows."""
+    """`cpu`: ~40 min of one (shared) core for MNIST: encoders on 2k images x 2 epochs, a 10k-image index,
+    3,000 clean evaluation images, FGSM on 2,000 of them and the cpu profile's own PGD set (500, from its
+    cache); `smoke`: seconds, two rows."""
     if profile == "cpu":
         base = dld_config("cpu")
-        reference = replace(base, profile="ablation-cpu", index_max_train=20_000,
-                            encoder=replace(base.encoder, epochs=2, max_train=4000))
+        reference = replace(base, profile="ablation-cpu", index_max_train=10_000, n_clean=3000,
+                            encoder=replace(base.encoder, epochs=2, max_train=2000),
+                            attacks=replace(base.attacks, n={**base.attacks.n, "fgsm": 2000}))
         return DLDAblationConfig("cpu", reference, CPU_ROWS)
     if profile == "smoke":
         return DLDAblationConfig("smoke", replace(dld_config("smoke"), profile="ablation-smoke"),
