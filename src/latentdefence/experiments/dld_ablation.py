@@ -53,7 +53,10 @@ CPU_ROWS = (AblationRow("legacy pairing", ("encoder.pairing=legacy",)),
             AblationRow("PGD-7 in encoder training", _pgd_steps(7)),
             AblationRow("4 epochs", ("encoder.epochs=4",)),
             AblationRow("2x training images", ("encoder.max_train=4000",)),
-            AblationRow("PGD-10 in encoder training", _pgd_steps(10)))
+            AblationRow("PGD-10 in encoder training", _pgd_steps(10)),
+            # training amount is what moved the AUC in the rows above: more of it, and the two combined
+            AblationRow("8 epochs", ("encoder.epochs=8",)),
+            AblationRow("4 epochs, 2x training images", ("encoder.epochs=4", "encoder.max_train=4000")))
 
 
 def ablation_config(profile: str = "cpu") -> DLDAblationConfig:
