@@ -15,6 +15,7 @@ DLD_ROWS = [
     ("DLD Table I, CW-L2: robustness", ("table1", "cw", "robustness"), 0.9610),
     ("DLD Table I, adaptive eps 0.3: robustness", ("table1", "adaptive", "robustness"), 0.9562),
     ("DLD Table I, PGD: base accuracy", ("table1", "pgd", "base_accuracy"), 0.9120),
+    ("DLD Table I, FGSM: ROC AUC", ("table1", "fgsm", "roc_auc"), 0.994),
     ("DLD Table I, PGD: ROC AUC", ("table1", "pgd", "roc_auc"), 0.99),
     ("DLD Table I, adaptive: ROC AUC", ("table1", "adaptive", "roc_auc"), 0.982),
     ("DLD clean false-positive rate", ("fpr",), 0.0196),
