@@ -11,11 +11,13 @@ from test_attacks_fixtures import make_net, one_thread, targets_for, tiny_batch,
 from latentdefence.attacks import (
     APGD,
     APGDT,
+    AutoAttack,
     FGSM,
     JSMA,
     PGD,
     Attack,
     CarliniWagnerL2,
+    Square,
     channels_last_weights,
     margin,
 )
@@ -30,9 +32,11 @@ FACTORIES = {
     "apgd_ce": lambda t: APGD(eps=0.1, steps=5, targeted=t),
     "apgd_dlr": lambda t: APGD(eps=0.1, steps=5, loss="dlr", targeted=t),
     "apgdt": lambda t: APGDT(eps=0.1, steps=5, n_target_classes=3),
+    "square": lambda t: Square(eps=0.1, queries=20),
+    "autoattack": lambda t: AutoAttack(eps=0.1, steps=3, n_target_classes=2, square_queries=10),
 }
 UNTARGETED = [k for k in FACTORIES if k != "jsma"]
-TARGETED = [k for k in FACTORIES if k != "apgdt"]
+TARGETED = [k for k in FACTORIES if k not in ("apgdt", "square", "autoattack")]
 
 
 def test_margin_sign() -> None:

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_attacks_fixtures import CLASSES, SIZE, one_thread, tiny_model  # noqa: F401 (autouse)
 
-from latentdefence.attacks import APGD, FGSM, JSMA, PGD, CarliniWagnerL2
+from latentdefence.attacks import APGD, FGSM, JSMA, PGD, CarliniWagnerL2, Square
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -35,6 +35,7 @@ BALL_ATTACKS = {
     "pgd_l2": lambda eps: PGD(eps=eps * 10, steps=3, norm="l2"),
     "apgd_linf": lambda eps: APGD(eps=eps, steps=4),
     "apgd_l2": lambda eps: APGD(eps=eps * 10, steps=4, norm="l2", loss="dlr"),
+    "square": lambda eps: Square(eps=eps, queries=10),
 }
 
 

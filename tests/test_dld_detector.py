@@ -124,6 +124,29 @@ def test_centroid_attack_keeps_only_misclassified_starts_and_moves_toward_centro
     assert (result.images - x).abs().max() <= 0.3 + 1e-6
 
 
+def test_normalised_combine_trades_the_two_terms_as_alpha2_grows(trained, detector) -> None:
+    model, train, eds = trained
+    x, y = train.images[:24], train.labels[:24]
+    start = (x + 0.2 * torch.rand(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    encoders = nn.ModuleDict({t: ed.encoder for t, ed in eds.items()})
+    targets = (y + 1) % 3
+
+    def agreement(alpha2: float, combine: str) -> float:
+        """Fraction of pixels whose step follows the pure-CE step (alpha2 = 0)."""
+        steps = []
+        for a2 in (0.0, alpha2):
+            att = CentroidAttack(eps=1.0, alpha1=1.0, alpha2=a2, steps=1, step_size=0.01, combine=combine)
+            stepped, _ = att._step(model, encoders, detector.centroids(), start, x, y, targets)
+            steps.append(torch.sign(stepped - start))
+        return float((steps[0] == steps[1]).float().mean())
+
+    curve = [agreement(a, "normalised") for a in (0.25, 1.0, 4.0, 1e4)]
+    assert curve == sorted(curve, reverse=True) and curve[0] > curve[-1] + 0.1, curve
+    assert agreement(1.0, "normalised") > agreement(1e4, "normalised")
+    with pytest.raises(ValueError, match="combine"):
+        CentroidAttack(combine="mean")
+
+
 def test_ensemble_is_log_mean_softmax(trained) -> None:
     model, train, eds = trained
     x = train.images[:5]

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from latentdefence._io import save_tensors
 from latentdefence.cli.dld import app
-from latentdefence.experiments.dld import ATTACKS, dld_config, run_dld
+from latentdefence.experiments.dld import ATTACKS, dld_config, run_dld, strongest_alpha2
+from latentdefence.experiments.dld_ablation import ablation_config, run_dld_ablation
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +30,38 @@ def test_smoke_run_writes_results_report_and_figures(smoke_run: Path) -> None:
         row = results["table1"][name]
         assert {"base_accuracy", "robustness", "roc_auc", "true_positive_rate", "n"} <= set(row)
         assert row["base_accuracy"] <= row["robustness"] <= 1.0
+        assert set(row["roc_auc_per_layer"]) == {"layer1", "layer2", "layer3"}
+        assert 0.0 <= row["roc_auc_all_adversarial"] <= 1.0
     assert [r["layers"] for r in results["table2"]] == [["layer1"], ["layer1", "layer2"], ["layer1", "layer2", "layer3"]]
-    assert set(results["fig3"]["robustness"]) == {"0", "15"}
+    assert set(results["fig3"]["robustness"]) == {"0", "1"}
+    assert results["fig3"]["strongest_alpha2"] in results["fig3"]["tied_alpha2"]
+    assert results["cw_fool_rate"] == pytest.approx(1 - results["table1"]["cw"]["base_accuracy"])
     assert {"settings", "seed", "git_revision", "environment", "wall_time_s"} <= set(results)
     assert results["settings"]["profile"] == "smoke" and results["dataset_sizes"]["calibration"] == 100
     assert "| adaptive |" in (out / "report.md").read_text()
     assert all((out / f).stat().st_size > 0 for f in ("roc.png", "fig3_alpha2.png", "latent_pca.png"))
+
+
+def test_smoke_ablation_reports_one_row_per_change_against_the_same_attack_sets(smoke_run: Path) -> None:
+    config = ablation_config("smoke")
+    results = run_dld_ablation(config, smoke_run / "ablation", cache_root=smoke_run / "cache")
+    assert [r["name"] for r in results["rows"]] == ["legacy pairing", "reference"]
+    legacy, ref = results["rows"]
+    assert legacy["changes"] == ["encoder.pairing=legacy"] and ref["changes"] == []
+    for row in results["rows"]:
+        assert set(row["attacks"]) == {"fgsm", "pgd"} and row["encoder_build_s"] is not None
+        assert set(row["attacks"]["pgd"]["roc_auc_per_layer"]) == {"layer1", "layer2", "layer3"}
+    # same F and attack sets: base accuracy cannot depend on the row
+    assert legacy["attacks"]["pgd"]["base_accuracy"] == ref["attacks"]["pgd"]["base_accuracy"]
+    assert json.loads((smoke_run / "ablation" / "results.json").read_text())["rows"][1]["name"] == "reference"
+    assert "| legacy pairing | encoder.pairing=legacy |" in (smoke_run / "ablation" / "report.md").read_text()
+    with pytest.raises(ValueError, match="smoke and cpu"):
+        ablation_config("paper")
+
+
+def test_strongest_alpha2_is_numeric_with_ties_reported() -> None:
+    assert strongest_alpha2({"0": 0.9, "15": 0.8, "5": 0.8, "30": 0.85}) == ("5", ["5", "15"])
+    assert strongest_alpha2({"0.5": 0.7, "16": 0.9}) == ("0.5", ["0.5"])
 
 
 def test_profiles_are_named_and_svhn_uses_its_own_settings() -> None:

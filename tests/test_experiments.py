@@ -21,7 +21,9 @@ def test_every_table_and_figure_has_an_experiment() -> None:
     assert {f"lad-mnist-table{i}" for i in (2, 3, 4)} | {f"lad-mnist-fig{i}" for i in (3, 4, 5, 6, 7)} <= names
     assert {"lad-svhn-table5", "lad-svhn-table6", "lad-svhn-table7"} <= names
     assert {"lad-celeba-table8", "lad-celeba-table9", "lad-celeba-table10"} <= names
-    assert all(e.pipeline in ("dld", "lad") and e.needs_data_dir == (e.dataset != "mnist") for e in EXPERIMENTS.values())
+    assert "dld-mnist-ablation" in names
+    assert all(e.pipeline in ("dld", "dld-adaptive", "dld-ablation", "lad") and e.needs_data_dir == (e.dataset != "mnist")
+               for e in EXPERIMENTS.values())
 
 
 def test_unknown_names_profiles_and_missing_data_dirs_are_explained(tmp_path: Path) -> None:
@@ -42,6 +44,9 @@ def test_demo_profile_is_a_reduced_cpu_profile() -> None:
     assert "demo" in PROFILES and demo.profile == "demo"
     assert demo.attacks.pgd_steps < cpu.attacks.pgd_steps and demo.classifier.max_train < cpu.classifier.max_train
     assert demo.n_calibration == 750 and demo.target_fpr == 0.02
+    # a checkout ships the cpu profile's PGD-trained classifier; the demo spends its time on adversarial encoders
+    assert demo.classifier_checkpoint is not None and demo.classifier_checkpoint.endswith("classifier")
+    assert demo.encoder.adversarial and demo.encoder.steps >= 3
 
 
 @pytest.mark.slow

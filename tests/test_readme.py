@@ -32,3 +32,19 @@ def test_results_table_reads_numbers_from_results_json(tmp_path: Path) -> None:
     assert "| DLD Table I, PGD eps 0.3: robustness | 97.56% | 97.00% | 500 |" in table
     assert "| DLD Table I, PGD: ROC AUC | 0.990 | 0.987 | 500 |" in table
     assert "| DLD clean false-positive rate | 1.96% | 1.80% | 8000 |" in table
+
+
+def test_results_table_has_a_row_per_attacked_detector(tmp_path: Path) -> None:
+    folder = tmp_path / "docs" / "results" / "dld-mnist-adaptive"
+    folder.mkdir(parents=True)
+    worst = {"n": 500}
+    res = {"settings": {"attacks": {"eps": 0.3}},
+           "detectors": {"dld": {"paper_attacks": {**worst, "robustness": 0.932}, "all_attacks": {**worst, "robustness": 0.41}},
+                         "lid": {"paper_attacks": {**worst, "robustness": 0.8}, "all_attacks": {**worst, "robustness": 0.1}}},
+           "classifier_alone": {"n": 500, "autoattack_robust_accuracy_after": {"clean": 0.98, "square": 0.88}}}
+    (folder / "results.json").write_text(json.dumps(res))
+    table = results_table(tmp_path / "docs" / "results")
+    assert ("| DLD on F, eps 0.3: robustness, paper's attacks -> all our attacks (worst case) | 95.62% (adaptive) | "
+            "93.20% -> 41.00% | 500 |") in table
+    assert "| LID on F, eps 0.3: robustness, paper's attacks -> all our attacks (worst case) | — | 80.00% -> 10.00% |" in table
+    assert "AutoAttack-style cascade (APGD-CE, APGD-T, Square) | — | 88.00% | 500 |" in table

@@ -1,20 +1,28 @@
 """Adversarial attacks, one small class each, called as `attack(model, images, labels)`."""
 
 from .apgd import APGD, APGDT, dlr_loss, dlr_targeted_loss
+from .autoattack import AutoAttack
 from .base import (
     Attack,
     AttackResult,
+    ascent_direction,
     channels_last_weights,
     cross_entropy,
     frozen_eval,
     margin,
     perturbation_norm,
     project,
+    random_start,
 )
 from .cw import CarliniWagnerL2
+from .detector_aware import Detector, DetectorAttack, KeepBest, OrthogonalPGD, SelectivePGD
 from .io import AdversarialSet, load_adversarial_set, save_adversarial_set
 from .jsma import JSMA
 from .pgd import FGSM, PGD
+from .soft_knn import GuidePointAttack, soft_inside
+from .square import Square
 
 __all__ = ["APGD", "AdversarialSet", "load_adversarial_set", "save_adversarial_set", "APGDT", "FGSM", "JSMA", "PGD", "Attack", "AttackResult", "CarliniWagnerL2", "channels_last_weights", "cross_entropy",
-           "dlr_loss", "dlr_targeted_loss", "frozen_eval", "margin", "perturbation_norm", "project"]
+           "dlr_loss", "dlr_targeted_loss", "frozen_eval", "margin", "perturbation_norm", "project",
+           "AutoAttack", "Detector", "DetectorAttack", "GuidePointAttack", "KeepBest", "OrthogonalPGD", "SelectivePGD",
+           "Square", "ascent_direction", "random_start", "soft_inside"]

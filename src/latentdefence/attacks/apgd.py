@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .base import Attack, project
+from .base import Attack, ascent_direction, project
 
 
 def dlr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -207,9 +207,7 @@ class APGD(Attack):
         return out, out_loss, out_ok
 
     def _direction(self, grad: torch.Tensor) -> torch.Tensor:
-        if self.norm == "linf":
-            return grad.sign()
-        return grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (grad.ndim - 1))
+        return ascent_direction(grad, self.norm)
 
     def _random_start(self, images: torch.Tensor) -> torch.Tensor:
         if self.norm == "linf":

@@ -71,6 +71,24 @@ def project(adv: torch.Tensor, images: torch.Tensor, eps: float, norm: str) -> t
     return (images + delta).clamp(0, 1)
 
 
+def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """Steepest-ascent unit step for a gradient (N, ...): its sign (L-inf) or the gradient over its L2 norm."""
+    if norm == "linf":
+        return grad.sign()
+    if norm == "l2":
+        return grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (grad.ndim - 1))
+    raise ValueError(f"no steepest-ascent step for norm {norm!r}; expected 'linf' or 'l2'")
+
+
+def random_start(images: torch.Tensor, eps: float, norm: str,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """A uniform point of the L-inf ball, or a random point of the L2 sphere, clipped to [0, 1]."""
+    noise = torch.rand(images.shape, generator=generator).to(images) * 2 - 1  # U(-1, 1)
+    if norm == "l2":
+        noise = noise / noise.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (images.ndim - 1))
+    return project(images + eps * noise, images, eps, norm)
+
+
 def margin(logits: torch.Tensor, goal: torch.Tensor, targeted: bool) -> torch.Tensor:
     """Per-sample logit margin that is negative exactly when the attack has succeeded.
 

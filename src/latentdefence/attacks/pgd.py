@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Attack, Loss, cross_entropy, project
+from .base import Attack, Loss, ascent_direction, cross_entropy, project, random_start
 
 
 class PGD(Attack):
@@ -95,16 +95,10 @@ class PGD(Attack):
             return adv, sign * self.loss(logits, goal), self._success(logits, goal)
 
     def _random_start(self, images: torch.Tensor) -> torch.Tensor:
-        noise = torch.rand(images.shape, generator=self.generator).to(images) * 2 - 1  # U(-1, 1)
-        if self.norm == "l2":
-            noise = noise / noise.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (images.ndim - 1))
-        return self._project(images + self.eps * noise, images)
+        return random_start(images, self.eps, self.norm, self.generator)
 
     def _step(self, grad: torch.Tensor) -> torch.Tensor:
-        if self.norm == "linf":
-            return grad.sign()
-        norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
-        return grad / norms.view(-1, *[1] * (grad.ndim - 1))
+        return ascent_direction(grad, self.norm)
 
     def _project(self, adv: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         return project(adv, images, self.eps, self.norm)

@@ -4,13 +4,14 @@ Stage (i) runs PGD on the ensemble P_ens = sum_i P_i of F alone and F with each 
 inserted (``EnsembleModel`` returns log of the mean softmax, so cross-entropy on it is the ensemble's).
 Stage (ii) (``CentroidAttack``) takes the examples F now misclassifies, as class y_t, and follows Eq. 10:
 
-    direction = alpha1 * grad J_CE(F(x), y) - alpha2 * sum_i grad ||E_i(x) - c_i(y_t)||_2
+    direction = alpha1 * g_CE - alpha2 * g_c,   g_CE = grad J_CE(F(x), y),  g_c = sum_i grad ||E_i(x) - c_i(y_t)||_2
     x <- clip_[0,1](clip_{x0 +- eps}(x + step_size * sign(direction)))
 
-We step along the *sign* of the weighted direction: the alphas keep the paper's meaning (the relative
-pull of misclassification vs. centroid), while the step length stays a fixed L-inf move as in PGD.
-Raw gradients would let alpha2 change the step size too (CE and latent-distance gradients differ by
-orders of magnitude), so a sweep over alpha2 would mix "how stealthy" with "how far per step".
+By default (``combine="normalised"``) each gradient is first divided by its per-sample L2 norm, so
+alpha2 / alpha1 really trades the two terms: the CE and latent-distance gradients differ by orders of
+magnitude, and with raw gradients (``combine="raw"``, the earlier behaviour) the centroid term won the
+sign for every alpha2 >= 5, which made Fig. 3 flat. With unit gradients only the ratio alpha2 / alpha1
+matters. Stepping along the *sign* keeps the step a fixed L-inf move as in PGD.
 For each input the last iterate that F still misclassifies is returned (the paper's attacker keeps
 misclassification as its goal); inputs F already classifies correctly are returned unchanged.
 """
@@ -52,10 +53,15 @@ class CentroidAttack:
     """Eq. 10: keep F fooled while pulling each encoder's embedding to the target class centroid."""
 
     eps: float = 0.3
-    alpha1: float = 0.01
-    alpha2: float = 15.0
+    alpha1: float = 1.0
+    alpha2: float = 1.0
     steps: int = 100
     step_size: float = 0.01
+    combine: str = "normalised"          # "normalised" (unit gradient per sample) or "raw"
+
+    def __post_init__(self) -> None:
+        if self.combine not in ("normalised", "raw"):
+            raise ValueError(f"combine must be 'normalised' or 'raw', got {self.combine!r}")
 
     def __call__(self, classifier: TappedModel, encoders: Mapping[str, nn.Module], centroids: Mapping[str, torch.Tensor],
                  originals: torch.Tensor, start: torch.Tensor, labels: torch.Tensor) -> AttackResult:
@@ -91,7 +97,10 @@ class CentroidAttack:
         logits = classifier.forward_from(acts[last], last)
         ce = nn.functional.cross_entropy(logits, labels, reduction="sum")
         cnt = sum(_distance(encoders[t](acts[t]), centroids[t].to(x)[targets]).sum() for t in taps)
-        grad, = torch.autograd.grad(self.alpha1 * ce - self.alpha2 * cnt, x)   # Eq. 10's direction
+        g_ce, g_c = (torch.autograd.grad(term, x, retain_graph=True)[0] for term in (ce, cnt))
+        if self.combine == "normalised":
+            g_ce, g_c = _unit(g_ce), _unit(g_c)
+        grad = self.alpha1 * g_ce - self.alpha2 * g_c                         # Eq. 10's direction
         with torch.no_grad():
             wrong = logits.argmax(1) != labels
             stepped = self._project(x + self.step_size * grad.sign(), originals)
@@ -99,6 +108,12 @@ class CentroidAttack:
 
     def _project(self, x: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
         return torch.min(torch.max(x, originals - self.eps), originals + self.eps).clamp(0, 1)
+
+
+def _unit(g: torch.Tensor) -> torch.Tensor:
+    """Each sample's gradient (B, ...) divided by its L2 norm (zero stays zero)."""
+    norms = g.flatten(1).norm(dim=1).clamp_min(1e-12)                  # (B,)
+    return g / norms.view(-1, *([1] * (g.ndim - 1)))
 
 
 def _distance(z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

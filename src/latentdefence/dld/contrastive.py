@@ -7,14 +7,31 @@ same-class pairs cost 0.5 * D^2, different-class pairs cost 0.5 * max(0, m - D)^
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
-def sample_pairs(labels: torch.Tensor, pool_labels: torch.Tensor,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Partners in `pool_labels` for each anchor label: first half same class, second half different.
+def balanced_same(group_sizes: Sequence[int], generator: torch.Generator | None = None) -> torch.Tensor:
+    """Same-class flags (sum(group_sizes),): in each consecutive group, half (rounded up) at random positions.
 
-    Returns (partner indices into the pool (B,), same (B,) bool). Balanced as in Section IV-A.
+    DLD's encoder batches are [clean | adversarial]; balancing per group gives adversarial anchors
+    same-class partners too, so they are pulled to their true class (Section IV-A's balanced pairs).
+    """
+    if any(int(n) < 0 for n in group_sizes):
+        raise ValueError(f"group sizes must be non-negative, got {list(group_sizes)}")
+    flags = []
+    for n in group_sizes:
+        order = torch.randperm(int(n), generator=generator)
+        flags.append(order < (int(n) + 1) // 2)
+    return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
+
+
+def sample_pairs(labels: torch.Tensor, pool_labels: torch.Tensor, generator: torch.Generator | None = None,
+                 same: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Partners in `pool_labels` for each anchor label: a same-class partner where `same`, else another class.
+
+    `same` (B,) bool defaults to `balanced_same([B])`. Returns (partner indices into the pool (B,), same (B,)).
     """
     if labels.ndim != 1 or pool_labels.ndim != 1:
         raise ValueError(f"labels must be 1-D, got {tuple(labels.shape)} and {tuple(pool_labels.shape)}")
@@ -24,7 +41,10 @@ def sample_pairs(labels: torch.Tensor, pool_labels: torch.Tensor,
     anchor_class = torch.searchsorted(classes, labels)
     if (anchor_class >= len(classes)).any() or (classes[anchor_class.clamp_max(len(classes) - 1)] != labels).any():
         raise ValueError("an anchor label is missing from the pool of partners")
-    same = torch.arange(len(labels)) < (len(labels) + 1) // 2
+    if same is None:
+        same = balanced_same([len(labels)], generator)
+    elif same.shape != labels.shape or same.dtype != torch.bool:
+        raise ValueError(f"same must be bool {tuple(labels.shape)}, got {same.dtype} {tuple(same.shape)}")
     shift = torch.randint(1, len(classes), (len(labels),), generator=generator)
     partner_class = torch.where(same, anchor_class, (anchor_class + shift) % len(classes))
     order = torch.argsort(pool_labels, stable=True)                  # pool indices grouped by class

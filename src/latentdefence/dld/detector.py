@@ -29,7 +29,7 @@ from ..data.base import ImageDataset
 from ..models import TappedModel, create_model
 from .encoders import EncoderDecoder, make_encoder
 from .knn import KNNIndex
-from .nonconformity import calibrate_threshold, credibility, nonconformity
+from .nonconformity import calibrate_threshold, credibility, nonconformity, soft_nonconformity
 from .pruning import pruned_embeddings
 from .training import EncoderTrainConfig, train_encoder
 
@@ -280,8 +280,7 @@ class DeepLatentDefence(KNNDetector):
         eds = {tap: eds[tap].to(_device(self.classifier)) for tap in taps}
         data = pruned_embeddings(self.classifier, eds, train, self.batch_size)
         self.encoders_ = nn.ModuleDict({tap: eds[tap].encoder for tap in taps}).eval()
-        self.encoder_specs_ = {tap: {"shape": list(eds[tap].shape), "latent_dim": eds[tap].latent_dim,
-                                     "width": eds[tap].width} for tap in taps}
+        self.encoder_specs_ = {tap: eds[tap].spec() for tap in taps}
         self._build_indexes(data)
         self.pruned_ = {tap: len(train) - len(data[tap][1]) for tap in taps}
         return self
@@ -289,6 +288,13 @@ class DeepLatentDefence(KNNDetector):
     # -- inference -----------------------------------------------------------------------------
     def _project(self, tap: str, activation: torch.Tensor) -> torch.Tensor:
         return self.encoders_[tap](activation)
+
+    def surrogate_score(self, images: torch.Tensor, classes: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+        """Smooth summed non-conformity (B,) if F predicted `classes` (B,): `soft_nonconformity` (Eq. 8 with soft
+        k-NN membership and a pull toward the class) per encoder, summed as the detector sums; attacks minimise it."""
+        check_classes(images, classes)
+        return torch.stack([soft_nonconformity(z, self.indexes_[tap], classes.to(z.device), self.k, temperature)
+                            for tap, z in self.latents(images).items()]).sum(0)
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | Path, metadata: Mapping[str, Any] | None = None) -> None:
@@ -325,7 +331,7 @@ class DeepLatentDefence(KNNDetector):
             raise ValueError(f"{path}: not a DLD detector artifact (format {meta.get('format')!r})")
         params = dict(meta["params"], **({"knn_backend": knn_backend} if knn_backend else {}))
         classifier = cls._artifact_classifier(path, tensors, meta, classifier)
-        training = EncoderTrainConfig(**params.pop("training")) if params.get("training") else None
+        training = _training_config(params.pop("training", None))
         det = cls(classifier, **{**params, "training": training})
         det.encoder_specs_ = meta["encoders"]
         device = next(classifier.parameters()).device
@@ -339,11 +345,17 @@ class DeepLatentDefence(KNNDetector):
         return det
 
 
+def _training_config(saved: Mapping[str, object] | None) -> EncoderTrainConfig | None:
+    """The saved settings; artifacts older than the `pairing` setting were trained with legacy pairing."""
+    return EncoderTrainConfig(**{"pairing": "legacy", **saved}) if saved else None
+
+
 def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def _encoder(spec: Mapping[str, object], state: Mapping[str, torch.Tensor]) -> nn.Module:
-    enc = make_encoder(spec["shape"], spec["latent_dim"], spec["width"])  # type: ignore[arg-type]
+    """An encoder rebuilt from its saved spec; artifacts older than `depth` hold depth-1 encoders."""
+    enc = make_encoder(spec["shape"], spec["latent_dim"], spec["width"], spec.get("depth", 1))  # type: ignore[arg-type]
     enc.load_state_dict(state)
     return enc

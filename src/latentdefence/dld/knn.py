@@ -73,6 +73,24 @@ class KNNIndex:
         """Labels (Q, k) of each query's k nearest stored points (the multiset Omega_N of Eq. 8)."""
         return self.labels[self.search(queries, k)[1]]
 
+    def class_neighbours(self, queries: torch.Tensor, classes: torch.Tensor, m: int) -> torch.Tensor:
+        """Indices (Q, m) of each query's m nearest stored points labelled `classes` (Q,), nearest first: the
+        guide points of a soft-kNN attack; -1 fills the columns a class has too few points for. Exact, in torch."""
+        queries = _as_matrix(queries, "queries")
+        if classes.shape != queries.shape[:1]:
+            raise ValueError(f"classes must be shaped ({queries.shape[0]},), got {tuple(classes.shape)}")
+        out = torch.full((len(queries), m), -1, dtype=torch.int64)
+        for c in classes.unique().tolist():
+            rows = (classes == c).nonzero().squeeze(1).cpu()
+            members = (self.labels == c).nonzero().squeeze(1)
+            if len(members) == 0:
+                continue
+            dist = torch.cat([torch.cdist(queries[rows[i:i + 1024]], self.embeddings[members])
+                              for i in range(0, len(rows), 1024)])             # (R, members)
+            near = dist.topk(min(m, len(members)), dim=1, largest=False).indices
+            out[rows[:, None], torch.arange(near.shape[1])] = members[near]
+        return out
+
     def nbytes(self) -> int:
         """Memory held: our embeddings and labels plus the backend's own copy of the data."""
         if self.backend == "faiss-hnsw":  # vectors plus the graph's links (2M at level 0, int32)

@@ -15,6 +15,7 @@ DLD_ROWS = [
     ("DLD Table I, CW-L2: robustness", ("table1", "cw", "robustness"), 0.9610),
     ("DLD Table I, adaptive eps 0.3: robustness", ("table1", "adaptive", "robustness"), 0.9562),
     ("DLD Table I, PGD: base accuracy", ("table1", "pgd", "base_accuracy"), 0.9120),
+    ("DLD Table I, FGSM: ROC AUC", ("table1", "fgsm", "roc_auc"), 0.994),
     ("DLD Table I, PGD: ROC AUC", ("table1", "pgd", "roc_auc"), 0.99),
     ("DLD Table I, adaptive: ROC AUC", ("table1", "adaptive", "roc_auc"), 0.982),
     ("DLD clean false-positive rate", ("fpr",), 0.0196),
@@ -26,6 +27,11 @@ LAD_ROWS = [
     ("LAD Table III, transfer PGD: original -> FT-0.1", ("table3", "pgd"), (0.2993, 0.3593)),
     ("LAD Table III, transfer GA: original -> FT-0.1", ("table3", "ga"), (0.9982, 0.9972)),
 ]
+
+
+# detector key in dld-mnist-adaptive's results.json -> (README name, the paper's robustness under its own attacks)
+ADAPTIVE_ROWS = {"dld": ("DLD", "95.62% (adaptive)"), "dknn": ("Deep k-NN", "—"), "mahalanobis": ("Mahalanobis", "—"),
+                 "lid": ("LID", "—")}
 
 
 def _get(obj: Any, path: tuple[str, ...]) -> Any:
@@ -67,9 +73,28 @@ def results_table(results_dir: Path) -> str:
         f5 = res["fig5"]
         lines.append(f"| LAD Fig. 5, success rate of generated examples at eps {f5['eps'][-1]:g} | ~100% | "
                      f"{100 * f5['success_rate'][-1]:.2f}% | {res['sets']['large_adv'] // len(f5['eps'])} | {source} |")
+    adaptive = results_dir / "dld-mnist-adaptive" / "results.json"
+    if adaptive.is_file():
+        lines += _adaptive_rows(json.loads(adaptive.read_text()),
+                                f"`{adaptive.parent.relative_to(results_dir.parent.parent)}`")
     if len(lines) == 2:
         lines.append("| (no committed results yet) | | | | |")
     return "\n".join(lines)
+
+
+def _adaptive_rows(res: dict[str, Any], source: str) -> list[str]:
+    """Per detector: robustness under the paper's attacks -> under every attack we have (per-image worst case)."""
+    eps = res["settings"]["attacks"]["eps"]
+    rows = []
+    for key, det in res["detectors"].items():
+        name, paper = ADAPTIVE_ROWS.get(key, (key, "—"))
+        w0, w1 = det["paper_attacks"], det["all_attacks"]
+        rows.append(f"| {name} on F, eps {eps:g}: robustness, paper's attacks -> all our attacks (worst case) | {paper} | "
+                    f"{100 * w0['robustness']:.2f}% -> {100 * w1['robustness']:.2f}% | {w1['n']} | {source} |")
+    aa = res["classifier_alone"]
+    rows.append(f"| F alone, eps {eps:g}: robust accuracy, AutoAttack-style cascade (APGD-CE, APGD-T, Square) | — | "
+                f"{100 * aa['autoattack_robust_accuracy_after']['square']:.2f}% | {aa['n']} | {source} |")
+    return rows
 
 
 def update_readme(readme: Path, results_dir: Path, check: bool = False) -> bool:

@@ -21,7 +21,7 @@ class Experiment:
     """A named paper experiment: which pipeline, on which dataset, reproducing what."""
 
     name: str
-    pipeline: str          # "dld" or "lad"
+    pipeline: str          # "dld", "dld-adaptive", "dld-ablation" or "lad"
     dataset: str
     reproduces: str
     needs_data_dir: bool = False
@@ -34,6 +34,10 @@ def _experiments() -> dict[str, Experiment]:
                            ("table2", "DLD Table II (cumulative TP increase and FP by encoder depth)"),
                            ("fig3", "DLD Fig. 3 (robustness against the adaptive attack's alpha2)")):
             items.append(Experiment(f"dld-{ds}-{what}", "dld", ds, f"{text}, {ds.upper()}", needs))
+    items.append(Experiment("dld-mnist-adaptive", "dld-adaptive", "mnist",
+                            "DLD and Deep k-NN / Mahalanobis / LID under detector-aware attacks, F under AutoAttack"))
+    items.append(Experiment("dld-mnist-ablation", "dld-ablation", "mnist",
+                            "DLD detection gap, one row per encoder-training factor (ours; not in the paper)"))
     lad = {"mnist": [("table2", "LAD Table II (white-box attacks on LeNet vs Adv. LeNet)"),
                      ("table3", "LAD Table III (transfer attacks from a black CNN vs FT-0.1 LeNet)"),
                      ("table4", "LAD Table IV (clean accuracy after fine-tuning on each attack)"),
@@ -72,12 +76,28 @@ def run_experiment(name: str, profile: str, out_dir: str | Path, data_dir: str |
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
     if profile == "demo" and exp.pipeline != "dld":
-        raise ValueError("the demo profile is the README's DLD main job; LAD experiments take smoke, cpu or paper")
+        raise ValueError("the demo profile is the README's DLD main job; other experiments take smoke, cpu or paper")
     if exp.needs_data_dir and data_dir is None:
         raise ValueError(f"{name} needs --data-dir pointing at your copy of {exp.dataset.upper()} "
                          f"(see docs/data.md); it cannot be downloaded here")
     runner: Callable[[], dict[str, Any]]
-    if exp.pipeline == "dld":
+    if exp.pipeline == "dld-adaptive":
+        from .dld_adaptive import adaptive_config, run_dld_adaptive
+
+        adaptive = adaptive_config(profile)
+        if classifier_checkpoint:
+            adaptive = replace(adaptive, dld=replace(adaptive.dld, classifier_checkpoint=str(classifier_checkpoint)))
+        adaptive = apply_overrides(adaptive, overrides)
+        runner = lambda: run_dld_adaptive(adaptive, out_dir)  # noqa: E731
+    elif exp.pipeline == "dld-ablation":
+        from .dld_ablation import ablation_config, run_dld_ablation
+
+        acfg = ablation_config(profile)
+        if classifier_checkpoint:
+            acfg = replace(acfg, reference=replace(acfg.reference, classifier_checkpoint=str(classifier_checkpoint)))
+        acfg = apply_overrides(acfg, overrides)
+        runner = lambda: run_dld_ablation(acfg, out_dir)  # noqa: E731
+    elif exp.pipeline == "dld":
         from .dld import dld_config, run_dld
 
         cfg = dld_config(profile, exp.dataset, str(data_dir) if data_dir else None)

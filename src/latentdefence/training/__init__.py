@@ -1,8 +1,8 @@
 """Classifier training (clean, PGD adversarial, fast FGSM-RS), checkpoints and DDP."""
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_digest, load_checkpoint, save_checkpoint
 from .distributed import DistInfo, init_distributed
 from .loop import TrainConfig, TrainResult, train_classifier
 
-__all__ = ["DistInfo", "TrainConfig", "TrainResult", "init_distributed", "load_checkpoint", "save_checkpoint",
+__all__ = ["DistInfo", "TrainConfig", "TrainResult", "checkpoint_digest", "init_distributed", "load_checkpoint", "save_checkpoint",
            "train_classifier"]

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .._io import environment_info, git_revision, load_tensors, read_json, save_tensors, write_json
+from .._io import environment_info, git_revision, load_tensors, read_json, save_tensors, sha256_file, write_json
 from ..models import TappedModel, create_model
 
 
@@ -15,6 +15,14 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
     base = Path(path)
     base = base.with_suffix("") if base.suffix in (".safetensors", ".json") else base
     return base.with_suffix(".safetensors"), base.with_suffix(".json")
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """sha256 of a checkpoint's weights: names a classifier by content, so caches survive moves and renames."""
+    weights, _ = _paths(path)
+    if not weights.is_file():
+        raise FileNotFoundError(f"no checkpoint weights at {weights}")
+    return sha256_file(weights)
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, metadata: dict[str, Any] | None = None,

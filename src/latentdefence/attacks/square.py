@@ -1,0 +1,93 @@
+"""Square attack, L-inf: random search with square-shaped updates, no gradients (Andriushchenko et al. 2020)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Attack, margin
+
+
+def square_fraction(p_init: float, query: int, queries: int) -> float:
+    """The schedule of p (fraction of pixels changed), halved at the paper's checkpoints of a 10,000-query
+    run rescaled to `queries` (authors' code, `p_selection`)."""
+    it = int(query / queries * 10000)
+    halvings = sum(it > mark for mark in (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000))
+    return p_init / 2 ** halvings
+
+
+class Square(Attack):
+    """Square attack, L-inf, untargeted: score-based random search, never a gradient.
+
+    Andriushchenko, Croce, Flammarion, Hein, "Square Attack: a query-efficient black-box adversarial attack
+    via random search", arXiv:1912.00049, Algorithm 1 with the L-inf proposal (Sec. 3.1): start from vertical
+    stripes of +-eps; at each query pick, per image, a random square of side s = round(sqrt(p H W)) (p from
+    `square_fraction`) and set it to +-eps per channel (a fresh random sign, flipped if it would leave the
+    square as it is); keep the proposal if the margin loss f_y - max_{i != y} f_i decreases. An image stops as
+    soon as it is misclassified. Runs under `torch.no_grad`, so it sees only the model's outputs: the
+    gradient-masking check of an evaluation (AutoAttack's last attack).
+
+    Norm "linf". Args: eps; queries (default 5000, per image per restart); p_init (0.8, AutoAttack's setting
+    for L-inf); restarts (1, only on images not yet broken); generator.
+    Shapes: images (N, C, H, W) in [0, 1], labels (N,) int64 -> AttackResult.
+
+    Example:
+        >>> result = Square(eps=0.3, queries=5000)(model, x, y)
+    """
+
+    def __init__(self, eps: float, queries: int = 5000, *, p_init: float = 0.8, restarts: int = 1,
+                 generator: torch.Generator | None = None) -> None:
+        if eps < 0 or queries < 1 or restarts < 1 or not 0 < p_init <= 1:
+            raise ValueError(f"need eps >= 0, queries >= 1, restarts >= 1, p_init in (0, 1]; got {eps}, {queries}, "
+                             f"{restarts}, {p_init}")
+        self.eps = eps
+        self.queries = queries
+        self.p_init = p_init
+        self.restarts = restarts
+        self.generator = generator
+
+    @torch.no_grad()
+    def run(self, model: nn.Module, images: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        best = images.clone()
+        best_loss = margin(model(images), goal, targeted=False)
+        for _ in range(self.restarts):
+            rows = (best_loss >= 0).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                break
+            adv, loss = self._one_run(model, images[rows], goal[rows])
+            better = loss < best_loss[rows]
+            best[rows[better]], best_loss[rows[better]] = adv[better], loss[better]
+        return best
+
+    def _one_run(self, model: nn.Module, images: torch.Tensor, goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, c, h, w = images.shape
+        stripes = self._signs((n, c, 1, w)) * self.eps                                   # (N, C, 1, W)
+        adv = (images + stripes).clamp(0, 1)
+        loss = margin(model(adv), goal, targeted=False)
+        rows = torch.arange(n, device=images.device)                                     # images still running
+        ys, xs = torch.arange(h, device=images.device), torch.arange(w, device=images.device)
+        for q in range(self.queries):
+            rows = rows[loss[rows] >= 0]
+            if rows.numel() == 0:
+                break
+            s = max(1, min(h - 1, round((square_fraction(self.p_init, q, self.queries) * h * w) ** 0.5)))
+            top = self._randint(h - s + 1, len(rows))
+            left = self._randint(w - s + 1, len(rows))
+            inside = (((ys[None] >= top[:, None]) & (ys[None] < top[:, None] + s))[:, :, None]
+                      & ((xs[None] >= left[:, None]) & (xs[None] < left[:, None] + s))[:, None, :])  # (R, H, W)
+            inside = inside[:, None]                                                     # (R, 1, H, W)
+            x0, cur = images[rows], adv[rows]
+            value = self._signs((len(rows), c, 1, 1)) * self.eps                          # (R, C, 1, 1)
+            same = (((x0 + value).clamp(0, 1) - cur).abs() < 1e-7) | ~inside            # (R, C, H, W)
+            value = torch.where(same.flatten(1).all(1)[:, None, None, None], -value, value)
+            proposal = torch.where(inside, (x0 + value).clamp(0, 1), cur)
+            new_loss = margin(model(proposal), goal[rows], targeted=False)
+            better = new_loss < loss[rows]
+            adv[rows[better]], loss[rows[better]] = proposal[better], new_loss[better]
+        return adv, loss
+
+    def _signs(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randint(0, 2, shape, generator=self.generator).float() * 2 - 1
+
+    def _randint(self, high: int, n: int) -> torch.Tensor:
+        return torch.randint(0, high, (n,), generator=self.generator)

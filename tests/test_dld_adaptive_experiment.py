@@ -1,0 +1,41 @@
+"""`reproduce dld-mnist-adaptive` end to end at smoke size, from dld's stages and from a saved artifact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from latentdefence.data import load_dataset
+from latentdefence.dld import DeepLatentDefence, calibrate_threshold
+from latentdefence.experiments import run_experiment
+from latentdefence.experiments.dld import calibration_split
+
+
+def test_smoke_run_records_its_detector_and_sets_fpr_thresholds_on_calibration_images(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LATENTDEFENCE_RUNS", str(tmp_path / "runs"))
+    torch.set_num_threads(1)
+    small = ["baselines=", "attacks.n=6", "attacks.n_masking=4", "attacks.eps_sweep=0.3"]
+    res = run_experiment("dld-mnist-adaptive", "smoke", tmp_path / "a", overrides=small)
+    assert res["detector_source"]["kind"] == "stages"
+    dld = res["detectors"]["dld"]
+    assert set(dld["attacks"]) == {"pgd", "autoattack", "adaptive_paper", "guide_points", "selective", "orthogonal"}
+    assert dld["all_attacks"]["robustness"] <= min(row["robustness"] for row in dld["attacks"].values())
+    assert dld["paper_attacks"]["attacks"] == ["pgd", "adaptive_paper"]
+    assert (tmp_path / "a" / "report.md").is_file() and (tmp_path / "a" / "robustness_vs_eps.png").is_file()
+    artifact = next((tmp_path / "runs").rglob("detector-*.safetensors"))
+    res2 = run_experiment("dld-mnist-adaptive", "smoke", tmp_path / "b",
+                          overrides=[*small, f"detector_artifact={artifact}"])
+    source = res2["detector_source"]
+    assert source["kind"] == "artifact" and source["path"] == str(artifact) and len(source["sha256"]) == 64
+    saved = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert saved["settings"]["detector_artifact"] == str(artifact)
+    assert saved["detectors"]["dld"]["threshold"] == source["recalibrated_threshold"]
+    det = DeepLatentDefence.load(artifact)
+    cal, _ = calibration_split(load_dataset("mnist").test, saved["settings"]["dld"]["n_calibration"], 0)
+    cal_scores = det.nonconformity(cal.images)[1]
+    for fpr, row in saved["detectors"]["dld"]["attacks"]["pgd"]["sr_at_fpr"].items():
+        assert row["threshold"] == calibrate_threshold(cal_scores, float(fpr))   # calibration images only
