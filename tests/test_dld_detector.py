@@ -124,6 +124,27 @@ def test_centroid_attack_keeps_only_misclassified_starts_and_moves_toward_centro
     assert (result.images - x).abs().max() <= 0.3 + 1e-6
 
 
+def test_artifacts_written_before_depth_and_pairing_still_load(detector, tmp_path: Path) -> None:
+    import copy
+
+    from latentdefence._io import load_tensors, save_tensors
+
+    old = copy.copy(detector)
+    old.training = EncoderTrainConfig(epochs=1)
+    path = tmp_path / "old.safetensors"
+    old.save(path)
+    tensors, meta = load_tensors(path)
+    for spec in meta["encoders"].values():
+        del spec["depth"]                                   # what an earlier release wrote
+    for key in ("depth", "pairing"):
+        del meta["params"]["training"][key]
+    save_tensors(path, tensors, meta)
+    loaded = DeepLatentDefence.load(path, classifier=_tiny_model())
+    assert loaded.training.pairing == "legacy" and loaded.training.depth == 1
+    x = _blobs(30, 4).images
+    assert torch.equal(loaded.predict(x).nonconformity, detector.predict(x).nonconformity)
+
+
 def test_normalised_combine_trades_the_two_terms_as_alpha2_grows(trained, detector) -> None:
     model, train, eds = trained
     x, y = train.images[:24], train.labels[:24]
