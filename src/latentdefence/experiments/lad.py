@@ -831,6 +831,8 @@ def render_report(results: dict[str, Any], paper: dict[str, Any]) -> str:
     lines = [f"# {results['experiment']} ({results['profile']} profile)", "",
              f"git {results['git_revision']}, seed {results['seed']}, total wall time "
              f"{results['wall_time_s']['total']:.0f} s. Accuracies on adversarial sets count the ORIGINAL label.", "",
+             f"Command: `latentdefence reproduce {results['experiment']}-table2 --profile {results['profile']}` "
+             "(every LAD table and figure of this dataset comes from this one run).", "",
              "## Generator (Fig. 3)", "", "| | ours | paper |", "|---|---|---|"]
     for key in ("train_mse", "test_mse"):
         lines.append(f"| {key} | {results['generator'][key]:.5f} | {paper.get('generator', {}).get(key, '—')} |")

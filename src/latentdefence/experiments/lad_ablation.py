@@ -270,7 +270,9 @@ def render_ablation(report: dict[str, Any]) -> str:
              f"Adam lr {s['finetune']['lr']:g}, {s['finetune']['epochs']} epochs, batch {s['finetune']['batch_size']}, "
              f"alpha {s['finetune']['alpha']:g} unless the row says otherwise. 'LeNet wrong' = fraction of the "
              "fine-tuning set the original LeNet misclassifies.", "",
-             f"Original LeNet: clean {100 * base['clean']['accuracy']:.2f}%.", ""]
+             f"Original LeNet: clean {100 * base['clean']['accuracy']:.2f}%.", "",
+             f"Command: `latentdefence reproduce lad-{s['dataset']}-ablation --profile {report['profile']}` "
+             "(`--out docs/results/lad-mnist-ablation` for the committed copy).", ""]
     lines += _table(report["rows"], base, with_set=True)
     weak = report["attack_strength"]
     lines += ["", f"## Attack strength: FGSM/PGD at eps {weak['eps']:g}", "",
