@@ -647,6 +647,7 @@ def run_lad(config: LadConfig, out_dir: str | Path, data: Splits | None = None) 
                 row["finetuned_rerun_ci95"] = lad["rerun"][name]["ci95"]
                 row["finetuned_rerun_seeds"] = lad["seeds"][f"rerun/{name}"]
                 row["original_rerun"] = original["rerun"][name]["accuracy"]
+                row["rerun_n"] = lad["rerun"][name]["n"]
     results = {
         "experiment": f"lad-{config.dataset}", "profile": config.profile,
         "generator": {k_: b.generator_metrics[k_] for k_ in ("train_mse", "test_mse", "epochs", "train_images", "latent_dim")},
@@ -777,7 +778,7 @@ def _two_readings(results: dict[str, Any]) -> list[str]:
              "| attack | original, fixed | Adv, fixed | Adv, fixed, per seed | original, re-run | Adv, re-run "
              "| Adv, re-run, per seed |", "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
-        rerun_n = results["baselines"]["table2"]["lad"]["rerun"][name]["n"]
+        rerun_n = r["rerun_n"]
         lines.append(f"| {name} | {_pct(r['original'])}{_ci_text(r['original_ci95'])} | {_pct(r['finetuned'])}"
                      f"{_ci_text(r['finetuned_ci95'])} | {_seeds_text(r.get('finetuned_seeds'))} | "
                      f"{_pct(r['original_rerun'])}{_ci_text(_ci(r['original_rerun'], rerun_n))} | "
