@@ -116,7 +116,8 @@ class LadConfig:
     large_eps: tuple[float, ...] = (0.1, 2.0, 5.0, 7.0, 10.0, 15.0, 20.0)
     small_eps: tuple[float, ...] = (0.1, 1.6, 3.2, 5.5, 10.0, 20.0)
     finetune: FinetuneConfig = FinetuneConfig()
-    finetune_seeds: tuple[int, ...] = (0,)  # fine-tuning seeds of the FGSM/PGD headline rows and their controls
+    finetune_seeds: tuple[int, ...] = (0,)  # fine-tuning seeds of the FGSM/PGD headline rows
+    control_seeds: tuple[int, ...] = (0,)   # fine-tuning seeds of their same-budget controls
     rerun_per_class: int | None = None      # source images per class the white-box attacks are re-run from
     attacks: tuple[str, ...] = ATTACKS
     attack: AttackSettings = AttackSettings()
@@ -547,8 +548,8 @@ def set_statistics(b: LadBuild, generated: GeneratedSet) -> dict[str, Any]:
     return {**stats, "eq3_holds": float(generated.consistent.double().mean())}
 
 
-def _seeded(config: LadConfig) -> list[FinetuneConfig]:
-    return [replace(config.finetune, seed=s) for s in config.finetune_seeds]
+def _seeded(config: LadConfig, seeds: tuple[int, ...]) -> list[FinetuneConfig]:
+    return [replace(config.finetune, seed=s) for s in seeds]
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -571,11 +572,11 @@ def headline(b: LadBuild, sets: EvalSets, name: str, set_settings: dict[str, Any
              ) -> dict[str, Any]:
     """A LAD model (at every fine-tuning seed) beside its same-budget controls, scored and differenced."""
     lad = _summary([score(b.tuned(name, set_settings, generated.as_dataset(), cfg), sets, cfg.seed)
-                    for cfg in _seeded(b.config)])
+                    for cfg in _seeded(b.config, b.config.finetune_seeds)])
     controls = {}
     for control, (settings, data) in control_sets(b, generated, set_settings).items():
         controls[control] = _summary([score(b.tuned(f"{name}-{control}", settings, data, cfg), sets, cfg.seed)
-                                      for cfg in _seeded(b.config)])
+                                      for cfg in _seeded(b.config, b.config.control_seeds)])
     minus = {c: {k: lad["mean"][k] - v["mean"][k] for k in lad["mean"]} for c, v in controls.items()}
     return {"lad": lad, "controls": controls, "lad_minus_control": minus}
 
@@ -791,8 +792,9 @@ def _controls_section(results: dict[str, Any]) -> list[str]:
     """LAD minus each same-budget control, mean over fine-tuning seeds, in percentage points."""
     if "baselines" not in results:
         return []
-    lines = ["", "## LAD minus same-budget controls (pp, mean over fine-tuning seeds "
-             f"{list(results['settings']['finetune_seeds'])})", "",
+    lines = ["", "## LAD minus same-budget controls (pp; LAD: mean over fine-tuning seeds "
+             f"{list(results['settings']['finetune_seeds'])}, controls: seeds {list(results['settings']['control_seeds'])})",
+             "",
              "Each control replaces the generated images by: plain reconstructions G(phi(x)) of the same sources "
              "(eps 0); the source images themselves; as many PGD / FGSM examples crafted against LeNet from training "
              "images (positive controls). Same size, alpha, epochs and learning rate. Positive = LAD better."]
