@@ -21,7 +21,7 @@ import torch
 from .._io import atomic_path, environment_info, git_revision, write_json
 from ..data.base import ImageDataset
 from ..evaluation.metrics import batched_predict
-from ..lad.finetune import FinetuneConfig, eps_label
+from ..lad.finetune import FinetuneConfig
 from ..lad.generation import GeneratedSet
 from .lad import (EvalSets, LadBuild, LadConfig, _jsonable, build_lad, control_sets, eval_sets, score,
                   set_statistics)
