@@ -59,6 +59,24 @@ def test_results_have_the_required_keys(smoke: tuple[Path, dict, object]) -> Non
     assert "Table IV" in (root / "out" / "report.md").read_text()
 
 
+def test_results_hold_set_statistics_controls_and_both_white_box_readings(smoke: tuple[Path, dict, object]) -> None:
+    _, results, config = smoke
+    small = results["finetune_sets"]["small_adv"]
+    assert small["n"] == results["sets"]["small_adv"] and 0 <= small["misclassified"] <= 1
+    assert small["l2"]["q25"] <= small["l2"]["median"] <= small["l2"]["q75"] and small["linf"]["median"] <= 1
+    assert set(results["finetune_sets"]["large_adv"]) == {"0.1", "5", "20"}
+    for table in ("table2", "table3"):
+        block = results["baselines"][table]
+        assert set(block["controls"]) == {"reconstruction", "clean", "pgd", "fgsm"}
+        for control, diff in block["lad_minus_control"].items():
+            for key, value in diff.items():
+                assert value == pytest.approx(block["lad"]["mean"][key] - block["controls"][control]["mean"][key])
+    for name in ("fgsm", "pgd"):
+        row = results["table2"][name]
+        assert 0 <= row["finetuned_rerun"] <= 1 and row["finetuned_ci95"][0] <= row["finetuned"] <= row["finetuned_ci95"][1]
+        assert len(row["finetuned_seeds"]) == len(config.finetune_seeds)
+
+
 def test_generated_and_build_sets_stay_out_of_evaluation(smoke: tuple[Path, dict, object]) -> None:
     _, results, _ = smoke
     split = {k: set(v) for k, v in results["split"].items()}

@@ -21,7 +21,7 @@ class Experiment:
     """A named paper experiment: which pipeline, on which dataset, reproducing what."""
 
     name: str
-    pipeline: str          # "dld", "dld-adaptive", "dld-ablation" or "lad"
+    pipeline: str          # "dld", "dld-adaptive", "dld-ablation", "lad" or "lad-ablation"
     dataset: str
     reproduces: str
     needs_data_dir: bool = False
@@ -55,6 +55,8 @@ def _experiments() -> dict[str, Experiment]:
     for ds, rows in lad.items():
         for what, text in rows:
             items.append(Experiment(f"lad-{ds}-{what}", "lad", ds, text, ds != "mnist"))
+    items.append(Experiment("lad-mnist-ablation", "lad-ablation", "mnist",
+                            "LAD ablation (issue 13): one row per factor, FGSM/PGD, same-budget controls"))
     return {e.name: e for e in items}
 
 
@@ -111,7 +113,12 @@ def run_experiment(name: str, profile: str, out_dir: str | Path, data_dir: str |
         from .lad import lad_config, run_lad
 
         lcfg = apply_overrides(lad_config(profile, exp.dataset, data_dir=str(data_dir) if data_dir else None), overrides)
-        runner = lambda: run_lad(lcfg, out_dir)  # noqa: E731
+        if exp.pipeline == "lad-ablation":
+            from .lad_ablation import run_lad_ablation
+
+            runner = lambda: run_lad_ablation(lcfg, out_dir)  # noqa: E731
+        else:
+            runner = lambda: run_lad(lcfg, out_dir)  # noqa: E731
     results = runner()
     results.setdefault("experiment", name)
     return results

@@ -26,10 +26,11 @@ from .._progress import track
 from .._seed import seed_everything
 from ..data import Splits, load_dataset
 from ..data.base import ImageDataset
-from ..evaluation.metrics import accuracy
+from ..evaluation.metrics import accuracy, batched_predict, wilson_interval
 from ..lad import plots
 from ..lad.attention_svm import TargetBoundaries, load_boundaries, save_boundaries
-from ..lad.finetune import FinetuneConfig, LadSplit, eps_label, finetune, make_split, per_class_sample
+from ..lad.finetune import (FinetuneConfig, LadSplit, eps_label, finetune, finetune_set_statistics, make_split,
+                            per_class_sample)
 from ..lad.ga import ACGAN, ACGANConfig, UnrestrictedAttack, load_acgan, save_acgan, train_acgan
 from ..lad.generation import GeneratedSet, every_other_target, generate_set, success_by_eps, transition
 from ..lad.generator import (GeneratorConfig, LatentGenerator, create_generator, extract_latents, generate,
@@ -115,6 +116,9 @@ class LadConfig:
     large_eps: tuple[float, ...] = (0.1, 2.0, 5.0, 7.0, 10.0, 15.0, 20.0)
     small_eps: tuple[float, ...] = (0.1, 1.6, 3.2, 5.5, 10.0, 20.0)
     finetune: FinetuneConfig = FinetuneConfig()
+    finetune_seeds: tuple[int, ...] = (0,)  # fine-tuning seeds of the FGSM/PGD headline rows
+    control_seeds: tuple[int, ...] = (0,)   # fine-tuning seeds of their same-budget controls
+    rerun_per_class: int | None = None      # source images per class the white-box attacks are re-run from
     attacks: tuple[str, ...] = ATTACKS
     attack: AttackSettings = AttackSettings()
     table4_per_class: int = 450
@@ -137,7 +141,7 @@ def lad_config(profile: str, dataset: str = "mnist", **overrides: Any) -> LadCon
         base = replace(base, classifier=TrainConfig(epochs=3, batch_size=64), black=TrainConfig(epochs=2, batch_size=64,
                                                                                               seed=1),
                        generator=GeneratorConfig(epochs=8, batch_size=128), acgan=ACGANConfig(epochs=5, width=32),
-                       svm_epochs=200, finetune=FinetuneConfig(epochs=3),
+                       svm_epochs=200, finetune=FinetuneConfig(epochs=3), finetune_seeds=(0, 1, 2), rerun_per_class=100,
                        attack=AttackSettings(pgd_steps=20, pgd_step_size=0.03, cw_steps=100, cw_search_steps=4,
                                              ga_steps=100, untargeted_per_class=200, targeted_per_class=10),
                        table4_per_class=200)
@@ -311,17 +315,22 @@ def _craft(model: TappedModel, name: str, config: LadConfig, data: ImageDataset,
         rows, targets = every_other_target(labels, model.num_classes)
         index, labels = index[rows], labels[rows]
     attack = _attack(name, config.attack, config.seed)
-    device, size = default_device(), config.attack.batch_size
-    parts = []
-    for start in track(range(0, len(index), size), f"{name} attack"):
-        x, y = data.images[index[start:start + size]].to(device), labels[start:start + size].to(device)
+    result = _attack_batches(model, attack, data.images[index], labels, targets, config.attack.batch_size, name)
+    attack_lib.save_adversarial_set(path, result, labels, attack=attack, targets=targets, source_indices=index,
+                                    dataset=data.name)
+
+
+def _attack_batches(model: nn.Module, attack: attack_lib.Attack, images: torch.Tensor, labels: torch.Tensor,
+                    targets: torch.Tensor | None, size: int, name: str) -> AttackResult:
+    """`attack` on images (N, C, H, W) in batches of `size` (targeted when `targets` is given)."""
+    device, parts = default_device(), []
+    for start in track(range(0, len(images), size), f"{name} attack"):
+        x, y = images[start:start + size].to(device), labels[start:start + size].to(device)
         if targets is None:
             parts.append(attack(model, x, y))
         else:
             parts.append(attack(model, x, y, targets[start:start + size].to(device)))
-    result = AttackResult.concat(parts)
-    attack_lib.save_adversarial_set(path, result, labels, attack=attack, targets=targets, source_indices=index,
-                                    dataset=data.name)
+    return AttackResult.concat(parts)
 
 
 def _craft_ga(model: TappedModel, acgan: ACGAN, config: LadConfig, per_class: int, path: Path, seed: int) -> None:
@@ -367,12 +376,56 @@ def _model_settings(data: dict[str, Any], arch: str, arch_kwargs: dict[str, int]
     return {"data": data, "arch": arch, "arch_kwargs": arch_kwargs, "train": asdict(cfg)}
 
 
-def run_lad(config: LadConfig, out_dir: str | Path, data: Splits | None = None) -> dict[str, Any]:
-    """Run every LAD stage for `config`, write results.json, report.md and figures to out_dir; return results."""
-    start = time.perf_counter()
-    revision = git_revision()  # the code that runs, not whatever HEAD is when the run ends
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+@dataclass
+class LadBuild:
+    """What every LAD measurement shares: trained models, boundaries, generated sets, the split, and the settings
+    that key each cached stage (`keys`), so the main run and the ablation reuse one another's stages."""
+
+    config: LadConfig
+    stages: _Stages
+    splits: Splits
+    train: ImageDataset
+    split: LadSplit
+    keys: dict[str, Any]
+    classifier: TappedModel
+    black: TappedModel
+    generator: LatentGenerator
+    generator_metrics: dict[str, Any]
+    boundaries: TargetBoundaries
+    large: GeneratedSet
+    small: GeneratedSet
+
+    @property
+    def evaluation(self) -> ImageDataset:
+        """The held-out test images every accuracy is measured on."""
+        return self.splits.test.subset(self.split.evaluation)
+
+    def tuned(self, name: str, set_settings: dict[str, Any], adversarial: ImageDataset,
+              finetune_config: FinetuneConfig | None = None, clean: ImageDataset | None = None) -> nn.Module:
+        """The classifier fine-tuned by Eq. 4 on `adversarial` (+ `clean`, default the training images), cached."""
+        cfg = finetune_config or self.config.finetune
+        settings = {"base": self.keys["classifier"], "set": set_settings, "finetune": asdict(cfg), "name": name}
+        return _finetuned(self.stages, name, settings, self.classifier, self.train if clean is None else clean,
+                          adversarial, cfg)
+
+    def crafted(self, name: str, target: str, where: str, per_class: int, attack: AttackSettings | None = None,
+                acgan: ACGAN | None = None) -> attack_lib.AdversarialSet:
+        """Attack `name` crafted against the classifier or the black model from evaluation or training images."""
+        model = self.classifier if target == "classifier" else self.black
+        source, pool = ((self.splits.test, self.split.evaluation) if where == "evaluation"
+                        else (self.train, torch.arange(len(self.train))))
+        config = replace(self.config, attack=attack or self.config.attack)
+        settings = {"model": self.keys[target], "attack": name, "params": asdict(config.attack), "pool": where,
+                    "per_class": per_class, "split": self.keys["split"]}
+        draw = int(where == "train")  # GA: Table IV's fine-tuning draws differ from the evaluated ones
+        if name == "ga":
+            settings.update(acgan=self.keys["acgan"], **({"draw": draw} if draw else {}))  # draw 0 keeps older keys
+        return _crafted(self.stages, settings, lambda p: _craft(model, name, config, source, pool, per_class, p, acgan,
+                                                                draw))
+
+
+def build_lad(config: LadConfig, data: Splits | None = None) -> LadBuild:
+    """Train (or load from the stage cache) the classifier, black model, generator, boundaries and both sets."""
     spec = _spec(config.dataset)
     stages = _Stages(Path(config.cache_root) if config.cache_root else default_cache_root())
     with stages.timed("data"):
@@ -386,7 +439,6 @@ def run_lad(config: LadConfig, out_dir: str | Path, data: Splits | None = None) 
                        seed=config.seed)
     split_settings = {"data": data_settings, "boundary": config.boundary_per_class, "seed": config.seed,
                       "generation": config.generation_per_class, "small": config.small_per_class}
-
     kw = _arch_kwargs(spec, test)
     clf_settings = _model_settings(data_settings, spec.classifier, kw, config.classifier)
     classifier = _trained_model(stages, "classifier", clf_settings, spec.classifier, kw, train, config.classifier)
@@ -407,35 +459,151 @@ def run_lad(config: LadConfig, out_dir: str | Path, data: Splits | None = None) 
     large = _generated(stages, "large-adv", large_settings, lad_set(split.generation, config.large_eps))
     small_settings = {**large_settings, "eps": config.small_eps, "part": "small"}
     small = _generated(stages, "small-adv", small_settings, lad_set(split.small, config.small_eps))
+    keys = {"data": data_settings, "split": split_settings, "classifier": clf_settings, "black": black_settings,
+            "generator": gen_settings, "boundaries": bnd_settings, "large": large_settings, "small": small_settings,
+            "acgan": {"data": data_settings, "acgan": asdict(config.acgan)}}
+    return LadBuild(config, stages, splits, train, split, keys, classifier, black, generator, gen_metrics, boundaries,
+                    large, small)
 
-    def tuned(name: str, set_settings: dict[str, Any], adversarial: ImageDataset) -> nn.Module:
-        settings = {"base": clf_settings, "set": set_settings, "finetune": asdict(config.finetune), "name": name}
-        return _finetuned(stages, name, settings, classifier, train, adversarial, config.finetune)
 
-    ft = {eps: tuned(f"FT-{eps_label(eps)}", large_settings, large.select(large.eps == eps).as_dataset())
+@dataclass(frozen=True)
+class EvalSets:
+    """The sets a fine-tuned model is scored on: white-box sets crafted on the ORIGINAL classifier (the paper's
+    Table II reading), transfer sets crafted on the black model (Table III), and the source images the white-box
+    attacks are re-run from against the fine-tuned model itself (the real white-box number)."""
+
+    clean: ImageDataset
+    white: dict[str, ImageDataset]
+    transfer: dict[str, ImageDataset]
+    rerun: dict[str, ImageDataset]
+    attack: AttackSettings
+
+
+def eval_sets(b: LadBuild, names: tuple[str, ...] = ("fgsm", "pgd"), attack: AttackSettings | None = None,
+              rerun_per_class: int | None = None) -> EvalSets:
+    """FGSM/PGD (untargeted) evaluation sets from the evaluation images; re-runs on the first `rerun_per_class`
+    source images of each class of the white-box set (all when None)."""
+    s = attack or b.config.attack
+    white, transfer, rerun = {}, {}, {}
+    for name in names:
+        w = b.crafted(name, "classifier", "evaluation", s.untargeted_per_class, s)
+        white[name] = _as_dataset(w, name)
+        transfer[name] = _as_dataset(b.crafted(name, "black", "evaluation", s.untargeted_per_class, s), name)
+        keep = torch.cat([torch.nonzero(w.labels == c).flatten()[:rerun_per_class] for c in torch.unique(w.labels)])
+        rerun[name] = b.splits.test.subset(w.source_indices[keep.sort().values])
+    return EvalSets(b.evaluation, white, transfer, rerun, s)
+
+
+def _correct(model: nn.Module, data: ImageDataset) -> dict[str, Any]:
+    """Accuracy with its count and 95% Wilson interval."""
+    hits = int((batched_predict(model, data.images, 500) == data.labels).sum()) if len(data) else 0
+    return {"accuracy": hits / len(data) if len(data) else None, "n": len(data),
+            "ci95": list(wilson_interval(hits, len(data)))}
+
+
+def score(model: nn.Module, sets: EvalSets, seed: int = 0) -> dict[str, Any]:
+    """Clean, white-box (fixed sets and re-run against `model`) and transfer accuracy of `model`."""
+    rerun = {}
+    for name, data in sets.rerun.items():
+        result = _attack_batches(model, _attack(name, sets.attack, seed), data.images, data.labels, None,
+                                 sets.attack.batch_size, f"{name} re-run")
+        hits = int((result.predictions == data.labels).sum())
+        rerun[name] = {"accuracy": hits / len(data), "n": len(data), "ci95": list(wilson_interval(hits, len(data)))}
+    return {"clean": _correct(model, sets.clean), "white": {n: _correct(model, d) for n, d in sets.white.items()},
+            "rerun": rerun, "transfer": {n: _correct(model, d) for n, d in sets.transfer.items()}}
+
+
+def _first_per_class(labels: torch.Tensor, per_class: int) -> torch.Tensor:
+    """Row indices of the first `per_class` rows of each class, in order."""
+    rank = torch.zeros_like(labels)
+    for c in torch.unique(labels):
+        rows = torch.nonzero(labels == c).flatten()
+        rank[rows] = torch.arange(rows.numel())
+    return torch.nonzero(rank < per_class).flatten()
+
+
+def control_sets(b: LadBuild, mirror: GeneratedSet, mirror_settings: dict[str, Any]
+                 ) -> dict[str, tuple[dict[str, Any], ImageDataset]]:
+    """The same-budget controls for a LAD fine-tuning set: its generated images replaced by plain reconstructions
+    G(phi(x)) of the same sources (eps 0), by the source images themselves, and by as many PGD or FGSM examples
+    (the positive controls) crafted against the classifier from training images."""
+    tap, k = SPECS[b.config.dataset].tap, b.classifier.num_classes
+    sources = b.splits.test.images[mirror.source_index]
+    recon = generate(b.generator, extract_latents(b.classifier, tap, sources))
+    out = {"reconstruction": ({"control": "reconstruction", "of": mirror_settings},
+                              ImageDataset(recon, mirror.labels, "reconstruction", "generated")),
+           "clean": ({"control": "clean", "of": mirror_settings}, ImageDataset(sources, mirror.labels, "clean", "test"))}
+    wanted = -(-len(mirror) // k)
+    per_class = max(-(-len(b.small) // k), wanted)  # one crafted set serves every mirror (Small Adv. is the largest)
+    for name in ("pgd", "fgsm"):
+        adv = b.crafted(name, "classifier", "train", per_class)
+        out[name] = ({"control": name, "per_class": wanted, "params": asdict(b.config.attack)},
+                     _as_dataset(adv, name).subset(_first_per_class(adv.labels, wanted)))
+    return out
+
+
+def set_statistics(b: LadBuild, generated: GeneratedSet) -> dict[str, Any]:
+    """`finetune_set_statistics` of a generated set against its source test images, with the Eq. 3 rate."""
+    stats = finetune_set_statistics(b.classifier, generated.as_dataset(), b.splits.test.images[generated.source_index])
+    return {**stats, "eq3_holds": float(generated.consistent.double().mean())}
+
+
+def _seeded(config: LadConfig, seeds: tuple[int, ...]) -> list[FinetuneConfig]:
+    return [replace(config.finetune, seed=s) for s in seeds]
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seed 0's scores (with Wilson intervals) plus per-seed accuracies and their mean for every metric."""
+    def walk(path: tuple[str, ...]) -> list[float]:
+        values = []
+        for run in runs:
+            node: Any = run
+            for key in path:
+                node = node[key]
+            values.append(node["accuracy"])
+        return values
+
+    paths = [("clean",)] + [(group, name) for group in ("white", "rerun", "transfer") for name in runs[0][group]]
+    seeds = {"/".join(p): walk(p) for p in paths}
+    return {**runs[0], "seeds": seeds, "mean": {k: sum(v) / len(v) for k, v in seeds.items()}}
+
+
+def headline(b: LadBuild, sets: EvalSets, name: str, set_settings: dict[str, Any], generated: GeneratedSet
+             ) -> dict[str, Any]:
+    """A LAD model (at every fine-tuning seed) beside its same-budget controls, scored and differenced."""
+    lad = _summary([score(b.tuned(name, set_settings, generated.as_dataset(), cfg), sets, cfg.seed)
+                    for cfg in _seeded(b.config, b.config.finetune_seeds)])
+    controls = {}
+    for control, (settings, data) in control_sets(b, generated, set_settings).items():
+        controls[control] = _summary([score(b.tuned(f"{name}-{control}", settings, data, cfg), sets, cfg.seed)
+                                      for cfg in _seeded(b.config, b.config.control_seeds)])
+    minus = {c: {k: lad["mean"][k] - v["mean"][k] for k in lad["mean"]} for c, v in controls.items()}
+    return {"lad": lad, "controls": controls, "lad_minus_control": minus}
+
+
+def run_lad(config: LadConfig, out_dir: str | Path, data: Splits | None = None) -> dict[str, Any]:
+    """Run every LAD stage for `config`, write results.json, report.md and figures to out_dir; return results."""
+    start = time.perf_counter()
+    revision = git_revision()  # the code that runs, not whatever HEAD is when the run ends
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    b = build_lad(config, data)
+    stages, splits, split, train, test = b.stages, b.splits, b.split, b.train, b.splits.test
+    classifier, black, large, small = b.classifier, b.black, b.large, b.small
+    ft = {eps: b.tuned(f"FT-{eps_label(eps)}", b.keys["large"], large.select(large.eps == eps).as_dataset())
           for eps in config.large_eps}
-    adv_model = tuned("Adv", small_settings, small.as_dataset())
+    adv_model = b.tuned("Adv", b.keys["small"], small.as_dataset())
     ft_first = ft[config.large_eps[0]]
-    acgan_settings = {"data": data_settings, "acgan": asdict(config.acgan)}
-    acgan = _trained_acgan(stages, acgan_settings, config, train) if "ga" in config.attacks else None
-
-    def crafted(name: str, model: TappedModel, model_settings: dict[str, Any], source: ImageDataset,
-                pool: torch.Tensor, per_class: int, where: str) -> attack_lib.AdversarialSet:
-        settings = {"model": model_settings, "attack": name, "params": asdict(config.attack), "pool": where,
-                    "per_class": per_class, "split": split_settings}
-        draw = int(where == "train")  # GA: Table IV's fine-tuning draws differ from the evaluated ones
-        if name == "ga":
-            settings.update(acgan=acgan_settings, **({"draw": draw} if draw else {}))  # draw 0 keeps older keys
-        return _crafted(stages, settings, lambda p: _craft(model, name, config, source, pool, per_class, p, acgan, draw))
+    acgan = _trained_acgan(stages, b.keys["acgan"], config, train) if "ga" in config.attacks else None
 
     def per_attack(name: str) -> dict[str, Any]:
         per_class = config.attack.targeted_per_class if name in TARGETED else config.attack.untargeted_per_class
-        white = crafted(name, classifier, clf_settings, test, split.evaluation, per_class, "evaluation")
-        transfer = crafted(name, black, black_settings, test, split.evaluation, per_class, "evaluation")
+        white = b.crafted(name, "classifier", "evaluation", per_class, acgan=acgan)
+        transfer = b.crafted(name, "black", "evaluation", per_class, acgan=acgan)
         t4_per_class = config.attack.targeted_per_class if name in TARGETED else config.table4_per_class
-        t4_set = crafted(name, classifier, clf_settings, train, torch.arange(len(train)), t4_per_class, "train")
-        t4_model = tuned(f"attack-{name}", {"attack_set": name, "per_class": t4_per_class,
-                                            "params": asdict(config.attack)}, _as_dataset(t4_set, name)) \
+        t4_set = b.crafted(name, "classifier", "train", t4_per_class, acgan=acgan)
+        t4_model = b.tuned(f"attack-{name}", {"attack_set": name, "per_class": t4_per_class,
+                                              "params": asdict(config.attack)}, _as_dataset(t4_set, name)) \
             if len(t4_set) else None  # GA may find no example at smoke scale
         with stages.timed("evaluate"):
             return {"table2": _row(classifier, adv_model, _as_dataset(white, name)),
@@ -448,25 +616,48 @@ def run_lad(config: LadConfig, out_dir: str | Path, data: Splits | None = None) 
                     "white": white}
 
     attack_rows = {name: per_attack(name) for name in config.attacks}
+    with stages.timed("controls"):
+        sets = eval_sets(b, tuple(n for n in ("fgsm", "pgd") if n in config.attacks), None, config.rerun_per_class)
+        first = config.large_eps[0]
+        headlines = {"table2": headline(b, sets, "Adv", b.keys["small"], small),
+                     "table3": headline(b, sets, f"FT-{eps_label(first)}", b.keys["large"], large.select(large.eps == first))}
     with stages.timed("evaluate"):
-        evaluation = test.subset(split.evaluation)
+        evaluation = b.evaluation
         table4 = {"original": _acc(classifier, evaluation), "ours": _acc(ft_first, evaluation),
                   "ours_model": f"FT-{eps_label(config.large_eps[0])}", "adv_model": _acc(adv_model, evaluation),
                   "n": len(evaluation), **{n: r["table4"]["accuracy"] for n, r in attack_rows.items()},
                   "n_train": {n: r["table4"]["n_train"] for n, r in attack_rows.items()}}
         fig5 = success_by_eps(large, classifier.num_classes)
         fig7 = _fig7(config, classifier, adv_model, ft, large, evaluation)
+        original = score(classifier, sets)
+        stats = {"small_adv": set_statistics(b, small),
+                 "large_adv": {eps_label(eps): set_statistics(b, large.select(large.eps == eps)) for eps in config.large_eps}}
     with stages.timed("figures"):
-        _figures(out, config, classifier, generator, boundaries, splits, split, large, attack_rows, fig5, fig7)
+        _figures(out, config, classifier, b.generator, b.boundaries, splits, split, large, attack_rows, fig5, fig7)
+    table2 = {n: r["table2"] for n, r in attack_rows.items()}
+    table3 = {n: r["table3"] for n, r in attack_rows.items()}
+    for table, rows, group in (("table2", table2, "white"), ("table3", table3, "transfer")):
+        lad = headlines[table]["lad"]
+        for name, row in rows.items():
+            row["original_ci95"] = _ci(row["original"], row["n"])
+            row["finetuned_ci95"] = _ci(row["finetuned"], row["n"])
+            if name in lad[group]:
+                row["finetuned_seeds"] = lad["seeds"][f"{group}/{name}"]
+            if table == "table2" and name in lad["rerun"]:
+                row["finetuned_rerun"] = lad["rerun"][name]["accuracy"]
+                row["finetuned_rerun_ci95"] = lad["rerun"][name]["ci95"]
+                row["finetuned_rerun_seeds"] = lad["seeds"][f"rerun/{name}"]
+                row["original_rerun"] = original["rerun"][name]["accuracy"]
+                row["rerun_n"] = lad["rerun"][name]["n"]
     results = {
         "experiment": f"lad-{config.dataset}", "profile": config.profile,
-        "generator": {k_: gen_metrics[k_] for k_ in ("train_mse", "test_mse", "epochs", "train_images", "latent_dim")},
-        "table2": {n: r["table2"] for n, r in attack_rows.items()},
-        "table3": {n: r["table3"] for n, r in attack_rows.items()},
+        "generator": {k_: b.generator_metrics[k_] for k_ in ("train_mse", "test_mse", "epochs", "train_images", "latent_dim")},
+        "table2": table2, "table3": table3,
         "table4": table4, "fig5": fig5, "fig7": fig7,
         "models": {"table2_finetuned": "Adv (Small Adv. set)", "table3_finetuned": table4["ours_model"]},
         **({"ga_search": attack_rows["ga"]["search"]} if "ga" in attack_rows else {}),
         "sets": {"large_adv": len(large), "small_adv": len(small)},
+        "finetune_sets": stats, "original_scores": original, "baselines": headlines,
         "split": {name: idx.tolist() for name, idx in split.as_dict().items()},
         "settings": _jsonable(asdict(config)), "seed": config.seed,
         "dataset_sizes": {"train": len(train), "test": len(test), "evaluation": len(split.evaluation)},
@@ -478,6 +669,11 @@ def run_lad(config: LadConfig, out_dir: str | Path, data: Splits | None = None) 
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(render_report(results, PAPER.get(config.dataset, {})))
     return results
+
+
+def _ci(rate: float | None, n: int) -> list[float] | None:
+    """95% Wilson interval of an accuracy over n images."""
+    return None if rate is None else list(wilson_interval(round(rate * n), n))
 
 
 def _jsonable(obj: Any) -> Any:
@@ -494,7 +690,7 @@ def _acc(model: nn.Module, data: ImageDataset) -> float | None:
     return accuracy(model, data.images, data.labels) if len(data) else None
 
 
-def _row(original: nn.Module, finetuned: nn.Module, data: ImageDataset) -> dict[str, float | int]:
+def _row(original: nn.Module, finetuned: nn.Module, data: ImageDataset) -> dict[str, Any]:
     """Accuracy (original label) of the original and fine-tuned models on one adversarial set."""
     return {"original": _acc(original, data), "finetuned": _acc(finetuned, data), "n": len(data)}
 
@@ -563,11 +759,83 @@ def _diff(ours: float | None, paper: float | None) -> str:
     return "—" if ours is None or paper is None else f"{100 * (ours - paper):+.2f}"
 
 
+def _ci_text(ci: list[float] | None) -> str:
+    return "" if not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _seeds_text(values: list[float] | None) -> str:
+    return "—" if not values else ", ".join(f"{100 * v:.2f}" for v in values)
+
+
+def _two_readings(results: dict[str, Any]) -> list[str]:
+    """Table II read two ways: the paper's (sets crafted on the original LeNet) and attacks re-run on each model."""
+    rows = {n: r for n, r in results["table2"].items() if "finetuned_rerun" in r}
+    if not rows:
+        return []
+    lines = ["", "## White-box, two readings (Table II model, 95% Wilson intervals, fine-tuning seeds)", "",
+             "'fixed' = the paper's reading: sets crafted once on the ORIGINAL LeNet, which measures how far fine-tuning "
+             "moved the model. 're-run' = the attack run again against each model (the real white-box number), from "
+             f"{results['settings']['rerun_per_class'] or 'all'} evaluation images per class.", "",
+             "| attack | original, fixed | Adv, fixed | Adv, fixed, per seed | original, re-run | Adv, re-run "
+             "| Adv, re-run, per seed |", "|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        rerun_n = r["rerun_n"]
+        lines.append(f"| {name} | {_pct(r['original'])}{_ci_text(r['original_ci95'])} | {_pct(r['finetuned'])}"
+                     f"{_ci_text(r['finetuned_ci95'])} | {_seeds_text(r.get('finetuned_seeds'))} | "
+                     f"{_pct(r['original_rerun'])}{_ci_text(_ci(r['original_rerun'], rerun_n))} | "
+                     f"{_pct(r['finetuned_rerun'])}{_ci_text(r['finetuned_rerun_ci95'])} | "
+                     f"{_seeds_text(r.get('finetuned_rerun_seeds'))} |")
+    return lines
+
+
+def _controls_section(results: dict[str, Any]) -> list[str]:
+    """LAD minus each same-budget control, mean over fine-tuning seeds, in percentage points."""
+    if "baselines" not in results:
+        return []
+    lines = ["", "## LAD minus same-budget controls (pp; LAD: mean over fine-tuning seeds "
+             f"{list(results['settings']['finetune_seeds'])}, controls: seeds {list(results['settings']['control_seeds'])})",
+             "",
+             "Each control replaces the generated images by: plain reconstructions G(phi(x)) of the same sources "
+             "(eps 0); the source images themselves; as many PGD / FGSM examples crafted against LeNet from training "
+             "images (positive controls). Same size, alpha, epochs and learning rate. Positive = LAD better."]
+    for table, model in (("table2", "Adv"), ("table3", results["models"]["table3_finetuned"])):
+        block = results["baselines"][table]
+        keys = list(block["lad"]["mean"])
+        lines += ["", f"{model} (accuracy %, mean over seeds):", "",
+                  "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys),
+                  f"| LAD ({model}) | " + " | ".join(f"{100 * block['lad']['mean'][k]:.2f}" for k in keys) + " |"]
+        for control, scores in block["controls"].items():
+            lines.append(f"| {control} | " + " | ".join(f"{100 * scores['mean'][k]:.2f}" for k in keys) + " |")
+        for control, diff in block["lad_minus_control"].items():
+            lines.append(f"| LAD minus {control} | " + " | ".join(f"{100 * diff[k]:+.2f}" for k in keys) + " |")
+    return lines
+
+
+def _sets_section(results: dict[str, Any]) -> list[str]:
+    """What the fine-tuning sets hold: size, share LeNet gets wrong, distance to source, logit margin."""
+    if "finetune_sets" not in results:
+        return []
+    lines = ["", "## What goes into fine-tuning", "",
+             "Per set: size; fraction the original LeNet misclassifies; L2 and L-inf pixel distance to the source image "
+             "(median [q25, q75]); LeNet's logit margin, true label minus best other (median [q25, q75]; < 0 = "
+             "misclassified, near 0 = near the boundary); share where Eq. 3 holds.", "",
+             "| set | n | LeNet wrong | L2 | L-inf | logit margin | Eq. 3 holds |", "|---|---|---|---|---|---|---|"]
+    sets = results["finetune_sets"]
+    named = [("Small Adv. (all eps)", sets["small_adv"])] + [(f"Large Adv. eps {k}", v) for k, v in sets["large_adv"].items()]
+    for name, st in named:
+        q = {k: f"{st[k]['median']:.2f} [{st[k]['q25']:.2f}, {st[k]['q75']:.2f}]" for k in ("l2", "linf", "logit_margin")}
+        lines.append(f"| {name} | {st['n']} | {_pct(st['misclassified'])} | {q['l2']} | {q['linf']} | {q['logit_margin']} "
+                     f"| {_pct(st['eq3_holds'])} |")
+    return lines
+
+
 def render_report(results: dict[str, Any], paper: dict[str, Any]) -> str:
     """Markdown: our Tables II-IV beside the paper's, with differences in percentage points."""
     lines = [f"# {results['experiment']} ({results['profile']} profile)", "",
              f"git {results['git_revision']}, seed {results['seed']}, total wall time "
              f"{results['wall_time_s']['total']:.0f} s. Accuracies on adversarial sets count the ORIGINAL label.", "",
+             f"Command: `latentdefence reproduce {results['experiment']}-table2 --profile {results['profile']}` "
+             "(every LAD table and figure of this dataset comes from this one run).", "",
              "## Generator (Fig. 3)", "", "| | ours | paper |", "|---|---|---|"]
     for key in ("train_mse", "test_mse"):
         lines.append(f"| {key} | {results['generator'][key]:.5f} | {paper.get('generator', {}).get(key, '—')} |")
@@ -580,6 +848,7 @@ def render_report(results: dict[str, Any], paper: dict[str, Any]) -> str:
             ref = paper.get(table, {}).get(name, (None, None))
             lines.append(f"| {name} | {row['n']} | {_pct(row['original'])} | {_pct(ref[0])} | {_diff(row['original'], ref[0])} "
                          f"| {_pct(row['finetuned'])} | {_pct(ref[1])} | {_diff(row['finetuned'], ref[1])} |")
+    lines += _two_readings(results) + _controls_section(results) + _sets_section(results)
     if "ga_search" in results:
         rates = ", ".join(f"{part} {_pct(v['success_rate'])} of {v['candidates']}" for part, v in results["ga_search"].items())
         lines += ["", "GA rows hold only the AC-GAN searches that fooled the model they were run against while the "

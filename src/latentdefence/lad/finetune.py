@@ -1,7 +1,9 @@
 """LAD's adversarial fine-tuning (Zhou et al., Eq. 4) and the test-set split that keeps evaluation clean.
 
 Eq. 4: J~ = alpha * J(theta; x, y) + (1 - alpha) * J(theta; G(z + eps beta d), y), alpha = 0.5: each step
-mixes a batch of clean training images with a batch of generated images carrying their ORIGINAL labels.
+mixes a batch of clean images with a batch of generated images carrying their ORIGINAL labels. By default the
+clean batch is drawn at random from the training images; `pair_clean` follows the equation literally (z = phi(x):
+each generated image is paired with its own source x).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch.nn import functional as F
 from .._io import load_tensors
 from .._progress import advance, make_progress
 from .._seed import seed_everything
+from ..attacks.base import margin
 from ..data.base import ImageDataset
 
 
@@ -38,6 +41,7 @@ class FinetuneConfig:
     lr: float = 1e-4
     alpha: float = 0.5
     seed: int = 0
+    pair_clean: bool = False  # Eq. 4 literally: clean row i is the source image of generated row i
 
 
 def finetune(model: nn.Module, clean: ImageDataset, adversarial: ImageDataset, config: FinetuneConfig) -> nn.Module:
@@ -47,6 +51,8 @@ def finetune(model: nn.Module, clean: ImageDataset, adversarial: ImageDataset, c
     if clean.images.shape[1:] != adversarial.images.shape[1:]:
         raise ValueError(f"clean images {tuple(clean.images.shape[1:])} and adversarial images "
                          f"{tuple(adversarial.images.shape[1:])} differ in shape")
+    if config.pair_clean and len(clean) != len(adversarial):
+        raise ValueError(f"pair_clean needs one clean image per generated image, got {len(clean)} and {len(adversarial)}")
     gen = seed_everything(config.seed)
     tuned = copy.deepcopy(model)
     device = next(tuned.parameters()).device
@@ -56,7 +62,7 @@ def finetune(model: nn.Module, clean: ImageDataset, adversarial: ImageDataset, c
         task = progress.add_task("fine-tune (Eq. 4)", total=config.epochs, status="")
         for _ in range(config.epochs):
             for idx in torch.randperm(len(adversarial), generator=gen).split(config.batch_size):
-                clean_idx = torch.randint(len(clean), (idx.numel(),), generator=gen)
+                clean_idx = idx if config.pair_clean else torch.randint(len(clean), (idx.numel(),), generator=gen)
                 loss = eq4_loss(tuned, clean.images[clean_idx].to(device), clean.labels[clean_idx].to(device),
                                 adversarial.images[idx].to(device), adversarial.labels[idx].to(device), config.alpha)
                 if not torch.isfinite(loss):
@@ -67,6 +73,33 @@ def finetune(model: nn.Module, clean: ImageDataset, adversarial: ImageDataset, c
             advance(progress, task, f"loss {loss.item():.4f}")
     tuned.eval()
     return tuned
+
+
+def _quartiles(values: torch.Tensor) -> dict[str, float]:
+    q = torch.quantile(values.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+    return {"mean": float(values.double().mean()), "q25": q[0], "median": q[1], "q75": q[2]}
+
+
+@torch.no_grad()
+def finetune_set_statistics(model: nn.Module, data: ImageDataset, sources: torch.Tensor,
+                            batch_size: int = 500) -> dict[str, object]:
+    """What a fine-tuning set teaches: its size, the fraction `model` gets wrong, the pixel distance (L2, L-inf) of
+    each image to its source image `sources` (N, C, H, W), and `model`'s logit margin (label minus best other;
+    negative = misclassified, near 0 = near the decision boundary)."""
+    if sources.shape != data.images.shape:
+        raise ValueError(f"sources {tuple(sources.shape)} must match the set's images {tuple(data.images.shape)}")
+    if len(data) == 0:
+        raise ValueError("cannot describe an empty fine-tuning set")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    logits = torch.cat([model(data.images[i:i + batch_size].to(device)).cpu() for i in range(0, len(data), batch_size)])
+    model.train(was_training)
+    delta = (data.images - sources).flatten(1)                                   # (N, C*H*W)
+    margins = margin(logits, data.labels, targeted=False)
+    return {"n": len(data), "misclassified": float((margins < 0).double().mean()),
+            "l2": _quartiles(delta.norm(dim=1)), "linf": _quartiles(delta.abs().amax(dim=1)),
+            "logit_margin": _quartiles(margins)}
 
 
 def per_class_sample(labels: torch.Tensor, pool: torch.Tensor, per_class: int, gen: torch.Generator) -> torch.Tensor:
