@@ -7,21 +7,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from latentdefence.data.base import ImageDataset
 from latentdefence.dld import DeepLatentDefence, EncoderTrainConfig, train_encoder
 from latentdefence.models import create_model
+import toy_blobs
 
 TAPS = ("conv1", "conv2")
 
 
-def blobs(n: int, seed: int) -> ImageDataset:
-    """Three classes of 28x28 images: a bright 14x14 block (top-left, top-right, bottom-middle) plus noise."""
-    gen = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 3
-    images = 0.2 * torch.rand(n, 1, 28, 28, generator=gen)
-    for c, (r, col) in enumerate([(0, 0), (0, 14), (14, 7)]):
-        images[labels == c, :, r:r + 14, col:col + 14] += 0.7
-    return ImageDataset(images.clamp(0, 1), labels, "blobs", "train")
+def blobs(n: int, seed: int) -> toy_blobs.ImageDataset:
+    """The shared three-class blobs at LeNet-5's 28x28."""
+    return toy_blobs.blobs(n, seed, size=28)
 
 
 def build_artifact(path: Path) -> DeepLatentDefence:

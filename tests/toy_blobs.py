@@ -18,13 +18,14 @@ def tiny_model() -> StagedModel:
     ], input_shape=(1, 8, 8), num_classes=3)
 
 
-def blobs(n: int, seed: int) -> ImageDataset:
-    """Three classes: a bright 4x4 quadrant (top-left, top-right, bottom) plus noise."""
+def blobs(n: int, seed: int, size: int = 8) -> ImageDataset:
+    """Three classes of size x size images: a bright half-size block (top-left, top-right, bottom-middle) plus noise."""
     gen = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % 3
-    images = 0.2 * torch.rand(n, 1, 8, 8, generator=gen)
-    for c, (r, col) in enumerate([(0, 0), (0, 4), (4, 2)]):
-        images[labels == c, :, r:r + 4, col:col + 4] += 0.7
+    images = 0.2 * torch.rand(n, 1, size, size, generator=gen)
+    half, quarter = size // 2, size // 4
+    for c, (r, col) in enumerate([(0, 0), (0, half), (half, quarter)]):
+        images[labels == c, :, r:r + half, col:col + half] += 0.7
     return ImageDataset(images.clamp(0, 1), labels, "blobs", "train")
 
 
