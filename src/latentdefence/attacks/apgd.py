@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .base import Attack, ascent_direction, project
+from .base import Attack, ascent_direction, check_iterative, project
 
 
 def dlr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -81,12 +81,9 @@ class APGD(Attack):
     def __init__(self, eps: float, steps: int = 100, *, norm: str = "linf", loss: str = "ce", restarts: int = 1,
                  rho: float = 0.75, momentum: float = 0.75, targeted: bool = False,
                  generator: torch.Generator | None = None, channels_last: bool = False) -> None:
-        if norm not in ("linf", "l2"):
-            raise ValueError(f"APGD supports norm 'linf' or 'l2', got {norm!r}")
+        check_iterative("APGD", norm, eps, steps=steps, restarts=restarts)
         if loss not in ("ce", "dlr"):
             raise ValueError(f"APGD loss must be 'ce' or 'dlr', got {loss!r}")
-        if eps < 0 or steps < 1 or restarts < 1:
-            raise ValueError(f"need eps >= 0, steps >= 1, restarts >= 1; got {eps}, {steps}, {restarts}")
         self.eps = eps
         self.steps = steps
         self.norm = norm

@@ -55,6 +55,21 @@ def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
 
 
+def check_iterative(attack: str, norm: str, eps: float, **counts: int) -> None:
+    """Reject a norm other than L-inf/L2, a negative eps or a count (steps, restarts, ...) below 1, naming it."""
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"{attack} supports norm 'linf' or 'l2', got {norm!r}")
+    if eps < 0 or any(v < 1 for v in counts.values()):
+        wanted = ", ".join(f"{k} >= 1" for k in counts)
+        got = ", ".join(f"{k} {v}" for k, v in counts.items())
+        raise ValueError(f"{attack} needs eps >= 0, {wanted}; got eps {eps}, {got}")
+
+
+def madry_step_size(eps: float, steps: int, step_size: float | None) -> float:
+    """The given step size, else Madry et al.'s 2.5 * eps / steps."""
+    return 2.5 * eps / steps if step_size is None else step_size
+
+
 def project(adv: torch.Tensor, images: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     """Nearest point to `adv` inside the `norm` ball of radius `eps` around `images`, clipped to [0, 1].
 

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from .base import Attack, AttackResult, ascent_direction, check_inputs, cross_entropy, frozen_eval, perturbation_norm, \
-    project, random_start
+from .base import (Attack, AttackResult, ascent_direction, check_inputs, check_iterative, cross_entropy, frozen_eval,
+                   madry_step_size, perturbation_norm, project, random_start)
 
 
 class Detector(Protocol):
@@ -110,13 +110,9 @@ class DetectorAttack(Attack):
     def _store_threat_model(self, eps: float, step_size: float | None, steps: int, norm: str, restarts: int,
                             check_every: int, generator: torch.Generator | None) -> None:
         """Check and store the settings every detector attack shares (step size default: Madry's 2.5 eps / steps)."""
-        if norm not in ("linf", "l2"):
-            raise ValueError(f"{type(self).__name__} supports norm 'linf' or 'l2', got {norm!r}")
-        if eps < 0 or steps < 1 or restarts < 1 or check_every < 1:
-            raise ValueError(f"need eps >= 0 and steps, restarts, check_every >= 1; got {eps}, {steps}, "
-                             f"{restarts}, {check_every}")
+        check_iterative(type(self).__name__, norm, eps, steps=steps, restarts=restarts, check_every=check_every)
         self.eps = eps
-        self.step_size = 2.5 * eps / steps if step_size is None else step_size
+        self.step_size = madry_step_size(eps, steps, step_size)
         self.steps = steps
         self.norm = norm
         self.restarts = restarts

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Attack, Loss, ascent_direction, cross_entropy, project, random_start
+from .base import (Attack, Loss, ascent_direction, check_iterative, cross_entropy, madry_step_size, project,
+                   random_start)
 
 
 class PGD(Attack):
@@ -40,12 +41,9 @@ class PGD(Attack):
                  restarts: int = 1, random_start: bool = True, targeted: bool = False,
                  early_stop: bool = False, loss: Loss | None = None,
                  generator: torch.Generator | None = None, channels_last: bool = False) -> None:
-        if norm not in ("linf", "l2"):
-            raise ValueError(f"PGD supports norm 'linf' or 'l2', got {norm!r}")
-        if eps < 0 or steps < 1 or restarts < 1:
-            raise ValueError(f"need eps >= 0, steps >= 1, restarts >= 1; got {eps}, {steps}, {restarts}")
+        check_iterative("PGD", norm, eps, steps=steps, restarts=restarts)
         self.eps = eps
-        self.step_size = 2.5 * eps / steps if step_size is None else step_size
+        self.step_size = madry_step_size(eps, steps, step_size)
         self.steps = steps
         self.norm = norm
         self.restarts = restarts
