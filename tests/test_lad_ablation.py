@@ -11,8 +11,10 @@ from torch import nn
 
 from latentdefence.data.base import ImageDataset
 from latentdefence.experiments.lad import lad_config
-from latentdefence.experiments.lad_ablation import rows, run_lad_ablation
+from latentdefence.experiments.lad_ablation import rows, run_lad_ablation, upstream_rows
 from latentdefence.lad.finetune import FinetuneConfig, finetune, finetune_set_statistics
+from latentdefence.lad.generator import GeneratorConfig
+from latentdefence.training.loop import TrainConfig
 
 from test_lad_experiment import tiny_digits
 
@@ -57,7 +59,9 @@ def test_paired_eq4_needs_one_clean_image_per_generated_image() -> None:
 @pytest.mark.slow
 def test_smoke_ablation_scores_every_row_and_control(tmp_path: Path) -> None:
     config = lad_config("smoke", cache_root=str(tmp_path / "cache"), attacks=("fgsm", "pgd"))
-    report = run_lad_ablation(config, tmp_path / "out", data=tiny_digits())
+    refine = (GeneratorConfig(epochs=1, batch_size=32, seed=1), GeneratorConfig(epochs=2, batch_size=32, lr=1e-4, seed=2))
+    upstream = upstream_rows(refine, TrainConfig(epochs=2, batch_size=32))
+    report = run_lad_ablation(config, tmp_path / "out", data=tiny_digits(), upstream=upstream)
     on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
     names = [r["name"] for r in on_disk["rows"]]
     assert names[:len(rows())] == [r.name for r in rows()]
@@ -68,5 +72,14 @@ def test_smoke_ablation_scores_every_row_and_control(tmp_path: Path) -> None:
         assert set(scores["white"]) == set(scores["rerun"]) == set(scores["transfer"]) == {"fgsm", "pgd"}
         assert 0 <= scores["clean"]["accuracy"] <= 1 and row["set"]["n"] > 0
     assert len(report["attack_strength"]["rows"]) == 1 + 2 + 4
+    refined, lenet, both = on_disk["upstream"]
+    assert refined["generator"]["epochs"] == both["generator"]["epochs"] == 1 + 1 + 2 and lenet["generator"]["epochs"] == 1
+    assert refined["original"] == on_disk["original"]                       # same LeNet, same attack sets
+    assert len(list((tmp_path / "cache").glob("lad-generator-*"))) == 2 * 3  # per LeNet: G, then one stage per phase
+    assert lenet["original"]["scores"]["white"] == both["original"]["scores"]["white"] != on_disk["original"]["scores"]["white"]
+    for build in on_disk["upstream"]:
+        assert [r["name"].split(":")[0] for r in build["rows"]] == ["Adv", "FT-0.1"] + ["control"] * 4
+        assert all(r["scores"]["rerun"].keys() == {"fgsm", "pgd"} for r in build["rows"])
     text = (tmp_path / "out" / "report.md").read_text()
     assert "Eq. 4 pairing" in text and "Attack strength" in text
+    assert text.count("Adv minus reconstruction control") == 3 and "LeNet trained longer, its G trained longer" in text

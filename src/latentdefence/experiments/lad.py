@@ -101,6 +101,7 @@ class LadConfig:
     black: TrainConfig = TrainConfig(epochs=10, batch_size=64, lr=1e-3, seed=1)
     acgan: ACGANConfig = ACGANConfig()
     generator: GeneratorConfig = GeneratorConfig()
+    generator_refine: tuple[GeneratorConfig, ...] = ()  # further Eq. 2 phases from the trained G (an ablation row)
     generator_width: float = 1.0
     generator_train_limit: int | None = None
     boundary_per_class: int = 20
@@ -230,23 +231,35 @@ def _trained_model(stages: _Stages, name: str, settings: dict[str, Any], arch: s
 
 def _trained_generator(stages: _Stages, settings: dict[str, Any], config: LadConfig, classifier: TappedModel,
                        splits: Splits) -> tuple[LatentGenerator, dict[str, Any]]:
-    """Train G (Eq. 2) on the classifier's latents of the training images, or load it; report train/test MSE."""
+    """Train G (Eq. 2) on the classifier's latents of the training images, or load it; report train/test MSE.
+    Each phase of `config.generator_refine` goes on training the previous phase's G, each a cached stage."""
     spec = SPECS[config.dataset]
     train = splits.train.head(config.generator_train_limit)
 
-    def build(path: Path) -> None:
+    def build(path: Path, phase: GeneratorConfig, parent: Path | None) -> None:
         z = extract_latents(classifier, spec.tap, train.images)
-        seed_everything(config.generator.seed)
-        gen = create_generator(spec.generator, latent_dim=z.shape[1], width=config.generator_width,
-                               **_arch_kwargs(spec, splits.train)).to(default_device())
-        losses = train_generator(gen, z, train.images, config.generator)
+        if parent is None:
+            seed_everything(phase.seed)
+            gen = create_generator(spec.generator, latent_dim=z.shape[1], width=config.generator_width,
+                                   **_arch_kwargs(spec, splits.train)).to(default_device())
+            before = 0
+        else:
+            gen, meta = load_generator(parent / "generator.safetensors")
+            gen, before = gen.to(default_device()), int(meta["epochs"])
+        losses = train_generator(gen, z, train.images, phase)
         z_test = extract_latents(classifier, spec.tap, splits.test.images)
         save_generator(path / "generator.safetensors", gen, {
             "train_mse": reconstruction_mse(gen, train, z), "test_mse": reconstruction_mse(gen, splits.test, z_test),
-            "latent_dim": z.shape[1], "final_loss": losses[-1], "epochs": len(losses), "train_images": len(train)})
+            "latent_dim": z.shape[1], "final_loss": losses[-1], "epochs": before + len(losses),
+            "train_images": len(train)})
 
+    first = {k: v for k, v in settings.items() if k != "refine"}
     with stages.timed("generator"):
-        gen, metrics = load_generator(stages.run("lad-generator", settings, build) / "generator.safetensors")
+        path = stages.run("lad-generator", first, lambda p: build(p, config.generator, None))
+        for done, phase in enumerate(config.generator_refine, 1):
+            parent, chain = path, {**first, "refine": settings["refine"][:done]}
+            path = stages.run("lad-generator", chain, lambda p, phase=phase, parent=parent: build(p, phase, parent))
+        gen, metrics = load_generator(path / "generator.safetensors")
     return gen.to(default_device()), metrics
 
 
@@ -446,6 +459,8 @@ def build_lad(config: LadConfig, data: Splits | None = None) -> LadBuild:
     black = _trained_model(stages, "black", black_settings, spec.black, kw, train, config.black)
     gen_settings = {"classifier": clf_settings, "generator": asdict(config.generator), "width": config.generator_width,
                     "limit": config.generator_train_limit}
+    if config.generator_refine:  # absent otherwise, so unrefined generators keep their cache keys
+        gen_settings["refine"] = [asdict(phase) for phase in config.generator_refine]
     generator, gen_metrics = _trained_generator(stages, gen_settings, config, classifier, splits)
     bnd_settings = {"classifier": clf_settings, "split": split_settings, "strategy": config.strategy,
                     "svm": [config.svm_epochs, config.svm_lr, config.svm_l2, config.svm_kernel_size],
