@@ -1,16 +1,18 @@
-"""Regenerate the README's results table from docs/results/*/results.json (run after committing results)."""
+"""Regenerate the README's results table from docs/results/*/results.json and the docs' excerpts of report tables
+(run after committing results); --check only says whether they are current."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from latentdefence.evaluation.summary import update_readme
+from latentdefence.evaluation.summary import sync_excerpts, update_readme
 
 ROOT = Path(__file__).resolve().parents[1]
 
 if __name__ == "__main__":
     check = "--check" in sys.argv
-    ok = update_readme(ROOT / "README.md", ROOT / "docs" / "results", check=check)
-    if check and not ok:
-        sys.exit("README.md's results table is out of date: run python scripts/update_readme.py")
+    stale = [] if update_readme(ROOT / "README.md", ROOT / "docs" / "results", check=check) else ["README.md"]
+    stale += [doc.name for doc in sorted((ROOT / "docs").glob("*.md")) if not sync_excerpts(doc, ROOT, check=check)]
+    if stale:
+        sys.exit(f"out of date: {', '.join(stale)}; run python scripts/update_readme.py")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from latentdefence.evaluation.summary import results_table, update_readme
+import pytest
+
+from latentdefence.evaluation.summary import results_table, sync_excerpts, update_readme
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -13,6 +15,29 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_readme_results_table_matches_committed_results() -> None:
     assert update_readme(ROOT / "README.md", ROOT / "docs" / "results", check=True), \
         "README.md's results table is out of date: run python scripts/update_readme.py"
+
+
+def test_docs_tables_match_the_committed_reports() -> None:
+    docs = sorted((ROOT / "docs").glob("*.md"))
+    assert [d.name for d in docs if "<!-- excerpt:" in d.read_text()] == ["dld.md", "lad.md"]
+    stale = [d.name for d in docs if not sync_excerpts(d, ROOT, check=True)]
+    assert not stale, f"{stale}: out of date; run python scripts/update_readme.py"
+
+
+def test_excerpt_is_filled_from_the_named_table_and_errors_name_the_problem(tmp_path: Path) -> None:
+    (tmp_path / "report.md").write_text("# r\n\n| a |\n|---|\n| 1 |\n\ntext\n\n| b |\n|---|\n| 2 |\n")
+    doc = tmp_path / "doc.md"
+    doc.write_text("intro\n<!-- excerpt: report.md table 2 -->\n| old |\n<!-- /excerpt -->\nafter\n")
+    assert not sync_excerpts(doc, tmp_path, check=True)
+    assert sync_excerpts(doc, tmp_path)
+    assert doc.read_text() == "intro\n<!-- excerpt: report.md table 2 -->\n| b |\n|---|\n| 2 |\n<!-- /excerpt -->\nafter\n"
+    assert sync_excerpts(doc, tmp_path, check=True)
+    doc.write_text("<!-- excerpt: report.md table 3 -->\n<!-- /excerpt -->\n")
+    with pytest.raises(ValueError, match="table 3 of report.md, which has 2"):
+        sync_excerpts(doc, tmp_path)
+    doc.write_text("<!-- excerpt: missing.md table 1 -->\n<!-- /excerpt -->\n")
+    with pytest.raises(ValueError, match="missing.md, which does not exist"):
+        sync_excerpts(doc, tmp_path)
 
 
 def test_readme_opens_with_the_two_setup_commands() -> None:

@@ -1,8 +1,10 @@
-"""The README's paper-vs-ours table, generated from committed results so the two cannot drift apart."""
+"""The README's paper-vs-ours table and the docs' copies of report tables, generated from committed results so
+they cannot drift apart."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -121,4 +123,43 @@ def update_readme(readme: Path, results_dir: Path, check: bool = False) -> bool:
     if check:
         return new == text
     readme.write_text(new)
+    return True
+
+
+EXCERPT = re.compile(r"(<!-- excerpt: (?P<source>\S+) table (?P<n>\d+) -->\n)(?P<body>.*?)(<!-- /excerpt -->)", re.S)
+
+
+def report_tables(text: str) -> list[str]:
+    """The markdown tables of a report, in order (each a run of lines starting with '|')."""
+    tables: list[list[str]] = []
+    previous = False
+    for line in text.splitlines():
+        row = line.startswith("|")
+        if row and not previous:
+            tables.append([])
+        if row:
+            tables[-1].append(line)
+        previous = row
+    return ["\n".join(t) + "\n" for t in tables]
+
+
+def sync_excerpts(doc: Path, root: Path, check: bool = False) -> bool:
+    """Fill each `<!-- excerpt: REPORT table N -->` block of `doc` with table N (from 1) of REPORT (relative to
+    `root`); with check=True only report whether every block is current."""
+    text = doc.read_text()
+
+    def table(match: re.Match[str]) -> str:
+        source, n = root / match["source"], int(match["n"])
+        if not source.is_file():
+            raise ValueError(f"{doc}: excerpt names {match['source']}, which does not exist")
+        tables = report_tables(source.read_text())
+        if not 1 <= n <= len(tables):
+            raise ValueError(f"{doc}: excerpt asks for table {n} of {match['source']}, which has {len(tables)}")
+        return match[1] + tables[n - 1] + match[5]
+
+    new = EXCERPT.sub(table, text)
+    if check:
+        return new == text
+    if new != text:
+        doc.write_text(new)
     return True
