@@ -74,6 +74,8 @@ def test_smoke_ablation_scores_every_row_and_control(tmp_path: Path) -> None:
     assert len(report["attack_strength"]["rows"]) == 1 + 2 + 4
     refined, lenet, both = on_disk["upstream"]
     assert refined["generator"]["epochs"] == both["generator"]["epochs"] == 1 + 1 + 2 and lenet["generator"]["epochs"] == 1
+    assert [p["epochs"] for p in refined["generator"]["phases"]] == [1, 2, 4] and "phases" not in lenet["generator"]
+    assert refined["generator"]["phases"][-1]["test_mse"] == refined["generator"]["test_mse"]
     assert refined["original"] == on_disk["original"]                       # same LeNet, same attack sets
     assert len(list((tmp_path / "cache").glob("lad-generator-*"))) == 2 * 3  # per LeNet: G, then one stage per phase
     assert lenet["original"]["scores"]["white"] == both["original"]["scores"]["white"] != on_disk["original"]["scores"]["white"]

@@ -21,7 +21,7 @@ from torch import nn
 
 from .. import attacks as attack_lib
 from ..attacks import AttackResult
-from .._io import atomic_path, default_device, environment_info, git_revision, write_json
+from .._io import atomic_path, default_device, environment_info, git_revision, load_tensors, write_json
 from .._progress import track
 from .._seed import seed_everything
 from ..data import Splits, load_dataset
@@ -255,11 +255,15 @@ def _trained_generator(stages: _Stages, settings: dict[str, Any], config: LadCon
 
     first = {k: v for k, v in settings.items() if k != "refine"}
     with stages.timed("generator"):
-        path = stages.run("lad-generator", first, lambda p: build(p, config.generator, None))
+        paths = [stages.run("lad-generator", first, lambda p: build(p, config.generator, None))]
         for done, phase in enumerate(config.generator_refine, 1):
-            parent, chain = path, {**first, "refine": settings["refine"][:done]}
-            path = stages.run("lad-generator", chain, lambda p, phase=phase, parent=parent: build(p, phase, parent))
-        gen, metrics = load_generator(path / "generator.safetensors")
+            chain = {**first, "refine": settings["refine"][:done]}
+            paths.append(stages.run("lad-generator", chain,
+                                    lambda p, phase=phase, parent=paths[-1]: build(p, phase, parent)))
+        gen, metrics = load_generator(paths[-1] / "generator.safetensors")
+    if config.generator_refine:  # how the MSE fell phase by phase
+        metrics["phases"] = [{k: load_tensors(p / "generator.safetensors")[1][k]
+                              for k in ("epochs", "train_mse", "test_mse")} for p in paths]
     return gen.to(default_device()), metrics
 
 

@@ -178,7 +178,8 @@ def _upstream(b: LadBuild, sets: EvalSets, row: Upstream, names: tuple[str, ...]
     for control, (settings, data) in control_sets(u, u.small, u.keys["small"]).items():
         rows.append(_scored_row(u, own, row.factor, f"control: {control}", f"Adv-{control}", settings, data,
                                 config.finetune)[0])
-    generator = {k: u.generator_metrics[k] for k in ("train_mse", "test_mse", "epochs")}
+    generator = {k: u.generator_metrics[k] for k in ("train_mse", "test_mse", "epochs", "phases")
+                 if k in u.generator_metrics}
     overrides = {k: [asdict(p) for p in v] if isinstance(v, tuple) else asdict(v) if is_dataclass(v) else v
                  for k, v in row.overrides.items()}
     return {"factor": row.factor, "name": row.name, "overrides": _jsonable(overrides), "generator": generator,
@@ -358,8 +359,9 @@ def _upstream_section(builds: list[dict[str, Any]]) -> list[str]:
     for build in builds:
         base = build["original"]["scores"]
         g = build["generator"]
+        phases = ", ".join(f"{p['test_mse']:.5f} after {p['epochs']}" for p in g.get("phases", [g]))
         lines += ["", f"### {build['factor']}: {build['name']}", "",
-                  f"G test MSE {g['test_mse']:.5f} after {g['epochs']} epochs (paper 0.0077); original LeNet clean "
+                  f"G test MSE {phases} epochs (paper 0.0077); original LeNet clean "
                   f"{100 * base['clean']['accuracy']:.2f}% (paper 99.13%). Settings: `{build['overrides']}`.", ""]
         lines += _table(build["rows"], base, with_set=True)
         scored = {r["name"]: r["scores"] for r in build["rows"]}
