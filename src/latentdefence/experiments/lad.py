@@ -142,7 +142,8 @@ def lad_config(profile: str, dataset: str = "mnist", **overrides: Any) -> LadCon
         base = replace(base, classifier=TrainConfig(epochs=3, batch_size=64), black=TrainConfig(epochs=2, batch_size=64,
                                                                                               seed=1),
                        generator=GeneratorConfig(epochs=8, batch_size=128), acgan=ACGANConfig(epochs=5, width=32),
-                       svm_epochs=200, finetune=FinetuneConfig(epochs=3), finetune_seeds=(0, 1, 2), rerun_per_class=100,
+                       svm_epochs=200, finetune=FinetuneConfig(epochs=3), finetune_seeds=(0, 1, 2),
+                       control_seeds=(0, 1, 2), rerun_per_class=100,
                        attack=AttackSettings(pgd_steps=20, pgd_step_size=0.03, cw_steps=100, cw_search_steps=4,
                                              ga_steps=100, untargeted_per_class=200, targeted_per_class=10),
                        table4_per_class=200)
