@@ -75,3 +75,31 @@ def test_long_bars_log_every_tenth_step_only(caplog, monkeypatch):
         for _ in range(100):
             advance(progress, task, "")
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [f"encoder {10 * i}/100" for i in range(1, 11)]
+
+
+_RACE = """
+import sys, time
+from pathlib import Path
+from latentdefence.experiments.cache import ensure_stage
+root, me = Path(sys.argv[1]), sys.argv[2]
+
+def build(path):
+    while len(list(root.glob("started-*"))) < 2:   # the other process is about to ask for this stage
+        time.sleep(0.05)
+    time.sleep(0.5)
+    with open(root / "builds", "a") as fh:
+        fh.write(me + "\\n")
+
+(root / f"started-{me}").touch()
+ensure_stage("toy", {"a": 1}, build, root=root / "cache")
+"""
+
+
+def test_two_processes_needing_one_stage_build_it_once(tmp_path):
+    import subprocess
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, "-c", _RACE, str(tmp_path), str(i)]) for i in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert len((tmp_path / "builds").read_text().split()) == 1
+    assert is_complete(next((tmp_path / "cache").glob("toy-*")))

@@ -2,6 +2,8 @@
 
 A second run, or a second experiment sharing a stage with the same settings, finds the
 directory marked complete and skips the work; an interrupted stage has no marker and reruns.
+Two processes that need the same unfinished stage at once take turns: the second waits on
+the stage's lock file and then reuses what the first built (POSIX; elsewhere there is no lock).
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from .._io import write_json
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: stages are not locked
+    fcntl = None  # type: ignore[assignment]
 
 _MARKER = "COMPLETE.json"
 log = logging.getLogger(__name__)
@@ -53,18 +60,34 @@ def mark_complete(path: Path, info: Mapping[str, Any] | None = None) -> None:
     write_json(path / _MARKER, dict(info or {}))
 
 
+@contextmanager
+def _stage_lock(path: Path) -> Iterator[None]:
+    """Hold the stage's lock file, so only one process builds a stage at a time."""
+    with open(path / ".lock", "a") as fh:
+        if fcntl is not None:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def ensure_stage(stage: str, settings: Mapping[str, Any], build: Callable[[Path], object],
                  root: Path | None = None) -> Path:
-    """The stage's directory, running `build(dir)` first unless a completed run with these settings exists.
-    The marker records how long the build took, so a run that reuses the stage can still report it."""
+    """The stage's directory, running `build(dir)` first unless a completed run with these settings exists
+    (waiting for another process that is building it). The marker records how long the build took, so a run
+    that reuses the stage can still report it."""
     path = stage_dir(stage, settings, root)
-    if is_complete(path):
-        log.info("stage %s: reusing %s (built in %s s)", stage, path, build_seconds(path))
-    else:
-        start = time.perf_counter()
-        build(path)
-        mark_complete(path, {"stage": stage, "settings": settings,
-                             "build_seconds": round(time.perf_counter() - start, 1)})
+    if not is_complete(path):
+        with _stage_lock(path):
+            if not is_complete(path):  # not finished by a process we waited for
+                start = time.perf_counter()
+                build(path)
+                mark_complete(path, {"stage": stage, "settings": settings,
+                                     "build_seconds": round(time.perf_counter() - start, 1)})
+                return path
+    log.info("stage %s: reusing %s (built in %s s)", stage, path, build_seconds(path))
     return path
 
 
