@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from latentdefence.evaluation.summary import results_table, sync_excerpts, update_readme
+from latentdefence.evaluation.summary import EXCERPT, results_table, sync_excerpts, update_readme
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ def test_readme_results_table_matches_committed_results() -> None:
 
 def test_docs_tables_match_the_committed_reports() -> None:
     docs = sorted((ROOT / "docs").glob("*.md"))
-    assert [d.name for d in docs if "<!-- excerpt:" in d.read_text()] == ["dld.md", "lad.md"]
+    assert [d.name for d in docs if EXCERPT.search(d.read_text())] == ["dld.md", "lad.md"]
     stale = [d.name for d in docs if not sync_excerpts(d, ROOT, check=True)]
     assert not stale, f"{stale}: out of date; run python scripts/update_readme.py"
 

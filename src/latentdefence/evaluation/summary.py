@@ -74,9 +74,11 @@ def results_table(results_dir: Path) -> str:
         for table, model, group in (("table2", "Adv. LeNet", "white"), ("table3", "FT-0.1", "transfer")):
             block = res.get("baselines", {}).get(table)
             if block and "reconstruction" in block["lad_minus_control"]:
-                diff, seeds = block["lad_minus_control"]["reconstruction"], res["settings"]["finetune_seeds"]
+                diff, settings = block["lad_minus_control"]["reconstruction"], res["settings"]
+                seeds = (len(settings["finetune_seeds"]), len(settings.get("control_seeds", [0])))
                 lines.append(f"| LAD Table {'II' if table == 'table2' else 'III'}, {model} minus the same-budget "
-                             f"reconstruction control, FGSM / PGD (pp, LAD: mean of {len(seeds)} seeds) | not reported | "
+                             f"reconstruction control, FGSM / PGD (pp, mean of {seeds[0]} / {seeds[1]} seeds) | "
+                             "not reported | "
                              f"{100 * diff[group + '/fgsm']:+.2f} / {100 * diff[group + '/pgd']:+.2f} | "
                              f"{res[table]['fgsm']['n']} | {source} |")
         t4 = res["table4"]
