@@ -4,8 +4,10 @@ One row per setting, each a LeNet fine-tuned (Eq. 4) on one set and scored on FG
 are too slow to repeat per row): clean accuracy, the paper's white-box reading (sets crafted on the ORIGINAL
 LeNet), the real white-box number (FGSM/PGD re-run against the fine-tuned model) and transfer (sets crafted on
 the black CNN). Same-budget controls (reconstructions at eps 0, the clean source images, plain PGD and FGSM
-examples) sit in the same table, so every row reads as "minus control". Everything reuses the LAD run's cached
-stages (`build_lad`); `run_lad_ablation(lad_config("cpu"), out_dir)` writes results.json and report.md.
+examples) sit in the same table, so every row reads as "minus control". Settings upstream of the generated sets
+(a generator trained longer, a more accurate LeNet) are LAD builds of their own (`upstream_rows`). Everything reuses
+the LAD run's cached stages (`build_lad`); `run_lad_ablation(lad_config("cpu"), out_dir)` writes results.json and
+report.md.
 """
 
 from __future__ import annotations
