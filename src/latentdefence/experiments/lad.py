@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -697,7 +697,9 @@ def _ci(rate: float | None, n: int) -> list[float] | None:
 
 
 def _jsonable(obj: Any) -> Any:
-    """asdict output with mappings made plain dicts (for JSON)."""
+    """asdict output (or settings holding dataclasses) with mappings made plain dicts (for JSON)."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(asdict(obj))
     if isinstance(obj, Mapping):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
