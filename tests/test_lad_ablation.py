@@ -82,6 +82,9 @@ def test_smoke_ablation_scores_every_row_and_control(tmp_path: Path) -> None:
     for build in on_disk["upstream"]:
         assert [r["name"].split(":")[0] for r in build["rows"]] == ["Adv", "FT-0.1"] + ["control"] * 4
         assert all(r["scores"]["rerun"].keys() == {"fgsm", "pgd"} for r in build["rows"])
+        seeds = build["table2_seeds"]                                          # seed 0 of the rows, and the mean
+        assert seeds["lad"]["clean"] == build["rows"][0]["scores"]["clean"]
+        assert set(seeds["lad_minus_control"]) == {"reconstruction", "clean", "pgd", "fgsm"}
     text = (tmp_path / "out" / "report.md").read_text()
     assert "Eq. 4 pairing" in text and "Attack strength" in text
     assert text.count("Adv minus reconstruction control") == 3 and "LeNet trained longer, its G trained longer" in text

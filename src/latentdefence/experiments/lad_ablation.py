@@ -27,7 +27,7 @@ from ..lad.finetune import FinetuneConfig, eps_label
 from ..lad.generation import GeneratedSet
 from ..lad.generator import GeneratorConfig
 from ..training.loop import TrainConfig
-from .lad import (EvalSets, LadBuild, LadConfig, _jsonable, build_lad, control_sets, eval_sets, score,
+from .lad import (EvalSets, LadBuild, LadConfig, _jsonable, build_lad, control_sets, eval_sets, headline, score,
                   set_statistics)
 
 
@@ -167,7 +167,8 @@ def upstream_rows(refine: tuple[GeneratorConfig, ...] = GENERATOR_REFINE,
 
 
 def _upstream(b: LadBuild, sets: EvalSets, row: Upstream, names: tuple[str, ...]) -> dict[str, Any]:
-    """`row`'s build: its G's MSE, its original LeNet's scores, and its Table II/III models beside their controls."""
+    """`row`'s build: its G's MSE, its original LeNet's scores, its Table II/III models beside their controls (seed 0),
+    and the Table II model minus each control over the profile's fine-tuning and control seeds."""
     config = row.config(b.config)
     u = build_lad(config, b.splits)
     own = sets if u.keys["classifier"] == b.keys["classifier"] else eval_sets(u, names, None, config.rerun_per_class)
@@ -183,7 +184,8 @@ def _upstream(b: LadBuild, sets: EvalSets, row: Upstream, names: tuple[str, ...]
     generator = {k: u.generator_metrics[k] for k in ("train_mse", "test_mse", "epochs", "phases")
                  if k in u.generator_metrics}
     return {"factor": row.factor, "name": row.name, "overrides": _jsonable(row.overrides), "generator": generator,
-            "original": {"scores": score(u.classifier, own)}, "rows": rows}
+            "original": {"scores": score(u.classifier, own)}, "rows": rows,
+            "table2_seeds": headline(u, own, "Adv", u.keys["small"], u.small)}  # Adv and controls at every seed
 
 
 def _finetune_config(config: LadConfig, row: Row) -> FinetuneConfig:
@@ -343,9 +345,9 @@ _MINUS = (("white", "fgsm", "white FGSM (fixed)"), ("rerun", "fgsm", "white FGSM
           ("transfer", "fgsm", "transfer FGSM"), ("transfer", "pgd", "transfer PGD"))
 
 
-def _minus(lad: dict[str, Any], control: dict[str, Any]) -> str:
-    """LAD minus a same-budget control, in pp, on the columns where either moves."""
-    return ", ".join(f"{label} {_pp(lad[g][n]['accuracy'] - control[g][n]['accuracy'])}" for g, n, label in _MINUS)
+def _minus(diff: dict[str, float]) -> str:
+    """LAD minus a same-budget control (a `headline` difference), in pp, on the columns where either moves."""
+    return ", ".join(f"{label} {_pp(diff[f'{group}/{name}'])}" for group, name, label in _MINUS)
 
 
 def _upstream_section(builds: list[dict[str, Any]]) -> list[str]:
@@ -364,10 +366,11 @@ def _upstream_section(builds: list[dict[str, Any]]) -> list[str]:
                   f"G test MSE {phases} epochs (paper 0.0077); original LeNet clean "
                   f"{100 * base['clean']['accuracy']:.2f}% (paper 99.13%). Settings: `{build['overrides']}`.", ""]
         lines += _table(build["rows"], base, with_set=True)
-        scored = {r["name"]: r["scores"] for r in build["rows"]}
-        lad = scored["Adv: Small Adv. (Table II model)"]
-        lines += [""] + [f"* Adv minus {name[len('control: '):]} control (pp): {_minus(lad, s)}"
-                         for name, s in scored.items() if name.startswith("control: ") and s is not None]
+        seeds = build["table2_seeds"]
+        n_control = len(next(iter(seeds["controls"].values()))["seeds"]["clean"])
+        counts = f"mean of {len(seeds['lad']['seeds']['clean'])} / {n_control} seeds"
+        lines += [""] + [f"* Adv minus {control} control ({counts}, pp): {_minus(diff)}"
+                         for control, diff in seeds["lad_minus_control"].items()]
     return lines
 
 
