@@ -88,3 +88,4 @@ def test_smoke_ablation_scores_every_row_and_control(tmp_path: Path) -> None:
     text = (tmp_path / "out" / "report.md").read_text()
     assert "Eq. 4 pairing" in text and "Attack strength" in text
     assert text.count("Adv minus reconstruction control") == 3 and "LeNet trained longer, its G trained longer" in text
+    assert text.count("change vs this build's original LeNet") == 3

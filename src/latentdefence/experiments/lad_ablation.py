@@ -345,8 +345,16 @@ _MINUS = (("white", "fgsm", "white FGSM (fixed)"), ("rerun", "fgsm", "white FGSM
           ("transfer", "fgsm", "transfer FGSM"), ("transfer", "pgd", "transfer PGD"))
 
 
-def _minus(diff: dict[str, float]) -> str:
-    """LAD minus a same-budget control (a `headline` difference), in pp, on the columns where either moves."""
+def _get(scores: dict[str, Any], key: str) -> float:
+    """The accuracy at 'clean' or 'group/attack' in a `score` result."""
+    node = scores
+    for part in key.split("/"):
+        node = node[part]
+    return node["accuracy"]
+
+
+def _columns(diff: dict[str, float]) -> str:
+    """A difference of accuracies keyed 'group/attack' (as `headline` keys them), in pp, on the columns that move."""
     return ", ".join(f"{label} {_pp(diff[f'{group}/{name}'])}" for group, name, label in _MINUS)
 
 
@@ -369,8 +377,11 @@ def _upstream_section(builds: list[dict[str, Any]]) -> list[str]:
         seeds = build["table2_seeds"]
         n_control = len(next(iter(seeds["controls"].values()))["seeds"]["clean"])
         counts = f"mean of {len(seeds['lad']['seeds']['clean'])} / {n_control} seeds"
-        lines += [""] + [f"* Adv minus {control} control ({counts}, pp): {_minus(diff)}"
-                         for control, diff in seeds["lad_minus_control"].items()]
+        change = {key: mean - _get(base, key) for key, mean in seeds["lad"]["mean"].items()}
+        lines += ["", f"* Adv, mean of {len(seeds['lad']['seeds']['clean'])} seeds, change vs this build's original "
+                      f"LeNet (pp): {_columns(change)}"]
+        lines += [f"* Adv minus {control} control ({counts}, pp): {_columns(diff)}"
+                  for control, diff in seeds["lad_minus_control"].items()]
     return lines
 
 
