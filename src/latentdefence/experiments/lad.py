@@ -572,19 +572,18 @@ def _seeded(config: LadConfig, seeds: tuple[int, ...]) -> list[FinetuneConfig]:
     return [replace(config.finetune, seed=s) for s in seeds]
 
 
+def accuracy_at(scores: dict[str, Any], key: str) -> float:
+    """The accuracy at 'clean' or 'group/attack' (e.g. 'rerun/fgsm') of a `score` result."""
+    node: Any = scores
+    for part in key.split("/"):
+        node = node[part]
+    return node["accuracy"]
+
+
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Seed 0's scores (with Wilson intervals) plus per-seed accuracies and their mean for every metric."""
-    def walk(path: tuple[str, ...]) -> list[float]:
-        values = []
-        for run in runs:
-            node: Any = run
-            for key in path:
-                node = node[key]
-            values.append(node["accuracy"])
-        return values
-
-    paths = [("clean",)] + [(group, name) for group in ("white", "rerun", "transfer") for name in runs[0][group]]
-    seeds = {"/".join(p): walk(p) for p in paths}
+    keys = ["clean"] + [f"{group}/{name}" for group in ("white", "rerun", "transfer") for name in runs[0][group]]
+    seeds = {key: [accuracy_at(run, key) for run in runs] for key in keys}
     return {**runs[0], "seeds": seeds, "mean": {k: sum(v) / len(v) for k, v in seeds.items()}}
 
 

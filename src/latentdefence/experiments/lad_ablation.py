@@ -27,8 +27,8 @@ from ..lad.finetune import FinetuneConfig, eps_label
 from ..lad.generation import GeneratedSet
 from ..lad.generator import GeneratorConfig
 from ..training.loop import TrainConfig
-from .lad import (EvalSets, LadBuild, LadConfig, _jsonable, build_lad, control_sets, eval_sets, headline, score,
-                  set_statistics)
+from .lad import (EvalSets, LadBuild, LadConfig, _jsonable, accuracy_at, build_lad, control_sets, eval_sets, headline,
+                  score, set_statistics)
 
 
 @dataclass(frozen=True)
@@ -345,14 +345,6 @@ _MINUS = (("white", "fgsm", "white FGSM (fixed)"), ("rerun", "fgsm", "white FGSM
           ("transfer", "fgsm", "transfer FGSM"), ("transfer", "pgd", "transfer PGD"))
 
 
-def _get(scores: dict[str, Any], key: str) -> float:
-    """The accuracy at 'clean' or 'group/attack' in a `score` result."""
-    node = scores
-    for part in key.split("/"):
-        node = node[part]
-    return node["accuracy"]
-
-
 def _columns(diff: dict[str, float]) -> str:
     """A difference of accuracies keyed 'group/attack' (as `headline` keys them), in pp, on the columns that move."""
     return ", ".join(f"{label} {_pp(diff[f'{group}/{name}'])}" for group, name, label in _MINUS)
@@ -377,7 +369,7 @@ def _upstream_section(builds: list[dict[str, Any]]) -> list[str]:
         seeds = build["table2_seeds"]
         n_control = len(next(iter(seeds["controls"].values()))["seeds"]["clean"])
         counts = f"mean of {len(seeds['lad']['seeds']['clean'])} / {n_control} seeds"
-        change = {key: mean - _get(base, key) for key, mean in seeds["lad"]["mean"].items()}
+        change = {key: mean - accuracy_at(base, key) for key, mean in seeds["lad"]["mean"].items()}
         lines += ["", f"* Adv, mean of {len(seeds['lad']['seeds']['clean'])} seeds, change vs this build's original "
                       f"LeNet (pp): {_columns(change)}"]
         lines += [f"* Adv minus {control} control ({counts}, pp): {_columns(diff)}"
