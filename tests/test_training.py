@@ -127,8 +127,9 @@ def test_two_ddp_processes_train_the_same_model_as_one(tmp_path: Path) -> None:
     script.write_text(DDP_SCRIPT.format(tests=str(ROOT / "tests")))
     env_cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
                str(tmp_path / "ddp")]
-    subprocess.run(env_cmd, check=True, capture_output=True, timeout=300,
-                   env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    launched = subprocess.run(env_cmd, capture_output=True, text=True, timeout=300,
+                              env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert launched.returncode == 0, f"torchrun failed:\n{launched.stderr[-4000:]}"  # the workers' own error
     subprocess.run([sys.executable, str(script), str(tmp_path / "single")], check=True, capture_output=True,
                    timeout=300)
     ddp, _ = load_checkpoint(tmp_path / "ddp" / "final")
