@@ -138,8 +138,12 @@ def channels_last_weights(model: nn.Module, enabled: bool = True) -> Iterator[nn
 
 @contextlib.contextmanager
 def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode, no parameter gradients; both restored afterwards, whatever happens."""
-    was_training = model.training
+    """Eval mode, no parameter gradients; both restored afterwards, whatever happens.
+
+    Each submodule gets its own mode back: a wrapper in train mode around a frozen model in eval mode (an
+    encoder being trained around F) must not switch F's batch-norm or dropout to training when an attack ends.
+    """
+    modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
     model.eval()
     for p, _ in flags:
@@ -149,7 +153,8 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
 
 
 def check_inputs(images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None,
