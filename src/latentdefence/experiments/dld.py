@@ -22,6 +22,7 @@ from ..data.base import ImageDataset
 from ..dld import (CentroidAttack, DeepLatentDefence, EncoderTrainConfig, attack_metrics, clean_metrics,
                    cumulative_layers, ensemble_pgd, load_encoders, roc_auc, save_encoders, train_encoder)
 from ..dld.encoders import EncoderDecoder
+from ..dld.training import EncoderValidation, TrainingLog
 from ..models import TappedModel, create_model
 from .cache import StageTimer, build_seconds, ensure_stage, settings_key
 
@@ -242,12 +243,46 @@ def _classifier(config: DLDExperimentConfig, train: ImageDataset, root: Path | N
 
 def _encoders(config: DLDExperimentConfig, classifier: TappedModel, classifier_key: str, train: ImageDataset,
               root: Path | None) -> tuple[dict[str, EncoderDecoder], Path]:
-    """Encoder-decoders for every tap, trained once per (classifier, settings) and cached."""
+    """Encoder-decoders for every tap, trained once per (classifier, settings) and cached with their training logs."""
+    enc = config.encoder
     settings = {"classifier": classifier_key, "taps": list(config.taps), "latent_dim": config.latent_dim,
-                **asdict(config.encoder)}
-    path = ensure_stage("dld-encoders", settings, lambda d: save_encoders(str(d / "encoders.safetensors"), {
-        tap: train_encoder(classifier, tap, train, config.latent_dim, config.encoder) for tap in config.taps}), root)
+                **enc.cache_settings()}
+    n_train = min(len(train), enc.max_train or len(train))
+    needed = n_train + enc.validation
+    if needed > len(train):
+        raise ValueError(f"encoder training wants {n_train} + {enc.validation} validation images; train has {len(train)}")
+    sets = {name: training_adversarial(config, name, classifier, classifier_key, train.head(needed), root)
+            for name in enc.precomputed}
+    val_slice = slice(n_train, needed)
+    validation = EncoderValidation(train.subset(val_slice), tuple(s[val_slice] for s in sets.values())) \
+        if enc.validation else None
+
+    def build(d: Path) -> None:
+        logs = {tap: TrainingLog() for tap in config.taps}
+        eds = {tap: train_encoder(classifier, tap, train, config.latent_dim, enc,
+                                  precomputed=[s[:n_train] for s in sets.values()], validation=validation,
+                                  log=logs[tap]) for tap in config.taps}
+        save_encoders(str(d / "encoders.safetensors"), eds)
+        write_json(d / "training_log.json", {tap: log.as_dict() for tap, log in logs.items()})
+    path = ensure_stage("dld-encoders", settings, build, root)
     return load_encoders(str(path / "encoders.safetensors")), path
+
+
+def training_adversarial(config: DLDExperimentConfig, name: str, classifier: TappedModel, classifier_key: str,
+                         data: ImageDataset, root: Path | None) -> torch.Tensor:
+    """Adversarial versions of training images against F alone (F is frozen: a fixed set), crafted once per F."""
+    from ..attacks import FGSM, PGD
+
+    enc = config.encoder
+    attack = {"pgd": lambda: PGD(eps=enc.eps, steps=enc.precomputed_steps,
+                                 generator=torch.Generator().manual_seed(config.seed)),
+              "fgsm": lambda: FGSM(eps=enc.eps)}[name]()
+    settings = {"classifier": classifier_key, "attack": name, "eps": enc.eps,
+                "steps": enc.precomputed_steps if name == "pgd" else 1, "n": len(data), "seed": config.seed}
+
+    def make() -> dict[str, torch.Tensor]:
+        return {"images": _batched(lambda x, y: attack(classifier, x, y).images, data, 500, f"train {name}")}
+    return _cached_images("dld-train-adversarial", settings, root, make)["images"]
 
 
 def _detector(config: DLDExperimentConfig, classifier: TappedModel, encoders: dict[str, EncoderDecoder],
