@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,13 @@ def test_smoke_run_writes_results_report_and_figures(smoke_run: Path) -> None:
         assert row["base_accuracy"] <= row["robustness"] <= 1.0
         assert set(row["roc_auc_per_layer"]) == {"layer1", "layer2", "layer3"}
         assert 0.0 <= row["roc_auc_all_adversarial"] <= 1.0
+        lo, hi = row["roc_auc_ci"]
+        assert math.isnan(row["roc_auc"]) or lo <= row["roc_auc"] <= hi
+        assert {"roc_auc_correct_negatives", "tpr_at_paper_fpr", "or_rule"} <= set(row)
+    for tap, d in results["diagnostics"].items():
+        assert set(d["inserted_accuracy"]) == {"clean", "fgsm", "pgd"} and 0.0 <= d["knn_accuracy_clean"] <= 1.0
+        assert sum(d["agreement"]["pgd"].values()) == results["table1"]["pgd"]["n"]
+    assert set(results["encoder_training"]) == {"layer1", "layer2", "layer3"}
     assert [r["layers"] for r in results["table2"]] == [["layer1"], ["layer1", "layer2"], ["layer1", "layer2", "layer3"]]
     assert set(results["fig3"]["robustness"]) == {"0", "1"}
     assert results["fig3"]["strongest_alpha2"] in results["fig3"]["tied_alpha2"]
@@ -39,7 +47,9 @@ def test_smoke_run_writes_results_report_and_figures(smoke_run: Path) -> None:
     assert {"settings", "seed", "git_revision", "environment", "wall_time_s"} <= set(results)
     assert results["settings"]["profile"] == "smoke" and results["dataset_sizes"]["calibration"] == 100
     assert "| adaptive |" in (out / "report.md").read_text()
-    assert all((out / f).stat().st_size > 0 for f in ("roc.png", "fig3_alpha2.png", "latent_pca.png"))
+    assert all((out / f).stat().st_size > 0 for f in ("roc.png", "fig3_alpha2.png", "latent_pca.png",
+                                                      "nonconformity_hist.png"))
+    assert "## Encoder diagnostics" in (out / "report.md").read_text()
 
 
 def test_smoke_ablation_reports_one_row_per_change_against_the_same_attack_sets(smoke_run: Path) -> None:
@@ -54,7 +64,8 @@ def test_smoke_ablation_reports_one_row_per_change_against_the_same_attack_sets(
     # same F and attack sets: base accuracy cannot depend on the row
     assert legacy["attacks"]["pgd"]["base_accuracy"] == ref["attacks"]["pgd"]["base_accuracy"]
     assert json.loads((smoke_run / "ablation" / "results.json").read_text())["rows"][1]["name"] == "reference"
-    assert "| legacy pairing | encoder.pairing=legacy |" in (smoke_run / "ablation" / "report.md").read_text()
+    report = (smoke_run / "ablation" / "report.md").read_text()
+    assert "| legacy pairing | " in report and "[" in report.split("| legacy pairing | ")[1].split("|")[0]
     with pytest.raises(ValueError, match="smoke and cpu"):
         ablation_config("paper")
 

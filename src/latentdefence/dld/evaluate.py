@@ -90,6 +90,46 @@ def roc_auc(positive_scores: torch.Tensor, negative_scores: torch.Tensor) -> flo
     return float(roc_auc_score(y, s))
 
 
+def auc_interval(auc: float, n_positive: int, n_negative: int, z: float = 1.96) -> tuple[float, float]:
+    """Hanley & McNeil's (1982) 95% interval for a ROC AUC from its positive and negative counts."""
+    if not np.isfinite(auc) or n_positive == 0 or n_negative == 0:
+        return (float("nan"), float("nan"))
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n_positive - 1) * (q1 - auc * auc) + (n_negative - 1) * (q2 - auc * auc)) / (
+        n_positive * n_negative)
+    half = z * float(np.sqrt(max(var, 0.0)))
+    return (max(0.0, auc - half), min(1.0, auc + half))
+
+
+def tpr_at_fpr(positive_scores: torch.Tensor, negative_scores: torch.Tensor, fpr: float) -> float:
+    """The ROC point at exactly false-positive rate `fpr`: a randomised threshold test whose ties at the threshold
+    are flagged with the probability that makes the negatives' rate exactly `fpr`; returns its expected TP rate
+    (the mean over every random tie-break), so the number does not depend on a seed."""
+    if not 0.0 <= fpr <= 1.0:
+        raise ValueError(f"fpr must lie in [0, 1], got {fpr}")
+    if len(positive_scores) == 0 or len(negative_scores) == 0:
+        return float("nan")
+    neg = negative_scores.to(torch.float64).sort(descending=True).values
+    allowed = fpr * len(neg)                                  # expected number of negatives flagged
+    i = min(int(np.floor(allowed)), len(neg) - 1)
+    t = neg[i]                                                # the threshold: the score the budget ends on
+    above, at = float((neg > t).sum()), float((neg == t).sum())
+    gamma = min(1.0, max(0.0, (allowed - above) / at))        # flag probability of a tie at t
+    pos = positive_scores.to(torch.float64)
+    return (float((pos > t).sum()) + gamma * float((pos == t).sum())) / len(pos)
+
+
+def max_layer_score(per_layer: Mapping[str, torch.Tensor], calibration: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The OR of per-layer thresholds as one score: each layer's score as its calibration quantile (the share of
+    calibration scores strictly below it), maximised over layers; a threshold on it flags an input when any layer
+    exceeds that layer's own quantile, so one calibration gives a joint false-positive rate."""
+    ranks = []
+    for tap, scores in per_layer.items():
+        cal = torch.sort(calibration[tap].to(torch.float64)).values
+        ranks.append(torch.searchsorted(cal, scores.to(torch.float64), right=False).to(torch.float64) / len(cal))
+    return torch.stack(ranks).max(0).values
+
+
 def roc_points(positive_scores: torch.Tensor, negative_scores: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(false positive rates, true positive rates) for plotting a ROC curve."""
     y, s = _stack(positive_scores, negative_scores)

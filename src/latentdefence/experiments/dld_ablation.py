@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_path, environment_info, git_revision, write_json
+from .._io import atomic_path, environment_info, git_revision, read_json, write_json
+from ..dld.diagnostics import encoder_diagnostics
 from .._seed import seed_everything
 from .cache import StageTimer, build_seconds
-from .dld import (DLDExperimentConfig, _classifier, _data, _detector, _encoders, _grey_box, _row, dld_config)
+from .dld import (PAPER, CleanReference, DLDExperimentConfig, _classifier, _data, _detector, _encoders, _grey_box, _row, dld_config)
 from .overrides import apply_overrides
 
 ATTACKS = ("fgsm", "pgd")
@@ -45,29 +46,29 @@ def _pgd_steps(steps: int, eps: float = 0.3) -> tuple[str, ...]:
     return (f"encoder.steps={steps}", f"encoder.step_size={2.5 * eps / steps:.4f}")
 
 
-# Cheapest and most telling rows first, so a run cut short still answers the main questions.
-CPU_ROWS = (AblationRow("legacy pairing", ("encoder.pairing=legacy",)),
-            AblationRow("reference (per-half pairing)"),
-            AblationRow("deeper conv encoder", ("encoder.depth=2",)),
-            AblationRow("latent dim 20", ("latent_dim=20",)),
-            AblationRow("PGD-7 in encoder training", _pgd_steps(7)),
-            AblationRow("4 epochs", ("encoder.epochs=4",)),
-            AblationRow("2x training images", ("encoder.max_train=4000",)),
-            AblationRow("PGD-10 in encoder training", _pgd_steps(10)),
-            # training amount is what moved the AUC in the rows above: more of it, and the two combined
-            AblationRow("8 epochs", ("encoder.epochs=8",)),
-            AblationRow("4 epochs, 2x training images", ("encoder.epochs=4", "encoder.max_train=4000")))
+# The cpu profile's recipe first, then one change each; the on-the-fly recipe the profile replaced is the costliest.
+CPU_ROWS = (AblationRow("cpu profile (precomputed PGD-10, batch 32, cosine lr, best on validation)"),
+            AblationRow("constant lr", ("encoder.lr_schedule=constant",)),
+            AblationRow("batch 128 (4x fewer steps)", ("encoder.batch_size=128", "encoder.eval_every=79")),
+            AblationRow("clean images only (control)", ("encoder.adversarial=false",)),
+            AblationRow("precomputed PGD-10 and FGSM", ("encoder.precomputed=pgd,fgsm",)),
+            AblationRow("6 epochs", ("encoder.epochs=6",)),
+            AblationRow("half the adversarial half on the fly (PGD-3 against F with A_N)",
+                        ("encoder.online_fraction=0.5",)),
+            AblationRow("earlier cpu recipe (on-the-fly PGD-3 against F with A_N, batch 128, eps ramp)",
+                        ("encoder.online_fraction=1.0", "encoder.precomputed=", "encoder.batch_size=128",
+                         "encoder.lr_schedule=constant", "encoder.eps_ramp=0.5", "encoder.validation=0")))
 
 
 def ablation_config(profile: str = "cpu") -> DLDAblationConfig:
-    """`cpu`: ~40 min of one (shared) core for MNIST: encoders on 2k images x 2 epochs, a 10k-image index,
-    3,000 clean evaluation images, FGSM on 2,000 of them and the cpu profile's own PGD set (500, from its
-    cache); `smoke`: seconds, two rows."""
+    """`cpu`: every row trains the cpu profile's encoders (20k images, its stopping rule) with one change; the
+    k-NN index holds 20k training images; FGSM on all 9,250 evaluation images and PGD-40 on 2,000 of them, so
+    each AUC's 95% interval is a few hundredths wide; `smoke`: seconds, two rows."""
     if profile == "cpu":
         base = dld_config("cpu")
-        reference = replace(base, profile="ablation-cpu", index_max_train=10_000, n_clean=3000,
-                            encoder=replace(base.encoder, epochs=2, max_train=2000),
-                            attacks=replace(base.attacks, n={**base.attacks.n, "fgsm": 2000}))
+        reference = replace(base, profile="ablation-cpu", index_max_train=20_000,
+                            attacks=replace(base.attacks, pgd_steps=40, pgd_restarts=1,
+                                            n={**base.attacks.n, "fgsm": None, "pgd": 2000}))
         return DLDAblationConfig("cpu", reference, CPU_ROWS)
     if profile == "smoke":
         return DLDAblationConfig("smoke", replace(dld_config("smoke"), profile="ablation-smoke"),
@@ -107,42 +108,74 @@ def _ablation_row(row: AblationRow, cfg: DLDExperimentConfig, classifier: Any, c
     encoders, enc_dir = _encoders(cfg, classifier, classifier_key, train, root)
     with timer.timed("detector"):
         det = _detector(cfg, classifier, encoders, train, cal, enc_dir)
+    with timer.timed("diagnostics"):
+        diagnostics = encoder_diagnostics(classifier, encoders, det, clean, adversarial)
     with timer.timed("score"):
-        _, clean_score, clean_per = det.nonconformity(clean.images)
-        attacks = {name: _row(det, adv["labels"], det.nonconformity(adv["images"]), clean_score, clean_per)
+        ref = CleanReference.of(det, clean, cal, PAPER[cfg.dataset]["fpr"] / 100)
+        clean_score = ref.score
+        attacks = {name: _row(det, adv["labels"], det.nonconformity(adv["images"]), ref, cfg.target_fpr)
                    for name, adv in adversarial.items()}
     return {"name": row.name, "changes": list(row.changes), "attacks": attacks, "threshold": det.threshold_,
-            "fpr": float((clean_score > det.threshold_).float().mean()), "pruned": det.pruned_,
-            "encoder_build_s": build_seconds(enc_dir), **{f"{k}_s": v for k, v in timer.wall_time_s.items()}}
+            "fpr": float((clean_score > det.threshold_).float().mean()), "pruned": det.pruned_, "n_clean": len(clean),
+            "encoder_build_s": build_seconds(enc_dir), "diagnostics": diagnostics,
+            "pruned_fraction": {tap: v / min(len(train), cfg.index_max_train or len(train)) for tap, v in det.pruned_.items()},
+            "training_log": read_json(enc_dir / "training_log.json") if (enc_dir / "training_log.json").is_file() else None, **{f"{k}_s": v for k, v in timer.wall_time_s.items()}}
+
+
+TRAINED_PRUNED = 0.2       # a row whose encoders prune more of the index than this did not train
+TRAINED_ACCURACY = 0.9     # ... nor one where F with some A_N inserted classifies fewer clean images than this
+
+
+def trained(row: dict[str, Any]) -> bool:
+    """Whether every encoder of an ablation row trained: little of its index pruned, F-with-A_N still accurate."""
+    return (max(row["pruned_fraction"].values()) <= TRAINED_PRUNED
+            and min(d["inserted_accuracy"]["clean"] for d in row["diagnostics"].values()) >= TRAINED_ACCURACY)
+
+
+def _auc(a: dict[str, Any]) -> str:
+    lo, hi = a["roc_auc_ci"]
+    return f"{a['roc_auc']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def _write_report(path: Path, config: DLDAblationConfig, results: dict[str, Any]) -> None:
-    """One table row per ablation row: AUC per attack (paper def. / all adversarial / per layer), robustness."""
+    """One table row per ablation row: AUCs with intervals, TP rate at the paper's FP, robustness, and whether the
+    encoders trained (F-with-A_N accuracy, pruned fraction)."""
     ref = config.reference
     enc = ref.encoder
+    a = ref.attacks
     lines = [f"# DLD ablation on {ref.dataset.upper()} ({config.profile} profile)", "",
-             f"Reference row: encoders on {enc.max_train} images x {enc.epochs} epochs, PGD-{enc.steps} (step "
-             f"{enc.step_size:g}, eps {enc.eps:g}, ramp {enc.eps_ramp:g}), depth {enc.depth}, width {enc.width}, "
-             f"latent dim {ref.latent_dim}, pairing {enc.pairing}; k-NN index on {ref.index_max_train} training "
-             f"images; threshold for FP <= {100 * ref.target_fpr:g}% from {ref.n_calibration} calibration images; "
-             f"{ref.n_clean} clean evaluation images; FGSM on {ref.attacks.n['fgsm']}, PGD-{ref.attacks.pgd_steps} "
-             f"({ref.attacks.pgd_restarts} restarts) on {ref.attacks.n['pgd']}. Same classifier in every row. "
+             f"Reference row: encoders on {enc.max_train} images x {enc.epochs} epochs, batch {enc.batch_size}, lr "
+             f"{enc.lr:g} ({enc.lr_schedule}), adversarial half: precomputed {', '.join(enc.precomputed) or 'none'} "
+             f"against F (PGD-{enc.precomputed_steps}), {100 * enc.online_fraction:g}% on the fly (PGD-{enc.steps} "
+             f"against F with A_N); state kept: best on {enc.validation} held-out training images; depth "
+             f"{enc.depth}, width {enc.width}, latent dim {ref.latent_dim}, pairing {enc.pairing}; k-NN index on "
+             f"{ref.index_max_train} training images; threshold for FP <= {100 * ref.target_fpr:g}% from "
+             f"{ref.n_calibration} calibration images; {results['rows'][0]['n_clean'] if results['rows'] else '?'} "
+             f"clean evaluation images; FGSM on {a.n['fgsm'] or 'all'}, PGD-{a.pgd_steps} ({a.pgd_restarts} "
+             f"restart) on {a.n['pgd']}. Same classifier, calibration and attack sets in every row. "
              f"git {results['git_revision']}.", "",
-             "AUC cells: paper definition (misclassified adversarial vs clean) / every adversarial vs clean / per "
-             "layer (paper definition on each encoder's non-conformity).", "",
-             "| row | change | FGSM AUC | PGD AUC | FGSM rob. | PGD rob. | FP | pruned (per layer) | encoders s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "AUC: paper definition (misclassified adversarial vs clean) with its Hanley-McNeil 95% interval; "
+             "'corr. neg.': correctly classified clean images as negatives; TP@FP: the ROC point at the paper's "
+             "FP rate (1.96%); OR: one threshold per layer, joint calibrated FP. 'F+A_N clean / PGD': accuracy of F "
+             "with each layer's encoder-decoder inserted (layers 1 / 2 / 3). A row marked 'no' did not train "
+             f"(pruned > {100 * TRAINED_PRUNED:g}% or F+A_N clean < {100 * TRAINED_ACCURACY:g}%) and is not used.", "",
+             "| row | FGSM AUC | FGSM corr. neg. | FGSM TP@FP | PGD AUC | PGD corr. neg. | PGD TP@FP | PGD OR AUC | "
+             "FGSM / PGD rob. | FP | F+A_N clean | F+A_N PGD | pruned % | trained | encoders s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
-        aucs = [f"{a['roc_auc']:.3f} / {a['roc_auc_all_adversarial']:.3f} / "
-                + " ".join(f"{v:.2f}" for v in a["roc_auc_per_layer"].values()) for a in r["attacks"].values()]
-        robs = [f"{100 * a['robustness']:.1f}" for a in r["attacks"].values()]
-        pruned = " / ".join(str(v) for v in r["pruned"].values())
-        lines.append(f"| {r['name']} | {', '.join(r['changes']) or '-'} | {' | '.join(aucs)} | {' | '.join(robs)} | "
-                     f"{100 * r['fpr']:.2f} | {pruned} | {r['encoder_build_s']} |")
+        f, p = r["attacks"]["fgsm"], r["attacks"]["pgd"]
+        acc = lambda key: " / ".join(f"{100 * d['inserted_accuracy'][key]:.1f}" for d in r["diagnostics"].values())
+        pruned = " / ".join(f"{100 * v:.1f}" for v in r["pruned_fraction"].values())
+        lines.append(f"| {r['name']} | {_auc(f)} | {f['roc_auc_correct_negatives']:.3f} | "
+                     f"{100 * f['tpr_at_paper_fpr']:.1f} | {_auc(p)} | {p['roc_auc_correct_negatives']:.3f} | "
+                     f"{100 * p['tpr_at_paper_fpr']:.1f} | {p['or_rule']['roc_auc']:.3f} | "
+                     f"{100 * f['robustness']:.1f} / {100 * p['robustness']:.1f} | {100 * r['fpr']:.2f} | {acc('clean')} | "
+                     f"{acc('pgd')} | {pruned} | {'yes' if trained(r) else 'no'} | {r['encoder_build_s']} |")
     if results["rows"]:
-        bases = {a: v["base_accuracy"] for a, v in results["rows"][0]["attacks"].items()}
+        first = results["rows"][0]["attacks"]
         lines += ["", "Base accuracy of F on the attack sets (the same in every row): "
-                  + ", ".join(f"{a} {100 * v:.1f}%" for a, v in bases.items()) + "."]
+                  + ", ".join(f"{k} {100 * v['base_accuracy']:.1f}% ({v['n']} images, "
+                              f"{round(v['n'] * (1 - v['base_accuracy']))} misclassified)" for k, v in first.items()) + "."]
     lines += ["", "Wall time (s): " + ", ".join(f"{k} {v}" for k, v in results["wall_time_s"].items()), ""]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines))
