@@ -22,7 +22,8 @@ def test_smoke_run_records_its_detector_and_sets_fpr_thresholds_on_calibration_i
     res = run_experiment("dld-mnist-adaptive", "smoke", tmp_path / "a", overrides=small)
     assert res["detector_source"]["kind"] == "stages"
     dld = res["detectors"]["dld"]
-    assert set(dld["attacks"]) == {"pgd", "autoattack", "adaptive_paper", "guide_points", "selective", "orthogonal"}
+    assert set(dld["attacks"]) == {"pgd", "autoattack", "adaptive_paper", "guide_points", "selective", "orthogonal",
+                                   "square"}
     assert dld["all_attacks"]["robustness"] <= min(row["robustness"] for row in dld["attacks"].values())
     assert dld["paper_attacks"]["attacks"] == ["pgd", "adaptive_paper"]
     assert (tmp_path / "a" / "report.md").is_file() and (tmp_path / "a" / "robustness_vs_eps.png").is_file()
