@@ -65,7 +65,8 @@ def main() -> None:
     test = load_dataset("mnist").test
     x, y = test.images[:args.n], test.labels[:args.n]
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    ours = cascade(model, x, y, args.eps, lambda a, b: APGD(args.eps, 100, loss="ce", generator=gen())(model, a, b).images,
+    ours = cascade(model, x, y, args.eps,
+                   lambda a, b: APGD(args.eps, 100, loss="ce", generator=gen())(model, a, b).images,
                    lambda a, b: APGDT(args.eps, 100, n_target_classes=9, generator=gen())(model, a, b).images)
     theirs = cascade(model, x, y, args.eps, torchattacks.APGD(model, norm="Linf", eps=args.eps, steps=100, n_restarts=1,
                                                     loss="ce", seed=0),
@@ -94,7 +95,8 @@ def main() -> None:
                   f"what APGD-CE left. git {git_revision()}, {torch.get_num_threads()} thread(s).", "",
                   "Robust accuracy (%, Wilson 95% interval):", "",
                   "| after | ours | torchattacks | difference (pp) |", "|---|---|---|---|", *rows, "", times + ".", "",
-                  "Command: `OMP_NUM_THREADS=1 python benchmarks/apgd_parity.py --n 200 --out docs/results/apgd-parity`.",
+                  "Command: `OMP_NUM_THREADS=1 python benchmarks/apgd_parity.py --n 200 "
+                  "--out docs/results/apgd-parity`.",
                   ""]
         with atomic_path(args.out / "report.md") as tmp:
             tmp.write_text("\n".join(report))

@@ -90,7 +90,8 @@ class Budget:
 
 VERSIONS: dict[str, Budget] = {
     # the cpu budgets of `reproduce dld-mnist-adaptive` (about 40 min for four detectors on one core, n = 500)
-    "quick": Budget(pgd_steps=40, pgd_step=1 / 30, steps=40, n_targets=2, adaptive_steps=50, centroid_steps=50, alpha1=0.01,
+    "quick": Budget(pgd_steps=40, pgd_step=1 / 30, steps=40, n_targets=2, adaptive_steps=50, centroid_steps=50,
+                    alpha1=0.01,
                     alpha2=(5.0, 15.0), autoattack_steps=50, autoattack_targets=3, square_queries=500, n_sanity=100),
     # AutoAttack's standard budget on F (100 steps, 9 targets, 5000 Square queries); 2 restarts on the detector
     "standard": Budget(pgd_restarts=2, restarts=2),
@@ -239,7 +240,8 @@ def detector_attack(kind: str, threat: ThreatModel, b: Budget, generator: torch.
     common = {"steps": b.steps, "restarts": b.restarts, "check_every": b.check_every, "generator": generator,
               "norm": threat.norm}
     if kind == "guide_points":
-        return GuidePointAttack(e, n_targets=b.n_targets, refresh_every=b.refresh_every, **common)  # type: ignore[arg-type]
+        return GuidePointAttack(e, n_targets=b.n_targets, refresh_every=b.refresh_every,
+                                **common)  # type: ignore[arg-type]
     if kind == "selective":
         return SelectivePGD(e, **common)  # type: ignore[arg-type]
     if kind == "orthogonal":
@@ -264,7 +266,8 @@ def _in_batches(fn: Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor],
 
 def _attack_all(detectors: Mapping[str, Any], images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel,
                 b: Budget, encoders: Mapping[str, Mapping[str, EncoderDecoder]], generator: torch.Generator,
-                timer: StageTimer) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float], dict[str, dict[str, str]]]:
+                timer: StageTimer) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float],
+                                            dict[str, dict[str, str]]]:
     """(adversarial images per detector and attack, F's robust accuracy after each cascade stage, skipped attacks)."""
     classifier = next(iter(detectors.values())).classifier
     with timer.timed("attack_pgd"):
@@ -513,7 +516,8 @@ def report(results: Mapping[str, Any], *, title: str | None = None, notes: Seque
             lines.append(f"| {attack} | {_pct(row['robustness'])} {_ci(row['robustness_ci'])} | "
                          f"{_pct(row['undetected_success_rate'])} | {_pct(sr['0.01']['sr']) if '0.01' in sr else ''} | "
                          f"{_pct(sr['0.05']['sr']) if '0.05' in sr else ''} | {row['roc_auc']:.3f} | {layers} |")
-        for key, label in (("paper_attacks", "worst case, paper's attacks"), ("all_attacks", "worst case, all attacks")):
+        for key, label in (("paper_attacks", "worst case, paper's attacks"),
+                           ("all_attacks", "worst case, all attacks")):
             w = res[key]
             sr = w["sr_at_fpr"]
             lines.append(f"| **{label}** | **{_pct(w['robustness'])}** {_ci(w.get('robustness_ci', (0, 1)))} | "
@@ -564,7 +568,8 @@ def _budget_check_lines(results: Mapping[str, Any]) -> list[str]:
     if "budget_check" not in results:
         return ["Budget check not run (`budget_check=True` re-runs every attack at twice the steps and restarts).", ""]
     lines = ["## Budget check: every attack at twice the steps and restarts, same images", "",
-             "| detector | worst case at the budget | at 2x | change (pp) | images only 2x broke |", "|---|---|---|---|---|"]
+             "| detector | worst case at the budget | at 2x | change (pp) | images only 2x broke |",
+             "|---|---|---|---|---|"]
     for name, c in results["budget_check"].items():
         lines.append(f"| {name} | {_pct(c['robustness'])} {_ci(c['robustness_ci'])} | {_pct(c['robustness_doubled'])} "
                      f"{_ci(c['robustness_doubled_ci'])} | {100 * c['change']:+.2f} | {c['newly_broken']} / {c['n']} "
@@ -584,7 +589,8 @@ def _budget_lines(results: Mapping[str, Any]) -> list[str]:
              "| setting | " + " | ".join(versions) + " |", "|---|" + "---|" * len(versions)]
     for key in results["budget"]:
         vals = [v[key] for v in versions.values()]
-        fmt = [", ".join(f"{x:.3g}" for x in v) if isinstance(v, (list, tuple)) else str(v) for v in vals]
+        fmt = [", ".join(f"{x:.3g}" for x in v) if isinstance(v, (list, tuple))
+               else f"{v:.3g}" if isinstance(v, float) else str(v) for v in vals]
         lines.append(f"| {key} | " + " | ".join(fmt) + " |")
     return lines + [""]
 

@@ -162,7 +162,8 @@ def evaluate_dld_artifact(path: str | Path, threat_model: ThreatModel, version: 
     the first `n` of the rest are attacked. The paper's adaptive attack runs when `encoders.safetensors` (the
     encoder-decoders) lies beside the artifact."""
     det = DeepLatentDefence.load(path)
-    cal, rest = calibration_split(load_dataset(dataset, None if data_dir is None else Path(data_dir)).test, n_calibration, seed)
+    test = load_dataset(dataset, None if data_dir is None else Path(data_dir)).test
+    cal, rest = calibration_split(test, n_calibration, seed)
     if not hasattr(det, "threshold_"):
         det.calibrate(cal)
     beside = Path(path).parent / "encoders.safetensors"
