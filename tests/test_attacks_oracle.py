@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from test_attacks_fixtures import one_thread, targets_for, tiny_batch, tiny_model  # noqa: F401 (autouse)
@@ -58,6 +60,29 @@ def test_apgdt_matches_oracle() -> None:
         tiny_model(), x, y)
     theirs = oracle_success(torchattacks.APGDT(tiny_model(), eps=0.08, steps=15, n_classes=4, seed=0)(x, y), y)
     assert abs(ours.success_rate - theirs) <= TOL
+
+
+def test_apgd_ce_then_apgd_t_at_autoattacks_standard_budget_match_oracle() -> None:
+    """AutoAttack's standard budget (100 steps, 9 targets), APGD-T on what APGD-CE left, as its cascade does."""
+    x, y = tiny_batch(N // 2)
+    eps = 0.06
+    Run = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def robust_after_both(ce: Run, targeted: Run) -> float:
+        with torch.no_grad():
+            left = tiny_model()(ce(x, y)).argmax(1) == y
+        adv = targeted(x[left], y[left])
+        with torch.no_grad():
+            return (tiny_model()(adv).argmax(1) == y[left]).float().sum().item() / len(y)
+
+    ours = robust_after_both(
+        lambda a, b: APGD(eps, 100, generator=torch.Generator().manual_seed(0))(tiny_model(), a, b).images,
+        lambda a, b: APGDT(eps, 100, n_target_classes=9, generator=torch.Generator().manual_seed(0))(
+            tiny_model(), a, b).images)
+    theirs = robust_after_both(torchattacks.APGD(tiny_model(), eps=eps, steps=100, loss="ce", seed=0),
+                               torchattacks.APGDT(tiny_model(), eps=eps, steps=100, n_classes=10, seed=0))
+    assert 0.1 < theirs < 0.9, "eps chosen so the comparison means something"
+    assert abs(ours - theirs) <= 2 / len(y), (ours, theirs)
 
 
 def test_apgd_is_at_least_pgd() -> None:

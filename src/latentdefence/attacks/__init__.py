@@ -20,9 +20,9 @@ from .io import AdversarialSet, load_adversarial_set, save_adversarial_set
 from .jsma import JSMA
 from .pgd import FGSM, PGD
 from .soft_knn import GuidePointAttack, soft_inside
-from .square import Square
+from .square import DetectorSquare, Square
 
 __all__ = ["APGD", "AdversarialSet", "load_adversarial_set", "save_adversarial_set", "APGDT", "FGSM", "JSMA", "PGD", "Attack", "AttackResult", "CarliniWagnerL2", "channels_last_weights", "cross_entropy",
            "dlr_loss", "dlr_targeted_loss", "frozen_eval", "margin", "perturbation_norm", "project",
            "AutoAttack", "Detector", "DetectorAttack", "GuidePointAttack", "KeepBest", "OrthogonalPGD", "SelectivePGD",
-           "Square", "ascent_direction", "random_start", "soft_inside"]
+           "DetectorSquare", "Square", "ascent_direction", "random_start", "soft_inside"]

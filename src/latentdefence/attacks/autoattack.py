@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .apgd import APGD, APGDT
-from .base import Attack, AttackResult, check_inputs, frozen_eval, perturbation_norm
+from .base import Attack, AttackResult, check_inputs, check_iterative, frozen_eval, perturbation_norm
 from .square import Square
 
 
@@ -19,7 +19,8 @@ class AutoAttack(Attack):
     recorded after each attack (`evaluate`). The last attack (Square, gradient-free) is the check for
     gradient masking: if it breaks inputs the gradient attacks could not, their gradients were misleading.
 
-    Norm "linf". Args: eps; steps (APGD iterations, default 100); n_target_classes (APGD-T, default 9);
+    Norm "linf" (default) or "l2"; under L2 the cascade is APGD-CE and APGD-T only (our Square is L-inf).
+    Args: eps; steps (APGD iterations, default 100); n_target_classes (APGD-T, default 9);
     square_queries (default 5000); restarts (APGD-CE restarts, default 1); generator.
     Shapes: images (N, C, H, W) in [0, 1], labels (N,) int64 -> AttackResult.
 
@@ -29,20 +30,26 @@ class AutoAttack(Attack):
     """
 
     def __init__(self, eps: float, steps: int = 100, *, n_target_classes: int = 9, square_queries: int = 5000,
-                 restarts: int = 1, generator: torch.Generator | None = None) -> None:
+                 restarts: int = 1, norm: str = "linf", generator: torch.Generator | None = None) -> None:
+        check_iterative("AutoAttack", norm, eps, steps=steps, restarts=restarts)
         self.eps = eps
         self.steps = steps
         self.n_target_classes = n_target_classes
         self.square_queries = square_queries
         self.restarts = restarts
+        self.norm = norm
         self.generator = generator
 
     def attacks(self) -> dict[str, Attack]:
         """The cascade, in order."""
-        return {"apgd-ce": APGD(self.eps, self.steps, loss="ce", restarts=self.restarts, generator=self.generator),
-                "apgd-t": APGDT(self.eps, self.steps, n_target_classes=self.n_target_classes,
-                                generator=self.generator),
-                "square": Square(self.eps, self.square_queries, generator=self.generator)}
+        out: dict[str, Attack] = {
+            "apgd-ce": APGD(self.eps, self.steps, norm=self.norm, loss="ce", restarts=self.restarts,
+                            generator=self.generator),
+            "apgd-t": APGDT(self.eps, self.steps, norm=self.norm, n_target_classes=self.n_target_classes,
+                            generator=self.generator)}
+        if self.norm == "linf":
+            out["square"] = Square(self.eps, self.square_queries, generator=self.generator)
+        return out
 
     def run(self, model: nn.Module, images: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
         return self._cascade(model, images, goal)[0]
@@ -55,7 +62,7 @@ class AutoAttack(Attack):
             adv, robust_after = self._cascade(model, images.detach().clone(), labels.detach().clone())
             with torch.no_grad():
                 preds = model(adv).argmax(1)
-        return AttackResult(adv, preds != labels, perturbation_norm(adv - images, "linf"), preds), robust_after
+        return AttackResult(adv, preds != labels, perturbation_norm(adv - images, self.norm), preds), robust_after
 
     def _cascade(self, model: nn.Module, images: torch.Tensor,
                  labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

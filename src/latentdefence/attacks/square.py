@@ -1,11 +1,19 @@
-"""Square attack, L-inf: random search with square-shaped updates, no gradients (Andriushchenko et al. 2020)."""
+"""Square attack, L-inf: random search with square-shaped updates, no gradients (Andriushchenko et al. 2020);
+on F alone (`Square`) and on F + a detector (`DetectorSquare`, judged by the detector's own decision)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from .base import Attack, margin
+from .detector_aware import DetectorAttack, KeepBest
+
+# (candidate images (R, C, H, W), their rows in the batch (R,)) -> loss (R,), success where < 0
+SearchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def square_fraction(p_init: float, query: int, queries: int) -> float:
@@ -54,17 +62,20 @@ class Square(Attack):
             rows = (best_loss >= 0).nonzero().squeeze(1)
             if rows.numel() == 0:
                 break
-            adv, loss = self._one_run(model, images[rows], goal[rows])
+            adv, loss = self.search(lambda x, r: margin(model(x), goal[rows[r]], targeted=False), images[rows])
             better = loss < best_loss[rows]
             best[rows[better]], best_loss[rows[better]] = adv[better], loss[better]
         return best
 
-    def _one_run(self, model: nn.Module, images: torch.Tensor, goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @torch.no_grad()
+    def search(self, loss_fn: SearchLoss, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One run of the random search minimising `loss_fn` (an image stops once its loss is < 0):
+        (adversarial images, their loss)."""
         n, c, h, w = images.shape
         stripes = self._signs((n, c, 1, w)) * self.eps                                   # (N, C, 1, W)
         adv = (images + stripes).clamp(0, 1)
-        loss = margin(model(adv), goal, targeted=False)
         rows = torch.arange(n, device=images.device)                                     # images still running
+        loss = loss_fn(adv, rows)
         ys, xs = torch.arange(h, device=images.device), torch.arange(w, device=images.device)
         for q in range(self.queries):
             rows = rows[loss[rows] >= 0]
@@ -81,7 +92,7 @@ class Square(Attack):
             same = (((x0 + value).clamp(0, 1) - cur).abs() < 1e-7) | ~inside            # (R, C, H, W)
             value = torch.where(same.flatten(1).all(1)[:, None, None, None], -value, value)
             proposal = torch.where(inside, (x0 + value).clamp(0, 1), cur)
-            new_loss = margin(model(proposal), goal[rows], targeted=False)
+            new_loss = loss_fn(proposal, rows)
             better = new_loss < loss[rows]
             adv[rows[better]], loss[rows[better]] = proposal[better], new_loss[better]
         return adv, loss
@@ -91,3 +102,45 @@ class Square(Attack):
 
     def _randint(self, high: int, n: int) -> torch.Tensor:
         return torch.randint(0, high, (n,), generator=self.generator)
+
+
+class DetectorSquare(DetectorAttack):
+    """Square attack on F + detector: gradient-free, so it is the gradient-masking check of a detector evaluation.
+
+    Andriushchenko et al., arXiv:1912.00049 (the L-inf random search of `Square`), with the loss: F's margin
+    f_y - max_{i != y} f_i while F is right, plus, while the detector flags the input, 1 + how far its score is
+    above the threshold (`detector.threshold_`, where the detector has one). The loss is below 0 exactly when F
+    is wrong and the detector's own `predict` does not flag the input, the success of every detector attack.
+    Only `predict` and `classifier` are used (no gradients, no surrogate). Keep-best by `predict` (`KeepBest`).
+
+    Norm "linf". Args: eps; queries (5000 per image per restart); p_init (0.8); restarts (1, only on inputs not
+    yet evading); generator.
+    Shapes: images (N, C, H, W) in [0, 1], labels (N,) int64 -> AttackResult (success = evaded).
+
+    Example:
+        >>> result = DetectorSquare(eps=0.3, queries=1000)(detector, x, y)
+    """
+
+    def __init__(self, eps: float, queries: int = 5000, *, p_init: float = 0.8, restarts: int = 1,
+                 generator: torch.Generator | None = None) -> None:
+        self._store_threat_model(eps, None, queries, "linf", restarts, 1, generator)
+        self.queries = queries
+        self.p_init = p_init
+
+    def evade(self, detector: Any, images: torch.Tensor, labels: torch.Tensor, best: KeepBest,
+              starts: torch.Tensor | None) -> None:
+        threshold = getattr(detector, "threshold_", None)
+        search = Square(self.eps, self.queries, p_init=self.p_init, generator=self.generator)
+        for _ in range(self.restarts):
+            rows = (~best.evaded).nonzero().squeeze(1).to(images.device)
+            if rows.numel() == 0:
+                return
+
+            def loss(x: torch.Tensor, r: torch.Tensor, rows: torch.Tensor = rows) -> torch.Tensor:
+                m = margin(detector.classifier(x), labels[rows[r]], targeted=False)
+                out = detector.predict(x)
+                flagged = out.is_adversarial.to(m.device).bool()
+                excess = (out.nonconformity.to(m) - threshold).clamp_min(0) if threshold is not None else 0.0
+                return torch.where(flagged, m.clamp_min(0) + 1 + excess, m)
+            adv, _ = search.search(loss, images[rows])
+            best.update(adv, rows)

@@ -41,9 +41,9 @@ class Verdicts:
 
 
 def verdicts(detector: Any, images: torch.Tensor, batch_size: int = 500) -> Verdicts:
-    """`detector.predict` in batches, as `Verdicts` (on CPU)."""
+    """`detector.predict` in batches, as `Verdicts` (on CPU); a detector without `per_layer` gets none."""
     parts = [detector.predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-    layers = parts[0].per_layer.keys() if parts else []
+    layers = (getattr(parts[0], "per_layer", None) or {}).keys() if parts else []   # per-layer scores are optional
     return Verdicts(torch.cat([p.predicted.cpu() for p in parts]), torch.cat([p.is_adversarial.cpu() for p in parts]),
                     torch.cat([p.nonconformity.detach().cpu().to(torch.float64) for p in parts]),
                     {k: torch.cat([p.per_layer[k].detach().cpu().to(torch.float64) for p in parts]) for k in layers})

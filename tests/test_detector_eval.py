@@ -1,0 +1,136 @@
+"""`evaluate_detector` on detectors written here only (not in the library): the contract is all it needs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import torch
+from test_attacks_fixtures import one_thread, synthetic, tiny_model  # noqa: F401 (autouse)
+from torch import nn
+
+from latentdefence.dld import calibrate_threshold
+from latentdefence.evaluation import VERSIONS, Budget, ThreatModel, evaluate_detector, evaluate_detectors
+
+TINY = Budget(pgd_steps=3, steps=3, restarts=1, n_targets=1, check_every=1, autoattack_steps=3,
+              autoattack_targets=2, square_queries=10, n_sanity=8, eps_sweep=(1.0, 4.0), batch_size=32)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    predicted: torch.Tensor
+    is_adversarial: torch.Tensor
+    nonconformity: torch.Tensor
+
+
+class SoftmaxDetector:
+    """Flags inputs whose top softmax probability is low; a user's detector, with a surrogate for attacks."""
+
+    def __init__(self, classifier: nn.Module, flat_surrogate: bool = False) -> None:
+        self.classifier = classifier
+        self.flat_surrogate = flat_surrogate
+
+    def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = self.classifier(images).softmax(1)
+        return probs.argmax(1), 1 - probs.amax(1)
+
+    def calibrate(self, images: torch.Tensor, target_fpr: float = 0.05) -> "SoftmaxDetector":
+        with torch.no_grad():
+            self.calibration_scores_ = self._score(images)[1]
+        self.threshold_ = float(self.calibration_scores_.quantile(1 - target_fpr))
+        return self
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> Verdict:
+        predicted, score = self._score(images)
+        return Verdict(predicted, score > self.threshold_, score)
+
+    def surrogate_score(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        if self.flat_surrogate:                       # a detector whose gradients vanish: the check must name it
+            return (images * 0).flatten(1).sum(1)
+        return 1 - self.classifier(images).softmax(1).gather(1, classes[:, None]).squeeze(1)
+
+
+def data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x, y = synthetic(24, seed=11)
+    cal, _ = synthetic(64, seed=12)
+    return x, y, cal
+
+
+def test_a_user_detector_gets_every_attack_that_applies_and_a_report(tmp_path: Path) -> None:
+    x, y, cal = data()
+    model = tiny_model()
+    dets = {"softmax": SoftmaxDetector(model).calibrate(cal), "flat": SoftmaxDetector(model, True).calibrate(cal)}
+    ev = evaluate_detectors(dets, x, y, ThreatModel("linf", 0.1), "tiny", budget=TINY, calibration=cal,
+                            budget_check=True)
+    res = ev.results["detectors"]["softmax"]
+    assert set(res["attacks"]) == {"pgd", "autoattack", "selective", "orthogonal", "square"}
+    assert set(res["skipped"]) == {"adaptive_paper", "guide_points"}
+    worst = res["all_attacks"]["robustness"]
+    assert worst <= min(row["robustness"] for row in res["attacks"].values()) + 1e-6   # float32 rates
+    lo, hi = res["all_attacks"]["robustness_ci"]
+    assert lo <= worst <= hi
+    for fpr, row in res["attacks"]["pgd"]["sr_at_fpr"].items():       # thresholds from the calibration images only
+        assert row["threshold"] == calibrate_threshold(dets["softmax"].calibration_scores_.double(), float(fpr))
+    # the kept detector-aware iterates stay in the ball and in [0, 1]
+    for attack in ("selective", "orthogonal", "square"):
+        adv = ev.images["softmax"][attack]
+        assert (adv - x).abs().max() <= 0.1 + 1e-5 and adv.min() >= 0 and adv.max() <= 1
+    assert any(w.startswith("flat: its surrogate_score's gradient vanishes") for w in ev.warnings)
+    assert not any("vanishes" in w for w in ev.warnings if w.startswith("softmax"))
+    check = ev.results["budget_check"]["softmax"]
+    assert check["robustness_both"] <= min(check["robustness"], check["robustness_doubled"])
+    out = ev.write(tmp_path / "eval")
+    text = (out / "report.md").read_text()
+    assert "## Versions and budgets" in text and "## Budget check" in text and "WARNING: flat" in text
+    assert all(v in text for v in VERSIONS)
+    assert json.loads((out / "results.json").read_text())["budget"]["steps"] == 3
+    assert (out / "robustness_vs_eps.png").is_file() and (out / "roc.png").is_file()
+
+
+def test_l2_threat_model_skips_the_linf_only_attacks() -> None:
+    x, y, cal = data()
+    det = SoftmaxDetector(tiny_model()).calibrate(cal)
+    ev = evaluate_detector(det, x[:8], y[:8], ThreatModel("l2", 1.0), budget=TINY, calibration=cal)
+    res = ev.results["detectors"]["detector"]
+    assert "square" in res["skipped"] and set(res["attacks"]) == {"pgd", "autoattack", "selective", "orthogonal"}
+    assert list(ev.results["classifier_alone"]["autoattack_robust_accuracy_after"]) == ["clean", "apgd-ce", "apgd-t"]
+    adv = ev.images["detector"]["selective"]
+    assert (adv - x[:8]).flatten(1).norm(dim=1).max() <= 1.0 + 1e-4
+
+
+def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in readme.split("```python")[1:] if "evaluate_detector(" in b).split("```")[0]
+    x, y, cal = data()
+    monkeypatch.setitem(VERSIONS, "quick", replace(TINY, n_sanity=4))      # the example's version, at test size
+    monkeypatch.chdir(tmp_path)
+    scope = {"detector": SoftmaxDetector(tiny_model()).calibrate(cal), "images": x[:6], "labels": y[:6],
+             "calibration_images": cal}
+    exec(block, scope)  # noqa: S102 - our own README
+    assert (tmp_path / "runs" / "evaluation" / "report.md").is_file()
+
+
+def test_bad_inputs_are_named() -> None:
+    x, y, cal = data()
+    det = SoftmaxDetector(tiny_model()).calibrate(cal)
+    with pytest.raises(ValueError, match="unknown version 'fast'"):
+        evaluate_detector(det, x, y, ThreatModel(), "fast", calibration=cal)
+    with pytest.raises(ValueError, match="norm must be 'linf' or 'l2'"):
+        ThreatModel("l1", 0.3)
+    with pytest.raises(TypeError, match="lacks \\['predict'\\]"):
+        evaluate_detector(object.__new__(type("D", (), {"classifier": None})), x, y, ThreatModel(),
+                          calibration=cal)
+    with pytest.raises(ValueError, match="calibration images are needed"):
+        evaluate_detector(det, x, y, ThreatModel(), calibration=cal[:0])
+
+
+def test_versions_grow_and_the_budget_check_doubles_every_attack() -> None:
+    q, s, t = VERSIONS["quick"], VERSIONS["standard"], VERSIONS["thorough"]
+    assert q.steps < s.steps < t.steps and q.restarts <= s.restarts < t.restarts and s.n_targets < t.n_targets
+    assert (s.autoattack_steps, s.autoattack_targets) == (100, 9)          # AutoAttack's standard budget on F
+    d = s.doubled()
+    assert (d.steps, d.restarts, d.pgd_steps, d.square_queries) == (2 * s.steps, 2 * s.restarts, 2 * s.pgd_steps,
+                                                                     2 * s.square_queries)
