@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from latentdefence._io import save_tensors
 from latentdefence.cli.dld import app
+from latentdefence.dld import DeepLatentDefence, load_encoders
 from latentdefence.experiments.dld import ATTACKS, dld_config, run_dld, strongest_alpha2
 from latentdefence.experiments.dld_ablation import ablation_config, run_dld_ablation
 
@@ -50,6 +51,9 @@ def test_smoke_run_writes_results_report_and_figures(smoke_run: Path) -> None:
     assert all((out / f).stat().st_size > 0 for f in ("roc.png", "fig3_alpha2.png", "latent_pca.png",
                                                       "nonconformity_hist.png"))
     assert "## Encoder diagnostics" in (out / "report.md").read_text()
+    shipped = DeepLatentDefence.load(out / "detector.safetensors")
+    assert shipped.threshold_ == results["threshold"] and shipped.metadata_["profile"] == "smoke"
+    assert set(load_encoders(str(out / "encoders.safetensors"))) == {"layer1", "layer2", "layer3"}
 
 
 def test_smoke_ablation_reports_one_row_per_change_against_the_same_attack_sets(smoke_run: Path) -> None:

@@ -217,9 +217,21 @@ def run_dld(config: DLDExperimentConfig, out_dir: str | Path, cache_root: Path |
                    environment=environment_info(), wall_time_s=timer.wall_time_s,
                    stage_build_time_s={"encoders": build_seconds(enc_dir)},  # also when this run reused them
                    dataset_sizes={"train": len(train), "calibration": len(cal), "clean_eval": len(clean)})
+    _ship_detector(out, detector, enc_dir, config)
     write_json(out / "results.json", results)
     _write_report(out / "report.md", config, results)
     return results
+
+
+def _ship_detector(out: Path, detector: DeepLatentDefence, enc_dir: Path, config: DLDExperimentConfig) -> None:
+    """The calibrated detector artifact and its encoder-decoders beside the results, so `latentdefence serve`,
+    `evaluate-detector` (whose paper adaptive attack needs the decoders) and the examples work without training."""
+    import shutil
+
+    detector.save(out / "detector.safetensors", {"dataset": config.dataset, "profile": config.profile,
+                                                 "eps": config.attacks.eps, "target_fpr": config.target_fpr})
+    with atomic_path(out / "encoders.safetensors") as tmp:
+        shutil.copyfile(enc_dir / "encoders.safetensors", tmp)
 
 
 def _data(config: DLDExperimentConfig) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
