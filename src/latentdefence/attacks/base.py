@@ -163,7 +163,8 @@ def check_inputs(images: torch.Tensor, labels: torch.Tensor, targets: torch.Tens
 
     With `model`, labels and targets must also be classes it scores (`model_classes`).
     """
-    images = check_images(images, dtype=None if model is None else model_dtype(model), allow_empty=True)
+    images = check_images(images, shape=getattr(model, "input_shape", None),
+                          dtype=None if model is None else model_dtype(model), allow_empty=True)
     num_classes = model_classes(model, images) if model is not None and len(images) else None
     check_labels(labels, images.shape[0], num_classes)
     if targeted and targets is None:

@@ -279,6 +279,7 @@ class DeepLatentDefence(KNNDetector):
     # -- learning -------------------------------------------------------------------------------
     def fit(self, train: ImageDataset) -> "DeepLatentDefence":
         """Train encoders (unless given), keep the encoders only, index pruned training embeddings."""
+        check_count("k", self.k)
         taps = list(self.taps)
         if not taps:
             raise ValueError("DeepLatentDefence needs at least one tap")

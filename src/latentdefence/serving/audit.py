@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from ..validation import InputValidationError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS flagged (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -91,7 +93,7 @@ class AuditLog:
                 self._db.executescript(SCHEMA)
                 self._db.execute(f"PRAGMA user_version={USER_VERSION}")
         except sqlite3.DatabaseError as err:
-            raise ValueError(f"{self.path}: not a usable audit database ({err})") from err
+            raise InputValidationError(str(self.path), f"is not a usable audit database ({err})") from err
         self._lock = threading.Lock()
 
     def _check_format(self, empty_ok: bool) -> None:
@@ -104,8 +106,8 @@ class AuditLog:
         if version == 0 and set(tables) <= {"flagged", "sqlite_sequence"} and columns == (*COLUMNS, "image"):
             return
         self._db.close()
-        raise ValueError(f"{self.path}: not a latentdefence audit log (user_version {version:#x}, tables "
-                         f"{tables or 'none'}); refusing to read or change it")
+        raise InputValidationError(str(self.path), f"is not a latentdefence audit log (user_version {version:#x}, "
+                                                   f"tables {tables or 'none'}); refusing to read or change it")
 
     def record(self, images: torch.Tensor, predicted: torch.Tensor, nonconformity: torch.Tensor,
                credibility: torch.Tensor, per_layer: dict[str, torch.Tensor], threshold: float,
