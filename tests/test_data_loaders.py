@@ -215,6 +215,24 @@ def test_celeba_corrupt_jpeg_names_it(tmp_path: Path) -> None:
         load_celeba_smile(tmp_path, image_size=8)
 
 
+def test_celeba_rejects_a_small_greyscale_jpeg_instead_of_resizing_it(tmp_path: Path) -> None:
+    write_celeba_files(tmp_path, CELEBA_FILES)
+    odd = tmp_path / "img_align_celeba" / "000003.jpg"
+    Image.new("L", (10, 10), 128).save(odd)
+    with pytest.raises(DatasetFileError, match=r"000003\.jpg: a L image with 1 channel\(s\); CelebA faces are RGB"):
+        load_celeba_smile(tmp_path, image_size=8)
+    Image.new("RGB", (10, 10), (0, 0, 255)).save(odd)
+    with pytest.raises(DatasetFileError, match=r"000003\.jpg: 10x10 \(HxW\) image is smaller than the 16x16"):
+        load_celeba_smile(tmp_path, image_size=16)
+
+
+def test_head_rejects_a_negative_count() -> None:
+    data = load_dataset("mnist").test
+    assert len(data.head(3)) == 3 and len(data.head(None)) == len(data)
+    with pytest.raises(ValueError, match=r"n must be None or an integer >= 0.*got -3"):
+        data.head(-3)
+
+
 def test_celeba_missing_image_names_it(tmp_path: Path) -> None:
     write_celeba_files(tmp_path, CELEBA_FILES)
     (tmp_path / "img_align_celeba" / "000006.jpg").unlink()

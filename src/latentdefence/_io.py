@@ -53,6 +53,8 @@ def _json_default(obj: Any) -> Any:
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Read JSON, naming the file when it is missing or corrupt."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, not a JSON file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
@@ -84,6 +86,8 @@ def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, not a .safetensors file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from ..validation import check_choice, check_count, check_number
 from .base import Attack, ascent_direction, check_iterative, project
 
 
@@ -82,8 +83,9 @@ class APGD(Attack):
                  rho: float = 0.75, momentum: float = 0.75, targeted: bool = False,
                  generator: torch.Generator | None = None, channels_last: bool = False) -> None:
         check_iterative("APGD", norm, eps, steps=steps, restarts=restarts)
-        if loss not in ("ce", "dlr"):
-            raise ValueError(f"APGD loss must be 'ce' or 'dlr', got {loss!r}")
+        check_choice("loss", loss, ("ce", "dlr"))
+        check_number("rho", rho, low=0.0, high=1.0, low_open=True, high_open=True)
+        check_number("momentum", momentum, low=0.0, high=1.0)
         self.eps = eps
         self.steps = steps
         self.norm = norm
@@ -233,8 +235,7 @@ class APGDT(APGD):
                  generator: torch.Generator | None = None, channels_last: bool = False) -> None:
         super().__init__(eps, steps, norm=norm, loss="dlr", restarts=restarts, rho=rho, momentum=momentum,
                          targeted=False, generator=generator, channels_last=channels_last)
-        if n_target_classes < 1:
-            raise ValueError(f"need n_target_classes >= 1, got {n_target_classes}")
+        check_count("n_target_classes", n_target_classes)
         self.n_target_classes = n_target_classes
 
     def run(self, model: nn.Module, images: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:

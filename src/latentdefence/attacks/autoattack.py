@@ -31,7 +31,8 @@ class AutoAttack(Attack):
 
     def __init__(self, eps: float, steps: int = 100, *, n_target_classes: int = 9, square_queries: int = 5000,
                  restarts: int = 1, norm: str = "linf", generator: torch.Generator | None = None) -> None:
-        check_iterative("AutoAttack", norm, eps, steps=steps, restarts=restarts)
+        check_iterative("AutoAttack", norm, eps, steps=steps, n_target_classes=n_target_classes,
+                        square_queries=square_queries, restarts=restarts)
         self.eps = eps
         self.steps = steps
         self.n_target_classes = n_target_classes
@@ -57,7 +58,7 @@ class AutoAttack(Attack):
     def evaluate(self, model: nn.Module, images: torch.Tensor,
                  labels: torch.Tensor) -> tuple[AttackResult, dict[str, float]]:
         """The cascade's result and the robust accuracy after each stage ("clean" first)."""
-        check_inputs(images, labels, None, False)
+        images = check_inputs(images, labels, None, False, model)
         with frozen_eval(model):
             adv, robust_after = self._cascade(model, images.detach().clone(), labels.detach().clone())
             with torch.no_grad():

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..validation import InputValidationError, check_count, check_images, check_labels, check_number
+
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 NORMS = ("linf", "l2", "l0")
 
@@ -55,14 +57,17 @@ def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
 
 
-def check_iterative(attack: str, norm: str, eps: float, **counts: int) -> None:
-    """Reject a norm other than L-inf/L2, a negative eps or a count (steps, restarts, ...) below 1, naming it."""
+def check_iterative(attack: str, norm: str, eps: float, step_size: float | None = None, **counts: int) -> None:
+    """Reject a norm other than L-inf/L2, an eps that is not finite and >= 0, a step size that is not finite
+    and > 0 (>= 0 for the identity attack eps = 0), or a count (steps, restarts, ...) below 1, naming it."""
     if norm not in ("linf", "l2"):
-        raise ValueError(f"{attack} supports norm 'linf' or 'l2', got {norm!r}")
-    if eps < 0 or any(v < 1 for v in counts.values()):
-        wanted = ", ".join(f"{k} >= 1" for k in counts)
-        got = ", ".join(f"{k} {v}" for k, v in counts.items())
-        raise ValueError(f"{attack} needs eps >= 0, {wanted}; got eps {eps}, {got}")
+        raise InputValidationError("norm", f"of {attack} must be 'linf' or 'l2', got {norm!r}")
+    if check_number("eps", eps, low=0.0) and step_size is not None:
+        check_number("step_size", step_size, low=0.0, low_open=True)
+    elif step_size is not None:
+        check_number("step_size", step_size, low=0.0)
+    for name, value in counts.items():
+        check_count(name, value)
 
 
 def madry_step_size(eps: float, steps: int, step_size: float | None) -> float:
@@ -158,26 +163,39 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def check_inputs(images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None,
-                 targeted: bool) -> None:
-    """Reject inputs no attack can sensibly use, naming what is wrong."""
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise TypeError(f"images must be floating point in [0, 1], got {images.dtype}")
-    if not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or inf")
-    if images.numel() and (images.min() < 0 or images.max() > 1):
-        raise ValueError(f"images must lie in [0, 1], got range [{images.min():.3g}, {images.max():.3g}]")
-    if labels.shape != (images.shape[0],) or labels.dtype != torch.int64:
-        raise ValueError(f"labels must be int64 of shape ({images.shape[0]},), got {labels.dtype} "
-                         f"{tuple(labels.shape)}")
-    if targeted and (targets is None or targets.shape != labels.shape or targets.dtype != torch.int64):
-        raise ValueError("a targeted attack needs targets=int64 tensor shaped like labels")
-    for name, t in (("labels", labels), ("targets", targets)):
-        if t is not None and t.numel() and t.min() < 0:
-            raise ValueError(f"{name} must be non-negative class indices")
+                 targeted: bool, model: nn.Module | None = None) -> torch.Tensor:
+    """Reject inputs no attack can sensibly use, naming what is wrong; the images, in the model's dtype.
+
+    With `model`, labels and targets must also be classes it scores (`model_classes`).
+    """
+    images = check_images(images, shape=getattr(model, "input_shape", None),
+                          dtype=None if model is None else model_dtype(model), allow_empty=True)
+    num_classes = model_classes(model, images) if model is not None and len(images) else None
+    check_labels(labels, images.shape[0], num_classes)
+    if targeted and targets is None:
+        raise InputValidationError("targets", "are required by a targeted attack: an int64 tensor shaped like labels")
     if not targeted and targets is not None:
-        raise ValueError("targets given to an untargeted attack; build it with targeted=True")
+        raise InputValidationError("targets", "given to an untargeted attack; build it with targeted=True")
+    if targets is not None:
+        check_labels(targets, images.shape[0], num_classes, name="targets")
+    return images
+
+
+def model_classes(model: nn.Module, images: torch.Tensor) -> int:
+    """How many classes `model` scores: its `num_classes`, else the width of its logits on one image."""
+    declared = getattr(model, "num_classes", None)
+    if isinstance(declared, int) and declared > 0:
+        return declared
+    with torch.no_grad(), frozen_eval(model):
+        logits = model(images[:1])
+    if logits.ndim != 2:
+        raise ValueError(f"model must return (N, classes) logits, got shape {tuple(logits.shape)}")
+    return int(logits.shape[1])
+
+
+def model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The floating dtype of the model's weights (images are converted to it), None without weights."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
 
 
 class Attack:
@@ -221,7 +239,7 @@ class Attack:
 
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                  targets: torch.Tensor | None = None) -> AttackResult:
-        check_inputs(images, labels, targets, self.targeted)
+        images = check_inputs(images, labels, targets, self.targeted, model)
         goal = targets if self.targeted else labels
         assert goal is not None
         if images.shape[0] == 0:

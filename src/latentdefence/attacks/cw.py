@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..validation import check_count, check_number
 from .base import Attack, margin
 
 
@@ -44,11 +45,11 @@ class CarliniWagnerL2(Attack):
     def __init__(self, *, confidence: float = 0.0, initial_const: float = 1e-3, binary_search_steps: int = 9,
                  steps: int = 1000, lr: float = 1e-2, abort_early: bool = True, targeted: bool = False,
                  channels_last: bool = False) -> None:
-        if confidence < 0 or initial_const <= 0 or lr <= 0:
-            raise ValueError(f"need confidence >= 0, initial_const > 0, lr > 0; got {confidence}, "
-                             f"{initial_const}, {lr}")
-        if binary_search_steps < 1 or steps < 1:
-            raise ValueError(f"need binary_search_steps >= 1 and steps >= 1; got {binary_search_steps}, {steps}")
+        check_number("confidence", confidence, low=0.0)
+        check_number("initial_const", initial_const, low=0.0, low_open=True)
+        check_number("lr", lr, low=0.0, low_open=True)
+        check_count("binary_search_steps", binary_search_steps)
+        check_count("steps", steps)
         self.confidence = confidence
         self.initial_const = initial_const
         self.binary_search_steps = binary_search_steps

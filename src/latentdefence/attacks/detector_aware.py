@@ -93,7 +93,7 @@ class DetectorAttack(Attack):
                  targets: torch.Tensor | None = None, *, starts: torch.Tensor | None = None) -> AttackResult:
         """`starts` (optional, shaped like images): where the first run begins instead of a random point, e.g.
         another attack's output (projected into this attack's ball); they are judged by the detector first."""
-        check_inputs(images, labels, targets, False)
+        images = check_inputs(images, labels, targets, False, detector.classifier)
         if starts is not None and starts.shape != images.shape:
             raise ValueError(f"starts must be shaped like images {tuple(images.shape)}, got {tuple(starts.shape)}")
         if images.shape[0] == 0:
@@ -110,7 +110,7 @@ class DetectorAttack(Attack):
     def _store_threat_model(self, eps: float, step_size: float | None, steps: int, norm: str, restarts: int,
                             check_every: int, generator: torch.Generator | None) -> None:
         """Check and store the settings every detector attack shares (step size default: Madry's 2.5 eps / steps)."""
-        check_iterative(type(self).__name__, norm, eps, steps=steps, restarts=restarts, check_every=check_every)
+        check_iterative(type(self).__name__, norm, eps, step_size, steps=steps, restarts=restarts, check_every=check_every)
         self.eps = eps
         self.step_size = madry_step_size(eps, steps, step_size)
         self.steps = steps

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..validation import InputValidationError, check_number
 from .base import Attack
 
 
@@ -42,10 +43,9 @@ class JSMA(Attack):
 
     def __init__(self, *, theta: float = 1.0, gamma: float = 0.1, chunk_elements: int = 1 << 23,
                  channels_last: bool = False) -> None:
-        if theta == 0 or not -1 <= theta <= 1:
-            raise ValueError(f"theta must be a non-zero change in [-1, 1], got {theta}")
-        if not 0 < gamma <= 1:
-            raise ValueError(f"gamma must be a fraction in (0, 1], got {gamma}")
+        if check_number("theta", theta, low=-1.0, high=1.0) == 0:
+            raise InputValidationError("theta", "must be a non-zero change in [-1, 1], got 0")
+        check_number("gamma", gamma, low=0.0, high=1.0, low_open=True)
         self.theta = theta
         self.gamma = gamma
         self.chunk_elements = chunk_elements

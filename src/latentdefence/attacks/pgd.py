@@ -41,7 +41,7 @@ class PGD(Attack):
                  restarts: int = 1, random_start: bool = True, targeted: bool = False,
                  early_stop: bool = False, loss: Loss | None = None,
                  generator: torch.Generator | None = None, channels_last: bool = False) -> None:
-        check_iterative("PGD", norm, eps, steps=steps, restarts=restarts)
+        check_iterative("PGD", norm, eps, step_size, steps=steps, restarts=restarts)
         self.eps = eps
         self.step_size = madry_step_size(eps, steps, step_size)
         self.steps = steps

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..validation import check_count, check_number
 from .base import Attack, margin
 from .detector_aware import DetectorAttack, KeepBest
 
@@ -45,9 +46,10 @@ class Square(Attack):
 
     def __init__(self, eps: float, queries: int = 5000, *, p_init: float = 0.8, restarts: int = 1,
                  generator: torch.Generator | None = None) -> None:
-        if eps < 0 or queries < 1 or restarts < 1 or not 0 < p_init <= 1:
-            raise ValueError(f"need eps >= 0, queries >= 1, restarts >= 1, p_init in (0, 1]; got {eps}, {queries}, "
-                             f"{restarts}, {p_init}")
+        check_number("eps", eps, low=0.0)
+        check_number("p_init", p_init, low=0.0, high=1.0, low_open=True)
+        check_count("queries", queries)
+        check_count("restarts", restarts)
         self.eps = eps
         self.queries = queries
         self.p_init = p_init

@@ -28,17 +28,17 @@ def build_attack(name: str, *, eps: float, norm: str, steps: Optional[int], step
     gen = torch.Generator().manual_seed(seed)
     builders = {
         "fgsm": lambda: A.FGSM(eps, targeted=targeted, channels_last=channels_last),
-        "pgd": lambda: A.PGD(eps, step_size, steps or 40, norm=norm, restarts=restarts, targeted=targeted,
+        "pgd": lambda: A.PGD(eps, step_size, 40 if steps is None else steps, norm=norm, restarts=restarts, targeted=targeted,
                              early_stop=early_stop, generator=gen, channels_last=channels_last),
         "cw": lambda: A.CarliniWagnerL2(confidence=confidence, initial_const=initial_const,
-                                        binary_search_steps=search_steps, steps=steps or 1000, lr=lr,
+                                        binary_search_steps=search_steps, steps=1000 if steps is None else steps, lr=lr,
                                         targeted=targeted, channels_last=channels_last),
         "jsma": lambda: A.JSMA(theta=theta, gamma=gamma, channels_last=channels_last),
-        "apgd-ce": lambda: A.APGD(eps, steps or 100, norm=norm, loss="ce", restarts=restarts, targeted=targeted,
+        "apgd-ce": lambda: A.APGD(eps, 100 if steps is None else steps, norm=norm, loss="ce", restarts=restarts, targeted=targeted,
                                   generator=gen, channels_last=channels_last),
-        "apgd-dlr": lambda: A.APGD(eps, steps or 100, norm=norm, loss="dlr", restarts=restarts,
+        "apgd-dlr": lambda: A.APGD(eps, 100 if steps is None else steps, norm=norm, loss="dlr", restarts=restarts,
                                    targeted=targeted, generator=gen, channels_last=channels_last),
-        "apgdt": lambda: A.APGDT(eps, steps or 100, norm=norm, restarts=restarts, generator=gen,
+        "apgdt": lambda: A.APGDT(eps, 100 if steps is None else steps, norm=norm, restarts=restarts, generator=gen,
                                  channels_last=channels_last),
     }
     if name not in builders:
@@ -86,11 +86,12 @@ def run(
         from ..attacks import save_adversarial_set
         from ..data import load_dataset
         from ..training import load_checkpoint
+        from ..validation import check_count
 
         if split not in ("test", "train"):
             raise ValueError(f"--split must be 'test' or 'train', got {split!r}")
-        if limit < 1 or batch_size < 1:
-            raise ValueError(f"--limit and --batch-size must be >= 1, got {limit}, {batch_size}")
+        check_count("--limit", limit)
+        check_count("--batch-size", batch_size)
         weights = checkpoint if checkpoint.suffix == ".safetensors" else checkpoint.with_suffix(".safetensors")
         if not weights.is_file():
             raise FileNotFoundError(f"{weights}: no such checkpoint")

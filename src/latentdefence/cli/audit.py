@@ -22,7 +22,7 @@ def _open(db: Path) -> "AuditLog":
 
     if not db.is_file():
         raise FileNotFoundError(f"{db}: no such audit log (pass --db; `serve --audit-db` sets where it is written)")
-    return AuditLog(db)
+    return AuditLog(db, read_only=True)
 
 
 @app.command("list")
@@ -30,6 +30,10 @@ def list_(db: Path = DB, limit: int = typer.Option(20, help="Show at most N reco
           since_id: int = typer.Option(0, help="Only records with a larger id.")) -> None:
     """Print flagged records, oldest first: id, time, predicted class, non-conformity, credibility, hash."""
     with cli_errors():
+        from ..validation import check_count
+
+        check_count("--limit", limit)
+        check_count("--since-id", since_id, minimum=0)
         log = _open(db)
         typer.echo(f"{log.count()} flagged inputs in {db}")
         for r in log.records(limit, since_id):

@@ -38,7 +38,13 @@ def serve(
 
         from ..serving import GuardedClassifier
         from ..serving.app import ServeConfig, create_app
+        from ..validation import check_count, check_number
 
+        check_count("--port", port, 1, 65535)   # before the model loads, not in asyncio afterwards
+        for name, value in (("--max-body-bytes", max_body_bytes), ("--max-images", max_images),
+                            ("--max-batch", max_batch), ("--threads", 1 if threads is None else threads)):
+            check_count(name, value)
+        check_number("--max-wait-ms", max_wait_ms, low=0.0)
         if threads:
             torch.set_num_threads(threads)
         config = ServeConfig(audit_db=audit_db, keep_images=keep_images, max_body_bytes=max_body_bytes,

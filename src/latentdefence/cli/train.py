@@ -67,10 +67,13 @@ def evaluate(
         from ..data import load_dataset
         from ..evaluation import accuracy, robust_accuracy, wilson_interval
         from ..training import load_checkpoint
+        from ..validation import check_count
 
+        if limit is not None:
+            check_count("--limit", limit)
+        attack = PGD(eps, step_size, check_count("--steps", steps), restarts=check_count("--restarts", restarts))
         model, meta = load_checkpoint(checkpoint)
         test = load_dataset(dataset, data_dir).test.head(limit)
-        attack = PGD(eps, step_size or 2.5 * eps / steps, steps, restarts=restarts)
         clean = accuracy(model, test.images, test.labels)
         robust = robust_accuracy(model, test.images, test.labels, attack)
         n = len(test)

@@ -41,7 +41,9 @@ class ImageDataset:
         return ImageDataset(self.images[index], self.labels[index], self.name, self.split)
 
     def head(self, n: int | None) -> "ImageDataset":
-        """The first n rows (all when n is None)."""
+        """The first n rows (all when n is None); a negative n is an error, not a Python slice from the end."""
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ValueError(f"n must be None or an integer >= 0 (rows from the start), got {n!r}")
         return self if n is None else self.subset(slice(0, n))
 
 

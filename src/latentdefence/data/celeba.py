@@ -62,13 +62,23 @@ def read_partition(path: Path) -> dict[str, int]:
 
 
 def read_face(path: Path, image_size: int) -> np.ndarray:
-    """A (3, S, S) uint8 face: the centred square crop (178x178 of the 178x218 aligned image), resized."""
+    """A (3, S, S) uint8 face: the centred square crop (178x178 of the 178x218 aligned image), resized.
+
+    A greyscale image, or one whose short side is below S, is not a CelebA face: it is rejected by name,
+    never silently converted or upscaled.
+    """
     try:
         with Image.open(path) as img:
+            mode, bands = img.mode, len(img.getbands())
             img = img.convert("RGB")
     except (OSError, SyntaxError, ValueError) as err:  # Pillow's errors for missing, truncated or bad JPEGs
         raise DatasetFileError(f"{path}: unreadable image ({err})") from err
+    if mode != "RGB":
+        raise DatasetFileError(f"{path}: a {mode} image with {bands} channel(s); CelebA faces are RGB")
     width, height = img.size
+    if min(width, height) < image_size:
+        raise DatasetFileError(f"{path}: {height}x{width} (HxW) image is smaller than the {image_size}x{image_size} "
+                               "asked for (CelebA aligned faces are 218x178); it would have to be upscaled")
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
     img = img.crop((left, top, left + side, top + side))

@@ -13,6 +13,7 @@ from .._io import load_tensors, save_tensors
 from ..attacks.base import Attack
 from ..dld.detector import ConformalDetector
 from ..models import TappedModel
+from ..validation import artifact_field
 
 FORMAT = "latentdefence.detectors/1"
 D = TypeVar("D", bound=ConformalDetector)
@@ -41,6 +42,7 @@ def load_detector(cls: type[D], path: str | Path,
     if meta.get("format") != FORMAT or meta.get("detector") != cls.__name__:
         raise ValueError(f"{path}: not a {cls.__name__} artifact (format {meta.get('format')!r}, "
                          f"detector {meta.get('detector')!r})")
-    det = cls(cls._artifact_classifier(path, tensors, meta, classifier), **meta["params"])  # type: ignore[call-arg]
-    det._restore_calibration(tensors, meta)
-    return det, tensors, meta["fitted"]
+    params = artifact_field(path, meta, "params", Mapping)
+    det = cls(cls._artifact_classifier(path, tensors, meta, classifier), **params)  # type: ignore[call-arg]
+    det._restore_calibration(tensors, meta, path)
+    return det, tensors, artifact_field(path, meta, "fitted", Mapping)

@@ -76,7 +76,7 @@ class DeepKNN(KNNDetector):
     def surrogate_score(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Soft non-conformity (B,) summed over taps if F predicted `classes`; differentiable, higher = flagged."""
         latents = self.latents(images)
-        check_classes(images, classes)
+        check_classes(images, classes, self.classifier.num_classes)
         classes = classes.to(next(iter(latents.values())).device)
         return torch.stack([soft_nonconformity(z, self.indexes_[tap], classes, self.k, self.surrogate_temperature,
                                                self.surrogate_candidates) for tap, z in latents.items()]).sum(0)

@@ -12,7 +12,7 @@ import torch
 from ..attacks import FGSM, Attack
 from ..attacks.base import frozen_eval
 from ..data.base import ImageDataset
-from ..dld.detector import ConformalDetector, check_classes, check_images
+from ..dld.detector import ConformalDetector, check_classes
 from ..dld.evaluate import roc_auc
 from ..models import TappedModel
 from .artifact import load_detector, save_detector
@@ -152,7 +152,7 @@ class LayerScoreDetector(ConformalDetector):
     def nonconformity(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """(F's predictions (N,), the logistic regression's logit (N,), per-layer scores) in batches."""
         self._check_fitted("combiner_")
-        check_images(images)
+        images = self.check_images(images)
         predicted, scores = self._scores(images)
         with torch.no_grad():
             logit = self.combiner_(scores)
@@ -162,8 +162,8 @@ class LayerScoreDetector(ConformalDetector):
         """The logit (B,) on the differentiable per-layer scores; higher = flagged. `classes` is checked only:
         these scores do not depend on F's class."""
         self._check_fitted("combiner_")
-        check_images(images)
-        check_classes(images, classes)
+        images = self.check_images(images)
+        check_classes(images, classes, self.classifier.num_classes)
         return self.combiner_(self._pass(images)[1])
 
     def save(self, path: str | Path) -> None:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..attacks import PGD, AttackResult
-from ..attacks.base import frozen_eval, perturbation_norm
+from ..attacks.base import check_iterative, frozen_eval, perturbation_norm
 from ..models import TappedModel
 from .encoders import EncoderDecoder
 
@@ -60,6 +60,7 @@ class CentroidAttack:
     combine: str = "normalised"          # "normalised" (unit gradient per sample) or "raw"
 
     def __post_init__(self) -> None:
+        check_iterative("CentroidAttack", "linf", self.eps, self.step_size, steps=self.steps)
         if self.combine not in ("normalised", "raw"):
             raise ValueError(f"combine must be 'normalised' or 'raw', got {self.combine!r}")
 

@@ -24,9 +24,11 @@ import torch
 from torch import nn
 
 from .._io import git_revision, load_tensors, save_tensors
-from ..attacks.base import frozen_eval
+from ..attacks.base import frozen_eval, model_dtype
 from ..data.base import ImageDataset
 from ..models import TappedModel, create_model
+from ..validation import (InputTypeError, InputValidationError, artifact_field, check_count, check_images, check_labels,
+                          check_number)
 from .encoders import EncoderDecoder, make_encoder
 from .knn import KNNIndex
 from .nonconformity import calibrate_threshold, credibility, nonconformity, soft_nonconformity
@@ -65,6 +67,9 @@ class ConformalDetector:
 
     def calibrate(self, calibration: ImageDataset, target_fpr: float = 0.02) -> "ConformalDetector":
         """Threshold with at most `target_fpr` of the clean calibration set flagged (DLD Section IV-B)."""
+        check_number("target_fpr", target_fpr, low=0.0, high=1.0, high_open=True)
+        if not isinstance(calibration, ImageDataset):
+            raise InputTypeError("calibration", f"must be an ImageDataset of clean images, got {type(calibration).__name__}")
         _, scores, _ = self.nonconformity(calibration.images)
         self.calibration_scores_ = scores
         self.threshold_ = calibrate_threshold(scores, target_fpr)
@@ -90,6 +95,11 @@ class ConformalDetector:
         self._check_fitted("threshold_")
         return self.threshold_ + self.score_samples(images)
 
+    def check_images(self, images: torch.Tensor) -> torch.Tensor:
+        """`images` checked against F's input (`validation.check_images`), in F's dtype; else an error naming why."""
+        return check_images(images, shape=getattr(self.classifier, "input_shape", None),
+                            dtype=model_dtype(self.classifier))
+
     def _check_fitted(self, attr: str) -> None:
         if not hasattr(self, attr):
             step = "calibrate()" if attr == "threshold_" else "fit()"
@@ -110,17 +120,30 @@ class ConformalDetector:
                              classifier: TappedModel | None) -> TappedModel:
         """F with the saved weights: the given module, else rebuilt from the registry by name."""
         if classifier is None:
-            arch = meta["classifier"]
-            if not arch["arch"]:  # type: ignore[index]
+            arch = artifact_field(path, meta, "classifier", Mapping)
+            if not arch.get("arch"):
                 raise ValueError(f"{path}: no classifier architecture recorded; pass classifier=")
-            classifier = create_model(arch["arch"], **arch["arch_kwargs"])  # type: ignore[index]
-        classifier.load_state_dict(_strip(tensors, "classifier."))
+            classifier = create_model(arch["arch"], **arch.get("arch_kwargs", {}))
+        try:
+            classifier.load_state_dict(_strip(tensors, "classifier."))
+        except RuntimeError as err:
+            raise InputValidationError(f"{path}: classifier weights", f"do not fit the classifier ({err})") from err
         return classifier
 
-    def _restore_calibration(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, object]) -> None:
-        if meta["threshold"] is not None:
-            self.calibration_scores_ = tensors["calibration_scores"]
-            self.threshold_, self.target_fpr_ = meta["threshold"], meta["target_fpr"]
+    def _restore_calibration(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, object],
+                             path: str | Path = "artifact") -> None:
+        """The saved threshold, target FPR and calibration scores, each checked: a NaN threshold flags nothing."""
+        threshold = meta.get("threshold")
+        if threshold is None:
+            return
+        self.threshold_ = check_number(f"{path}: metadata field 'threshold'", threshold)
+        self.target_fpr_ = check_number(f"{path}: metadata field 'target_fpr'", meta.get("target_fpr"),
+                                        low=0.0, high=1.0, high_open=True)
+        scores = tensors.get("calibration_scores")
+        if scores is None or scores.ndim != 1 or len(scores) == 0 or not torch.isfinite(scores.double()).all():
+            raise InputValidationError(f"{path}: tensor 'calibration_scores'",
+                                       "must be a non-empty, finite 1-D tensor in a calibrated artifact")
+        self.calibration_scores_ = scores
 
 
 class KNNDetector(ConformalDetector):
@@ -140,6 +163,7 @@ class KNNDetector(ConformalDetector):
         raise NotImplementedError
 
     def _build_indexes(self, data: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        check_count("k", self.k)
         self.indexes_: dict[str, KNNIndex] = {}
         for tap, (z, y) in data.items():
             if len(y) < self.k:
@@ -163,7 +187,7 @@ class KNNDetector(ConformalDetector):
     def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """(F's logits (N, K), summed non-conformity (N,), per-tap non-conformity) in batches."""
         self._check_fitted("indexes_")
-        check_images(images)
+        images = self.check_images(images)
         logits, per = [], {tap: [] for tap in self.indexes_}
         for i in range(0, len(images), self.batch_size):
             out, latents = self._forward(images[i:i + self.batch_size])
@@ -193,7 +217,7 @@ class KNNDetector(ConformalDetector):
     def latents(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Differentiable w.r.t. images: tap -> embedding (B, d) its index searches (what attacks steer)."""
         self._check_fitted("indexes_")
-        check_images(images)
+        images = self.check_images(images)
         return self._latents(images, list(self.indexes_))
 
     def _latents(self, images: torch.Tensor, taps: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -213,20 +237,9 @@ class KNNDetector(ConformalDetector):
         return out
 
 
-def check_images(images: torch.Tensor) -> None:
-    """Reject what no detector can score, naming the problem."""
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
-        raise ValueError(f"images must be a float tensor (N, C, H, W), got "
-                         f"{getattr(images, 'dtype', type(images))} {tuple(getattr(images, 'shape', ()))}")
-    if not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or infinite values")
-
-
-def check_classes(images: torch.Tensor, classes: torch.Tensor) -> None:
+def check_classes(images: torch.Tensor, classes: torch.Tensor, num_classes: int | None = None) -> None:
     """`classes` must be int64 (B,) for images (B, C, H, W) (a surrogate score's candidate classes)."""
-    if not isinstance(classes, torch.Tensor) or classes.dtype != torch.int64 or classes.shape != images.shape[:1]:
-        raise ValueError(f"classes must be int64 shaped ({images.shape[0]},), got "
-                         f"{getattr(classes, 'dtype', type(classes))} {tuple(getattr(classes, 'shape', ()))}")
+    check_labels(classes, images.shape[0], num_classes, name="classes")
 
 
 def _device(module: nn.Module) -> torch.device:
@@ -266,6 +279,7 @@ class DeepLatentDefence(KNNDetector):
     # -- learning -------------------------------------------------------------------------------
     def fit(self, train: ImageDataset) -> "DeepLatentDefence":
         """Train encoders (unless given), keep the encoders only, index pruned training embeddings."""
+        check_count("k", self.k)
         taps = list(self.taps)
         if not taps:
             raise ValueError("DeepLatentDefence needs at least one tap")
@@ -292,7 +306,7 @@ class DeepLatentDefence(KNNDetector):
     def surrogate_score(self, images: torch.Tensor, classes: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
         """Smooth summed non-conformity (B,) if F predicted `classes` (B,): `soft_nonconformity` (Eq. 8 with soft
         k-NN membership and a pull toward the class) per encoder, summed as the detector sums; attacks minimise it."""
-        check_classes(images, classes)
+        check_classes(images, classes, self.classifier.num_classes)
         return torch.stack([soft_nonconformity(z, self.indexes_[tap], classes.to(z.device), self.k, temperature)
                             for tap, z in self.latents(images).items()]).sum(0)
 
@@ -329,19 +343,22 @@ class DeepLatentDefence(KNNDetector):
         tensors, meta = load_tensors(path)
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path}: not a DLD detector artifact (format {meta.get('format')!r})")
-        params = dict(meta["params"], **({"knn_backend": knn_backend} if knn_backend else {}))
+        params = dict(artifact_field(path, meta, "params", Mapping),
+                      **({"knn_backend": knn_backend} if knn_backend else {}))
         classifier = cls._artifact_classifier(path, tensors, meta, classifier)
+        specs = artifact_field(path, meta, "encoders", Mapping)
+        _check_params(path, params, specs, classifier)
         training = _training_config(params.pop("training", None))
         det = cls(classifier, **{**params, "training": training})
-        det.encoder_specs_ = meta["encoders"]
+        det.encoder_specs_ = specs
         device = next(classifier.parameters()).device
-        det.encoders_ = nn.ModuleDict({tap: _encoder(spec, _strip(tensors, f"encoder.{tap}.")).to(device)
-                                       for tap, spec in meta["encoders"].items()}).eval()
-        det._build_indexes({tap: (tensors[f"index.{tap}.embeddings"], tensors[f"index.{tap}.labels"])
-                            for tap in meta["encoders"]})
-        det.pruned_ = meta["pruned"]
+        det.encoders_ = nn.ModuleDict({tap: _encoder(path, tap, spec, _strip(tensors, f"encoder.{tap}.")).to(device)
+                                       for tap, spec in specs.items()}).eval()
+        det._build_indexes({tap: (_tensor(path, tensors, f"index.{tap}.embeddings"),
+                                  _tensor(path, tensors, f"index.{tap}.labels")) for tap in specs})
+        det.pruned_ = artifact_field(path, meta, "pruned", Mapping)
         det.metadata_ = dict(meta.get("metadata") or {})  # absent from artifacts written before it existed
-        det._restore_calibration(tensors, meta)
+        det._restore_calibration(tensors, meta, path)
         return det
 
 
@@ -354,8 +371,34 @@ def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def _encoder(spec: Mapping[str, object], state: Mapping[str, torch.Tensor]) -> nn.Module:
+def _check_params(path: str | Path, params: Mapping[str, Any], specs: Mapping[str, Any],
+                  classifier: TappedModel) -> None:
+    """The saved settings a detector needs, checked at load time (not at the first predict), each by name."""
+    field = f"{path}: metadata field"
+    check_count(f"{field} 'params.k'", params.get("k"))
+    check_count(f"{field} 'params.batch_size'", params.get("batch_size", 256))
+    taps = params.get("taps")
+    if not isinstance(taps, (list, tuple)) or not taps or not all(isinstance(t, str) for t in taps):
+        raise InputValidationError(f"{field} 'params.taps'", f"must be a non-empty list of layer names, got {taps!r}")
+    known = tuple(classifier.tap_names)
+    for tap in (*taps, *specs):
+        if tap not in known:
+            raise InputValidationError(f"{field} 'params.taps'", f"names unknown tap {tap!r}; the model has {list(known)}")
+    if not specs or set(specs) != set(taps):
+        raise InputValidationError(f"{field} 'encoders'", f"must hold one encoder per tap {list(taps)}, got {list(specs)}")
+
+
+def _tensor(path: str | Path, tensors: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
+    if key not in tensors:
+        raise InputValidationError(f"{path}: tensor {key!r}", "is missing from the artifact")
+    return tensors[key]
+
+
+def _encoder(path: str | Path, tap: str, spec: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> nn.Module:
     """An encoder rebuilt from its saved spec; artifacts older than `depth` hold depth-1 encoders."""
-    enc = make_encoder(spec["shape"], spec["latent_dim"], spec["width"], spec.get("depth", 1))  # type: ignore[arg-type]
-    enc.load_state_dict(state)
+    try:
+        enc = make_encoder(spec["shape"], spec["latent_dim"], spec["width"], spec.get("depth", 1))
+        enc.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise InputValidationError(f"{path}: encoder {tap!r}", f"cannot be rebuilt from its spec and weights ({err})") from err
     return enc

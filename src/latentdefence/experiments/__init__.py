@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..validation import check_settings
 from .overrides import apply_overrides
 
 PROFILES = ("smoke", "demo", "cpu", "paper")
@@ -70,6 +71,13 @@ def get_experiment(name: str) -> Experiment:
     return EXPERIMENTS[name]
 
 
+def _settings(config: Any, overrides: Sequence[str]) -> Any:
+    """`config` with the overrides applied, every setting checked before any work starts."""
+    config = apply_overrides(config, overrides)
+    check_settings(config)
+    return config
+
+
 def run_experiment(name: str, profile: str, out_dir: str | Path, data_dir: str | Path | None = None,
                    classifier_checkpoint: str | Path | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Run a named experiment with a profile (and "key=value" overrides of its settings), writing
@@ -89,7 +97,7 @@ def run_experiment(name: str, profile: str, out_dir: str | Path, data_dir: str |
         adaptive = adaptive_config(profile)
         if classifier_checkpoint:
             adaptive = replace(adaptive, dld=replace(adaptive.dld, classifier_checkpoint=str(classifier_checkpoint)))
-        adaptive = apply_overrides(adaptive, overrides)
+        adaptive = _settings(adaptive, overrides)
         runner = lambda: run_dld_adaptive(adaptive, out_dir)  # noqa: E731
     elif exp.pipeline == "dld-ablation":
         from .dld_ablation import ablation_config, run_dld_ablation
@@ -97,7 +105,7 @@ def run_experiment(name: str, profile: str, out_dir: str | Path, data_dir: str |
         acfg = ablation_config(profile)
         if classifier_checkpoint:
             acfg = replace(acfg, reference=replace(acfg.reference, classifier_checkpoint=str(classifier_checkpoint)))
-        acfg = apply_overrides(acfg, overrides)
+        acfg = _settings(acfg, overrides)
         runner = lambda: run_dld_ablation(acfg, out_dir)  # noqa: E731
     elif exp.pipeline == "dld":
         from .dld import dld_config, run_dld
@@ -105,14 +113,14 @@ def run_experiment(name: str, profile: str, out_dir: str | Path, data_dir: str |
         cfg = dld_config(profile, exp.dataset, str(data_dir) if data_dir else None)
         if classifier_checkpoint:
             cfg = replace(cfg, classifier_checkpoint=str(classifier_checkpoint))
-        cfg = apply_overrides(cfg, overrides)
+        cfg = _settings(cfg, overrides)
         runner = lambda: run_dld(cfg, out_dir)  # noqa: E731
     else:
         if classifier_checkpoint:
             raise ValueError("--classifier applies to DLD experiments only")
         from .lad import lad_config, run_lad
 
-        lcfg = apply_overrides(lad_config(profile, exp.dataset, data_dir=str(data_dir) if data_dir else None), overrides)
+        lcfg = _settings(lad_config(profile, exp.dataset, data_dir=str(data_dir) if data_dir else None), overrides)
         if exp.pipeline == "lad-ablation":
             from .lad_ablation import run_lad_ablation
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from ..validation import InputValidationError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS flagged (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -36,6 +38,7 @@ CREATE TABLE IF NOT EXISTS flagged (
 """
 COLUMNS = ("id", "time", "sha256", "predicted", "nonconformity", "credibility", "threshold", "per_layer",
            "model", "shape")
+USER_VERSION = 0x4C444131   # "LDA1" in PRAGMA user_version: this file is a latentdefence audit log, format 1
 
 
 def image_sha256(image: torch.Tensor) -> str:
@@ -63,20 +66,48 @@ class FlaggedRecord:
 
 
 class AuditLog:
-    """Append flagged inputs, list and export them. One connection, guarded by a lock (any thread may write)."""
+    """Append flagged inputs, list and export them. One connection, guarded by a lock (any thread may write).
 
-    def __init__(self, path: str | Path, keep_images: bool = False) -> None:
+    The writer marks the file as ours (`USER_VERSION`); a file holding anything else is refused untouched.
+    `read_only=True` (what `audit list` / `audit export` use) opens it with SQLite's `mode=ro`: nothing, not
+    even the journal mode, is ever written.
+    """
+
+    def __init__(self, path: str | Path, keep_images: bool = False, read_only: bool = False) -> None:
         self.path = Path(path)
         self.keep_images = keep_images
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
         try:
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
+            if read_only:
+                if not self.path.is_file():
+                    raise FileNotFoundError(f"{self.path}: no such audit log")
+                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                           check_same_thread=False, isolation_level=None)
+                self._check_format(empty_ok=False)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+                self._check_format(empty_ok=True)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.executescript(SCHEMA)
+                self._db.execute(f"PRAGMA user_version={USER_VERSION}")
         except sqlite3.DatabaseError as err:
-            raise ValueError(f"{self.path}: not a usable audit database ({err})") from err
+            raise InputValidationError(str(self.path), f"is not a usable audit database ({err})") from err
         self._lock = threading.Lock()
+
+    def _check_format(self, empty_ok: bool) -> None:
+        """Ours: marked with USER_VERSION, or (written before the marker) unmarked with exactly our table."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        tables = [r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        if version == USER_VERSION or (empty_ok and version == 0 and not tables):
+            return
+        columns = tuple(r[1] for r in self._db.execute("PRAGMA table_info(flagged)"))
+        if version == 0 and set(tables) <= {"flagged", "sqlite_sequence"} and columns == (*COLUMNS, "image"):
+            return
+        self._db.close()
+        raise InputValidationError(str(self.path), f"is not a latentdefence audit log (user_version {version:#x}, "
+                                                   f"tables {tables or 'none'}); refusing to read or change it")
 
     def record(self, images: torch.Tensor, predicted: torch.Tensor, nonconformity: torch.Tensor,
                credibility: torch.Tensor, per_layer: dict[str, torch.Tensor], threshold: float,

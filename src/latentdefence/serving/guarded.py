@@ -19,13 +19,15 @@ from .._io import git_revision, sha256_file
 from ..dld import DeepLatentDefence
 from ..models import TappedModel
 from ..training import save_checkpoint
+from ..validation import InputValidationError, check_images
 
 
-class InputError(ValueError):
+class InputError(InputValidationError):
     """An input the guarded model cannot answer; `status` is the HTTP code a server gives it."""
 
-    def __init__(self, message: str, status: int = 422) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, status: int = 422, argument: str = "request") -> None:
+        ValueError.__init__(self, message)
+        self.argument = argument
         self.status = status
 
 
@@ -82,26 +84,13 @@ class GuardedClassifier:
         return tuple(self.classifier.input_shape)  # type: ignore[return-value]
 
     def check_images(self, images: torch.Tensor) -> torch.Tensor:
-        """`images` as float32 (N, C, H, W) of F's input shape, finite, in [0, 1]; else an InputError naming why."""
-        if not isinstance(images, torch.Tensor):
-            raise InputError(f"images must be a torch.Tensor, got {type(images).__name__}")
-        if not images.is_floating_point():
-            raise InputError(f"images must be floating point pixels in [0, 1], got dtype {images.dtype}")
-        c, h, w = self.input_shape
-        if images.ndim != 4 or len(images) == 0:
-            raise InputError(f"images must be a non-empty batch shaped (N, {c}, {h}, {w}), got {tuple(images.shape)}")
-        if images.shape[1] != c:
-            raise InputError(f"images have {images.shape[1]} channels, the model expects {c}")
-        if tuple(images.shape[2:]) != (h, w):
-            raise InputError(f"images are {images.shape[2]}x{images.shape[3]} (HxW), the model expects {h}x{w}")
-        images = images.detach().to("cpu", torch.float32)
-        if not torch.isfinite(images).all():
-            bad = (~torch.isfinite(images)).flatten(1).any(1).nonzero().flatten().tolist()
-            raise InputError(f"images contain NaN or infinite values (images {bad[:10]})")
-        low, high = float(images.min()), float(images.max())
-        if low < 0.0 or high > 1.0:
-            raise InputError(f"pixel values must lie in [0, 1], got values in [{low:g}, {high:g}]")
-        return images
+        """`images` as float32 (N, C, H, W) of F's input shape, finite, in [0, 1] on CPU; else an InputError (422)
+        naming why (`validation.check_images`, the check every entry point shares)."""
+        try:
+            images = check_images(images, shape=self.input_shape)
+        except InputValidationError as err:
+            raise InputError(str(err)) from err
+        return images.detach().to("cpu", torch.float32)
 
     def predict(self, images: torch.Tensor) -> GuardedPrediction:
         """Class, probabilities and the detector's verdict for images (N, C, H, W) in [0, 1]."""
