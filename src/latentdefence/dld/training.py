@@ -59,7 +59,7 @@ class EncoderTrainConfig:
     online_fraction: float = 1.0        # share of the adversarial half crafted per batch against F with A_N
     lr_schedule: str = "constant"       # "constant" or "cosine" (to 0 over the planned steps)
     validation: int = 0                 # training images after max_train held out for the stopping rule
-    eval_every: int = 0                 # steps between validation checks (0: once per epoch)
+    eval_every: int | None = None       # steps between validation checks (None: once per epoch)
     patience: int = 0                   # checks without improvement before stopping (0: never stop early)
 
     def __post_init__(self) -> None:
