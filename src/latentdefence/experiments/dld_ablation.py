@@ -48,10 +48,10 @@ def _pgd_steps(steps: int, eps: float = 0.3) -> tuple[str, ...]:
 
 # The cpu profile's recipe first, then one change each; the on-the-fly recipe the profile replaced is the costliest.
 CPU_ROWS = (AblationRow("cpu profile (precomputed PGD-10, batch 32, cosine lr, best on validation)"),
-            AblationRow("constant lr", ("encoder.lr_schedule=constant",)),
-            AblationRow("batch 128 (4x fewer steps)", ("encoder.batch_size=128", "encoder.eval_every=79")),
-            AblationRow("clean images only (control)", ("encoder.adversarial=false",)),
             AblationRow("precomputed PGD-10 and FGSM", ("encoder.precomputed=pgd,fgsm",)),
+            AblationRow("clean images only (control)", ("encoder.adversarial=false",)),
+            AblationRow("batch 128 (4x fewer steps)", ("encoder.batch_size=128", "encoder.eval_every=79")),
+            AblationRow("constant lr", ("encoder.lr_schedule=constant",)),
             AblationRow("6 epochs", ("encoder.epochs=6",)),
             AblationRow("half the adversarial half on the fly (PGD-3 against F with A_N)",
                         ("encoder.online_fraction=0.5",)),
