@@ -30,6 +30,8 @@ def serve(
     max_wait_ms: float = typer.Option(2.0, help="How long a batch waits for concurrent requests to join."),
     threads: Optional[int] = typer.Option(None, help="torch threads for inference (default: torch's)."),
     access_log: bool = typer.Option(False, help="Log every request (uvicorn access log)."),
+    model_name: Optional[str] = typer.Option(None, help="Model name in the Open Inference Protocol "
+                                             "(/v2/models/NAME); default: the artifact's file name stem."),
 ) -> None:
     """Serve a guarded classifier over HTTP: POST /v1/predict, GET /v1/model, GET /healthz (OpenAPI at /docs)."""
     with cli_errors():
@@ -42,7 +44,8 @@ def serve(
         if threads:
             torch.set_num_threads(threads)
         config = ServeConfig(audit_db=audit_db, keep_images=keep_images, max_body_bytes=max_body_bytes,
-                             max_images=max_images, max_batch=max_batch, max_wait_ms=max_wait_ms)
+                             max_images=max_images, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                             model_name=model_name or artifact.stem)
         app = create_app(GuardedClassifier.load(artifact, knn_backend=knn_backend), config)
     uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")
 

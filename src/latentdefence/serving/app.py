@@ -28,6 +28,7 @@ from .batching import MicroBatcher
 from .guarded import GuardedClassifier, InputError
 from .inputs import (ACCEPTED_TYPES, IMAGE_TYPES, JSON_TYPE, MULTIPART_TYPE, NPY_TYPE, decode_image, decode_json,
                      decode_npy, media_type)
+from .v2 import router as v2_router
 
 log = logging.getLogger(__name__)
 DEFAULT_AUDIT_DB = Path("latentdefence-audit.sqlite")
@@ -43,6 +44,7 @@ class ServeConfig:
     max_images: int = 256                  # images per request
     max_batch: int = 64                    # images per coalesced forward pass
     max_wait_ms: float = 2.0               # how long a batch waits for more requests to join
+    model_name: str = "guard"              # the model's name in the Open Inference Protocol (/v2/models/NAME)
 
 
 class Prediction(BaseModel):
@@ -219,6 +221,11 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
             f"infer;dur={1e3 * out.run_s:.2f};desc=\"batch of {out.batch_images}\"")
         return {"predictions": out.results}
 
+    async def submit(images: torch.Tensor) -> list[dict[str, Any]]:
+        return (await batcher.submit(images)).results
+
+    app.include_router(v2_router(config.model_name, guard.input_shape, card["num_classes"], card["taps"],
+                                 config.max_images, guard.check_images, submit))
     return app
 
 

@@ -1,0 +1,155 @@
+"""Operating the real `latentdefence serve` process as a model server: the Open Inference Protocol driven by
+Triton's own client, Prometheus metrics scraped, API keys on every route, and the review console."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from guard_artifact import blobs, build_artifact
+
+from latentdefence.serving import GuardedClassifier
+from latentdefence.serving.process import start_server
+
+tritonhttp = pytest.importorskip("tritonclient.http", reason="tritonclient[http] (test extra) is not installed")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+MODEL, MAX_IMAGES = "guard", 16
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("guard") / "guard.safetensors"
+    build_artifact(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def guard(artifact: Path) -> GuardedClassifier:
+    return GuardedClassifier.load(artifact)
+
+
+@pytest.fixture(scope="module")
+def images(guard: GuardedClassifier) -> dict[str, torch.Tensor]:
+    """8-bit exact blobs (UINT8 and FP32 carry the same pixels), split by the detector's own verdict."""
+    mixed = torch.cat([blobs(40, 3).images, 0.5 * blobs(40, 4).images + 0.5 * blobs(40, 5).images.roll(1, 0)])
+    x = (mixed * 255).round() / 255
+    flagged = guard.predict(x).is_adversarial
+    assert 0 < flagged.sum() < len(x), "the fixture must give both flagged and unflagged inputs"
+    return {"clean": x[~flagged], "flagged": x[flagged]}
+
+
+@pytest.fixture(scope="module")
+def server(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """One server process for the module (start-up is mostly imports)."""
+    folder = tmp_path_factory.mktemp("ops")
+    db = folder / "audit.sqlite"
+    proc, url = start_server(artifact, "--audit-db", str(db), "--threads", "1", "--keep-images", "--max-images",
+                             str(MAX_IMAGES), "--max-wait-ms", "1", log=folder / "server.log")
+    try:
+        yield url, db
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def _client(url: str) -> "tritonhttp.InferenceServerClient":
+    return tritonhttp.InferenceServerClient(url.removeprefix("http://"))
+
+
+def _infer(url: str, x: torch.Tensor, datatype: str, binary: bool) -> "tritonhttp.InferResult":
+    array = x.numpy() if datatype == "FP32" else (x * 255).round().to(torch.uint8).numpy()
+    tensor = tritonhttp.InferInput("images", list(array.shape), datatype)
+    tensor.set_data_from_numpy(array, binary_data=binary)
+    wanted = None if binary else [tritonhttp.InferRequestedOutput(name, binary_data=False) for name in
+                                  ("label", "probabilities", "is_adversarial", "credibility", "nonconformity",
+                                   "nonconformity_conv1", "nonconformity_conv2", "audit_id")]
+    return _client(url).infer(MODEL, [tensor], outputs=wanted, request_id="r1")
+
+
+# -- Open Inference Protocol ---------------------------------------------------------------------------------
+def test_triton_client_sees_a_live_ready_model_with_its_metadata(server: tuple[str, Path]) -> None:
+    client = _client(server[0])
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)
+    meta = client.get_model_metadata(MODEL)
+    assert meta["name"] == MODEL and {i["datatype"] for i in meta["inputs"]} == {"FP32", "UINT8"}
+    assert all(i["shape"] == [-1, 1, 28, 28] for i in meta["inputs"])
+    outputs = {o["name"]: o for o in meta["outputs"]}
+    assert outputs["probabilities"]["shape"] == [-1, 3] and outputs["is_adversarial"]["datatype"] == "BOOL"
+    assert {"nonconformity_conv1", "nonconformity_conv2", "label", "credibility"} <= set(outputs)
+    assert not client.is_model_ready("other")
+    with pytest.raises(InferenceServerException, match="unknown model 'other'"):
+        client.get_model_metadata("other")
+
+
+@pytest.mark.parametrize("datatype, binary", [("FP32", True), ("FP32", False), ("UINT8", True), ("UINT8", False)])
+def test_triton_infer_matches_in_process_guard(server: tuple[str, Path], guard: GuardedClassifier,
+                                               images: dict[str, torch.Tensor], datatype: str, binary: bool) -> None:
+    x = torch.cat([images["clean"][:3], images["flagged"][:3]])
+    want = guard.predict(x)
+    got = _infer(server[0], x, datatype, binary)
+    assert got.get_response()["id"] == "r1" and got.get_response()["model_name"] == MODEL
+    np.testing.assert_array_equal(got.as_numpy("label"), want.label.numpy())
+    np.testing.assert_array_equal(got.as_numpy("is_adversarial"), want.is_adversarial.numpy())
+    np.testing.assert_allclose(got.as_numpy("probabilities"), want.probabilities.numpy(), atol=1e-6)
+    np.testing.assert_allclose(got.as_numpy("credibility"), want.credibility.numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(got.as_numpy("nonconformity"), want.nonconformity.numpy())
+    for tap in ("conv1", "conv2"):
+        np.testing.assert_array_equal(got.as_numpy(f"nonconformity_{tap}"), want.per_layer[tap].numpy())
+    audit_ids = got.as_numpy("audit_id")
+    assert ((audit_ids > 0) == want.is_adversarial.numpy()).all()
+
+
+def _v2(url: str, body: object, headers: dict[str, str] | None = None) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(f"{url}/v2/models/{MODEL}/infer", content=content, timeout=30,
+                      headers={"content-type": "application/json", **(headers or {})})
+
+
+def _tensor(shape: list[int], datatype: str = "FP32", name: str = "images", data: object = None) -> dict[str, object]:
+    return {"inputs": [{"name": name, "shape": shape, "datatype": datatype,
+                        "data": data if data is not None else [0.5] * int(np.prod(shape))}]}
+
+
+V2_BAD = [
+    ("wrong shape", _tensor([1, 1, 28, 27]), "input shape must be [N, 1, 28, 28]"),
+    ("no batch dim", _tensor([1, 28, 28]), "input shape must be [N, 1, 28, 28]"),
+    ("zero batch", _tensor([0, 1, 28, 28], data=[]), "N >= 1"),
+    ("datatype name", _tensor([1, 1, 28, 28], "FLOAT32"), "datatype 'FLOAT32' is not supported"),
+    ("fp16", _tensor([1, 1, 28, 28], "FP16"), "send one of FP32, UINT8"),
+    ("input name", _tensor([1, 1, 28, 28], name="x"), "unknown input 'x'"),
+    ("data count", _tensor([2, 1, 28, 28], data=[0.5] * 784), "must hold 1568 numbers"),
+    ("strings", _tensor([1, 1, 28, 28], data=["a"] * 784), "got 784 values of type <U1"),
+    ("uint8 floats", _tensor([1, 1, 28, 28], "UINT8", data=[0.5] * 784), "must hold 784 integers"),
+    ("uint8 range", _tensor([1, 1, 28, 28], "UINT8", data=[300] * 784), "must lie in 0..255"),
+    ("fp32 range", _tensor([1, 1, 28, 28], data=[2.0] * 784), "must lie in [0, 1]"),
+    ("no inputs", {"outputs": []}, '"inputs" is a list of one tensor'),
+    ("unknown output", {**_tensor([1, 1, 28, 28]), "outputs": [{"name": "logits"}]}, "unknown output 'logits'"),
+    ("not json", b"{inputs", "not valid JSON"),
+    ("too many", _tensor([MAX_IMAGES + 1, 1, 28, 28]), f"the limit is {MAX_IMAGES}"),
+]
+
+
+@pytest.mark.parametrize("name, body, message", V2_BAD, ids=[b[0] for b in V2_BAD])
+def test_v2_bad_requests_get_4xx_naming_the_problem(server: tuple[str, Path], name: str, body: object,
+                                                    message: str) -> None:
+    response = _v2(server[0], body)
+    assert response.status_code == (413 if name == "too many" else 400), response.text
+    assert message in response.json()["error"]
+
+
+def test_v2_binary_size_mismatch_and_unknown_model(server: tuple[str, Path]) -> None:
+    url = server[0]
+    head = json.dumps({"inputs": [{"name": "images", "shape": [1, 1, 28, 28], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": 784 * 4}}]}).encode()
+    short = _v2(url, head + b"\0" * 100, {"inference-header-content-length": str(len(head))})
+    assert short.status_code == 400 and "needs 3136" in short.json()["error"]
+    beyond = _v2(url, head, {"inference-header-content-length": str(len(head) + 5)})
+    assert beyond.status_code == 400 and "outside the body" in beyond.json()["error"]
+    other = httpx.post(f"{url}/v2/models/other/infer", json=_tensor([1, 1, 28, 28]))
+    assert other.status_code == 404 and "unknown model 'other'" in other.json()["error"]
