@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from guard_artifact import blobs, build_artifact
+from prometheus_client.parser import text_string_to_metric_families
 
 from latentdefence.serving import GuardedClassifier
 from latentdefence.serving.process import start_server
@@ -153,3 +154,50 @@ def test_v2_binary_size_mismatch_and_unknown_model(server: tuple[str, Path]) -> 
     assert beyond.status_code == 400 and "outside the body" in beyond.json()["error"]
     other = httpx.post(f"{url}/v2/models/other/infer", json=_tensor([1, 1, 28, 28]))
     assert other.status_code == 404 and "unknown model 'other'" in other.json()["error"]
+
+
+# -- Prometheus metrics -------------------------------------------------------------------------------------
+def _scrape(url: str, **headers: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = httpx.get(f"{url}/metrics", headers=headers)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.text) for s in family.samples}
+
+
+def _delta(before: dict, after: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def test_metrics_count_the_requests_images_and_flags_sent(server: tuple[str, Path], images: dict[str, torch.Tensor],
+                                                          guard: GuardedClassifier) -> None:
+    url = server[0]
+    x = torch.cat([images["clean"][:4], images["flagged"][:3]])
+    before = _scrape(url)
+    for i in range(len(x)):
+        assert httpx.post(f"{url}/v1/predict", json={"image": x[i].tolist()}).status_code == 200
+    assert _infer(url, x, "FP32", True).as_numpy("label").shape == (7,)
+    for _ in range(2):
+        assert httpx.post(f"{url}/v1/predict", content=b"{", headers={"content-type": "application/json"}
+                          ).status_code == 400
+    assert httpx.get(f"{url}/no/such/page").status_code == 404
+    after = _scrape(url)
+    p = "latentdefence_"
+    assert _delta(before, after, p + "requests_total", route="/v1/predict", method="POST", status="200") == 7
+    assert _delta(before, after, p + "requests_total", route="/v1/predict", method="POST", status="400") == 2
+    assert _delta(before, after, p + "requests_total", route="/v2/models/{model}/infer", method="POST",
+                  status="200") == 1
+    assert _delta(before, after, p + "requests_total", route="unmatched", method="GET", status="404") == 1
+    assert _delta(before, after, p + "request_duration_seconds_count", route="/v1/predict") == 9
+    assert _delta(before, after, p + "images_scored_total") == 14
+    assert _delta(before, after, p + "images_flagged_total") == 6
+    assert _delta(before, after, p + "batch_size_images_sum") == 14
+    assert 2 <= _delta(before, after, p + "batch_size_images_count") <= 8
+    for tap in ("conv1", "conv2"):
+        assert _delta(before, after, p + "layer_nonconformity_count", tap=tap) == 14
+        assert _delta(before, after, p + "layer_nonconformity_sum", tap=tap) == pytest.approx(
+            2 * float(guard.predict(x).per_layer[tap].sum()))
+    assert after[(p + "flag_rate", ())] == pytest.approx(after[(p + "images_flagged_total", ())]
+                                                        / after[(p + "images_scored_total", ())])
+    assert after[(p + "calibrated_fpr", ())] == httpx.get(f"{url}/v1/model").json()["calibration_fpr"]
+    assert after[(p + "alarm_threshold", ())] == pytest.approx(np.log(1e6))

@@ -18,16 +18,19 @@ from typing import Any
 
 import torch
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from .alarm import AlarmConfig, FlagRateCUSUM, null_rate
 from .audit import AuditLog, image_sha256
 from .batching import MicroBatcher
 from .guarded import GuardedClassifier, InputError
 from .inputs import (ACCEPTED_TYPES, IMAGE_TYPES, JSON_TYPE, MULTIPART_TYPE, NPY_TYPE, decode_image, decode_json,
                      decode_npy, media_type)
+from .metrics import ServiceMetrics
 from .v2 import router as v2_router
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ class ServeConfig:
     max_batch: int = 64                    # images per coalesced forward pass
     max_wait_ms: float = 2.0               # how long a batch waits for more requests to join
     model_name: str = "guard"              # the model's name in the Open Inference Protocol (/v2/models/NAME)
+    alarm: AlarmConfig = AlarmConfig()     # the flag-rate alarm (alarm.py)
 
 
 class Prediction(BaseModel):
@@ -85,6 +89,7 @@ class ModelCard(BaseModel):
     server_git_revision: str
     metadata: dict[str, Any]
     limits: dict[str, Any]
+    alarm: dict[str, Any]                  # the flag-rate alarm's state now (alarm.py)
 
 
 class Health(BaseModel):
@@ -157,6 +162,8 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
                                        "max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms}}
     threshold, model_id = float(guard.detector.threshold_), card["artifact_sha256"] or str(guard.source)
     audit = AuditLog(config.audit_db, keep_images=config.keep_images)
+    alarm = FlagRateCUSUM.from_config(config.alarm, null_rate(card["calibration_fpr"], card["calibration_size"]))
+    metrics = ServiceMetrics(guard.detector.k, card["calibration_fpr"], alarm)
 
     def infer(images: torch.Tensor) -> list[dict[str, Any]]:
         """One guarded forward pass; flagged inputs are durably recorded before the results are returned."""
@@ -168,6 +175,10 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
         audit_ids: list[int | None] = [None] * len(out)
         for i, record_id in zip(flagged.tolist(), ids):
             audit_ids[i] = record_id
+        metrics.observe_batch(out.is_adversarial, out.per_layer)
+        if alarm.update(out.is_adversarial.tolist()):
+            log.warning("flag-rate alarm raised: %s", alarm.state())
+            audit.record_alarm(alarm.state(), model_id)
         return [{**row, "sha256": image_sha256(images[i]), "audit_id": audit_ids[i]}
                 for i, row in enumerate(out.rows())]
 
@@ -189,7 +200,8 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
                               "carries the detector's verdict; flagged inputs are recorded in an audit log.",
                   lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
-    app.state.batcher, app.state.audit = batcher, audit
+    app.add_middleware(metrics.middleware)              # outermost: counts what BodyLimit refuses too
+    app.state.batcher, app.state.audit, app.state.alarm = batcher, audit, alarm
 
     @app.exception_handler(InputError)
     async def _input_error(request: Request, err: InputError) -> JSONResponse:
@@ -203,7 +215,12 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
     @app.get("/v1/model", response_model=ModelCard)
     async def model() -> dict[str, Any]:
         """Architecture, dataset, threat model, threshold, calibration FPR, git revision, limits."""
-        return card
+        return {**card, "alarm": alarm.state()}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus() -> Response:
+        """Prometheus text exposition: requests, latency, batch sizes, images scored and flagged, alarm state."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_REQUEST_BODY)
     async def predict(request: Request, response: Response) -> dict[str, Any]:

@@ -33,6 +33,12 @@ CREATE TABLE IF NOT EXISTS flagged (
     shape TEXT NOT NULL,             -- JSON [C, H, W]
     image BLOB                       -- float32 pixels when images are kept, else NULL
 );
+CREATE TABLE IF NOT EXISTS alarms (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,              -- UTC, ISO 8601, when the flag-rate alarm was raised
+    model TEXT NOT NULL,
+    state TEXT NOT NULL              -- JSON: the CUSUM's statistic, threshold, counts and rates then
+);
 """
 COLUMNS = ("id", "time", "sha256", "predicted", "nonconformity", "credibility", "threshold", "per_layer",
            "model", "shape")
@@ -101,6 +107,20 @@ class AuditLog:
                 self._db.execute("ROLLBACK")
                 raise
         return [int(i) for i in ids if i is not None]
+
+    def record_alarm(self, state: dict[str, Any], model: str) -> int:
+        """Store one raised alarm durably; its id."""
+        now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        with self._lock:
+            row = self._db.execute("INSERT INTO alarms (time, model, state) VALUES (?, ?, ?)",
+                                   (now, model, json.dumps(state)))
+        return int(row.lastrowid or 0)
+
+    def alarms(self) -> list[dict[str, Any]]:
+        """Raised alarms, oldest first: id, time, model and the alarm's state then."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, time, model, state FROM alarms ORDER BY id").fetchall()
+        return [{"id": i, "time": t, "model": m, **json.loads(s)} for i, t, m, s in rows]
 
     def count(self) -> int:
         """Number of stored records."""
