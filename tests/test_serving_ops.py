@@ -3,6 +3,8 @@ Triton's own client, Prometheus metrics scraped, API keys on every route, and th
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +14,11 @@ import numpy as np
 import pytest
 import torch
 from guard_artifact import blobs, build_artifact
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
 
+from latentdefence.cli import app as cli_app
 from latentdefence.serving import GuardedClassifier
 from latentdefence.serving.process import start_server
 
@@ -21,6 +26,10 @@ tritonhttp = pytest.importorskip("tritonclient.http", reason="tritonclient[http]
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 MODEL, MAX_IMAGES = "guard", 16
+# tritonclient adds to the headers dict it is given: each call gets a copy
+USER, ADMIN = {"x-api-key": "user-key-123"}, {"authorization": "Bearer admin-key-456"}
+user = httpx.Client(headers=USER, timeout=30)                  # what a client with the API key sends
+admin = httpx.Client(headers=ADMIN, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +60,8 @@ def server(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     folder = tmp_path_factory.mktemp("ops")
     db = folder / "audit.sqlite"
     proc, url = start_server(artifact, "--audit-db", str(db), "--threads", "1", "--keep-images", "--max-images",
-                             str(MAX_IMAGES), "--max-wait-ms", "1", log=folder / "server.log")
+                             str(MAX_IMAGES), "--max-wait-ms", "1", "--api-key", USER["x-api-key"],
+                             "--admin-key", "admin-key-456", log=folder / "server.log")
     try:
         yield url, db
     finally:
@@ -70,22 +80,23 @@ def _infer(url: str, x: torch.Tensor, datatype: str, binary: bool) -> "tritonhtt
     wanted = None if binary else [tritonhttp.InferRequestedOutput(name, binary_data=False) for name in
                                   ("label", "probabilities", "is_adversarial", "credibility", "nonconformity",
                                    "nonconformity_conv1", "nonconformity_conv2", "audit_id")]
-    return _client(url).infer(MODEL, [tensor], outputs=wanted, request_id="r1")
+    return _client(url).infer(MODEL, [tensor], outputs=wanted, request_id="r1", headers=dict(USER))
 
 
 # -- Open Inference Protocol ---------------------------------------------------------------------------------
 def test_triton_client_sees_a_live_ready_model_with_its_metadata(server: tuple[str, Path]) -> None:
     client = _client(server[0])
-    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)
-    meta = client.get_model_metadata(MODEL)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(MODEL, headers=dict(USER))
+    meta = client.get_model_metadata(MODEL, headers=dict(USER))
     assert meta["name"] == MODEL and {i["datatype"] for i in meta["inputs"]} == {"FP32", "UINT8"}
     assert all(i["shape"] == [-1, 1, 28, 28] for i in meta["inputs"])
     outputs = {o["name"]: o for o in meta["outputs"]}
     assert outputs["probabilities"]["shape"] == [-1, 3] and outputs["is_adversarial"]["datatype"] == "BOOL"
     assert {"nonconformity_conv1", "nonconformity_conv2", "label", "credibility"} <= set(outputs)
-    assert not client.is_model_ready("other")
+    assert not client.is_model_ready("other", headers=dict(USER)) and not client.is_model_ready(MODEL)   # no key
     with pytest.raises(InferenceServerException, match="unknown model 'other'"):
-        client.get_model_metadata("other")
+        client.get_model_metadata("other", headers=dict(USER))
 
 
 @pytest.mark.parametrize("datatype, binary", [("FP32", True), ("FP32", False), ("UINT8", True), ("UINT8", False)])
@@ -108,7 +119,7 @@ def test_triton_infer_matches_in_process_guard(server: tuple[str, Path], guard: 
 
 def _v2(url: str, body: object, headers: dict[str, str] | None = None) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(f"{url}/v2/models/{MODEL}/infer", content=content, timeout=30,
+    return user.post(f"{url}/v2/models/{MODEL}/infer", content=content,
                       headers={"content-type": "application/json", **(headers or {})})
 
 
@@ -152,13 +163,13 @@ def test_v2_binary_size_mismatch_and_unknown_model(server: tuple[str, Path]) -> 
     assert short.status_code == 400 and "needs 3136" in short.json()["error"]
     beyond = _v2(url, head, {"inference-header-content-length": str(len(head) + 5)})
     assert beyond.status_code == 400 and "outside the body" in beyond.json()["error"]
-    other = httpx.post(f"{url}/v2/models/other/infer", json=_tensor([1, 1, 28, 28]))
+    other = user.post(f"{url}/v2/models/other/infer", json=_tensor([1, 1, 28, 28]))
     assert other.status_code == 404 and "unknown model 'other'" in other.json()["error"]
 
 
 # -- Prometheus metrics -------------------------------------------------------------------------------------
-def _scrape(url: str, **headers: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    response = httpx.get(f"{url}/metrics", headers=headers)
+def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = admin.get(f"{url}/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(response.text) for s in family.samples}
@@ -175,12 +186,12 @@ def test_metrics_count_the_requests_images_and_flags_sent(server: tuple[str, Pat
     x = torch.cat([images["clean"][:4], images["flagged"][:3]])
     before = _scrape(url)
     for i in range(len(x)):
-        assert httpx.post(f"{url}/v1/predict", json={"image": x[i].tolist()}).status_code == 200
+        assert user.post(f"{url}/v1/predict", json={"image": x[i].tolist()}).status_code == 200
     assert _infer(url, x, "FP32", True).as_numpy("label").shape == (7,)
     for _ in range(2):
-        assert httpx.post(f"{url}/v1/predict", content=b"{", headers={"content-type": "application/json"}
+        assert user.post(f"{url}/v1/predict", content=b"{", headers={"content-type": "application/json"}
                           ).status_code == 400
-    assert httpx.get(f"{url}/no/such/page").status_code == 404
+    assert user.get(f"{url}/no/such/page").status_code == 404
     after = _scrape(url)
     p = "latentdefence_"
     assert _delta(before, after, p + "requests_total", route="/v1/predict", method="POST", status="200") == 7
@@ -199,5 +210,103 @@ def test_metrics_count_the_requests_images_and_flags_sent(server: tuple[str, Pat
             2 * float(guard.predict(x).per_layer[tap].sum()))
     assert after[(p + "flag_rate", ())] == pytest.approx(after[(p + "images_flagged_total", ())]
                                                         / after[(p + "images_scored_total", ())])
-    assert after[(p + "calibrated_fpr", ())] == httpx.get(f"{url}/v1/model").json()["calibration_fpr"]
+    assert after[(p + "calibrated_fpr", ())] == user.get(f"{url}/v1/model").json()["calibration_fpr"]
     assert after[(p + "alarm_threshold", ())] == pytest.approx(np.log(1e6))
+
+
+# -- access control -----------------------------------------------------------------------------------------
+OPEN = {"/healthz", "/v2/health/live", "/v2/health/ready"}
+ADMIN_ONLY = ("/metrics", "/review", "/v1/audit")
+
+
+def _routes(url: str) -> list[tuple[str, str]]:
+    """Every (method, path) the server has: its OpenAPI paths (parameters filled in) and FastAPI's doc pages."""
+    spec = admin.get(f"{url}/openapi.json").json()
+    fill = {"{model}": MODEL, "{record}": "1"}
+    routes = [("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/redoc")]
+    for path, methods in spec["paths"].items():
+        for key, value in fill.items():
+            path = path.replace(key, value)
+        routes += [(method.upper(), path) for method in methods]
+    return routes
+
+
+def test_every_route_wants_its_key_missing_wrong_and_right(server: tuple[str, Path]) -> None:
+    url = server[0]
+    routes = _routes(url)
+    assert {"/v1/predict", "/v2/models/guard/infer", "/metrics", "/review", "/v1/audit", "/v1/audit/alarms",
+            "/v1/audit/1/image", "/v1/model", "/v2/models/guard", "/v2"} <= {path for _, path in routes}
+    for method, path in routes:
+        def send(headers: dict[str, str]) -> int:
+            return httpx.request(method, f"{url}{path}", headers=headers, timeout=30).status_code
+        admin_only = path.startswith(ADMIN_ONLY)
+        if path in OPEN:
+            assert send({}) == 200, path
+            continue
+        missing = httpx.request(method, f"{url}{path}", timeout=30)
+        assert missing.status_code == 401 and "API key is required" in missing.json()["detail"], path
+        assert missing.headers["www-authenticate"].startswith("Basic"), path
+        assert send({"x-api-key": "wrong"}) == 403 and send({"authorization": "Bearer user-key-12"}) == 403, path
+        with_user_key = send(USER)
+        assert with_user_key == 403 if admin_only else with_user_key not in (401, 403), path
+        assert send(ADMIN) not in (401, 403), path                     # the admin key opens every route
+        basic = httpx.request(method, f"{url}{path}", auth=("anyone", "admin-key-456"), timeout=30)
+        assert basic.status_code not in (401, 403), path
+
+
+def test_binding_beyond_loopback_needs_a_key_or_insecure(artifact: Path) -> None:
+    from latentdefence.serving.auth import AccessConfig, check_binding
+
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.5"):
+        check_binding(host, AccessConfig(), insecure=False)
+    for host in ("0.0.0.0", "192.168.1.4", "::", "example.org"):
+        with pytest.raises(ValueError, match="without an API key"):
+            check_binding(host, AccessConfig(), insecure=False)
+        check_binding(host, AccessConfig(api_key="k"), insecure=False)
+        check_binding(host, AccessConfig(), insecure=True)
+    refused = CliRunner().invoke(cli_app, ["serve", str(artifact), "--host", "0.0.0.0"],
+                                 env={"LATENTDEFENCE_API_KEY": None, "LATENTDEFENCE_ADMIN_KEY": None})
+    assert refused.exit_code == 2 and "--insecure" in refused.output
+
+
+# -- evidence and the review console ------------------------------------------------------------------------
+def test_explain_returns_the_neighbours_behind_each_score_and_the_audit_keeps_them(
+        server: tuple[str, Path], guard: GuardedClassifier, images: dict[str, torch.Tensor]) -> None:
+    url = server[0]
+    x = torch.cat([images["clean"][:2], images["flagged"][:3]])
+    rows = user.post(f"{url}/v1/predict?explain=true", json={"images": x.tolist()}).json()["predictions"]
+    plain = user.post(f"{url}/v1/predict", json={"images": x.tolist()}).json()["predictions"]
+    assert all(p["neighbours"] is None for p in plain)
+    found = guard.detector.neighbours(x)
+    for i, row in enumerate(rows):
+        for tap in ("conv1", "conv2"):
+            evidence = row["neighbours"][tap]
+            assert evidence["indices"] == found[tap][0][i].tolist() and len(evidence["labels"]) == guard.detector.k
+            assert evidence["labels"] == guard.detector.indexes_[tap].labels[evidence["indices"]].tolist()
+            # Eq. 8: a layer's score counts the neighbours whose label is not F's
+            assert row["per_layer"][tap] == sum(label != row["label"] for label in evidence["labels"])
+    records = {r["id"]: r for r in admin.get(f"{url}/v1/audit", params={"limit": 10_000}).json()}
+    for row in rows[2:]:
+        assert records[row["audit_id"]]["neighbours"] == row["neighbours"]
+
+
+def test_review_page_filters_and_exports(server: tuple[str, Path], images: dict[str, torch.Tensor]) -> None:
+    url = server[0]
+    rows = user.post(f"{url}/v1/predict", json={"images": images["flagged"][:4].tolist()}).json()["predictions"]
+    page = admin.get(f"{url}/review")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert all(f"<td>{r['audit_id']}</td>" in page.text for r in rows) and "data:image/png;base64," in page.text
+    label = rows[0]["label"]
+    only = admin.get(f"{url}/review", params={"label": label}).text
+    assert f'data-label="{label}"' in only and all(f'data-label="{c}"' not in only for c in range(3) if c != label)
+    future = admin.get(f"{url}/review", params={"since": "2999-01-01T00:00:00"}).text
+    assert "<td>" not in future.split('id="flagged"')[1].split("</tr>", 1)[1]
+    assert admin.get(f"{url}/review", params={"since": "yesterday"}).status_code == 400
+    exported = admin.get(f"{url}/v1/audit", params={"label": label, "format": "csv"})
+    table = list(csv.DictReader(io.StringIO(exported.text)))
+    assert exported.headers["content-type"].startswith("text/csv") and {int(r["predicted"]) for r in table} == {label}
+    assert {r["audit_id"] for r in rows if r["label"] == label} <= {int(r["id"]) for r in table}
+    stored = admin.get(f"{url}/v1/audit/{rows[0]['audit_id']}/image")
+    pixels = np.asarray(Image.open(io.BytesIO(stored.content)), dtype=np.float32) / 255
+    assert stored.headers["content-type"] == "image/png"
+    np.testing.assert_array_equal(pixels, images["flagged"][0, 0].numpy())

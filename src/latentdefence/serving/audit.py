@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS flagged (
     per_layer TEXT NOT NULL,         -- JSON {tap: non-conformity}
     model TEXT NOT NULL,             -- sha256 of the detector artifact that judged it
     shape TEXT NOT NULL,             -- JSON [C, H, W]
-    image BLOB                       -- float32 pixels when images are kept, else NULL
+    image BLOB,                      -- float32 pixels when images are kept, else NULL
+    neighbours TEXT                  -- JSON {tap: {"indices": [k], "labels": [k]}}: the evidence, nearest first
 );
 CREATE TABLE IF NOT EXISTS alarms (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -41,12 +42,22 @@ CREATE TABLE IF NOT EXISTS alarms (
 );
 """
 COLUMNS = ("id", "time", "sha256", "predicted", "nonconformity", "credibility", "threshold", "per_layer",
-           "model", "shape")
+           "model", "shape", "neighbours")
 
 
 def image_sha256(image: torch.Tensor) -> str:
     """Hex sha256 of one image (C, H, W) as contiguous float32 bytes: the same pixels give the same hash."""
     return hashlib.sha256(image.to(torch.float32).contiguous().numpy().tobytes()).hexdigest()
+
+
+def utc_iso(value: str) -> str:
+    """An ISO 8601 time as the log stores it (UTC, microseconds); a ValueError names a bad one."""
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError as err:
+        raise ValueError(f"{value!r} is not an ISO 8601 time (e.g. 2024-05-01T12:00:00)") from err
+    when = when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+    return when.isoformat(timespec="microseconds")
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,7 @@ class FlaggedRecord:
     per_layer: dict[str, float]
     model: str
     shape: list[int]
+    neighbours: dict[str, dict[str, list[int]]] | None = None   # absent from logs written before it existed
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in COLUMNS}
@@ -80,19 +92,22 @@ class AuditLog:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            if "neighbours" not in {row[1] for row in self._db.execute("PRAGMA table_info(flagged)")}:
+                self._db.execute("ALTER TABLE flagged ADD COLUMN neighbours TEXT")     # a log from before
         except sqlite3.DatabaseError as err:
             raise ValueError(f"{self.path}: not a usable audit database ({err})") from err
         self._lock = threading.Lock()
 
     def record(self, images: torch.Tensor, predicted: torch.Tensor, nonconformity: torch.Tensor,
                credibility: torch.Tensor, per_layer: dict[str, torch.Tensor], threshold: float,
-               model: str) -> list[int]:
-        """Store inputs (N, C, H, W) with their verdicts in one durable transaction; their ids, in order."""
+               model: str, neighbours: Sequence[dict[str, Any]] | None = None) -> list[int]:
+        """Store inputs (N, C, H, W) with their verdicts (and k-NN evidence) in one durable transaction; ids in order."""
         now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
         rows = [(now, image_sha256(images[i]), int(predicted[i]), float(nonconformity[i]), float(credibility[i]),
                  threshold, json.dumps({tap: float(v[i]) for tap, v in per_layer.items()}), model,
                  json.dumps(list(images.shape[1:])),
-                 images[i].to(torch.float32).contiguous().numpy().tobytes() if self.keep_images else None)
+                 images[i].to(torch.float32).contiguous().numpy().tobytes() if self.keep_images else None,
+                json.dumps(neighbours[i]) if neighbours is not None else None)
                 for i in range(len(images))]
         if not rows:
             return []
@@ -101,7 +116,8 @@ class AuditLog:
             try:
                 ids = [self._db.execute(
                     "INSERT INTO flagged (time, sha256, predicted, nonconformity, credibility, threshold, per_layer,"
-                    " model, shape, image) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row).lastrowid for row in rows]
+                    " model, shape, image, neighbours) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row).lastrowid
+                    for row in rows]
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -129,13 +145,31 @@ class AuditLog:
 
     def records(self, limit: int | None = None, since_id: int = 0) -> Iterator[FlaggedRecord]:
         """Stored records in id order, from `since_id` (exclusive), at most `limit`."""
+        yield from self._select("id > ? ORDER BY id LIMIT ?", (since_id, -1 if limit is None else limit))
+
+    def _select(self, condition: str, args: Sequence[Any]) -> list[FlaggedRecord]:
         with self._lock:
-            rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM flagged WHERE id > ? ORDER BY id LIMIT ?",
-                                    (since_id, -1 if limit is None else limit)).fetchall()
+            rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM flagged WHERE {condition}", args).fetchall()
+        out = []
         for row in rows:
             values = dict(zip(COLUMNS, row))
-            yield FlaggedRecord(**{**values, "per_layer": json.loads(values["per_layer"]),
-                                   "shape": json.loads(values["shape"])})
+            out.append(FlaggedRecord(**{**values, "per_layer": json.loads(values["per_layer"]),
+                                        "shape": json.loads(values["shape"]),
+                                        "neighbours": json.loads(values["neighbours"] or "null")}))
+        return out
+
+    def query(self, since: str | None = None, until: str | None = None, label: int | None = None,
+              limit: int = 100) -> list[FlaggedRecord]:
+        """Newest first: records flagged in [since, until] (ISO 8601 times, UTC if no offset) with F's `label`."""
+        where, args = ["1 = 1"], []
+        for op, value in ((">=", since), ("<=", until)):
+            if value is not None:
+                where.append(f"time {op} ?")
+                args.append(utc_iso(value))
+        if label is not None:
+            where.append("predicted = ?")
+            args.append(label)
+        return self._select(f"{' AND '.join(where)} ORDER BY id DESC LIMIT ?", (*args, limit))
 
     def images(self, ids: Sequence[int]) -> dict[int, torch.Tensor]:
         """Stored images (C, H, W) of records `ids` that kept one."""
