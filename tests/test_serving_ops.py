@@ -6,6 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -310,3 +313,47 @@ def test_review_page_filters_and_exports(server: tuple[str, Path], images: dict[
     pixels = np.asarray(Image.open(io.BytesIO(stored.content)), dtype=np.float32) / 255
     assert stored.headers["content-type"] == "image/png"
     np.testing.assert_array_equal(pixels, images["flagged"][0, 0].numpy())
+
+
+def _chrome() -> "webdriver.Chrome":
+    """Debian's chromium through its chromium-driver, headless, in a fresh profile; skip where either is missing."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (test extra) is not installed")
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.skip("chromium and chromium-driver are not installed (make browser-deps installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1200,900",
+                 f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver), options=options)
+
+
+def test_review_console_in_headless_chromium(server: tuple[str, Path], images: dict[str, torch.Tensor]) -> None:
+    """An operator's view: the page lists flagged inputs with images; filtering by class narrows it; the CSV
+    export link carries the filter. LATENTDEFENCE_REVIEW_SCREENSHOT=path also saves what the browser shows."""
+    url = server[0]
+    rows = user.post(f"{url}/v1/predict", json={"images": images["flagged"][:6].tolist()}).json()["predictions"]
+    chrome = _chrome()
+    try:
+        from selenium.webdriver.common.by import By
+
+        chrome.get(url.replace("http://", "http://operator:admin-key-456@") + "/review?limit=6")
+        assert chrome.title == "latentdefence review"
+        shown = chrome.find_elements(By.CSS_SELECTOR, "tr.record")
+        assert [int(r.find_element(By.TAG_NAME, "td").text) for r in shown] == [r["audit_id"] for r in rows][::-1]
+        pictures = chrome.find_elements(By.CSS_SELECTOR, "tr.record img")
+        assert len(pictures) == 6 and all(chrome.execute_script("return arguments[0].naturalWidth", p) == 28
+                                          for p in pictures)
+        if os.environ.get("LATENTDEFENCE_REVIEW_SCREENSHOT"):
+            chrome.save_screenshot(os.environ["LATENTDEFENCE_REVIEW_SCREENSHOT"])
+        label = rows[0]["label"]
+        chrome.find_element(By.ID, "label").send_keys(str(label))
+        chrome.find_element(By.ID, "apply").click()
+        labels = {r.find_element(By.CLASS_NAME, "label").text for r in chrome.find_elements(By.CSS_SELECTOR,
+                                                                                               "tr.record")}
+        assert labels == {str(label)} and f"label={label}" in chrome.current_url
+        assert f"label={label}" in chrome.find_element(By.ID, "csv").get_attribute("href")
+    finally:
+        chrome.quit()

@@ -302,9 +302,9 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
 
 
 def _query(audit: AuditLog, since: str | None, until: str | None, label: int | None, limit: int) -> list[Any]:
-    """`AuditLog.query` with a bad time as a 400."""
+    """`AuditLog.query` with a bad time as a 400; an empty field (an HTML form's) filters nothing."""
     try:
-        return audit.query(since, until, label, limit)
+        return audit.query(since or None, until or None, label, limit)
     except ValueError as err:
         raise InputError(str(err), status=400) from err
 
