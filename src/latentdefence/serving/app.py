@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from fastapi import FastAPI, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
@@ -37,6 +38,7 @@ from .v2 import router as v2_router
 
 log = logging.getLogger(__name__)
 DEFAULT_AUDIT_DB = Path("latentdefence-audit.sqlite")
+SQLITE_MAX = 2**63 - 1                     # the largest integer SQLite stores: larger ids/labels are a 422
 
 
 @dataclass(frozen=True)
@@ -256,7 +258,8 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
         return {"predictions": out.results}
 
     @app.get("/v1/audit", responses={400: {"model": ErrorBody, "description": "bad time or format"}})
-    async def audit_records(since: str | None = None, until: str | None = None, label: int | None = None,
+    async def audit_records(since: str | None = None, until: str | None = None,
+                            label: int | None = Query(None, ge=0, le=SQLITE_MAX),
                             limit: int = Query(100, ge=1, le=10_000), format: str = "json") -> Response:
         """Flagged inputs, newest first, filtered by time (ISO 8601, UTC) and F's class; `format=csv` for CSV."""
         if format not in ("json", "csv"):
@@ -273,7 +276,7 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
         return await run_in_threadpool(audit.alarms)
 
     @app.get("/v1/audit/{record}/image", response_class=Response, responses={404: {"model": ErrorBody}})
-    async def audit_image(record: int) -> Response:
+    async def audit_image(record: int = PathParam(ge=0, le=SQLITE_MAX)) -> Response:
         """The stored input of audit record `record` as PNG (only with serve --keep-images)."""
         stored = await run_in_threadpool(audit.images, [record])
         if record not in stored:
@@ -284,7 +287,7 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
     async def review(since: str | None = None, until: str | None = None, label: str | None = None,
                      limit: int = Query(100, ge=1, le=1000)) -> HTMLResponse:
         """The review console: flagged inputs with their image, F's label, neighbours' labels per layer, scores."""
-        wanted = int(label) if label and label.strip().lstrip("-").isdigit() else None
+        wanted = int(label) if label and label.strip().isdigit() and int(label) <= SQLITE_MAX else None
         if label and wanted is None:
             raise InputError(f"label must be a class number, got {label!r}", status=400)
         records = await run_in_threadpool(_query, audit, since, until, wanted, limit)
