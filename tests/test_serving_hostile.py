@@ -151,7 +151,8 @@ JSON_VALUES = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=True)
 
 
 @FUZZ
-@given(st.one_of(JSON_VALUES, st.fixed_dictionaries({"images": JSON_VALUES}), st.fixed_dictionaries({"image": JSON_VALUES})))
+@given(st.one_of(JSON_VALUES, st.fixed_dictionaries({"images": JSON_VALUES}),
+                 st.fixed_dictionaries({"image": JSON_VALUES})))
 def test_json_decoders_fuzzed(body: object) -> None:
     data = json.dumps(body).encode()
     _only_input_errors(decode_json, data)

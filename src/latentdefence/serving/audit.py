@@ -101,7 +101,7 @@ class AuditLog:
     def record(self, images: torch.Tensor, predicted: torch.Tensor, nonconformity: torch.Tensor,
                credibility: torch.Tensor, per_layer: dict[str, torch.Tensor], threshold: float,
                model: str, neighbours: Sequence[dict[str, Any]] | None = None) -> list[int]:
-        """Store inputs (N, C, H, W) with their verdicts (and k-NN evidence) in one durable transaction; ids in order."""
+        """Store inputs (N, C, H, W), verdicts and k-NN evidence in one durable transaction; their ids, in order."""
         now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
         rows = [(now, image_sha256(images[i]), int(predicted[i]), float(nonconformity[i]), float(credibility[i]),
                  threshold, json.dumps({tap: float(v[i]) for tap, v in per_layer.items()}), model,

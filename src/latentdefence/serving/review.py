@@ -50,9 +50,9 @@ def render(records: Sequence[FlaggedRecord], images: Mapping[int, torch.Tensor],
            alarm: Mapping[str, Any], alarms: Sequence[Mapping[str, Any]], total: int) -> str:
     """The whole page: alarm banner, filter form, export links, one table row per flagged input."""
     query = urlencode({k: v for k, v in filters.items() if v not in (None, "")})
-    banner = (f'<p class="alarm" id="alarm">Flag-rate alarm raised: CUSUM {alarm["statistic"]:.2f} &ge; '
-              f'{alarm["threshold"]:.2f}' if alarm["in_alarm"] else
-              f'<p class="quiet" id="alarm">No flag-rate alarm: CUSUM {alarm["statistic"]:.2f} &lt; {alarm["threshold"]:.2f}')
+    cusum = f'{alarm["statistic"]:.2f} {"&ge;" if alarm["in_alarm"] else "&lt;"} {alarm["threshold"]:.2f}'
+    banner = (f'<p class="alarm" id="alarm">Flag-rate alarm raised: CUSUM {cusum}' if alarm["in_alarm"] else
+              f'<p class="quiet" id="alarm">No flag-rate alarm: CUSUM {cusum}')
     banner += (f' ({alarm["flagged"]} of {alarm["observed"]} inputs flagged since start; clean rate '
                f'{alarm["p0"]:.4f}; {len(alarms)} alarm{"s" * (len(alarms) != 1)} on record'
                + (f', last at {escape(alarms[-1]["time"])}' if alarms else "") + ")</p>")
