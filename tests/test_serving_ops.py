@@ -338,6 +338,7 @@ def test_review_console_in_headless_chromium(server: tuple[str, Path], images: d
     chrome = _chrome()
     try:
         from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.wait import WebDriverWait
 
         chrome.get(url.replace("http://", "http://operator:admin-key-456@") + "/review?limit=6")
         assert chrome.title == "latentdefence review"
@@ -351,6 +352,8 @@ def test_review_console_in_headless_chromium(server: tuple[str, Path], images: d
         label = rows[0]["label"]
         chrome.find_element(By.ID, "label").send_keys(str(label))
         chrome.find_element(By.ID, "apply").click()
+        WebDriverWait(chrome, 15).until(lambda d: f"label={label}" in d.current_url
+                                        and d.execute_script("return document.readyState") == "complete")
         labels = {r.find_element(By.CLASS_NAME, "label").text for r in chrome.find_elements(By.CSS_SELECTOR,
                                                                                                "tr.record")}
         assert labels == {str(label)} and f"label={label}" in chrome.current_url
