@@ -6,6 +6,12 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+# The review console's browser test wants Debian's chromium and chromium-driver; installed only when asked
+# (LATENTDEFENCE_BROWSER=1, as `make browser-deps` and CI do); without them that test skips, saying why.
+if [ "${LATENTDEFENCE_BROWSER:-0}" = 1 ] && ! command -v chromedriver >/dev/null; then
+  sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+  $sudo apt-get update -q && $sudo apt-get install -y -q --no-install-recommends chromium chromium-driver
+fi
 stamp="$VENV/.latentdefence-setup"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

@@ -30,6 +30,16 @@ def serve(
     max_wait_ms: float = typer.Option(2.0, help="How long a batch waits for concurrent requests to join."),
     threads: Optional[int] = typer.Option(None, help="torch threads for inference (default: torch's)."),
     access_log: bool = typer.Option(False, help="Log every request (uvicorn access log)."),
+    api_key: Optional[str] = typer.Option(None, envvar="LATENTDEFENCE_API_KEY", show_default=False,
+                                          help="Key for every route but health probes (prefer the env variable)."),
+    admin_key: Optional[str] = typer.Option(None, envvar="LATENTDEFENCE_ADMIN_KEY", show_default=False,
+                                            help="Separate key for /metrics, /review and /v1/audit (default: "
+                                            "the API key)."),
+    insecure: bool = typer.Option(False, help="Allow serving beyond loopback without an API key."),
+    alarm_shift: float = typer.Option(0.05, help="Flag-rate rise (over the calibrated FPR) the alarm detects."),
+    alarm_false_alarm_rate: float = typer.Option(1e-6, help="Alarm false alarms per clean input (at most)."),
+    model_name: Optional[str] = typer.Option(None, help="Model name in the Open Inference Protocol "
+                                             "(/v2/models/NAME); default: the artifact's file name stem."),
 ) -> None:
     """Serve a guarded classifier over HTTP: POST /v1/predict, GET /v1/model, GET /healthz (OpenAPI at /docs)."""
     with cli_errors():
@@ -37,7 +47,9 @@ def serve(
         import uvicorn
 
         from ..serving import GuardedClassifier
+        from ..serving.alarm import AlarmConfig
         from ..serving.app import ServeConfig, create_app
+        from ..serving.auth import AccessConfig, check_binding
         from ..validation import check_count, check_number
 
         check_count("--port", port, 1, 65535)   # before the model loads, not in asyncio afterwards
@@ -45,10 +57,14 @@ def serve(
                             ("--max-batch", max_batch), ("--threads", 1 if threads is None else threads)):
             check_count(name, value)
         check_number("--max-wait-ms", max_wait_ms, low=0.0)
+        access = AccessConfig(api_key=api_key, admin_key=admin_key)
+        check_binding(host, access, insecure)
         if threads:
             torch.set_num_threads(threads)
         config = ServeConfig(audit_db=audit_db, keep_images=keep_images, max_body_bytes=max_body_bytes,
-                             max_images=max_images, max_batch=max_batch, max_wait_ms=max_wait_ms)
+                             max_images=max_images, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                             model_name=model_name or artifact.stem, access=access,
+                             alarm=AlarmConfig(shift=alarm_shift, false_alarm_rate=alarm_false_alarm_rate))
         app = create_app(GuardedClassifier.load(artifact, knn_backend=knn_backend), config)
     uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")
 

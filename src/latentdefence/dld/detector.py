@@ -197,6 +197,19 @@ class KNNDetector(ConformalDetector):
         per_layer = {tap: torch.cat(v) for tap, v in per.items()}
         return torch.cat(logits), torch.stack(list(per_layer.values())).sum(0), per_layer
 
+    @torch.no_grad()
+    def neighbours(self, images: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per tap, (positions (N, k) in its index, labels (N, k)) of each image's k nearest indexed training
+        points, nearest first: the multiset behind its score (Eq. 8). Positions count the pruned training set."""
+        self._check_fitted("indexes_")
+        check_images(images)
+        found: dict[str, list[torch.Tensor]] = {tap: [] for tap in self.indexes_}
+        for i in range(0, len(images), self.batch_size):
+            for tap, z in self._forward(images[i:i + self.batch_size])[1].items():
+                found[tap].append(self.indexes_[tap].search(z, self.k)[1])
+        return {tap: (idx, self.indexes_[tap].labels[idx]) for tap, idx in
+                ((tap, torch.cat(parts)) for tap, parts in found.items())}
+
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """F's predictions (B,) and each tap's embedding (B, d) on CPU, from one pass through F."""
         logits, latents = self._forward(images)

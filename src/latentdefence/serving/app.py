@@ -17,20 +17,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Query, Request, Response
+from fastapi import Path as PathParam
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from .alarm import AlarmConfig, FlagRateCUSUM, null_rate
 from .audit import AuditLog, image_sha256
+from .auth import AccessConfig, RequireKey
 from .batching import MicroBatcher
 from .guarded import GuardedClassifier, InputError
 from .inputs import (ACCEPTED_TYPES, IMAGE_TYPES, JSON_TYPE, MULTIPART_TYPE, NPY_TYPE, decode_image, decode_json,
                      decode_npy, media_type)
+from .metrics import ServiceMetrics
+from .review import png, render, to_csv
+from .v2 import router as v2_router
 
 log = logging.getLogger(__name__)
 DEFAULT_AUDIT_DB = Path("latentdefence-audit.sqlite")
+SQLITE_MAX = 2**63 - 1                     # the largest integer SQLite stores: larger ids/labels are a 422
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,16 @@ class ServeConfig:
     max_images: int = 256                  # images per request
     max_batch: int = 64                    # images per coalesced forward pass
     max_wait_ms: float = 2.0               # how long a batch waits for more requests to join
+    model_name: str = "guard"              # the model's name in the Open Inference Protocol (/v2/models/NAME)
+    alarm: AlarmConfig = AlarmConfig()     # the flag-rate alarm (alarm.py)
+    access: AccessConfig = AccessConfig()  # API keys (auth.py)
+
+
+class Neighbours(BaseModel):
+    """One layer's evidence: the k nearest indexed training points, nearest first."""
+
+    indices: list[int]                     # positions in the artifact's index (the pruned training set, in order)
+    labels: list[int]                      # their training labels
 
 
 class Prediction(BaseModel):
@@ -56,6 +74,7 @@ class Prediction(BaseModel):
     per_layer: dict[str, float]
     sha256: str                            # of the decoded image as float32 (C, H, W) bytes
     audit_id: int | None                   # id of the audit record when flagged, else null
+    neighbours: dict[str, Neighbours] | None = None   # with ?explain=true: per layer, the k nearest training points
 
 
 class PredictResponse(BaseModel):
@@ -83,6 +102,7 @@ class ModelCard(BaseModel):
     server_git_revision: str
     metadata: dict[str, Any]
     limits: dict[str, Any]
+    alarm: dict[str, Any]                  # the flag-rate alarm's state now (alarm.py)
 
 
 class Health(BaseModel):
@@ -155,17 +175,24 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
                                        "max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms}}
     threshold, model_id = float(guard.detector.threshold_), card["artifact_sha256"] or str(guard.source)
     audit = AuditLog(config.audit_db, keep_images=config.keep_images)
+    alarm = FlagRateCUSUM.from_config(config.alarm, null_rate(card["calibration_fpr"], card["calibration_size"]))
+    metrics = ServiceMetrics(guard.detector.k, card["calibration_fpr"], alarm)
 
     def infer(images: torch.Tensor) -> list[dict[str, Any]]:
         """One guarded forward pass; flagged inputs are durably recorded before the results are returned."""
         out = guard.predict(images)
         flagged = out.is_adversarial.nonzero().flatten()                        # (F,)
+        evidence = guard.explain(images[flagged]) if len(flagged) else []
         ids = audit.record(images[flagged], out.label[flagged], out.nonconformity[flagged],
                            out.credibility[flagged], {t: v[flagged] for t, v in out.per_layer.items()},
-                           threshold, model_id)
+                           threshold, model_id, evidence)
         audit_ids: list[int | None] = [None] * len(out)
         for i, record_id in zip(flagged.tolist(), ids):
             audit_ids[i] = record_id
+        metrics.observe_batch(out.is_adversarial, out.per_layer)
+        if alarm.update(out.is_adversarial.tolist()):
+            log.warning("flag-rate alarm raised: %s", alarm.state())
+            audit.record_alarm(alarm.state(), model_id)
         return [{**row, "sha256": image_sha256(images[i]), "audit_id": audit_ids[i]}
                 for i, row in enumerate(out.rows())]
 
@@ -187,7 +214,9 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
                               "carries the detector's verdict; flagged inputs are recorded in an audit log.",
                   lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
-    app.state.batcher, app.state.audit = batcher, audit
+    app.add_middleware(RequireKey, access=config.access)
+    app.add_middleware(metrics.middleware)              # outermost: counts refused requests too
+    app.state.batcher, app.state.audit, app.state.alarm = batcher, audit, alarm
 
     @app.exception_handler(InputError)
     async def _input_error(request: Request, err: InputError) -> JSONResponse:
@@ -201,11 +230,17 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
     @app.get("/v1/model", response_model=ModelCard)
     async def model() -> dict[str, Any]:
         """Architecture, dataset, threat model, threshold, calibration FPR, git revision, limits."""
-        return card
+        return {**card, "alarm": alarm.state()}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus() -> Response:
+        """Prometheus text exposition: requests, latency, batch sizes, images scored and flagged, alarm state."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_REQUEST_BODY)
-    async def predict(request: Request, response: Response) -> dict[str, Any]:
-        """Classify and screen one image (PNG/JPEG body, JSON "image") or a batch (JSON "images", .npy, multipart)."""
+    async def predict(request: Request, response: Response, explain: bool = False) -> dict[str, Any]:
+        """Classify and screen one image (PNG/JPEG body, JSON "image") or a batch (JSON "images", .npy, multipart);
+        `explain=true` adds each layer's k nearest training points (indices, labels) to every prediction."""
         start = time.perf_counter()
         images = await _read_images(request, guard.input_shape, config.max_images)
         if len(images) > config.max_images:
@@ -214,12 +249,67 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
         images = guard.check_images(images)
         decoded = time.perf_counter()
         out = await batcher.submit(images)
+        if explain:
+            for row, neighbours in zip(out.results, await batcher.call(guard.explain, images)):
+                row["neighbours"] = neighbours
         response.headers["Server-Timing"] = (
             f"read;dur={1e3 * (decoded - start):.2f}, wait;dur={1e3 * out.wait_s:.2f}, "
             f"infer;dur={1e3 * out.run_s:.2f};desc=\"batch of {out.batch_images}\"")
         return {"predictions": out.results}
 
+    @app.get("/v1/audit", responses={400: {"model": ErrorBody, "description": "bad time or format"}})
+    async def audit_records(since: str | None = None, until: str | None = None,
+                            label: int | None = Query(None, ge=0, le=SQLITE_MAX),
+                            limit: int = Query(100, ge=1, le=10_000), format: str = "json") -> Response:
+        """Flagged inputs, newest first, filtered by time (ISO 8601, UTC) and F's class; `format=csv` for CSV."""
+        if format not in ("json", "csv"):
+            raise InputError(f"format must be json or csv, got {format!r}", status=400)
+        records = await run_in_threadpool(_query, audit, since, until, label, limit)
+        if format == "csv":
+            return Response(to_csv(records), media_type="text/csv",
+                            headers={"content-disposition": 'attachment; filename="flagged.csv"'})
+        return JSONResponse([r.as_dict() for r in records])
+
+    @app.get("/v1/audit/alarms")
+    async def audit_alarms() -> list[dict[str, Any]]:
+        """Raised flag-rate alarms, oldest first, with the CUSUM's state when each was raised."""
+        return await run_in_threadpool(audit.alarms)
+
+    @app.get("/v1/audit/{record}/image", response_class=Response, responses={404: {"model": ErrorBody}})
+    async def audit_image(record: int = PathParam(ge=0, le=SQLITE_MAX)) -> Response:
+        """The stored input of audit record `record` as PNG (only with serve --keep-images)."""
+        stored = await run_in_threadpool(audit.images, [record])
+        if record not in stored:
+            raise InputError(f"no stored image for audit record {record} (serve --keep-images stores them)", 404)
+        return Response(png(stored[record]), media_type="image/png")
+
+    @app.get("/review", response_class=HTMLResponse)
+    async def review(since: str | None = None, until: str | None = None, label: str | None = None,
+                     limit: int = Query(100, ge=1, le=1000)) -> HTMLResponse:
+        """The review console: flagged inputs with their image, F's label, neighbours' labels per layer, scores."""
+        wanted = int(label) if label and label.strip().isdigit() and int(label) <= SQLITE_MAX else None
+        if label and wanted is None:
+            raise InputError(f"label must be a class number, got {label!r}", status=400)
+        records = await run_in_threadpool(_query, audit, since, until, wanted, limit)
+        images = await run_in_threadpool(audit.images, [r.id for r in records])
+        page = render(records, images, {"since": since, "until": until, "label": label, "limit": limit},
+                      alarm.state(), await run_in_threadpool(audit.alarms), await run_in_threadpool(audit.count))
+        return HTMLResponse(page)
+
+    async def submit(images: torch.Tensor) -> list[dict[str, Any]]:
+        return (await batcher.submit(images)).results
+
+    app.include_router(v2_router(config.model_name, guard.input_shape, card["num_classes"], card["taps"],
+                                 config.max_images, guard.check_images, submit))
     return app
+
+
+def _query(audit: AuditLog, since: str | None, until: str | None, label: int | None, limit: int) -> list[Any]:
+    """`AuditLog.query` with a bad time as a 400; an empty field (an HTML form's) filters nothing."""
+    try:
+        return audit.query(since or None, until or None, label, limit)
+    except ValueError as err:
+        raise InputError(str(err), status=400) from err
 
 
 async def _read_images(request: Request, shape: tuple[int, int, int], max_images: int) -> torch.Tensor:

@@ -33,17 +33,39 @@ CREATE TABLE IF NOT EXISTS flagged (
     per_layer TEXT NOT NULL,         -- JSON {tap: non-conformity}
     model TEXT NOT NULL,             -- sha256 of the detector artifact that judged it
     shape TEXT NOT NULL,             -- JSON [C, H, W]
-    image BLOB                       -- float32 pixels when images are kept, else NULL
+    image BLOB,                      -- float32 pixels when images are kept, else NULL
+    neighbours TEXT                  -- JSON {tap: {"indices": [k], "labels": [k]}}: the evidence, nearest first
+);
+CREATE TABLE IF NOT EXISTS alarms (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,              -- UTC, ISO 8601, when the flag-rate alarm was raised
+    model TEXT NOT NULL,
+    state TEXT NOT NULL              -- JSON: the CUSUM's statistic, threshold, counts and rates then
 );
 """
 COLUMNS = ("id", "time", "sha256", "predicted", "nonconformity", "credibility", "threshold", "per_layer",
-           "model", "shape")
+           "model", "shape", "neighbours")
 USER_VERSION = 0x4C444131   # "LDA1" in PRAGMA user_version: this file is a latentdefence audit log, format 1
+# flagged's columns in logs written before the format marker: without, then with the k-NN evidence
+LEGACY_COLUMNS = (("id", "time", "sha256", "predicted", "nonconformity", "credibility", "threshold", "per_layer",
+                   "model", "shape", "image"),
+                  ("id", "time", "sha256", "predicted", "nonconformity", "credibility", "threshold", "per_layer",
+                   "model", "shape", "image", "neighbours"))
 
 
 def image_sha256(image: torch.Tensor) -> str:
     """Hex sha256 of one image (C, H, W) as contiguous float32 bytes: the same pixels give the same hash."""
     return hashlib.sha256(image.to(torch.float32).contiguous().numpy().tobytes()).hexdigest()
+
+
+def utc_iso(value: str) -> str:
+    """An ISO 8601 time as the log stores it (UTC, microseconds); a ValueError names a bad one."""
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError as err:
+        raise ValueError(f"{value!r} is not an ISO 8601 time (e.g. 2024-05-01T12:00:00)") from err
+    when = when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+    return when.isoformat(timespec="microseconds")
 
 
 @dataclass(frozen=True)
@@ -60,6 +82,7 @@ class FlaggedRecord:
     per_layer: dict[str, float]
     model: str
     shape: list[int]
+    neighbours: dict[str, dict[str, list[int]]] | None = None   # absent from logs written before it existed
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in COLUMNS}
@@ -91,6 +114,8 @@ class AuditLog:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.executescript(SCHEMA)
+                if "neighbours" not in self._flagged_columns():
+                    self._db.execute("ALTER TABLE flagged ADD COLUMN neighbours TEXT")     # a log from before
                 self._db.execute(f"PRAGMA user_version={USER_VERSION}")
         except sqlite3.DatabaseError as err:
             raise InputValidationError(str(self.path), f"is not a usable audit database ({err})") from err
@@ -102,22 +127,26 @@ class AuditLog:
         tables = [r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         if version == USER_VERSION or (empty_ok and version == 0 and not tables):
             return
-        columns = tuple(r[1] for r in self._db.execute("PRAGMA table_info(flagged)"))
-        if version == 0 and set(tables) <= {"flagged", "sqlite_sequence"} and columns == (*COLUMNS, "image"):
+        if version == 0 and set(tables) <= {"flagged", "sqlite_sequence", "alarms"} \
+                and self._flagged_columns() in LEGACY_COLUMNS:
             return
         self._db.close()
         raise InputValidationError(str(self.path), f"is not a latentdefence audit log (user_version {version:#x}, "
                                                    f"tables {tables or 'none'}); refusing to read or change it")
 
+    def _flagged_columns(self) -> tuple[str, ...]:
+        return tuple(r[1] for r in self._db.execute("PRAGMA table_info(flagged)"))
+
     def record(self, images: torch.Tensor, predicted: torch.Tensor, nonconformity: torch.Tensor,
                credibility: torch.Tensor, per_layer: dict[str, torch.Tensor], threshold: float,
-               model: str) -> list[int]:
-        """Store inputs (N, C, H, W) with their verdicts in one durable transaction; their ids, in order."""
+               model: str, neighbours: Sequence[dict[str, Any]] | None = None) -> list[int]:
+        """Store inputs (N, C, H, W), verdicts and k-NN evidence in one durable transaction; their ids, in order."""
         now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
         rows = [(now, image_sha256(images[i]), int(predicted[i]), float(nonconformity[i]), float(credibility[i]),
                  threshold, json.dumps({tap: float(v[i]) for tap, v in per_layer.items()}), model,
                  json.dumps(list(images.shape[1:])),
-                 images[i].to(torch.float32).contiguous().numpy().tobytes() if self.keep_images else None)
+                 images[i].to(torch.float32).contiguous().numpy().tobytes() if self.keep_images else None,
+                json.dumps(neighbours[i]) if neighbours is not None else None)
                 for i in range(len(images))]
         if not rows:
             return []
@@ -126,12 +155,27 @@ class AuditLog:
             try:
                 ids = [self._db.execute(
                     "INSERT INTO flagged (time, sha256, predicted, nonconformity, credibility, threshold, per_layer,"
-                    " model, shape, image) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row).lastrowid for row in rows]
+                    " model, shape, image, neighbours) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row).lastrowid
+                    for row in rows]
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         return [int(i) for i in ids if i is not None]
+
+    def record_alarm(self, state: dict[str, Any], model: str) -> int:
+        """Store one raised alarm durably; its id."""
+        now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        with self._lock:
+            row = self._db.execute("INSERT INTO alarms (time, model, state) VALUES (?, ?, ?)",
+                                   (now, model, json.dumps(state)))
+        return int(row.lastrowid or 0)
+
+    def alarms(self) -> list[dict[str, Any]]:
+        """Raised alarms, oldest first: id, time, model and the alarm's state then."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, time, model, state FROM alarms ORDER BY id").fetchall()
+        return [{"id": i, "time": t, "model": m, **json.loads(s)} for i, t, m, s in rows]
 
     def count(self) -> int:
         """Number of stored records."""
@@ -140,13 +184,33 @@ class AuditLog:
 
     def records(self, limit: int | None = None, since_id: int = 0) -> Iterator[FlaggedRecord]:
         """Stored records in id order, from `since_id` (exclusive), at most `limit`."""
+        yield from self._select("id > ? ORDER BY id LIMIT ?", (since_id, -1 if limit is None else limit))
+
+    def _select(self, condition: str, args: Sequence[Any]) -> list[FlaggedRecord]:
         with self._lock:
-            rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM flagged WHERE id > ? ORDER BY id LIMIT ?",
-                                    (since_id, -1 if limit is None else limit)).fetchall()
+            present = set(self._flagged_columns())  # a read-only legacy log may predate the evidence column
+            select = ", ".join(c if c in present else f"NULL AS {c}" for c in COLUMNS)
+            rows = self._db.execute(f"SELECT {select} FROM flagged WHERE {condition}", args).fetchall()
+        out = []
         for row in rows:
             values = dict(zip(COLUMNS, row))
-            yield FlaggedRecord(**{**values, "per_layer": json.loads(values["per_layer"]),
-                                   "shape": json.loads(values["shape"])})
+            out.append(FlaggedRecord(**{**values, "per_layer": json.loads(values["per_layer"]),
+                                        "shape": json.loads(values["shape"]),
+                                        "neighbours": json.loads(values["neighbours"] or "null")}))
+        return out
+
+    def query(self, since: str | None = None, until: str | None = None, label: int | None = None,
+              limit: int = 100) -> list[FlaggedRecord]:
+        """Newest first: records flagged in [since, until] (ISO 8601 times, UTC if no offset) with F's `label`."""
+        where, args = ["1 = 1"], []
+        for op, value in ((">=", since), ("<=", until)):
+            if value is not None:
+                where.append(f"time {op} ?")
+                args.append(utc_iso(value))
+        if label is not None:
+            where.append("predicted = ?")
+            args.append(label)
+        return self._select(f"{' AND '.join(where)} ORDER BY id DESC LIMIT ?", (*args, limit))
 
     def images(self, ids: Sequence[int]) -> dict[int, torch.Tensor]:
         """Stored images (C, H, W) of records `ids` that kept one."""

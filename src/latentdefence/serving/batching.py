@@ -12,6 +12,7 @@ from typing import Generic, TypeVar
 import torch
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -71,6 +72,10 @@ class MicroBatcher(Generic[T]):
         self._jobs.append(_Job(images, future, loop.time()))
         self._wakeup.set()
         return await future
+
+    async def call(self, fn: Callable[..., R], *args: object) -> R:
+        """`fn(*args)` on the inference thread, between batches (work on the model that must not race inference)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _take(self) -> list[_Job]:
         jobs = [self._jobs.popleft()]

@@ -99,6 +99,13 @@ class GuardedClassifier:
         return GuardedPrediction(det.predicted, det.probabilities, det.is_adversarial, det.credibility,
                                  det.nonconformity, det.per_layer)
 
+    def explain(self, images: torch.Tensor) -> list[dict[str, dict[str, list[int]]]]:
+        """Per image, per layer, the k nearest indexed training points: {"indices": [...], "labels": [...]}."""
+        found = self.detector.neighbours(self.check_images(images))
+        lists = {tap: (idx.tolist(), labels.tolist()) for tap, (idx, labels) in found.items()}
+        return [{tap: {"indices": idx[i], "labels": labels[i]} for tap, (idx, labels) in lists.items()}
+                for i in range(len(images))]
+
     def __call__(self, images: torch.Tensor) -> GuardedPrediction:
         return self.predict(images)
 

@@ -41,7 +41,7 @@ def decode_image(data: bytes, shape: tuple[int, int, int], name: str = "body") -
         raise InputError(f"{name} is empty", status=400)
     try:
         image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, ValueError) as err:    # ValueError: e.g. a truncated IHDR chunk
         raise InputError(f"{name} is not a PNG or JPEG image ({len(data)} bytes starting {data[:8]!r})",
                          status=400) from err
     if image.format not in ("PNG", "JPEG"):
@@ -69,7 +69,7 @@ def decode_json(data: bytes) -> torch.Tensor:
         raise InputError("request body is empty", status=400)
     try:
         body: Any = json.loads(data)   # accepts NaN / Infinity literals, which check_images then rejects by name
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:   # RecursionError: absurd nesting
         raise InputError(f"request body is not valid JSON ({err})", status=400) from err
     if not isinstance(body, dict) or len({"image", "images"} & body.keys()) != 1:
         raise InputError('JSON body must be an object with exactly one of "image" (C, H, W) or '

@@ -1,0 +1,67 @@
+"""Detection delay and false alarms of the flag-rate alarm (`serving.alarm.FlagRateCUSUM`), one run.
+
+Run: .venv/bin/python benchmarks/alarm.py [--runs 100] [--clean 200000]
+Streams are Bernoulli flags: clean traffic is flagged at the calibrated FPR p0; from the change point
+on, a fraction `attack` of the traffic is adversarial and the detector flags it with probability
+`recall` (1.0: the detector sees every adversarial input; 0.5: half). Prints, per setting, the median
+and 90th percentile of the delay (inputs from the change to the alarm) against the h / KL(p1 || p0)
+approximation (Lorden's asymptotic delay were the alternative p1 the true rate), and the false alarms
+over `--clean` clean inputs (Lorden's bound: at most clean * rate expected).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+
+import torch
+
+from latentdefence.serving.alarm import AlarmConfig, FlagRateCUSUM
+
+
+def delay(p0: float, rate: float, config: AlarmConfig, seed: int, limit: int = 50_000) -> int | None:
+    """Inputs until the alarm on a stream flagged at `rate` (None: not raised within `limit`)."""
+    alarm = FlagRateCUSUM.from_config(config, p0)
+    flags = (torch.rand(limit, generator=torch.Generator().manual_seed(seed)) < rate).tolist()
+    for step, flag in enumerate(flags, 1):
+        if alarm.update([flag]):
+            return step
+    return None
+
+
+def kl(p1: float, p0: float) -> float:
+    return p1 * math.log(p1 / p0) + (1 - p1) * math.log((1 - p1) / (1 - p0))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--clean", type=int, default=200_000)
+    args = parser.parse_args()
+    config = AlarmConfig()
+    print(f"alarm: shift {config.shift}, false-alarm rate {config.false_alarm_rate:g} per input "
+          f"(h = {-math.log(config.false_alarm_rate):.2f})")
+    print(f"{'p0':>6} {'attack':>7} {'recall':>6} {'flag rate':>9} {'median delay':>12} {'p90':>7} "
+          f"{'h/KL':>7} {'missed':>6}")
+    for p0 in (0.02, 0.05):
+        for attack, recall in ((0.02, 1.0), (0.05, 1.0), (0.05, 0.5), (0.10, 1.0), (0.20, 1.0)):
+            rate = p0 + attack * recall * (1 - p0)          # clean inputs swapped for adversarial ones
+            delays = [delay(p0, rate, config, seed) for seed in range(args.runs)]
+            hit = sorted(d for d in delays if d is not None)
+            p1 = p0 + config.shift
+            approx = -math.log(config.false_alarm_rate) / kl(rate, p0)   # Lorden: delay ~ h / KL for p1 = rate
+            p90 = hit[int(0.9 * (len(hit) - 1))] if hit else float("nan")
+            print(f"{p0:6.3f} {attack:7.2f} {recall:6.2f} {rate:9.4f} "
+                  f"{statistics.median(hit) if hit else float('nan'):12.0f} {p90:7.0f} {approx:7.0f} "
+                  f"{len(delays) - len(hit):6d}   (alternative p1 = {p1:.3f})")
+        alarm = FlagRateCUSUM.from_config(config, p0)
+        flags = (torch.rand(args.clean, generator=torch.Generator().manual_seed(10_000)) < p0).tolist()
+        for step in range(0, args.clean, 4096):
+            alarm.update(flags[step:step + 4096])
+        print(f"{p0:6.3f} clean: {alarm.alarms} false alarms in {args.clean} inputs "
+              f"(bound: at most {args.clean * config.false_alarm_rate:.2f} expected)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The flag-rate alarm: the CUSUM alone on seeded Bernoulli streams, then inside the service with the real
+detector on clean traffic and on traffic with a few percent PGD examples."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from guard_artifact import blobs, build_artifact
+
+from latentdefence.attacks import PGD
+from latentdefence.serving import AuditLog, GuardedClassifier
+from latentdefence.serving.alarm import AlarmConfig, FlagRateCUSUM, null_rate
+from latentdefence.serving.app import ServeConfig, create_app
+
+
+def _stream(p: float, n: int, seed: int) -> list[bool]:
+    return (torch.rand(n, generator=torch.Generator().manual_seed(seed)) < p).tolist()
+
+
+def test_clean_bernoulli_p0_stream_stays_quiet_over_many_steps() -> None:
+    for seed in range(3):
+        alarm = FlagRateCUSUM(0.02, 0.07, false_alarm_rate=1e-6)
+        assert not any(alarm.update(chunk) for chunk in _chunks(_stream(0.02, 60_000, seed), 64))
+        assert alarm.alarms == 0 and not alarm.in_alarm and alarm.statistic < alarm.threshold
+        assert alarm.observed == 60_000 and abs(alarm.flagged / 60_000 - 0.02) < 0.003
+
+
+def test_a_few_percent_extra_flags_raise_it_and_it_clears_when_they_stop() -> None:
+    alarm = FlagRateCUSUM(0.02, 0.07, false_alarm_rate=1e-6)
+    alarm.update(_stream(0.02, 5_000, 10))
+    assert alarm.alarms == 0
+    raised = [alarm.update([flag]) for flag in _stream(0.07, 3_000, 11)]
+    delay = raised.index(True) + 1
+    # expected delay ~ h / KL(p1 || p0) = 13.8 / 0.039 ~ 350 inputs
+    kl = 0.07 * math.log(0.07 / 0.02) + 0.93 * math.log(0.93 / 0.98)
+    assert 0.3 * alarm.threshold / kl < delay < 3 * alarm.threshold / kl
+    assert raised.count(True) == alarm.alarms >= 1 and alarm.state()["flagged"] > 0
+    alarm.update(_stream(0.0, 2_000, 12))
+    assert not alarm.in_alarm and alarm.statistic == 0.0
+
+
+def test_settings_are_checked_and_p0_comes_from_calibration() -> None:
+    with pytest.raises(ValueError, match="0 < p0 < p1 < 1"):
+        FlagRateCUSUM(0.1, 0.05)
+    with pytest.raises(ValueError, match="false_alarm_rate"):
+        FlagRateCUSUM(0.1, 0.2, false_alarm_rate=0.0)
+    assert null_rate(0.0, 149) == 1 / 150 and null_rate(0.05, 149) == 0.05
+    alarm = FlagRateCUSUM.from_config(AlarmConfig(shift=0.1, false_alarm_rate=1e-3), 0.02)
+    assert (alarm.p0, alarm.p1, alarm.threshold) == (0.02, pytest.approx(0.12), pytest.approx(math.log(1e3)))
+    assert FlagRateCUSUM.from_config(AlarmConfig(p0=0.3), 0.02).p0 == 0.3
+
+
+def _chunks(items: list[bool], size: int) -> list[list[bool]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+# -- with the real detector, inside the service -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("guard") / "guard.safetensors"
+    build_artifact(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pgd(artifact: Path) -> torch.Tensor:
+    """PGD (L-inf, eps 0.1) examples that fool F: what an attacker who got through would send."""
+    guard = GuardedClassifier.load(artifact)
+    x = blobs(240, 8)
+    result = PGD(0.1, steps=20, generator=torch.Generator().manual_seed(0))(guard.classifier, x.images, x.labels)
+    assert result.success.sum() >= 60
+    return result.images[result.success]
+
+
+def _serve(artifact: Path, db: Path, traffic: torch.Tensor) -> tuple[dict, dict]:  # type: ignore[type-arg]
+    """Send `traffic` in requests of 32 images (.npy); the alarm's state in /v1/model and the /metrics text."""
+    with TestClient(create_app(GuardedClassifier.load(artifact), ServeConfig(audit_db=db))) as client:
+        for i in range(0, len(traffic), 32):
+            buf = io.BytesIO()
+            np.save(buf, traffic[i:i + 32].numpy())
+            response = client.post("/v1/predict", content=buf.getvalue(), headers={"content-type": "application/x-npy"})
+            assert response.status_code == 200
+        return client.get("/v1/model").json()["alarm"], client.get("/metrics").text
+
+
+def test_clean_traffic_is_quiet_and_a_few_percent_pgd_raise_the_alarm(artifact: Path, pgd: torch.Tensor,
+                                                                      tmp_path: Path) -> None:
+    clean = blobs(1200, 20).images
+    state, text = _serve(artifact, tmp_path / "clean.sqlite", clean)
+    assert state["observed"] == 1200 and state["alarms"] == 0 and not state["in_alarm"]
+    assert "latentdefence_alarm_active 0.0" in text and AuditLog(tmp_path / "clean.sqlite").alarms() == []
+
+    mixed = clean.clone()
+    where = torch.randperm(len(mixed), generator=torch.Generator().manual_seed(1))[:60]      # 5% PGD
+    mixed[where] = pgd[:60]
+    state, text = _serve(artifact, tmp_path / "mixed.sqlite", mixed)
+    assert state["alarms"] >= 1 and state["flagged"] >= 60
+    assert f"latentdefence_alarm_raised {float(state['alarms'])}" in text
+    alarms = AuditLog(tmp_path / "mixed.sqlite").alarms()
+    assert len(alarms) == state["alarms"] and alarms[0]["statistic"] >= alarms[0]["threshold"]
+    assert alarms[0]["p0"] == state["p0"] == pytest.approx(null_rate(0.0, 150))
