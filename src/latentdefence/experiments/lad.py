@@ -121,6 +121,7 @@ class LadConfig:
     finetune: FinetuneConfig = FinetuneConfig()
     finetune_seeds: tuple[int, ...] = (0,)  # fine-tuning seeds of the FGSM/PGD headline rows
     control_seeds: tuple[int, ...] = (0,)   # fine-tuning seeds of their same-budget controls
+    long_epochs: int = 10                   # the ablation's longer fine-tuning rows and strong-budget controls
     rerun_per_class: int | None = None      # source images per class the white-box attacks are re-run from
     attacks: tuple[str, ...] = ATTACKS
     attack: AttackSettings = AttackSettings()
@@ -162,7 +163,7 @@ def lad_config(profile: str, dataset: str = "mnist", **overrides: Any) -> LadCon
                        large_eps=(0.1, 5.0, 20.0), small_eps=(0.1, 10.0), finetune=FinetuneConfig(epochs=1, batch_size=16),
                        attack=AttackSettings(pgd_steps=3, pgd_step_size=0.1, cw_steps=5, cw_search_steps=1,
                                              jsma_gamma=0.01, ga_steps=5, untargeted_per_class=2, targeted_per_class=1),
-                       table4_per_class=2)
+                       table4_per_class=2, long_epochs=2)
         if _spec(dataset).scalable:  # at full width every fine-tune copies, trains and saves ~50M weights (minutes)
             base = replace(base, model_width=0.125)
     return replace(base, **overrides)
