@@ -157,6 +157,7 @@ def lad_config(profile: str, dataset: str = "mnist", **overrides: Any) -> LadCon
         base = replace(base, classifier=TrainConfig(epochs=1, batch_size=32), black=TrainConfig(epochs=1, batch_size=32,
                                                                                               seed=1),
                        generator=GeneratorConfig(epochs=1, batch_size=32), generator_width=0.125, train_limit=256,
+                       generator_train_limit=256,  # G reads splits.train: unbounded, all 73k SVHN images
                        acgan=ACGANConfig(epochs=1, batch_size=32, width=8, latent_dim=16),
                        boundary_per_class=3, svm_epochs=20, strategy="one_vs_rest", generation_per_class=1,
                        small_per_class=1,
@@ -165,7 +166,7 @@ def lad_config(profile: str, dataset: str = "mnist", **overrides: Any) -> LadCon
                                              jsma_gamma=0.01, ga_steps=5, untargeted_per_class=2, targeted_per_class=1),
                        table4_per_class=2, long_epochs=2)
         if _spec(dataset).scalable:  # at full width every fine-tune copies, trains and saves ~50M weights (minutes)
-            base = replace(base, model_width=0.125)
+            base = replace(base, model_width=0.125, loader_kwargs={"image_size": 32} if dataset == "celeba" else {})
     return replace(base, **overrides)
 
 
