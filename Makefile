@@ -12,7 +12,7 @@ demo: setup
 	$(BIN)/latentdefence demo
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py

@@ -64,7 +64,7 @@ def test_smoke_ablation_scores_every_row_and_control(tmp_path: Path) -> None:
     report = run_lad_ablation(config, tmp_path / "out", data=tiny_digits(), upstream=upstream)
     on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
     names = [r["name"] for r in on_disk["rows"]]
-    assert names[:len(rows())] == [r.name for r in rows()]
+    assert names[:len(rows())] == [r.name for r in rows(config.long_epochs)]
     assert sum(r["factor"].startswith("control") for r in on_disk["rows"]) == 8       # 4 controls x 2 budgets
     assert [r["name"] for r in on_disk["rows"] if r["scores"] is None] == ["FT-10: Large Adv. eps 10 only"]  # no eps 10
     for row in (r for r in on_disk["rows"] if r["scores"] is not None):

@@ -66,6 +66,16 @@ def test_paper_shapes_of_latent_layers() -> None:
         create_model("celeba_net", image_size=50)
 
 
+@pytest.mark.parametrize(("name", "latent"), [("svhn_net", "fc1"), ("dld_svhn", "fc"), ("celeba_net", "fc1")])
+def test_width_scales_every_layer_and_keeps_the_taps(name: str, latent: str) -> None:
+    full, narrow = _model(name), create_model(name, width=0.125, **SMALL.get(name, {})).eval()
+    x = torch.rand(2, *full.input_shape)
+    assert narrow.tap_names == full.tap_names and narrow.arch_kwargs["width"] == 0.125
+    assert narrow.features(x, latent).shape[1] == full.features(x, latent).shape[1] // 8
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in full.parameters()) / 30
+    torch.testing.assert_close(narrow.forward_from(narrow.features(x, latent), latent), narrow(x))
+
+
 class UserNet(nn.Module):
     """A user's model with its own layer names and a non-Sequential forward."""
 

@@ -1,4 +1,5 @@
-"""Every table and figure of both papers, by name: `run_experiment("dld-mnist-table1", "cpu", out)`.
+"""Every table and figure of both papers, by name: `run_experiment("dld-mnist-table1", "cpu", out)`
+(`experiment_config` gives the settings it would run with).
 
 Several names share one pipeline (Table II and Fig. 3 come from the same DLD run as Table I; LAD's
 tables and figures from one LAD run per dataset); the stage cache makes the second name nearly free.
@@ -71,11 +72,60 @@ def get_experiment(name: str) -> Experiment:
     return EXPERIMENTS[name]
 
 
-def _settings(config: Any, overrides: Sequence[str]) -> Any:
-    """`config` with the overrides applied, every setting checked before any work starts."""
+def experiment_config(name: str, profile: str, data_dir: str | Path | None = None,
+                      classifier_checkpoint: str | Path | None = None, overrides: Sequence[str] = ()) -> Any:
+    """The settings `run_experiment` runs `name` with: the profile's config of its pipeline, with the
+    classifier checkpoint and the "key=value" overrides applied and every setting checked (nothing is loaded or
+    trained)."""
+    exp = get_experiment(name)
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
+    if profile == "demo" and exp.pipeline != "dld":
+        raise ValueError("the demo profile is the README's DLD main job; other experiments take smoke, cpu or paper")
+    ckpt = str(classifier_checkpoint) if classifier_checkpoint else None
+    config: Any
+    if exp.pipeline == "dld-adaptive":
+        from .dld_adaptive import adaptive_config
+
+        config = adaptive_config(profile)
+        config = replace(config, dld=replace(config.dld, classifier_checkpoint=ckpt)) if ckpt else config
+    elif exp.pipeline == "dld-ablation":
+        from .dld_ablation import ablation_config
+
+        config = ablation_config(profile)
+        config = replace(config, reference=replace(config.reference, classifier_checkpoint=ckpt)) if ckpt else config
+    elif exp.pipeline == "dld":
+        from .dld import dld_config
+
+        config = dld_config(profile, exp.dataset, str(data_dir) if data_dir else None)
+        config = replace(config, classifier_checkpoint=ckpt) if ckpt else config
+    else:
+        if ckpt:
+            raise ValueError("--classifier applies to DLD experiments only")
+        from .lad import lad_config
+
+        config = lad_config(profile, exp.dataset, data_dir=str(data_dir) if data_dir else None)
     config = apply_overrides(config, overrides)
-    check_settings(config)
+    check_settings(config)   # every setting sane before any work starts
     return config
+
+
+def _runner(pipeline: str) -> Callable[[Any, str | Path], dict[str, Any]]:
+    """The function that runs a pipeline's config, writing to an output directory."""
+    if pipeline == "dld-adaptive":
+        from .dld_adaptive import run_dld_adaptive
+        return run_dld_adaptive
+    if pipeline == "dld-ablation":
+        from .dld_ablation import run_dld_ablation
+        return run_dld_ablation
+    if pipeline == "dld":
+        from .dld import run_dld
+        return run_dld
+    if pipeline == "lad-ablation":
+        from .lad_ablation import run_lad_ablation
+        return run_lad_ablation
+    from .lad import run_lad
+    return run_lad
 
 
 def run_experiment(name: str, profile: str, out_dir: str | Path, data_dir: str | Path | None = None,
@@ -83,50 +133,10 @@ def run_experiment(name: str, profile: str, out_dir: str | Path, data_dir: str |
     """Run a named experiment with a profile (and "key=value" overrides of its settings), writing
     results.json, report.md and figures to out_dir."""
     exp = get_experiment(name)
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
-    if profile == "demo" and exp.pipeline != "dld":
-        raise ValueError("the demo profile is the README's DLD main job; other experiments take smoke, cpu or paper")
+    config = experiment_config(name, profile, data_dir, classifier_checkpoint, overrides)
     if exp.needs_data_dir and data_dir is None:
         raise ValueError(f"{name} needs --data-dir pointing at your copy of {exp.dataset.upper()} "
                          f"(see docs/data.md); it cannot be downloaded here")
-    runner: Callable[[], dict[str, Any]]
-    if exp.pipeline == "dld-adaptive":
-        from .dld_adaptive import adaptive_config, run_dld_adaptive
-
-        adaptive = adaptive_config(profile)
-        if classifier_checkpoint:
-            adaptive = replace(adaptive, dld=replace(adaptive.dld, classifier_checkpoint=str(classifier_checkpoint)))
-        adaptive = _settings(adaptive, overrides)
-        runner = lambda: run_dld_adaptive(adaptive, out_dir)  # noqa: E731
-    elif exp.pipeline == "dld-ablation":
-        from .dld_ablation import ablation_config, run_dld_ablation
-
-        acfg = ablation_config(profile)
-        if classifier_checkpoint:
-            acfg = replace(acfg, reference=replace(acfg.reference, classifier_checkpoint=str(classifier_checkpoint)))
-        acfg = _settings(acfg, overrides)
-        runner = lambda: run_dld_ablation(acfg, out_dir)  # noqa: E731
-    elif exp.pipeline == "dld":
-        from .dld import dld_config, run_dld
-
-        cfg = dld_config(profile, exp.dataset, str(data_dir) if data_dir else None)
-        if classifier_checkpoint:
-            cfg = replace(cfg, classifier_checkpoint=str(classifier_checkpoint))
-        cfg = _settings(cfg, overrides)
-        runner = lambda: run_dld(cfg, out_dir)  # noqa: E731
-    else:
-        if classifier_checkpoint:
-            raise ValueError("--classifier applies to DLD experiments only")
-        from .lad import lad_config, run_lad
-
-        lcfg = _settings(lad_config(profile, exp.dataset, data_dir=str(data_dir) if data_dir else None), overrides)
-        if exp.pipeline == "lad-ablation":
-            from .lad_ablation import run_lad_ablation
-
-            runner = lambda: run_lad_ablation(lcfg, out_dir)  # noqa: E731
-        else:
-            runner = lambda: run_lad(lcfg, out_dir)  # noqa: E731
-    results = runner()
+    results = _runner(exp.pipeline)(config, out_dir)
     results.setdefault("experiment", name)
     return results

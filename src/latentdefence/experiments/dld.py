@@ -91,6 +91,7 @@ class DLDExperimentConfig:
     k: int = 10
     target_fpr: float = 0.02
     n_calibration: int = 750
+    n_validation: int = 5000             # training images past classifier.max_train guarding F's training
     n_clean: int | None = None           # clean evaluation images (None: all after calibration)
     index_max_train: int | None = None   # training images embedded in the k-NN indexes (None: all)
     classifier: ClassifierSettings = ClassifierSettings()
@@ -173,7 +174,7 @@ def _demo(base: DLDExperimentConfig) -> DLDExperimentConfig:
 def _smoke(base: DLDExperimentConfig) -> DLDExperimentConfig:
     """Seconds: tiny subsets and a few steps everywhere; numbers are meaningless."""
     n = {"fgsm": 20, "pgd": 12, "cw": 8, "adaptive": 12}
-    return replace(base, profile="smoke", n_calibration=100, n_clean=60, index_max_train=400,
+    return replace(base, profile="smoke", n_calibration=100, n_validation=100, n_clean=60, index_max_train=400,
                    classifier=replace(base.classifier, epochs=1, adversarial="fgsm_rs", step_size=None,
                                       max_train=400),
                    encoder=replace(cpu_encoder(base.encoder), epochs=2, steps=1, batch_size=50, max_train=200, width=8,
@@ -257,8 +258,9 @@ def _classifier(config: DLDExperimentConfig, train: ImageDataset, root: Path | N
         model = load_checkpoint(config.classifier_checkpoint)[0]
         return model.eval(), settings_key({"checkpoint_sha256": checkpoint_digest(config.classifier_checkpoint)})
     cs = config.classifier
-    # images past max_train (5k of them) are held out to guard against catastrophic overfitting, as `train` does
-    val = train.subset(slice(cs.max_train, cs.max_train + 5000)) if cs.max_train and cs.max_train < len(train) else None
+    # images past max_train (n_validation of them) guard against catastrophic overfitting, as `train` does
+    val = (train.subset(slice(cs.max_train, cs.max_train + config.n_validation))
+           if cs.max_train and cs.max_train < len(train) else None)
     settings = {"dataset": config.dataset, **asdict(cs), "validation": len(val) if val is not None else 0}
     tc = TrainConfig(epochs=cs.epochs, batch_size=cs.batch_size, lr=cs.lr, adversarial=cs.adversarial,  # type: ignore[arg-type]
                      eps=cs.eps, steps=cs.steps, step_size=cs.step_size, eps_ramp_epochs=cs.eps_ramp_epochs,

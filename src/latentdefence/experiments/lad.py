@@ -54,13 +54,14 @@ class DatasetSpec:
     black: str
     tap: str
     generator: str
-    sized: bool = False  # architectures take image_size from the data (CelebA)
+    sized: bool = False     # architectures take image_size from the data (CelebA)
+    scalable: bool = False  # classifier and black model take a width multiplier (svhn_net, dld_svhn, celeba_net)
 
 
 SPECS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec("mnist", "lenet5", "mnist_black", "fc1", "mnist"),
-    "svhn": DatasetSpec("svhn", "svhn_net", "dld_svhn", "fc1", "svhn"),
-    "celeba": DatasetSpec("celeba-smile", "celeba_net", "celeba_net", "fc1", "celeba", sized=True),
+    "svhn": DatasetSpec("svhn", "svhn_net", "dld_svhn", "fc1", "svhn", scalable=True),
+    "celeba": DatasetSpec("celeba-smile", "celeba_net", "celeba_net", "fc1", "celeba", sized=True, scalable=True),
 }
 
 
@@ -103,6 +104,7 @@ class LadConfig:
     generator: GeneratorConfig = GeneratorConfig()
     generator_refine: tuple[GeneratorConfig, ...] = ()  # further Eq. 2 phases from the trained G (an ablation row)
     generator_width: float = 1.0
+    model_width: float = 1.0  # classifier and black model width (1 = the paper's; SVHN/CelebA smoke only)
     generator_train_limit: int | None = None
     boundary_per_class: int = 20
     svm_epochs: int = 300
@@ -119,6 +121,7 @@ class LadConfig:
     finetune: FinetuneConfig = FinetuneConfig()
     finetune_seeds: tuple[int, ...] = (0,)  # fine-tuning seeds of the FGSM/PGD headline rows
     control_seeds: tuple[int, ...] = (0,)   # fine-tuning seeds of their same-budget controls
+    long_epochs: int = 10                   # the ablation's longer fine-tuning rows and strong-budget controls
     rerun_per_class: int | None = None      # source images per class the white-box attacks are re-run from
     attacks: tuple[str, ...] = ATTACKS
     attack: AttackSettings = AttackSettings()
@@ -154,13 +157,16 @@ def lad_config(profile: str, dataset: str = "mnist", **overrides: Any) -> LadCon
         base = replace(base, classifier=TrainConfig(epochs=1, batch_size=32), black=TrainConfig(epochs=1, batch_size=32,
                                                                                               seed=1),
                        generator=GeneratorConfig(epochs=1, batch_size=32), generator_width=0.125, train_limit=256,
+                       generator_train_limit=256,  # G reads splits.train: unbounded, all 73k SVHN images
                        acgan=ACGANConfig(epochs=1, batch_size=32, width=8, latent_dim=16),
                        boundary_per_class=3, svm_epochs=20, strategy="one_vs_rest", generation_per_class=1,
                        small_per_class=1,
                        large_eps=(0.1, 5.0, 20.0), small_eps=(0.1, 10.0), finetune=FinetuneConfig(epochs=1, batch_size=16),
                        attack=AttackSettings(pgd_steps=3, pgd_step_size=0.1, cw_steps=5, cw_search_steps=1,
                                              jsma_gamma=0.01, ga_steps=5, untargeted_per_class=2, targeted_per_class=1),
-                       table4_per_class=2)
+                       table4_per_class=2, long_epochs=2)
+        if _spec(dataset).scalable:  # at full width every fine-tune copies, trains and saves ~50M weights (minutes)
+            base = replace(base, model_width=0.125, loader_kwargs={"image_size": 32} if dataset == "celeba" else {})
     return replace(base, **overrides)
 
 
@@ -213,11 +219,16 @@ def _fingerprint(splits: Splits) -> str:
     return digest.hexdigest()[:16]
 
 
-def _arch_kwargs(spec: DatasetSpec, data: ImageDataset) -> dict[str, int]:
-    return {"image_size": int(data.images.shape[-1])} if spec.sized else {}
+def _arch_kwargs(spec: DatasetSpec, data: ImageDataset, width: float = 1.0) -> dict[str, Any]:
+    """Keyword arguments of the dataset's architectures; width enters only when it is not 1 (older cache keys hold)."""
+    if width != 1.0 and not spec.scalable:
+        raise ValueError(f"model_width={width} needs scalable architectures; {spec.classifier} and {spec.black} "
+                         "have a fixed width (use 1.0)")
+    kwargs: dict[str, Any] = {"image_size": int(data.images.shape[-1])} if spec.sized else {}
+    return {**kwargs, "width": width} if width != 1.0 else kwargs
 
 
-def _trained_model(stages: _Stages, name: str, settings: dict[str, Any], arch: str, arch_kwargs: dict[str, int],
+def _trained_model(stages: _Stages, name: str, settings: dict[str, Any], arch: str, arch_kwargs: dict[str, Any],
                    train: ImageDataset, config: TrainConfig) -> TappedModel:
     """Train `arch` on `train` (resumable inside its stage directory) or load the cached checkpoint."""
     def build(path: Path) -> None:
@@ -390,7 +401,7 @@ def _as_dataset(adv: attack_lib.AdversarialSet, name: str) -> ImageDataset:
     return ImageDataset(adv.images.float(), adv.labels, name, "adversarial")
 
 
-def _model_settings(data: dict[str, Any], arch: str, arch_kwargs: dict[str, int], cfg: TrainConfig) -> dict[str, Any]:
+def _model_settings(data: dict[str, Any], arch: str, arch_kwargs: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
     return {"data": data, "arch": arch, "arch_kwargs": arch_kwargs, "train": asdict(cfg)}
 
 
@@ -457,7 +468,7 @@ def build_lad(config: LadConfig, data: Splits | None = None) -> LadBuild:
                        seed=config.seed)
     split_settings = {"data": data_settings, "boundary": config.boundary_per_class, "seed": config.seed,
                       "generation": config.generation_per_class, "small": config.small_per_class}
-    kw = _arch_kwargs(spec, test)
+    kw = _arch_kwargs(spec, test, config.model_width)
     clf_settings = _model_settings(data_settings, spec.classifier, kw, config.classifier)
     classifier = _trained_model(stages, "classifier", clf_settings, spec.classifier, kw, train, config.classifier)
     black_settings = _model_settings(data_settings, spec.black, kw, config.black)

@@ -104,9 +104,10 @@ def _first_flip(b: LadBuild, g: GeneratedSet) -> torch.Tensor:
     return torch.tensor(sorted(keep), dtype=torch.long)
 
 
-def rows() -> list[Row]:
-    """The ablation's rows, grouped by factor (the first two are the paper's Table II and III models)."""
-    big = {"lr": 1e-3, "epochs": 10}
+def rows(long_epochs: int = 10) -> list[Row]:
+    """The ablation's rows, grouped by factor (the first two are the paper's Table II and III models); the longer
+    fine-tuning rows run `long_epochs` epochs (`LadConfig.long_epochs`)."""
+    big = {"lr": 1e-3, "epochs": long_epochs}
     return [
         Row("paper setting", "Adv: Small Adv., all eps (Table II model)", _small, model="Adv"),
         Row("paper setting", "FT-0.1: Large Adv. eps 0.1 (Table III model)", _large(0.1), model="FT-0.1"),
@@ -117,15 +118,15 @@ def rows() -> list[Row]:
         Row("set size", "Large Adv., all eps", _large(None)),
         Row("alpha", "Small Adv., alpha 0.25", _small, {"alpha": 0.25}),
         Row("alpha", "Small Adv., alpha 0.75", _small, {"alpha": 0.75}),
-        Row("lr / epochs", "Small Adv., 10 epochs", _small, {"epochs": 10}),
+        Row("lr / epochs", f"Small Adv., {long_epochs} epochs", _small, {"epochs": long_epochs}),
         Row("lr / epochs", "Small Adv., lr 1e-3", _small, {"lr": 1e-3}),
-        Row("lr / epochs", "Small Adv., lr 1e-3, 10 epochs", _small, big),
+        Row("lr / epochs", f"Small Adv., lr 1e-3, {long_epochs} epochs", _small, big),
         Row("near boundary", "Small Adv., only examples LeNet misclassifies", _where(_small, "misclassified",
                                                                                     _misclassified)),
         Row("near boundary", "Small Adv., only Eq. 3 failures", _where(_small, "eq3_fails", _eq3_fails)),
         Row("near boundary", "Large Adv., all eps, only misclassified", _where(_large(None), "misclassified",
                                                                              _misclassified)),
-        Row("near boundary", "Large Adv., all eps, only misclassified, lr 1e-3, 10 epochs",
+        Row("near boundary", f"Large Adv., all eps, only misclassified, lr 1e-3, {long_epochs} epochs",
             _where(_large(None), "misclassified", _misclassified), big),
         Row("per-sample eps", "Large Adv., first flipping eps per (source, target)",
             _where(_large(None), "first_flip", _first_flip)),
@@ -225,20 +226,21 @@ def _plain_statistics(b: LadBuild, data: ImageDataset) -> dict[str, Any]:
 def run_lad_ablation(config: LadConfig, out_dir: str | Path, data: Any = None,
                      strong_budget: dict[str, Any] | None = None, weak_eps: float = 0.1,
                      upstream: list[Upstream] | None = None) -> dict[str, Any]:
-    """Every row of `rows()`, the same-budget controls (at the profile's budget and at `strong_budget`), the
-    headline rows and controls again under FGSM/PGD at `weak_eps` (the attack-strength factor), and the `upstream`
-    builds (default `upstream_rows()`: a better generator, a more accurate LeNet)."""
+    """Every row of `rows()`, the same-budget controls (at the profile's budget and at `strong_budget`, default lr 1e-3
+    for `config.long_epochs` epochs), the headline rows and controls again under FGSM/PGD at `weak_eps` (the
+    attack-strength factor), and the `upstream` builds (default `upstream_rows()`: a better generator, a more
+    accurate LeNet)."""
     start = time.perf_counter()
     revision = git_revision()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    strong_budget = strong_budget or {"lr": 1e-3, "epochs": 10}
+    strong_budget = strong_budget or {"lr": 1e-3, "epochs": config.long_epochs}
     b = build_lad(config, data)
     sets = eval_sets(b, ("fgsm", "pgd"), None, config.rerun_per_class)
     results: list[dict[str, Any]] = []
     weak_models: dict[str, torch.nn.Module] = {}  # re-scored at the weaker attack eps
     builds = {config.boundary_eps: b}
-    for row in rows():
+    for row in rows(config.long_epochs):
         eps = row.boundary_eps or config.boundary_eps
         if eps not in builds:
             builds[eps] = build_lad(replace(config, boundary_eps=eps), b.splits)

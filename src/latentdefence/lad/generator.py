@@ -26,6 +26,7 @@ from .._io import load_tensors, save_tensors
 from .._progress import advance, make_progress
 from .._seed import seed_everything
 from ..data.base import ImageDataset
+from ..models.architectures import scaled
 from ..models.taps import TappedModel
 
 
@@ -54,13 +55,9 @@ class LatentGenerator(nn.Module):
         return x
 
 
-def _scaled(channels: int, width: float) -> int:
-    return max(1, round(channels * width))
-
-
 def mnist_generator(latent_dim: int = 500, width: float = 1.0) -> LatentGenerator:
     """Table XI generator for 28x28 MNIST from LeNet's 500-d fc1 features."""
-    c0, c1, c2 = _scaled(50, width), _scaled(32, width), _scaled(16, width)
+    c0, c1, c2 = scaled(50, width), scaled(32, width), scaled(16, width)
     body = nn.Sequential(
         nn.ReLU(),
         nn.ConvTranspose2d(c0, c1, 2, stride=4), nn.ReLU(),   # (N, c1, 14, 14)
@@ -79,7 +76,7 @@ def _conv_body(spec: Spec, cin: int, width: float) -> nn.Sequential:
     """ConvT k2 s2 + BN, or `repeat` x (Conv k3 + BN + ReLU), in table order; a 1x1 conv + sigmoid to RGB."""
     layers: list[nn.Module] = []
     for kind, channels, repeat in spec:
-        cout = _scaled(channels, width)
+        cout = scaled(channels, width)
         for _ in range(repeat):
             if kind == "convt":
                 layers += [nn.ConvTranspose2d(cin, cout, 2, stride=2), nn.BatchNorm2d(cout)]
@@ -98,7 +95,7 @@ _CELEBA_SPEC: Spec = [("convt", 512, 1), ("conv", 512, 3), ("convt", 512, 1), ("
 
 def svhn_generator(latent_dim: int = 4096, width: float = 1.0) -> LatentGenerator:
     """Table XIII generator for 32x32 SVHN from svhnNet's 4096-d fifth layer (2 -> 4 -> 8 -> 16 -> 32)."""
-    c0 = _scaled(512, width)
+    c0 = scaled(512, width)
     return LatentGenerator(latent_dim, (3, 32, 32), (c0, 2), _conv_body(_SVHN_SPEC, c0, width))
 
 
@@ -106,7 +103,7 @@ def celeba_generator(latent_dim: int = 4096, width: float = 1.0, image_size: int
     """Table XV generator for CelebA from CelebANet's 4096-d fc1 (s -> 32 s with five ConvT blocks)."""
     if image_size % 32:
         raise ValueError(f"celeba generator needs image_size divisible by 32, got {image_size}")
-    c0 = _scaled(512, width)
+    c0 = scaled(512, width)
     return LatentGenerator(latent_dim, (3, image_size, image_size), (c0, image_size // 32),
                            _conv_body(_CELEBA_SPEC, c0, width))
 

@@ -12,6 +12,11 @@ from .registry import register_model
 from .taps import StagedModel
 
 
+def scaled(units: int, width: float) -> int:
+    """`units` channels (or features) times a width multiplier, at least 1 (width 1 = the paper's)."""
+    return max(1, round(units * width))
+
+
 def _conv(cin: int, cout: int, k: int = 3, pool: bool = False, pad: int | None = None) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, padding=k // 2 if pad is None else pad), nn.ReLU()]
     if pool:
@@ -38,18 +43,19 @@ def dld_mnist(num_classes: int = 10) -> StagedModel:
 
 
 @register_model("dld_svhn")
-def dld_svhn(num_classes: int = 10) -> StagedModel:
+def dld_svhn(num_classes: int = 10, width: float = 1.0) -> StagedModel:
     """DLD's "8-layer convolution network" for SVHN (details not given in the paper; our choice).
 
     Eight 3x3 conv layers in four pairs (32, 64, 128, 256 channels; pool after each pair), each a
-    tap ``layer1``..``layer8``, then ``fc`` (256) and ``logits``.
+    tap ``layer1``..``layer8``, then ``fc`` (256) and ``logits``; `width` scales every channel and unit.
     """
-    widths = [(3, 32), (32, 32), (32, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256)]
+    chans = [3] + [scaled(c, width) for c in (32, 32, 64, 64, 128, 128, 256, 256)]
     stages: list[tuple[str, nn.Module]] = [
-        (f"layer{i + 1}", _conv(cin, cout, pool=(i % 2 == 1))) for i, (cin, cout) in enumerate(widths)
+        (f"layer{i + 1}", _conv(chans[i], chans[i + 1], pool=(i % 2 == 1))) for i in range(8)
     ]  # layer8: (N, 256, 2, 2)
-    stages += [("fc", nn.Sequential(nn.Flatten(), nn.Linear(256 * 2 * 2, 256), nn.ReLU())),
-               ("logits", nn.Linear(256, num_classes))]
+    fc = scaled(256, width)
+    stages += [("fc", nn.Sequential(nn.Flatten(), nn.Linear(chans[-1] * 2 * 2, fc), nn.ReLU())),
+               ("logits", nn.Linear(fc, num_classes))]
     return StagedModel(stages, input_shape=(3, 32, 32), num_classes=num_classes)
 
 
@@ -77,22 +83,25 @@ def mnist_black(num_classes: int = 10) -> StagedModel:
 
 
 @register_model("svhn_net")
-def svhn_net(num_classes: int = 10) -> StagedModel:
+def svhn_net(num_classes: int = 10, width: float = 1.0) -> StagedModel:
     """LAD's svhnNet (Table XII): conv64/128/256/512 with max-pooling, conv512, fc 4096-2048-512-10.
 
     On 32x32 inputs four pools would leave 2x2, not the table's 512x4x4, so the fourth conv is not
     followed by a pool (documented deviation). ``fc1`` is the 4096-d "fifth layer" the generator reads.
+    `width` scales every channel and unit (the smoke profile's 1/8 makes it ~1/60 the size).
     """
+    c1, c2, c3, c4, c5 = (scaled(c, width) for c in (64, 128, 256, 512, 512))
+    f1, f2, f3 = (scaled(u, width) for u in (4096, 2048, 512))
     return StagedModel([
-        ("block1", _conv(3, 64, pool=True)),       # (N, 64, 16, 16)
-        ("block2", _conv(64, 128, pool=True)),     # (N, 128, 8, 8)
-        ("block3", _conv(128, 256, pool=True)),    # (N, 256, 4, 4)
-        ("block4", _conv(256, 512)),               # (N, 512, 4, 4)
-        ("block5", _conv(512, 512)),               # (N, 512, 4, 4)
-        ("fc1", nn.Sequential(nn.Flatten(), nn.Linear(512 * 4 * 4, 4096), nn.ReLU(), nn.Dropout(0.5))),
-        ("fc2", nn.Sequential(nn.Linear(4096, 2048), nn.ReLU())),
-        ("fc3", nn.Sequential(nn.Linear(2048, 512), nn.ReLU())),
-        ("logits", nn.Linear(512, num_classes)),
+        ("block1", _conv(3, c1, pool=True)),       # (N, 64, 16, 16)
+        ("block2", _conv(c1, c2, pool=True)),      # (N, 128, 8, 8)
+        ("block3", _conv(c2, c3, pool=True)),      # (N, 256, 4, 4)
+        ("block4", _conv(c3, c4)),                 # (N, 512, 4, 4)
+        ("block5", _conv(c4, c5)),                 # (N, 512, 4, 4)
+        ("fc1", nn.Sequential(nn.Flatten(), nn.Linear(c5 * 4 * 4, f1), nn.ReLU(), nn.Dropout(0.5))),
+        ("fc2", nn.Sequential(nn.Linear(f1, f2), nn.ReLU())),
+        ("fc3", nn.Sequential(nn.Linear(f2, f3), nn.ReLU())),
+        ("logits", nn.Linear(f3, num_classes)),
     ], input_shape=(3, 32, 32), num_classes=num_classes)
 
 
@@ -108,12 +117,13 @@ _VGG11 = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
 
 
 @register_model("celeba_net")
-def celeba_net(image_size: int = 128) -> StagedModel:
+def celeba_net(image_size: int = 128, width: float = 1.0) -> StagedModel:
     """LAD's CelebANet (Table XIV): VGG11's conv/pool layers, fc 4096-2048-1 with dropout 0.5.
 
     The paper's 128x128 crops give 512x4x4 features; other sizes (a multiple of 32) scale the first
     linear layer. Trained from scratch here (no pretrained weights can be fetched). The single logit
-    is exposed as [0, z] (see BinaryLogits); ``fc1`` is the 4096-d latent layer.
+    is exposed as [0, z] (see BinaryLogits); ``fc1`` is the 4096-d latent layer. `width` scales every
+    channel and unit.
     """
     if image_size % 32:
         raise ValueError(f"celeba_net needs image_size divisible by 32, got {image_size}")
@@ -123,13 +133,13 @@ def celeba_net(image_size: int = 128) -> StagedModel:
         if v == "M":
             layers.append(nn.MaxPool2d(2))
         else:
-            layers += [nn.Conv2d(cin, int(v), 3, padding=1), nn.ReLU()]
-            cin = int(v)
-    side = image_size // 32
+            layers += [nn.Conv2d(cin, scaled(int(v), width), 3, padding=1), nn.ReLU()]
+            cin = scaled(int(v), width)
+    side, f1, f2 = image_size // 32, scaled(4096, width), scaled(2048, width)
     return StagedModel([
         ("features", nn.Sequential(*layers)),                                                 # (N, 512, s, s)
-        ("fc1", nn.Sequential(nn.Flatten(), nn.Linear(512 * side * side, 4096), nn.ReLU(), nn.Dropout(0.5))),
-        ("fc2", nn.Sequential(nn.Linear(4096, 2048), nn.ReLU(), nn.Dropout(0.5))),
-        ("logit", nn.Linear(2048, 1)),
+        ("fc1", nn.Sequential(nn.Flatten(), nn.Linear(cin * side * side, f1), nn.ReLU(), nn.Dropout(0.5))),
+        ("fc2", nn.Sequential(nn.Linear(f1, f2), nn.ReLU(), nn.Dropout(0.5))),
+        ("logit", nn.Linear(f2, 1)),
         ("logits", BinaryLogits()),
     ], input_shape=(3, image_size, image_size), num_classes=2)
