@@ -46,6 +46,16 @@ def _fmt(value: float, key: str) -> str:
     return f"{value:.3f}" if key == "roc_auc" else f"{100 * value:.2f}%"
 
 
+def _fmt_ci(res: Any, path: tuple[str, ...]) -> str:
+    """The value with its 95% interval when results.json records one beside it (`<key>_ci`)."""
+    value, key = _get(res, path), path[-1]
+    ci = _get(res, path[:-1]).get(f"{key}_ci") if len(path) > 1 else res.get("clean", {}).get(f"{key}_ci")
+    if not ci:
+        return _fmt(value, key)
+    lo, hi = ci
+    return f"{value:.3f} [{lo:.3f}, {hi:.3f}]" if key == "roc_auc" else f"{100 * value:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
 def results_table(results_dir: Path) -> str:
     """Markdown rows: paper vs ours for the committed MNIST results found under `results_dir`."""
     lines = ["| experiment | paper | ours | n | source |", "|---|---|---|---|---|"]
@@ -54,7 +64,7 @@ def results_table(results_dir: Path) -> str:
         res = json.loads(dld.read_text())
         for label, path, paper in DLD_ROWS:
             n = res["table1"][path[1]]["n"] if path[0] == "table1" else res.get("clean", {}).get("n", "")
-            lines.append(f"| {label} | {_fmt(paper, path[-1])} | {_fmt(_get(res, path), path[-1])} | {n} "
+            lines.append(f"| {label} | {_fmt(paper, path[-1])} | {_fmt_ci(res, path)} | {n} "
                          f"| `{dld.parent.relative_to(results_dir.parent.parent)}` |")
     lad = results_dir / "lad-mnist" / "results.json"
     if lad.is_file():
