@@ -11,23 +11,13 @@ exact decision does not flag it; `KeepBest` holds, per input, the best iterate s
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from ..detectors.base import Detector
 from .base import (Attack, AttackResult, ascent_direction, check_inputs, check_iterative, cross_entropy, frozen_eval,
                    madry_step_size, perturbation_norm, project, random_start)
-
-
-class Detector(Protocol):
-    """What attacks need from a detector (DeepLatentDefence and the baselines in `latentdefence.detectors`)."""
-
-    classifier: nn.Module
-
-    def predict(self, images: torch.Tensor) -> Any: ...
-
-    def surrogate_score(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor: ...
 
 
 # (iterates of the open rows (R, C, H, W), their global indices (R,), step) -> gradient to ascend (R, C, H, W)
