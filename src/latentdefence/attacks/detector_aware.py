@@ -18,6 +18,7 @@ from torch import nn
 from ..detectors.base import Detector
 from .base import (Attack, AttackResult, ascent_direction, check_inputs, check_iterative, cross_entropy, frozen_eval,
                    madry_step_size, perturbation_norm, project, random_start)
+from .registry import register_attack
 
 
 # (iterates of the open rows (R, C, H, W), their global indices (R,), step) -> gradient to ascend (R, C, H, W)
@@ -162,6 +163,7 @@ class _SurrogatePGD(DetectorAttack):
         raise NotImplementedError
 
 
+@register_attack("selective", on="detector", targeted=(False,), examples=({"eps": 0.1, "steps": 10},))
 class SelectivePGD(_SurrogatePGD):
     """Selective PGD: step on F's loss until F is fooled, then on the detector's surrogate only.
 
@@ -185,6 +187,7 @@ class SelectivePGD(_SurrogatePGD):
         return torch.autograd.grad(torch.where(fooled, detector_loss, classifier_loss).sum(), x)[0]
 
 
+@register_attack("orthogonal", on="detector", targeted=(False,), examples=({"eps": 0.1, "steps": 10},))
 class OrthogonalPGD(_SurrogatePGD):
     """Orthogonal PGD: each step follows one loss's gradient with its component along the other's removed.
 

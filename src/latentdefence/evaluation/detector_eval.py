@@ -26,7 +26,7 @@ from torch import nn
 
 from .._io import atomic_path, write_json
 from .._seed import seed_everything
-from ..attacks import PGD, AutoAttack, DetectorSquare, GuidePointAttack, OrthogonalPGD, SelectivePGD
+from ..attacks import PGD, AutoAttack, create_attack
 from ..attacks.detector_aware import DetectorAttack
 from ..detectors.base import Detection
 from ..dld import CentroidAttack, DeepLatentDefence, ensemble_pgd
@@ -240,16 +240,14 @@ def detector_attack(kind: str, threat: ThreatModel, b: Budget, generator: torch.
     e = threat.eps if eps is None else eps
     common = {"steps": b.steps, "restarts": b.restarts, "check_every": b.check_every, "generator": generator,
               "norm": threat.norm}
-    if kind == "guide_points":
-        return GuidePointAttack(e, n_targets=b.n_targets, refresh_every=b.refresh_every,
-                                **common)  # type: ignore[arg-type]
-    if kind == "selective":
-        return SelectivePGD(e, **common)  # type: ignore[arg-type]
-    if kind == "orthogonal":
-        return OrthogonalPGD(e, **common)  # type: ignore[arg-type]
-    if kind == "square":
-        return DetectorSquare(e, b.square_queries, restarts=b.square_restarts, generator=generator)
-    raise ValueError(f"unknown detector attack {kind!r}")
+    settings: dict[str, dict[str, Any]] = {
+        "guide_points": {**common, "n_targets": b.n_targets, "refresh_every": b.refresh_every},
+        "selective": common, "orthogonal": common,
+        "square": {"queries": b.square_queries, "restarts": b.square_restarts, "generator": generator}}
+    if kind not in settings:
+        raise ValueError(f"unknown detector attack {kind!r}")
+    attack: DetectorAttack = create_attack("detector_square" if kind == "square" else kind, eps=e, **settings[kind])
+    return attack
 
 
 def _pgd(threat: ThreatModel, b: Budget, generator: torch.Generator, eps: float | None = None) -> PGD:
