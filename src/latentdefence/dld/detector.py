@@ -27,6 +27,7 @@ from .._io import git_revision, load_tensors, save_tensors
 from ..attacks.base import frozen_eval
 from ..data.base import ImageDataset
 from ..detectors.base import ConformalDetector, Detection, check_classes, strip_prefix
+from ..detectors.registry import register_detector
 from ..models import TappedModel, create_model
 from ..validation import (InputTypeError, InputValidationError, artifact_field, check_count, check_images, check_labels,
                           check_number)
@@ -147,6 +148,8 @@ def _device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+@register_detector("dld", examples=({"taps": ("layer1", "layer2"), "k": 10, "latent_dim": 3, "training": EncoderTrainConfig(
+    epochs=6, batch_size=60, lr=0.01, eps=0.1, steps=2, step_size=0.05, eps_ramp=0.5, width=4)},))
 class DeepLatentDefence(KNNDetector):
     """Deep Latent Defence (Zizzo et al., arXiv:1910.03334): encoders on F's layers + latent k-NN.
 
