@@ -27,6 +27,7 @@ from ..dld.encoders import EncoderDecoder
 from ..dld.training import EncoderValidation, TrainingLog
 from ..models import TappedModel, create_model
 from .cache import StageTimer, build_seconds, ensure_stage, settings_key
+from .registry import register_pipeline
 
 ATTACKS = ("fgsm", "pgd", "cw", "adaptive")
 # Paper values (percent / AUC) for the report: (base accuracy, robustness, ROC AUC); Table II: (TP increase, FP).
@@ -658,3 +659,12 @@ def _auc_note(paper: dict[str, Any]) -> list[str]:
         lines.append(f"- {name}: TPR {100 * tpr:.1f}% -> AUC <= {bound:.4f}; paper reports {auc:.3f}"
                      f"{' (not reachable: a different score or positive set)' if auc > bound else ''}")
     return lines
+
+
+def _pipeline_config(profile: str, dataset: str, data_dir: str | None, checkpoint: str | None) -> DLDExperimentConfig:
+    """The DLD pipeline's config of a profile, on the given classifier checkpoint if any."""
+    config = dld_config(profile, dataset, data_dir)
+    return replace(config, classifier_checkpoint=checkpoint) if checkpoint else config
+
+
+register_pipeline("dld", config=_pipeline_config, run=run_dld)

@@ -38,6 +38,7 @@ from ..lad.generator import (GeneratorConfig, LatentGenerator, create_generator,
 from ..models import TappedModel, create_model
 from ..training import TrainConfig, load_checkpoint, save_checkpoint, train_classifier
 from .cache import StageTimer, build_seconds, default_cache_root, ensure_stage
+from .registry import register_pipeline
 
 PROFILES = ("smoke", "cpu", "paper")
 ATTACKS = ("fgsm", "jsma", "pgd", "cw", "ga")
@@ -909,3 +910,13 @@ def render_report(results: dict[str, Any], paper: dict[str, Any]) -> str:
 
 __all__ = ["ATTACKS", "AttackSettings", "DatasetSpec", "LadConfig", "PAPER", "PROFILES", "SPECS", "lad_config",
            "render_report", "run_lad"]
+
+
+def pipeline_config(profile: str, dataset: str, data_dir: str | None, checkpoint: str | None) -> LadConfig:
+    """The LAD pipelines' config of a profile (they train their own classifiers: no checkpoint)."""
+    if checkpoint:
+        raise ValueError("--classifier applies to DLD experiments only")
+    return lad_config(profile, dataset, data_dir=data_dir)
+
+
+register_pipeline("lad", config=pipeline_config, run=run_lad)
