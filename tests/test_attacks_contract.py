@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -10,33 +11,42 @@ from test_attacks_fixtures import make_net, one_thread, targets_for, tiny_batch,
 
 from latentdefence.attacks import (
     APGD,
-    APGDT,
-    AutoAttack,
     FGSM,
-    JSMA,
     PGD,
     Attack,
-    CarliniWagnerL2,
-    Square,
+    attack_entry,
     channels_last_weights,
+    create_attack,
+    list_attacks,
     margin,
 )
 
-# Every attack, small settings, so the contract tests run fast.
-FACTORIES = {
-    "fgsm": lambda t: FGSM(eps=0.1, targeted=t),
-    "pgd_linf": lambda t: PGD(eps=0.1, steps=5, restarts=2, targeted=t, early_stop=True),
-    "pgd_l2": lambda t: PGD(eps=1.0, steps=5, norm="l2", targeted=t),
-    "cw": lambda t: CarliniWagnerL2(steps=20, binary_search_steps=2, initial_const=1.0, targeted=t),
-    "jsma": lambda t: JSMA(gamma=0.1),
-    "apgd_ce": lambda t: APGD(eps=0.1, steps=5, targeted=t),
-    "apgd_dlr": lambda t: APGD(eps=0.1, steps=5, loss="dlr", targeted=t),
-    "apgdt": lambda t: APGDT(eps=0.1, steps=5, n_target_classes=3),
-    "square": lambda t: Square(eps=0.1, queries=20),
-    "autoattack": lambda t: AutoAttack(eps=0.1, steps=3, n_target_classes=2, square_queries=10),
-}
-UNTARGETED = [k for k in FACTORIES if k != "jsma"]
-TARGETED = [k for k in FACTORIES if k not in ("apgdt", "square", "autoattack")]
+
+
+def _factory(name: str, example: dict) -> Callable[[bool], Attack]:
+    """The registered attack with its example settings, targeted or not where it takes the choice."""
+    def make(targeted: bool) -> Attack:
+        takes = "targeted" in attack_entry(name).parameters()
+        return create_attack(name, **example, **({"targeted": targeted} if takes else {}))
+    return make
+
+
+# Every registered attack on a model, with the small settings it registered, so a new one is tested at once.
+CASES = {name if i == 0 else f"{name}-{i}": (name, dict(example))
+         for name in list_attacks(on="model") for i, example in enumerate(attack_entry(name).examples)}
+FACTORIES = {key: _factory(name, example) for key, (name, example) in CASES.items()}
+_MODES = {key: attack_entry(name).targeted for key, (name, _) in CASES.items()}
+UNTARGETED = [k for k in FACTORIES if False in _MODES[k]]
+TARGETED = [k for k in FACTORIES if True in _MODES[k]]
+
+
+def test_the_registry_holds_every_attack_on_a_model() -> None:
+    assert {"fgsm", "pgd", "cw", "jsma", "apgd-ce", "apgd-dlr", "apgdt", "square", "autoattack"} <= set(FACTORIES)
+    assert isinstance(create_attack("apgd-dlr", eps=0.1), APGD) and create_attack("apgd-dlr", eps=0.1).loss == "dlr"
+    with pytest.raises(KeyError, match="unknown attack 'nope'; choose one of"):
+        create_attack("nope")
+    with pytest.raises(TypeError, match="takes no setting bogus"):
+        create_attack("fgsm", eps=0.1, bogus=1)
 
 
 def test_margin_sign() -> None:
@@ -55,7 +65,7 @@ def test_state_restored_and_inputs_untouched(name: str) -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = tiny_batch(8)
     x_copy, y_copy = x.clone(), y.clone()
-    attack = FACTORIES[name](name == "jsma")
+    attack = FACTORIES[name](False not in _MODES[name])
     targets = targets_for(y) if attack.targeted else None
     t_copy = None if targets is None else targets.clone()
     result = attack(model, x, y, targets)

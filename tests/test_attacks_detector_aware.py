@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from latentdefence.attacks import (PGD, AutoAttack, GuidePointAttack, KeepBest, OrthogonalPGD, SelectivePGD, Square,
-                                   perturbation_norm)
+                                   attack_entry, create_attack, list_attacks, perturbation_norm)
 from latentdefence.data.base import ImageDataset
 from latentdefence.dld import DeepLatentDefence, Detection, EncoderTrainConfig, KNNIndex, train_encoder
 from latentdefence.dld.nonconformity import nonconformity
@@ -188,12 +188,27 @@ def test_dld_surrogate_is_eq8_at_low_temperature_and_has_gradient(tiny_dld) -> N
     assert grad.abs().sum() > 0 and torch.isfinite(grad).all()
 
 
-def test_attacks_on_dld_return_evasions_the_detector_confirms(tiny_dld) -> None:
+@pytest.mark.parametrize("name", list_attacks(on="detector"))
+def test_every_registered_detector_attack_returns_evasions_dld_confirms(name, tiny_dld) -> None:
+    """The contract of an attack on F + detector, for every one registered: inputs and F untouched, success =
+    F wrong and the detector's own `predict` not flagging, perturbations inside the ball."""
     det, test = tiny_dld
-    for attack in (GuidePointAttack(0.4, steps=10, n_targets=2), SelectivePGD(0.4, steps=10),
-                   OrthogonalPGD(0.4, steps=10)):
-        result = attack(det, test.images, test.labels)
-        out = det.predict(result.images)
-        evaded = (out.predicted != test.labels) & ~out.is_adversarial
-        assert torch.equal(result.success, evaded)
-        assert (result.norms <= 0.4 + 1e-6).all()
+    example = {**attack_entry(name).examples[0], "eps": 0.4}
+    attack = create_attack(name, **example)
+    before = {k: v.clone() for k, v in det.classifier.state_dict().items()}
+    grads = [None if p.grad is None else p.grad.clone() for p in det.classifier.parameters()]
+    x, y = test.images.clone(), test.labels.clone()
+    result = attack(det, x, y)
+    assert torch.equal(x, test.images) and torch.equal(y, test.labels)
+    assert all(torch.equal(before[k], v) for k, v in det.classifier.state_dict().items())
+    assert not det.classifier.training
+    assert all(g is None and p.grad is None or torch.equal(g, p.grad) for g, p in zip(grads, det.classifier.parameters()))
+    out = det.predict(result.images)
+    evaded = (out.predicted != test.labels) & ~out.is_adversarial
+    assert torch.equal(result.success, evaded)
+    assert (result.norms <= 0.4 + 1e-6).all() and ((result.images >= 0) & (result.images <= 1)).all()
+
+
+def test_the_registry_holds_the_detector_aware_attacks() -> None:
+    assert {"selective", "orthogonal", "guide_points", "detector_square"} <= set(list_attacks(on="detector"))
+    assert isinstance(create_attack("selective", eps=0.1), SelectivePGD)

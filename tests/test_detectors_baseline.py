@@ -10,16 +10,20 @@ from scipy.stats import spearmanr
 from latentdefence.attacks import FGSM, PGD
 from latentdefence.data.base import ImageDataset
 from latentdefence.detectors import (DeepKNN, LIDDetector, LogisticCombiner, MahalanobisDetector,
-                                     clean_noisy_adversarial)
-from latentdefence.dld import ConformalDetector, KNNIndex, nonconformity, soft_nonconformity
+                                     clean_noisy_adversarial, create_detector, detector_entry, list_detectors)
+from latentdefence.dld import ConformalDetector, KNNDetector, KNNIndex, nonconformity, soft_nonconformity
 from latentdefence.models import StagedModel
 from toy_blobs import blobs, tiny_model, trained_tiny_model
 
-FACTORIES = {
-    "dknn": lambda m: DeepKNN(m, ("layer1", "layer2"), k=10, max_train=300),
-    "mahalanobis": lambda m: MahalanobisDetector(m, lr_samples=200),
-    "lid": lambda m: LIDDetector(m, k=10, reference_size=60, lr_samples=200),
-}
+# Every registered detector with the small settings it registered, so a new one is tested at once.
+FACTORIES = {name: (lambda m, name=name: create_detector(name, m, **detector_entry(name).examples[0]))
+             for name in list_detectors()}
+
+
+def test_the_registry_holds_dld_and_every_baseline() -> None:
+    assert {"dld", "dknn", "mahalanobis", "lid"} <= set(FACTORIES)
+    with pytest.raises(KeyError, match="unknown detector 'nope'; choose one of"):
+        create_detector("nope", None)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +58,7 @@ def test_contract_signs_and_clean_false_positives(detector, setup) -> None:
     assert torch.allclose(detector.score_samples(test.images), -out.nonconformity.float())
     assert ((out.credibility > 0) & (out.credibility <= 1)).all()
     assert all(v.shape == (len(test),) for v in out.per_layer.values()) and len(out.per_layer) >= 2
-    if not isinstance(detector, DeepKNN):      # the regression saw fooled pairs and learnt to tell them apart
+    if not isinstance(detector, KNNDetector):      # the regression saw fooled pairs and learnt to tell them apart
         assert detector.lr_examples_ >= 20 and detector.lr_train_auc_ > 0.9
 
 
@@ -65,7 +69,7 @@ def test_flags_attacked_and_off_manifold_inputs(detector, setup) -> None:
     assert adv.success.sum() >= 30
     fooled = adv.images[adv.success]
     assert detector.predict(fooled).is_adversarial.float().mean() >= max(0.7, clean_rate + 0.5)
-    if not isinstance(detector, DeepKNN):  # the k-NN vote judges F's class, not density: noise can be "consistent"
+    if not isinstance(detector, KNNDetector):  # the k-NN vote judges F's class, not density: noise can be "consistent"
         noise = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(7))
         assert detector.predict(noise).is_adversarial.all()
 
@@ -79,14 +83,14 @@ def test_surrogate_is_differentiable_and_tracks_the_exact_score(detector, setup,
     toward = detector.surrogate_score(x, other)
     grad, = torch.autograd.grad(toward.sum(), x)
     assert torch.isfinite(grad).all()
-    low, top = (1e-3, 2 * detector.k - 1e-3) if isinstance(detector, DeepKNN) else (-float("inf"), float("inf"))
+    low, top = (1e-3, len(detector.indexes_) * detector.k - 1e-3) if isinstance(detector, KNNDetector) else (-float("inf"), float("inf"))
     live = (toward.detach() > low) & (toward.detach() < top)  # k-NN: where the vote is not saturated
     assert live.float().mean() > 0.25 and (grad.flatten(1).abs().sum(1)[live] > 0).all()
     surrogate = detector.surrogate_score(x, classes)
     assert surrogate.shape == (len(probes),)
     exact = detector.nonconformity(probes)[1].float()
     assert spearmanr(surrogate.detach().numpy(), exact.numpy()).statistic > 0.85
-    if not isinstance(detector, DeepKNN):  # no pre-processing: the surrogate is the exact logit
+    if not isinstance(detector, KNNDetector):  # no pre-processing: the surrogate is the exact logit
         assert torch.allclose(surrogate.detach(), exact, atol=1e-4, rtol=1e-4)
 
 
@@ -222,3 +226,20 @@ def test_descending_the_surrogate_lowers_the_exact_score(detector, setup) -> Non
         x = (x.detach() - 0.01 * grad.sign()).clamp(0, 1)
     before, after = detector.nonconformity(x0)[1].float(), detector.nonconformity(x)[1].float()
     assert after.mean() < before.mean() and (after <= before).float().mean() > 0.6
+
+
+def test_the_contract_and_the_metrics_import_without_dld_or_the_attacks() -> None:
+    """One home per contract, no cycle: the detector contract and the detection metrics stand alone."""
+    import subprocess
+    import sys
+
+    def loaded(module: str, prefixes: tuple[str, ...]) -> str:
+        code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.startswith({prefixes!r})))"
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+    assert loaded("latentdefence.detectors.base", ("latentdefence.dld", "latentdefence.attacks")) == "[]"
+    assert loaded("latentdefence.evaluation.detection", ("latentdefence.dld", "latentdefence.detectors.")) == \
+        "['latentdefence.detectors.base', 'latentdefence.detectors.registry']"
+    from latentdefence.dld import evaluate
+    from latentdefence.evaluation import detection
+    assert evaluate.roc_auc is detection.roc_auc and evaluate.attack_metrics is detection.attack_metrics

@@ -73,3 +73,10 @@ def test_results_table_has_a_row_per_attacked_detector(tmp_path: Path) -> None:
             "93.20% -> 41.00% | 500 |") in table
     assert "| LID on F, eps 0.3: robustness, paper's attacks -> all our attacks (worst case) | — | 80.00% -> 10.00% |" in table
     assert "AutoAttack-style cascade (APGD-CE, APGD-T, Square) | — | 88.00% | 500 |" in table
+
+
+def test_design_example_adds_an_attack_and_a_detector_the_registries_serve() -> None:
+    """docs/design.md's "Adding an attack / a detector" block runs as written."""
+    text = (ROOT / "docs" / "design.md").read_text()
+    block = text.split("<!-- tested: design-example -->\n```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(block, "docs/design.md", "exec"), {"__name__": "design_example"})

@@ -118,6 +118,9 @@ from latentdefence.training import TrainConfig, train_classifier, save_checkpoin
 torch.manual_seed(0)
 model = create_model("dld_mnist")
 train_classifier(model, toy_digits(160), TrainConfig(epochs=2, batch_size=40, lr=3e-3), checkpoint_dir=sys.argv[1])
+if torch.distributed.is_initialized():   # leave together, after rank 0 has written the checkpoint, and cleanly
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 """
 
 

@@ -174,3 +174,8 @@ def _check_scalar(key: str, name: str, value: numbers.Real) -> None:
         check_number(key, value, low=0.0)
     else:
         check_number(key, value)
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype | None:
+    """The floating dtype of the model's weights (images are converted to it), None without weights."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)

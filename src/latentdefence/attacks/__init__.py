@@ -1,4 +1,5 @@
-"""Adversarial attacks, one small class each, called as `attack(model, images, labels)`."""
+"""Adversarial attacks, one small class each, called as `attack(model, images, labels)` (or on a detector), and
+their registry: `create_attack(name, **settings)`, `list_attacks()`, `register_attack` (`registry.py`)."""
 
 from .apgd import APGD, APGDT, dlr_loss, dlr_targeted_loss
 from .autoattack import AutoAttack
@@ -19,10 +20,12 @@ from .detector_aware import Detector, DetectorAttack, KeepBest, OrthogonalPGD, S
 from .io import AdversarialSet, load_adversarial_set, save_adversarial_set
 from .jsma import JSMA
 from .pgd import FGSM, PGD
+from .registry import AttackEntry, attack_entry, create_attack, list_attacks, register_attack
 from .soft_knn import GuidePointAttack, soft_inside
 from .square import DetectorSquare, Square
 
 __all__ = ["APGD", "AdversarialSet", "load_adversarial_set", "save_adversarial_set", "APGDT", "FGSM", "JSMA", "PGD", "Attack", "AttackResult", "CarliniWagnerL2", "channels_last_weights", "cross_entropy",
            "dlr_loss", "dlr_targeted_loss", "frozen_eval", "margin", "perturbation_norm", "project",
            "AutoAttack", "Detector", "DetectorAttack", "GuidePointAttack", "KeepBest", "OrthogonalPGD", "SelectivePGD",
-           "DetectorSquare", "Square", "ascent_direction", "random_start", "soft_inside"]
+           "DetectorSquare", "Square", "ascent_direction", "random_start", "soft_inside",
+           "AttackEntry", "attack_entry", "create_attack", "list_attacks", "register_attack"]

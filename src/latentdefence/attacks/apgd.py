@@ -9,6 +9,7 @@ from torch import nn
 
 from ..validation import check_choice, check_count, check_number
 from .base import Attack, ascent_direction, check_iterative, project
+from .registry import register_attack
 
 
 def dlr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -47,6 +48,8 @@ def checkpoints(steps: int) -> list[int]:
     return sorted({math.ceil(q * steps) for q in p[1:] if 0 < math.ceil(q * steps) < steps})
 
 
+@register_attack("apgd-ce", loss="ce", examples=({"eps": 0.1, "steps": 5},))
+@register_attack("apgd-dlr", loss="dlr", examples=({"eps": 0.1, "steps": 5},))
 class APGD(Attack):
     """Auto-PGD: PGD with momentum and a step size halved at checkpoints when progress stalls.
 
@@ -217,6 +220,7 @@ class APGD(Attack):
         return project(images + self.eps * noise, images, self.eps, self.norm)
 
 
+@register_attack("apgdt", targeted=(False,), examples=({"eps": 0.1, "steps": 5, "n_target_classes": 3},))
 class APGDT(APGD):
     """APGD-T: untargeted threat model, broken by targeted-DLR APGD toward each of the top classes.
 

@@ -7,9 +7,12 @@ from torch import nn
 
 from .apgd import APGD, APGDT
 from .base import Attack, AttackResult, check_inputs, check_iterative, frozen_eval, perturbation_norm
+from .registry import register_attack
 from .square import Square
 
 
+@register_attack("autoattack", targeted=(False,),
+                 examples=({"eps": 0.1, "steps": 3, "n_target_classes": 2, "square_queries": 10},))
 class AutoAttack(Attack):
     """AutoAttack's standard L-inf cascade with its "still robust" bookkeeping.
 

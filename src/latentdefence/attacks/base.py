@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..validation import InputValidationError, check_count, check_images, check_labels, check_number
+from ..validation import InputValidationError, check_count, check_images, check_labels, check_number, model_dtype
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 NORMS = ("linf", "l2", "l0")
@@ -191,11 +191,6 @@ def model_classes(model: nn.Module, images: torch.Tensor) -> int:
     if logits.ndim != 2:
         raise ValueError(f"model must return (N, classes) logits, got shape {tuple(logits.shape)}")
     return int(logits.shape[1])
-
-
-def model_dtype(model: nn.Module) -> torch.dtype | None:
-    """The floating dtype of the model's weights (images are converted to it), None without weights."""
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
 
 
 class Attack:

@@ -7,8 +7,10 @@ from torch import nn
 
 from ..validation import check_count, check_number
 from .base import Attack, margin
+from .registry import register_attack
 
 
+@register_attack("cw", examples=({"steps": 20, "binary_search_steps": 2, "initial_const": 1.0},))
 class CarliniWagnerL2(Attack):
     """Carlini-Wagner L2: minimal L2 perturbation via a tanh box, Adam and a binary search over c.
 

@@ -11,23 +11,14 @@ exact decision does not flag it; `KeepBest` holds, per input, the best iterate s
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from ..detectors.base import Detector
 from .base import (Attack, AttackResult, ascent_direction, check_inputs, check_iterative, cross_entropy, frozen_eval,
                    madry_step_size, perturbation_norm, project, random_start)
-
-
-class Detector(Protocol):
-    """What attacks need from a detector (DeepLatentDefence and the baselines in `latentdefence.detectors`)."""
-
-    classifier: nn.Module
-
-    def predict(self, images: torch.Tensor) -> Any: ...
-
-    def surrogate_score(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor: ...
+from .registry import register_attack
 
 
 # (iterates of the open rows (R, C, H, W), their global indices (R,), step) -> gradient to ascend (R, C, H, W)
@@ -172,6 +163,7 @@ class _SurrogatePGD(DetectorAttack):
         raise NotImplementedError
 
 
+@register_attack("selective", on="detector", targeted=(False,), examples=({"eps": 0.1, "steps": 10},))
 class SelectivePGD(_SurrogatePGD):
     """Selective PGD: step on F's loss until F is fooled, then on the detector's surrogate only.
 
@@ -195,6 +187,7 @@ class SelectivePGD(_SurrogatePGD):
         return torch.autograd.grad(torch.where(fooled, detector_loss, classifier_loss).sum(), x)[0]
 
 
+@register_attack("orthogonal", on="detector", targeted=(False,), examples=({"eps": 0.1, "steps": 10},))
 class OrthogonalPGD(_SurrogatePGD):
     """Orthogonal PGD: each step follows one loss's gradient with its component along the other's removed.
 

@@ -7,8 +7,10 @@ from torch import nn
 
 from ..validation import InputValidationError, check_number
 from .base import Attack
+from .registry import register_attack
 
 
+@register_attack("jsma", targeted=(True,), examples=({"gamma": 0.1},))
 class JSMA(Attack):
     """JSMA: targeted L0 attack that changes the pair of input features with the highest saliency.
 

@@ -7,8 +7,11 @@ from torch import nn
 
 from .base import (Attack, Loss, ascent_direction, check_iterative, cross_entropy, madry_step_size, project,
                    random_start)
+from .registry import register_attack
 
 
+@register_attack("pgd", examples=({"eps": 0.1, "steps": 5, "restarts": 2, "early_stop": True},
+                                   {"eps": 1.0, "steps": 5, "norm": "l2"}))
 class PGD(Attack):
     """PGD, L-inf or L2, with random start, restarts (worst case kept per sample) and early stop.
 
@@ -102,6 +105,7 @@ class PGD(Attack):
         return project(adv, images, self.eps, self.norm)
 
 
+@register_attack("fgsm", examples=({"eps": 0.1},))
 class FGSM(PGD):
     """Fast Gradient Sign Method: one L-inf step of size eps from the clean image.
 

@@ -8,6 +8,7 @@ import torch
 
 from .base import margin
 from .detector_aware import DetectorAttack, KeepBest
+from .registry import register_attack
 
 
 def soft_inside(z: torch.Tensor, points: torch.Tensor, radius: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -18,6 +19,8 @@ def soft_inside(z: torch.Tensor, points: torch.Tensor, radius: torch.Tensor, tem
     return torch.sigmoid((radius - d) / (temperature * radius + 1e-6))
 
 
+@register_attack("guide_points", on="detector", targeted=(False,),
+                 examples=({"eps": 0.1, "steps": 10, "n_targets": 2},))
 class GuidePointAttack(DetectorAttack):
     """Guide-point soft-kNN attack on any k-NN detector (DLD, Deep k-NN): F to a target class, and in every
     searched latent space the target class's guide points inside the k-NN ball.

@@ -12,6 +12,7 @@ from torch import nn
 from ..validation import check_count, check_number
 from .base import Attack, margin
 from .detector_aware import DetectorAttack, KeepBest
+from .registry import register_attack
 
 # (candidate images (R, C, H, W), their rows in the batch (R,)) -> loss (R,), success where < 0
 SearchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -25,6 +26,7 @@ def square_fraction(p_init: float, query: int, queries: int) -> float:
     return p_init / 2 ** halvings
 
 
+@register_attack("square", targeted=(False,), examples=({"eps": 0.1, "queries": 20},))
 class Square(Attack):
     """Square attack, L-inf, untargeted: score-based random search, never a gradient.
 
@@ -106,6 +108,7 @@ class Square(Attack):
         return torch.randint(0, high, (n,), generator=self.generator)
 
 
+@register_attack("detector_square", on="detector", targeted=(False,), examples=({"eps": 0.1, "queries": 20},))
 class DetectorSquare(DetectorAttack):
     """Square attack on F + detector: gradient-free, so it is the gradient-masking check of a detector evaluation.
 

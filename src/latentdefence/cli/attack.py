@@ -25,29 +25,18 @@ def build_attack(name: str, *, eps: float, norm: str, steps: Optional[int], step
 
     from .. import attacks as A
 
-    gen = torch.Generator().manual_seed(seed)
-    builders = {
-        "fgsm": lambda: A.FGSM(eps, targeted=targeted, channels_last=channels_last),
-        "pgd": lambda: A.PGD(eps, step_size, 40 if steps is None else steps, norm=norm, restarts=restarts, targeted=targeted,
-                             early_stop=early_stop, generator=gen, channels_last=channels_last),
-        "cw": lambda: A.CarliniWagnerL2(confidence=confidence, initial_const=initial_const,
-                                        binary_search_steps=search_steps, steps=1000 if steps is None else steps, lr=lr,
-                                        targeted=targeted, channels_last=channels_last),
-        "jsma": lambda: A.JSMA(theta=theta, gamma=gamma, channels_last=channels_last),
-        "apgd-ce": lambda: A.APGD(eps, 100 if steps is None else steps, norm=norm, loss="ce", restarts=restarts, targeted=targeted,
-                                  generator=gen, channels_last=channels_last),
-        "apgd-dlr": lambda: A.APGD(eps, 100 if steps is None else steps, norm=norm, loss="dlr", restarts=restarts,
-                                   targeted=targeted, generator=gen, channels_last=channels_last),
-        "apgdt": lambda: A.APGDT(eps, 100 if steps is None else steps, norm=norm, restarts=restarts, generator=gen,
-                                 channels_last=channels_last),
-    }
-    if name not in builders:
+    if name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
     if name == "jsma" and not targeted:
         raise ValueError("jsma is a targeted attack: pass --targeted (targets = (label + --target-shift) mod K)")
     if name == "apgdt" and targeted:
         raise ValueError("apgdt picks its own targets and reports untargeted success: drop --targeted")
-    return builders[name]()
+    flags = {"eps": eps, "norm": norm, "steps": steps, "step_size": step_size, "restarts": restarts,
+             "targeted": targeted, "early_stop": early_stop, "confidence": confidence, "initial_const": initial_const,
+             "binary_search_steps": search_steps, "lr": lr, "theta": theta, "gamma": gamma,
+             "generator": torch.Generator().manual_seed(seed), "channels_last": channels_last}
+    takes = A.attack_entry(name).parameters()
+    return A.create_attack(name, **{k: v for k, v in flags.items() if k in takes and v is not None})
 
 
 @app.command("run")

@@ -11,7 +11,7 @@ import torch
 
 from .._io import load_tensors, save_tensors
 from ..attacks.base import Attack
-from ..dld.detector import ConformalDetector
+from .base import ConformalDetector
 from ..models import TappedModel
 from ..validation import artifact_field
 

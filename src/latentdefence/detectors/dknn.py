@@ -8,12 +8,15 @@ from pathlib import Path
 import torch
 
 from ..data.base import ImageDataset
-from ..dld.detector import KNNDetector, check_classes
+from ..dld.detector import KNNDetector
 from ..dld.nonconformity import soft_nonconformity
 from ..models import TappedModel
+from .base import check_classes
 from .artifact import load_detector, save_detector
+from .registry import register_detector
 
 
+@register_detector("dknn", examples=({"taps": ("layer1", "layer2"), "k": 10, "max_train": 300},))
 class DeepKNN(KNNDetector):
     """Deep k-NN (Papernot & McDaniel, arXiv:1803.04765) as a detector guarding F.
 

@@ -11,8 +11,10 @@ from ..attacks.base import frozen_eval
 from ..data.base import ImageDataset
 from ..models import TappedModel
 from .logistic import LayerScoreDetector
+from .registry import register_detector
 
 
+@register_detector("lid", examples=({"k": 10, "reference_size": 60, "lr_samples": 200},))
 class LIDDetector(LayerScoreDetector):
     """Local Intrinsic Dimensionality detector (Ma et al., arXiv:1801.02613, Algorithm 1).
 

@@ -12,9 +12,9 @@ import torch
 from ..attacks import FGSM, Attack
 from ..attacks.base import frozen_eval
 from ..data.base import ImageDataset
-from ..dld.detector import ConformalDetector, check_classes
-from ..dld.evaluate import roc_auc
+from ..evaluation.detection import roc_auc
 from ..models import TappedModel
+from .base import ConformalDetector, check_classes
 from .artifact import load_detector, save_detector
 
 

@@ -11,8 +11,10 @@ from ..attacks.base import frozen_eval
 from ..data.base import ImageDataset
 from ..models import TappedModel
 from .logistic import LayerScoreDetector
+from .registry import register_detector
 
 
+@register_detector("mahalanobis", examples=({"lr_samples": 200},))
 class MahalanobisDetector(LayerScoreDetector):
     """Mahalanobis-distance detector (Lee, Lee, Lee & Shin, arXiv:1807.03888, Algorithm 1).
 

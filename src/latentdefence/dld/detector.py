@@ -9,8 +9,8 @@ Signs: ``score_samples`` = -(summed non-conformity), higher is more normal; ``de
 ROC with adversarial examples as positives use ``-decision_function`` (or the non-conformity itself).
 
 The contract itself (calibrate / predict / score_samples / decision_function over a ``nonconformity``
-score) is ``ConformalDetector``; ``KNNDetector`` adds Eq. 8 over one k-NN index per tap. The baseline
-detectors in ``latentdefence.detectors`` build on both.
+score) is ``latentdefence.detectors.base.ConformalDetector``; ``KNNDetector`` adds Eq. 8 over one k-NN index
+per tap (DLD and Deep k-NN build on it).
 """
 
 from __future__ import annotations
@@ -24,126 +24,20 @@ import torch
 from torch import nn
 
 from .._io import git_revision, load_tensors, save_tensors
-from ..attacks.base import frozen_eval, model_dtype
+from ..attacks.base import frozen_eval
 from ..data.base import ImageDataset
+from ..detectors.base import ConformalDetector, Detection, check_classes, strip_prefix
+from ..detectors.registry import register_detector
 from ..models import TappedModel, create_model
 from ..validation import (InputTypeError, InputValidationError, artifact_field, check_count, check_images, check_labels,
                           check_number)
 from .encoders import EncoderDecoder, make_encoder
 from .knn import KNNIndex
-from .nonconformity import calibrate_threshold, credibility, nonconformity, soft_nonconformity
+from .nonconformity import nonconformity, soft_nonconformity
 from .pruning import pruned_embeddings
 from .training import EncoderTrainConfig, train_encoder
 
 FORMAT = "latentdefence.dld/1"
-
-
-@dataclass(frozen=True)
-class Detection:
-    """What the detector says about a batch of inputs."""
-
-    predicted: torch.Tensor                  # (N,) F's class
-    is_adversarial: torch.Tensor             # (N,) bool: nonconformity > threshold_
-    credibility: torch.Tensor                # (N,) conformal p-value; low is suspicious
-    nonconformity: torch.Tensor              # (N,) the score thresholded (DLD: Eq. 8 summed over encoders)
-    per_layer: dict[str, torch.Tensor]       # tap -> (N,) that layer's score (DLD: beta_N of Eq. 8)
-    probabilities: torch.Tensor | None = None  # (N, K) softmax of F's logits, where the detector has them
-
-
-class ConformalDetector:
-    """The contract every detector shares (DLD and the baselines in `latentdefence.detectors`).
-
-    A subclass implements ``nonconformity(images) -> (F's predictions (N,), score (N,), per-layer scores)``
-    with higher scores more suspicious; this class turns it into a threshold calibrated on held-out clean
-    data, conformal credibility, ``predict``, ``score_samples`` and ``decision_function``, and the parts of
-    an artifact every detector shares (F's weights and registry name, the calibration).
-    """
-
-    classifier: TappedModel
-
-    def nonconformity(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """(F's predictions (N,), score (N,), per-layer scores): the subclass's detector score."""
-        raise NotImplementedError
-
-    def calibrate(self, calibration: ImageDataset, target_fpr: float = 0.02) -> "ConformalDetector":
-        """Threshold with at most `target_fpr` of the clean calibration set flagged (DLD Section IV-B)."""
-        check_number("target_fpr", target_fpr, low=0.0, high=1.0, high_open=True)
-        if not isinstance(calibration, ImageDataset):
-            raise InputTypeError("calibration", f"must be an ImageDataset of clean images, got {type(calibration).__name__}")
-        _, scores, _ = self.nonconformity(calibration.images)
-        self.calibration_scores_ = scores
-        self.threshold_ = calibrate_threshold(scores, target_fpr)
-        self.target_fpr_ = target_fpr
-        return self
-
-    def predict(self, images: torch.Tensor) -> Detection:
-        """F's class, the adversarial flag, credibility and per-layer scores per input."""
-        self._check_fitted("threshold_")
-        return self._verdict(*self.nonconformity(images))
-
-    def _verdict(self, predicted: torch.Tensor, score: torch.Tensor, per_layer: dict[str, torch.Tensor],
-                 probabilities: torch.Tensor | None = None) -> Detection:
-        return Detection(predicted, score > self.threshold_, credibility(score, self.calibration_scores_),
-                         score, per_layer, probabilities)
-
-    def score_samples(self, images: torch.Tensor) -> torch.Tensor:
-        """-(score): higher is more normal."""
-        return -self.nonconformity(images)[1].to(torch.float32)
-
-    def decision_function(self, images: torch.Tensor) -> torch.Tensor:
-        """threshold_ - score: negative means flagged as adversarial."""
-        self._check_fitted("threshold_")
-        return self.threshold_ + self.score_samples(images)
-
-    def check_images(self, images: torch.Tensor) -> torch.Tensor:
-        """`images` checked against F's input (`validation.check_images`), in F's dtype; else an error naming why."""
-        return check_images(images, shape=getattr(self.classifier, "input_shape", None),
-                            dtype=model_dtype(self.classifier))
-
-    def _check_fitted(self, attr: str) -> None:
-        if not hasattr(self, attr):
-            step = "calibrate()" if attr == "threshold_" else "fit()"
-            raise RuntimeError(f"{type(self).__name__} is not ready: call {step} first")
-
-    def _artifact(self) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
-        """What every detector artifact holds: F's weights and registry name, the calibration if done."""
-        tensors = {f"classifier.{k}": v for k, v in self.classifier.state_dict().items()}
-        if hasattr(self, "threshold_"):
-            tensors["calibration_scores"] = self.calibration_scores_
-        meta = {"threshold": getattr(self, "threshold_", None), "target_fpr": getattr(self, "target_fpr_", None),
-                "classifier": {"arch": getattr(self.classifier, "arch", None),
-                               "arch_kwargs": getattr(self.classifier, "arch_kwargs", {})}}
-        return tensors, meta
-
-    @staticmethod
-    def _artifact_classifier(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, object],
-                             classifier: TappedModel | None) -> TappedModel:
-        """F with the saved weights: the given module, else rebuilt from the registry by name."""
-        if classifier is None:
-            arch = artifact_field(path, meta, "classifier", Mapping)
-            if not arch.get("arch"):
-                raise ValueError(f"{path}: no classifier architecture recorded; pass classifier=")
-            classifier = create_model(arch["arch"], **arch.get("arch_kwargs", {}))
-        try:
-            classifier.load_state_dict(_strip(tensors, "classifier."))
-        except RuntimeError as err:
-            raise InputValidationError(f"{path}: classifier weights", f"do not fit the classifier ({err})") from err
-        return classifier
-
-    def _restore_calibration(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, object],
-                             path: str | Path = "artifact") -> None:
-        """The saved threshold, target FPR and calibration scores, each checked: a NaN threshold flags nothing."""
-        threshold = meta.get("threshold")
-        if threshold is None:
-            return
-        self.threshold_ = check_number(f"{path}: metadata field 'threshold'", threshold)
-        self.target_fpr_ = check_number(f"{path}: metadata field 'target_fpr'", meta.get("target_fpr"),
-                                        low=0.0, high=1.0, high_open=True)
-        scores = tensors.get("calibration_scores")
-        if scores is None or scores.ndim != 1 or len(scores) == 0 or not torch.isfinite(scores.double()).all():
-            raise InputValidationError(f"{path}: tensor 'calibration_scores'",
-                                       "must be a non-empty, finite 1-D tensor in a calibrated artifact")
-        self.calibration_scores_ = scores
 
 
 class KNNDetector(ConformalDetector):
@@ -250,15 +144,12 @@ class KNNDetector(ConformalDetector):
         return out
 
 
-def check_classes(images: torch.Tensor, classes: torch.Tensor, num_classes: int | None = None) -> None:
-    """`classes` must be int64 (B,) for images (B, C, H, W) (a surrogate score's candidate classes)."""
-    check_labels(classes, images.shape[0], num_classes, name="classes")
-
-
 def _device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+@register_detector("dld", examples=({"taps": ("layer1", "layer2"), "k": 10, "latent_dim": 3, "training": EncoderTrainConfig(
+    epochs=6, batch_size=60, lr=0.01, eps=0.1, steps=2, step_size=0.05, eps_ramp=0.5, width=4)},))
 class DeepLatentDefence(KNNDetector):
     """Deep Latent Defence (Zizzo et al., arXiv:1910.03334): encoders on F's layers + latent k-NN.
 
@@ -365,7 +256,7 @@ class DeepLatentDefence(KNNDetector):
         det = cls(classifier, **{**params, "training": training})
         det.encoder_specs_ = specs
         device = next(classifier.parameters()).device
-        det.encoders_ = nn.ModuleDict({tap: _encoder(path, tap, spec, _strip(tensors, f"encoder.{tap}.")).to(device)
+        det.encoders_ = nn.ModuleDict({tap: _encoder(path, tap, spec, strip_prefix(tensors, f"encoder.{tap}.")).to(device)
                                        for tap, spec in specs.items()}).eval()
         det._build_indexes({tap: (_tensor(path, tensors, f"index.{tap}.embeddings"),
                                   _tensor(path, tensors, f"index.{tap}.labels")) for tap in specs})
@@ -378,10 +269,6 @@ class DeepLatentDefence(KNNDetector):
 def _training_config(saved: Mapping[str, object] | None) -> EncoderTrainConfig | None:
     """The saved settings; artifacts older than the `pairing` setting were trained with legacy pairing."""
     return EncoderTrainConfig(**{"pairing": "legacy", **saved}) if saved else None
-
-
-def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def _check_params(path: str | Path, params: Mapping[str, Any], specs: Mapping[str, Any],

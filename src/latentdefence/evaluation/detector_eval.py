@@ -26,12 +26,13 @@ from torch import nn
 
 from .._io import atomic_path, write_json
 from .._seed import seed_everything
-from ..attacks import PGD, AutoAttack, DetectorSquare, GuidePointAttack, OrthogonalPGD, SelectivePGD
+from ..attacks import PGD, AutoAttack, create_attack
 from ..attacks.detector_aware import DetectorAttack
+from ..detectors.base import Detection
 from ..dld import CentroidAttack, DeepLatentDefence, ensemble_pgd
 from ..dld.encoders import EncoderDecoder
 from ..experiments.cache import StageTimer
-from .detection import Verdicts, detection_metrics, verdicts, worst_case
+from .detection import detection_metrics, verdicts, worst_case
 from .metrics import wilson_interval
 
 GRADIENT_ATTACKS = ("guide_points", "selective", "orthogonal")   # detector-aware, gradient-based
@@ -239,16 +240,14 @@ def detector_attack(kind: str, threat: ThreatModel, b: Budget, generator: torch.
     e = threat.eps if eps is None else eps
     common = {"steps": b.steps, "restarts": b.restarts, "check_every": b.check_every, "generator": generator,
               "norm": threat.norm}
-    if kind == "guide_points":
-        return GuidePointAttack(e, n_targets=b.n_targets, refresh_every=b.refresh_every,
-                                **common)  # type: ignore[arg-type]
-    if kind == "selective":
-        return SelectivePGD(e, **common)  # type: ignore[arg-type]
-    if kind == "orthogonal":
-        return OrthogonalPGD(e, **common)  # type: ignore[arg-type]
-    if kind == "square":
-        return DetectorSquare(e, b.square_queries, restarts=b.square_restarts, generator=generator)
-    raise ValueError(f"unknown detector attack {kind!r}")
+    settings: dict[str, dict[str, Any]] = {
+        "guide_points": {**common, "n_targets": b.n_targets, "refresh_every": b.refresh_every},
+        "selective": common, "orthogonal": common,
+        "square": {"queries": b.square_queries, "restarts": b.square_restarts, "generator": generator}}
+    if kind not in settings:
+        raise ValueError(f"unknown detector attack {kind!r}")
+    attack: DetectorAttack = create_attack("detector_square" if kind == "square" else kind, eps=e, **settings[kind])
+    return attack
 
 
 def _pgd(threat: ThreatModel, b: Budget, generator: torch.Generator, eps: float | None = None) -> PGD:
@@ -328,18 +327,18 @@ def paper_adaptive(det: DeepLatentDefence, encoders: Mapping[str, EncoderDecoder
 
 
 # -- metrics --------------------------------------------------------------------------------------
-def _robustness(v: Verdicts, labels: torch.Tensor) -> float:
+def _robustness(v: Detection, labels: torch.Tensor) -> float:
     """Correct, or misclassified and flagged."""
-    return float((~((v.predicted != labels) & ~v.flagged)).float().mean())
+    return float((~((v.predicted != labels) & ~v.is_adversarial)).float().mean())
 
 
-def _broken(v: Verdicts, labels: torch.Tensor) -> torch.Tensor:
+def _broken(v: Detection, labels: torch.Tensor) -> torch.Tensor:
     """(N,) bool: misclassified and not flagged."""
-    return (v.predicted != labels) & ~v.flagged
+    return (v.predicted != labels) & ~v.is_adversarial
 
 
 def _metrics(det: Any, labels: torch.Tensor, clean_images: torch.Tensor, clean_labels: torch.Tensor,
-             v_cal: Verdicts, sets: Mapping[str, torch.Tensor], fprs: Sequence[float],
+             v_cal: Detection, sets: Mapping[str, torch.Tensor], fprs: Sequence[float],
              target_fpr: float | None) -> dict[str, Any]:
     """Clean FP, each attack's metrics, the worst case over the paper's and over all attacks."""
     v_clean = verdicts(det, clean_images)
@@ -347,9 +346,9 @@ def _metrics(det: Any, labels: torch.Tensor, clean_images: torch.Tensor, clean_l
     tfpr = target_fpr if target_fpr is not None else float(getattr(det, "target_fpr_", 0.02))
     threshold = getattr(det, "threshold_", None)
     out = {"threshold": None if threshold is None else float(threshold),
-           "clean": {"n": len(clean_labels), "fpr": float(v_clean.flagged.float().mean()),
+           "clean": {"n": len(clean_labels), "fpr": float(v_clean.is_adversarial.float().mean()),
                      "accuracy": float((v_clean.predicted == clean_labels).float().mean()),
-                     "calibration_fpr": float(v_cal.flagged.float().mean())},
+                     "calibration_fpr": float(v_cal.is_adversarial.float().mean())},
            "attacks": {k: detection_metrics(labels, x, v_clean, v_cal, fprs, tfpr) for k, x in v.items()},
            "paper_attacks": worst_case(labels, {k: v[k] for k in PAPER_ATTACKS if k in v}, v_cal, fprs),
            "all_attacks": worst_case(labels, v, v_cal, fprs)}
@@ -361,7 +360,8 @@ def _metrics(det: Any, labels: torch.Tensor, clean_images: torch.Tensor, clean_l
     return out
 
 
-def _budget_change(labels: torch.Tensor, once: Mapping[str, Verdicts], twice: Mapping[str, Verdicts]) -> dict[str, Any]:
+def _budget_change(labels: torch.Tensor, once: Mapping[str, Detection],
+                   twice: Mapping[str, Detection]) -> dict[str, Any]:
     """Worst-case robustness at the budget and at twice it, the change, and the images only the doubled run broke."""
     b1 = torch.stack([_broken(v, labels) for v in once.values()]).any(0)
     b2 = torch.stack([_broken(v, labels) for v in twice.values()]).any(0)

@@ -7,13 +7,14 @@ tables and figures from one LAD run per dataset); the stage cache makes the seco
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..validation import check_settings
 from .overrides import apply_overrides
+from .registry import Pipeline, get_pipeline, list_pipelines, register_pipeline
 
 PROFILES = ("smoke", "demo", "cpu", "paper")
 
@@ -83,49 +84,10 @@ def experiment_config(name: str, profile: str, data_dir: str | Path | None = Non
     if profile == "demo" and exp.pipeline != "dld":
         raise ValueError("the demo profile is the README's DLD main job; other experiments take smoke, cpu or paper")
     ckpt = str(classifier_checkpoint) if classifier_checkpoint else None
-    config: Any
-    if exp.pipeline == "dld-adaptive":
-        from .dld_adaptive import adaptive_config
-
-        config = adaptive_config(profile)
-        config = replace(config, dld=replace(config.dld, classifier_checkpoint=ckpt)) if ckpt else config
-    elif exp.pipeline == "dld-ablation":
-        from .dld_ablation import ablation_config
-
-        config = ablation_config(profile)
-        config = replace(config, reference=replace(config.reference, classifier_checkpoint=ckpt)) if ckpt else config
-    elif exp.pipeline == "dld":
-        from .dld import dld_config
-
-        config = dld_config(profile, exp.dataset, str(data_dir) if data_dir else None)
-        config = replace(config, classifier_checkpoint=ckpt) if ckpt else config
-    else:
-        if ckpt:
-            raise ValueError("--classifier applies to DLD experiments only")
-        from .lad import lad_config
-
-        config = lad_config(profile, exp.dataset, data_dir=str(data_dir) if data_dir else None)
+    config = get_pipeline(exp.pipeline).config(profile, exp.dataset, str(data_dir) if data_dir else None, ckpt)
     config = apply_overrides(config, overrides)
     check_settings(config)   # every setting sane before any work starts
     return config
-
-
-def _runner(pipeline: str) -> Callable[[Any, str | Path], dict[str, Any]]:
-    """The function that runs a pipeline's config, writing to an output directory."""
-    if pipeline == "dld-adaptive":
-        from .dld_adaptive import run_dld_adaptive
-        return run_dld_adaptive
-    if pipeline == "dld-ablation":
-        from .dld_ablation import run_dld_ablation
-        return run_dld_ablation
-    if pipeline == "dld":
-        from .dld import run_dld
-        return run_dld
-    if pipeline == "lad-ablation":
-        from .lad_ablation import run_lad_ablation
-        return run_lad_ablation
-    from .lad import run_lad
-    return run_lad
 
 
 def run_experiment(name: str, profile: str, out_dir: str | Path, data_dir: str | Path | None = None,
@@ -137,6 +99,6 @@ def run_experiment(name: str, profile: str, out_dir: str | Path, data_dir: str |
     if exp.needs_data_dir and data_dir is None:
         raise ValueError(f"{name} needs --data-dir pointing at your copy of {exp.dataset.upper()} "
                          f"(see docs/data.md); it cannot be downloaded here")
-    results = _runner(exp.pipeline)(config, out_dir)
+    results = get_pipeline(exp.pipeline).run(config, out_dir)
     results.setdefault("experiment", name)
     return results

@@ -27,6 +27,7 @@ from ..dld.encoders import EncoderDecoder
 from ..dld.training import EncoderValidation, TrainingLog
 from ..models import TappedModel, create_model
 from .cache import StageTimer, build_seconds, ensure_stage, settings_key
+from .registry import register_pipeline
 
 ATTACKS = ("fgsm", "pgd", "cw", "adaptive")
 # Paper values (percent / AUC) for the report: (base accuracy, robustness, ROC AUC); Table II: (TP increase, FP).
@@ -300,12 +301,12 @@ def _encoders(config: DLDExperimentConfig, classifier: TappedModel, classifier_k
 def training_adversarial(config: DLDExperimentConfig, name: str, classifier: TappedModel, classifier_key: str,
                          data: ImageDataset, root: Path | None) -> torch.Tensor:
     """Adversarial versions of training images against F alone (F is frozen: a fixed set), crafted once per F."""
-    from ..attacks import FGSM, PGD
+    from ..attacks import create_attack
 
     enc = config.encoder
-    attack = {"pgd": lambda: PGD(eps=enc.eps, steps=enc.precomputed_steps,
-                                 generator=torch.Generator().manual_seed(config.seed)),
-              "fgsm": lambda: FGSM(eps=enc.eps)}[name]()
+    attack = create_attack(name, eps=enc.eps, **({"steps": enc.precomputed_steps,
+                                                  "generator": torch.Generator().manual_seed(config.seed)}
+                                                 if name == "pgd" else {}))
     settings = {"classifier": classifier_key, "attack": name, "eps": enc.eps,
                 "steps": enc.precomputed_steps if name == "pgd" else 1, "n": len(data), "seed": config.seed}
 
@@ -334,16 +335,16 @@ def _cached_images(stage: str, settings: dict[str, Any], root: Path | None,
 def _grey_box(config: DLDExperimentConfig, name: str, classifier: TappedModel, classifier_key: str,
               clean: ImageDataset, root: Path | None, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """FGSM / PGD / CW-L2 against F alone (the defence unknown to the attacker)."""
-    from ..attacks import FGSM, PGD, CarliniWagnerL2
+    from ..attacks import create_attack
 
     a = config.attacks
     data = clean.head(a.n[name])
-    attack = {"fgsm": lambda: FGSM(eps=a.eps),
-              "pgd": lambda: PGD(eps=a.eps, step_size=a.step_size, steps=a.pgd_steps, restarts=a.pgd_restarts,
-                                 generator=generator),
-              "cw": lambda: CarliniWagnerL2(steps=a.cw_steps, binary_search_steps=a.cw_binary_search_steps)}[name]()
-    used = {"fgsm": ("eps",), "pgd": ("eps", "step_size", "pgd_steps", "pgd_restarts"),
-            "cw": ("cw_steps", "cw_binary_search_steps")}[name]
+    arguments = {"fgsm": {"eps": "eps"}, "pgd": {"eps": "eps", "step_size": "step_size", "steps": "pgd_steps",
+                                                 "restarts": "pgd_restarts"},
+                 "cw": {"steps": "cw_steps", "binary_search_steps": "cw_binary_search_steps"}}[name]
+    attack = create_attack(name, **{arg: getattr(a, key) for arg, key in arguments.items()},
+                           **({"generator": generator} if name == "pgd" else {}))
+    used = tuple(arguments.values())
     settings = {"classifier": classifier_key, "attack": name, "settings": {k: getattr(a, k) for k in used},
                 "batch_size": a.batch_size, "n": len(data), "seed": config.seed}
 
@@ -658,3 +659,12 @@ def _auc_note(paper: dict[str, Any]) -> list[str]:
         lines.append(f"- {name}: TPR {100 * tpr:.1f}% -> AUC <= {bound:.4f}; paper reports {auc:.3f}"
                      f"{' (not reachable: a different score or positive set)' if auc > bound else ''}")
     return lines
+
+
+def _pipeline_config(profile: str, dataset: str, data_dir: str | None, checkpoint: str | None) -> DLDExperimentConfig:
+    """The DLD pipeline's config of a profile, on the given classifier checkpoint if any."""
+    config = dld_config(profile, dataset, data_dir)
+    return replace(config, classifier_checkpoint=checkpoint) if checkpoint else config
+
+
+register_pipeline("dld", config=_pipeline_config, run=run_dld)

@@ -20,6 +20,7 @@ from .._seed import seed_everything
 from .cache import StageTimer, build_seconds
 from .dld import (PAPER, CleanReference, DLDExperimentConfig, _classifier, _data, _detector, _encoders, _grey_box, _row, dld_config)
 from .overrides import apply_overrides
+from .registry import register_pipeline
 
 ATTACKS = ("fgsm", "pgd")
 
@@ -182,3 +183,12 @@ def _write_report(path: Path, config: DLDAblationConfig, results: dict[str, Any]
     lines += ["", "Wall time (s): " + ", ".join(f"{k} {v}" for k, v in results["wall_time_s"].items()), ""]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines))
+
+
+def _pipeline_config(profile: str, dataset: str, data_dir: str | None, checkpoint: str | None) -> DLDAblationConfig:
+    """The ablation's config of a profile, its reference on the given classifier checkpoint if any."""
+    config = ablation_config(profile)
+    return replace(config, reference=replace(config.reference, classifier_checkpoint=checkpoint)) if checkpoint else config
+
+
+register_pipeline("dld-ablation", config=_pipeline_config, run=run_dld_ablation)

@@ -33,6 +33,7 @@ from ..evaluation.detector_eval import Budget, DetectorEvaluation, ThreatModel, 
 from ..models import TappedModel
 from .cache import StageTimer, ensure_stage
 from .dld import DLDExperimentConfig, _classifier, _data, _detector, _encoders, calibration_split, dld_config
+from .registry import register_pipeline
 
 COMMITTED_CLASSIFIER = "docs/results/dld-mnist-table1/classifier"
 BASELINES = ("dknn", "mahalanobis", "lid")
@@ -227,3 +228,12 @@ def _undefended(config: DLDAdaptiveConfig, train: ImageDataset, root: Path | Non
     path = ensure_stage("dld-adaptive-undefended", settings, lambda d: train_classifier(
         create_model(config.dld.classifier.arch), train.head(a.undefended_max_train), tc, checkpoint_dir=d), root)
     return load_checkpoint(path / "final")[0].eval()
+
+
+def _pipeline_config(profile: str, dataset: str, data_dir: str | None, checkpoint: str | None) -> DLDAdaptiveConfig:
+    """The adaptive evaluation's config of a profile, on the given classifier checkpoint if any."""
+    config = adaptive_config(profile)
+    return replace(config, dld=replace(config.dld, classifier_checkpoint=checkpoint)) if checkpoint else config
+
+
+register_pipeline("dld-adaptive", config=_pipeline_config, run=run_dld_adaptive)

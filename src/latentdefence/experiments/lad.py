@@ -38,6 +38,7 @@ from ..lad.generator import (GeneratorConfig, LatentGenerator, create_generator,
 from ..models import TappedModel, create_model
 from ..training import TrainConfig, load_checkpoint, save_checkpoint, train_classifier
 from .cache import StageTimer, build_seconds, default_cache_root, ensure_stage
+from .registry import register_pipeline
 
 PROFILES = ("smoke", "cpu", "paper")
 ATTACKS = ("fgsm", "jsma", "pgd", "cw", "ga")
@@ -316,16 +317,16 @@ def _finetuned(stages: _Stages, name: str, settings: dict[str, Any], base: Tappe
 
 def _attack(name: str, s: AttackSettings, seed: int) -> attack_lib.Attack:
     """The baseline attack `name` with the run's settings."""
-    builders: dict[str, Callable[[], attack_lib.Attack]] = {
-        "fgsm": lambda: attack_lib.FGSM(s.fgsm_eps),
-        "pgd": lambda: attack_lib.PGD(s.pgd_eps, s.pgd_step_size, s.pgd_steps,
-                                      generator=torch.Generator().manual_seed(seed)),
-        "cw": lambda: attack_lib.CarliniWagnerL2(steps=s.cw_steps, binary_search_steps=s.cw_search_steps, targeted=True),
-        "jsma": lambda: attack_lib.JSMA(theta=s.jsma_theta, gamma=s.jsma_gamma),
+    settings: dict[str, dict[str, Any]] = {
+        "fgsm": {"eps": s.fgsm_eps},
+        "pgd": {"eps": s.pgd_eps, "step_size": s.pgd_step_size, "steps": s.pgd_steps,
+                "generator": torch.Generator().manual_seed(seed)},
+        "cw": {"steps": s.cw_steps, "binary_search_steps": s.cw_search_steps, "targeted": True},
+        "jsma": {"theta": s.jsma_theta, "gamma": s.jsma_gamma},
     }
-    if name not in builders:
-        raise KeyError(f"unknown attack {name!r}; LAD uses {sorted(builders)}")
-    return builders[name]()
+    if name not in settings:
+        raise KeyError(f"unknown attack {name!r}; LAD uses {sorted(settings)}")
+    return attack_lib.create_attack(name, **settings[name])
 
 
 def _craft(model: TappedModel, name: str, config: LadConfig, data: ImageDataset, pool: torch.Tensor,
@@ -909,3 +910,13 @@ def render_report(results: dict[str, Any], paper: dict[str, Any]) -> str:
 
 __all__ = ["ATTACKS", "AttackSettings", "DatasetSpec", "LadConfig", "PAPER", "PROFILES", "SPECS", "lad_config",
            "render_report", "run_lad"]
+
+
+def pipeline_config(profile: str, dataset: str, data_dir: str | None, checkpoint: str | None) -> LadConfig:
+    """The LAD pipelines' config of a profile (they train their own classifiers: no checkpoint)."""
+    if checkpoint:
+        raise ValueError("--classifier applies to DLD experiments only")
+    return lad_config(profile, dataset, data_dir=data_dir)
+
+
+register_pipeline("lad", config=pipeline_config, run=run_lad)

@@ -28,7 +28,8 @@ from ..lad.generation import GeneratedSet
 from ..lad.generator import GeneratorConfig
 from ..training.loop import TrainConfig
 from .lad import (EvalSets, LadBuild, LadConfig, _jsonable, accuracy_at, build_lad, control_sets, eval_sets, headline,
-                  score, set_statistics)
+                  pipeline_config, score, set_statistics)
+from .registry import register_pipeline
 
 
 @dataclass(frozen=True)
@@ -380,3 +381,6 @@ def _upstream_section(builds: list[dict[str, Any]]) -> list[str]:
 
 
 __all__ = ["Row", "Upstream", "render_ablation", "rows", "run_lad_ablation", "upstream_rows"]
+
+
+register_pipeline("lad-ablation", config=pipeline_config, run=run_lad_ablation)
