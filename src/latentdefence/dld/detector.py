@@ -277,7 +277,7 @@ class DeepLatentDefence(KNNDetector):
 
     def __init__(self, classifier: TappedModel, taps: Sequence[str] = ("layer1", "layer2", "layer3"), *,
                  k: int = 10, latent_dim: int = 10, training: EncoderTrainConfig | None = None,
-                 encoders: Mapping[str, EncoderDecoder] | None = None, knn_backend: str = "sklearn",
+                 encoders: Mapping[str, EncoderDecoder] | None = None, knn_backend: str = "torch",
                  knn_algorithm: str = "brute", batch_size: int = 256) -> None:
         self.classifier = classifier
         self.taps = taps
