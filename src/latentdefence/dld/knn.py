@@ -142,13 +142,13 @@ class PrunedExactSearch:
     """Exact L2 k-NN that skips the k-means cells the triangle inequality rules out (why: brute force over all
     points dominates guarded inference, and a query's neighbours sit in a few cells of a clustered latent space).
 
-    A query's k-th distance is bounded above by its k-th nearest point of a fixed sample; a cell whose centre is
-    farther than that bound plus the cell's radius cannot hold a neighbour. Cells are filtered in float32 with a
+    A query's k-th distance is bounded above by its k-th nearest point in its nearest cell (or in a fixed
+    sample); a cell whose centre is farther than that bound plus the cell's radius cannot hold a neighbour. Cells are filtered in float32 with a
     slack larger than its rounding error, and the survivors ranked by exact float64 distances, equal distances
     lower index first: the answer of an exhaustive float64 search.
     """
 
-    def __init__(self, data: torch.Tensor, cells: int = 64, sample: int = 2048, iterations: int = 8,
+    def __init__(self, data: torch.Tensor, cells: int = 64, sample: int = 256, iterations: int = 8,
                  seed: int = 0) -> None:
         self.x = data.to(torch.float64).contiguous()
         norms = self.x.square().sum(1)
@@ -156,41 +156,63 @@ class PrunedExactSearch:
         centres = _kmeans(self.x, norms, min(cells, max(1, len(self.x) // 64)), iterations, gen)
         assign = _sq_dist(self.x, norms, centres, centres.square().sum(1)).argmin(1)
         sizes = torch.bincount(assign, minlength=len(centres))
-        self.members = list(torch.sort(assign, stable=True).indices.split(sizes[sizes > 0].tolist()))
+        self.order = torch.sort(assign, stable=True).indices                    # point ids cell by cell, ascending
+        self.sizes = sizes[sizes > 0]
+        self.starts = self.sizes.cumsum(0) - self.sizes
+        members = self.order.split(self.sizes.tolist())
         self.centres = centres[sizes > 0]
-        self.radius = torch.stack([(self.x[m] - c).norm(dim=1).max() for m, c in zip(self.members, self.centres)])
+        self.radius = torch.stack([(self.x[m] - c).norm(dim=1).max() for m, c in zip(members, self.centres)])
         x32, n32 = self.x.float(), norms.float()
-        self.cells = [(x32[m], n32[m]) for m in self.members]
+        ones = torch.ones(len(x32), 1)      # [-2x, 1, |x|^2]: one product with [q, |q|^2 - cut, 1] per cell
+        self.cells = [torch.cat([-2 * x32, ones, n32[:, None]], 1)[m].T.contiguous() for m in members]
         pick = torch.randperm(len(self.x), generator=gen)[:sample]
         self.sample = (x32[pick], n32[pick])
         self.max_norm = float(norms.max())
 
     def nbytes(self) -> int:
         """Memory held: float64 points, float32 copies grouped by cell, the sample and the cell ids."""
-        return len(self.x) * (self.x.shape[1] * 12 + 12) + self.sample[0].numel() * 4
+        return len(self.x) * (self.x.shape[1] * 12 + 16) + self.sample[0].numel() * 4
 
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(distances (Q, k) float32 ascending, indices (Q, k) int64), exact."""
         q = queries.to(torch.float64)
         qn = q.square().sum(1)
         slack = 1e-5 * (qn + self.max_norm)          # well above float32's error in |q|^2 - 2 q.x + |x|^2
-        bound = (_sq_dist(q.float(), qn.float(), *self.sample).topk(k, 1, largest=False).values[:, -1].double() + slack
-                 if k <= len(self.sample[0]) else torch.full_like(qn, float("inf")))
+        query = torch.cat([q.float(), qn.float()[:, None], torch.ones(len(q), 1)], 1)   # . cell column = |q-x|^2
         centre = _sq_dist(q, qn, self.centres, self.centres.square().sum(1)).clamp_min(0).sqrt()
+        bound = self._bound(query, centre.argmin(1), k) + slack                  # >= each query's k-th distance^2
         need = centre - self.radius <= (bound.sqrt() * (1 + 1e-7) + 1e-7)[:, None]        # (Q, cells)
-        rows, idx = self._candidates(q.float(), qn.float(), need, (bound + slack).float())
+        query[:, -2] -= (bound + slack).float()                                   # . cell column = |q-x|^2 - cut
+        rows, idx = self._candidates(query, need)
         return _exact_top(q, self.x, rows, idx, k)
 
-    def _candidates(self, q: torch.Tensor, qn: torch.Tensor, need: torch.Tensor,
-                    cut: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(query row, point index) of every point in a needed cell within `cut` (float32 squared distance)."""
-        rows_out, idx_out = [], []
-        for c in need.any(0).nonzero().flatten().tolist():
-            rows = need[:, c].nonzero().flatten()
-            r, j = (_sq_dist(q[rows], qn[rows], *self.cells[c]) <= cut[rows, None]).nonzero(as_tuple=True)
-            rows_out.append(rows[r])
-            idx_out.append(self.members[c][j])
-        return torch.cat(rows_out), torch.cat(idx_out)
+    def _bound(self, query: torch.Tensor, home: torch.Tensor, k: int) -> torch.Tensor:
+        """Per query, the k-th smallest float32 squared distance to the points of its nearest cell, or of the
+        fixed sample where that is smaller or the cell holds fewer than k (an upper bound on its k-th neighbour)."""
+        sample = query[:, :-2] @ self.sample[0].T * -2 + self.sample[1] + query[:, -2:-1]
+        bound = (sample.topk(k, 1, largest=False).values[:, -1] if k <= sample.shape[1]
+                 else torch.full((len(query),), float("inf")))
+        for c in home.unique().tolist():
+            if self.sizes[c] >= k:
+                rows = (home == c).nonzero().flatten()
+                near = (query.index_select(0, rows) @ self.cells[c]).topk(k, 1, largest=False).values[:, -1]
+                bound[rows] = torch.minimum(bound[rows], near)
+        return bound.double()
+
+    def _candidates(self, query: torch.Tensor, need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query row, point index) of every point in a needed cell with query . cell column <= 0."""
+        cells, rows = need.T.nonzero(as_tuple=True)                              # (cell, query) pairs by cell
+        per_cell = torch.bincount(cells, minlength=len(self.cells)).tolist()
+        masks = [(query.index_select(0, r) @ self.cells[c] <= 0).flatten()
+                 for c, r in enumerate(rows.split(per_cell)) if len(r)]
+        hits = torch.cat(masks).nonzero().flatten()                              # one pass over all cells' masks
+        used = torch.tensor([c for c, n in enumerate(per_cell) if n])
+        pairs, width = torch.tensor(per_cell)[used], self.sizes[used]
+        ends = (pairs * width).cumsum(0)                                         # where each cell's mask ends
+        cell = torch.searchsorted(ends, hits, right=True)
+        within = hits - (ends - pairs * width)[cell]
+        first_row = (pairs.cumsum(0) - pairs)[cell]
+        return rows[first_row + within // width[cell]], self.order[self.starts[used][cell] + within % width[cell]]
 
 
 def _sq_dist(q: torch.Tensor, qn: torch.Tensor, x: torch.Tensor, xn: torch.Tensor) -> torch.Tensor:
@@ -218,7 +240,7 @@ def _exact_top(q: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, idx: torch.
     col = torch.arange(len(rows)) - (counts.cumsum(0) - counts)[rows]
     dist = torch.full((len(q), int(counts.max())), float("inf"), dtype=torch.float64)
     ids = torch.full_like(dist, -1, dtype=torch.int64)
-    dist[rows, col] = (q[rows] - x[idx]).square_().sum(1)
+    dist[rows, col] = (q.index_select(0, rows) - x.index_select(0, idx)).square_() @ torch.ones(x.shape[1], dtype=x.dtype)
     ids[rows, col] = idx
     top = dist.topk(min(k + 1, dist.shape[1]), 1, largest=False)
     near, near_ids = top.values[:, :k], ids.gather(1, top.indices[:, :k])
