@@ -75,3 +75,14 @@ def test_detector_verdicts_scores_and_evidence_identical_to_the_sklearn_path(art
     evidence_old, evidence_new = old.neighbours(images), new.neighbours(images)   # this fixture's latents tie a lot:
     for tap, (_, labels) in evidence_old.items():                                  # the same labels, ties by index
         assert torch.equal(labels.sort(1).values, evidence_new[tap][1].sort(1).values)
+
+
+def test_one_pass_verdicts_and_evidence_equal_predict_and_neighbours(artifact: Path) -> None:
+    det = DeepLatentDefence.load(artifact)
+    images = torch.cat([blobs(30, 8).images, torch.rand(10, 1, 28, 28)])
+    verdict, found = det.predict_explained(images)
+    alone = det.predict(images)
+    assert torch.equal(verdict.is_adversarial, alone.is_adversarial) and torch.equal(verdict.nonconformity,
+                                                                                     alone.nonconformity)
+    assert all(torch.equal(found[t][0], idx) and torch.equal(found[t][1], labels)
+               for t, (idx, labels) in det.neighbours(images).items())
