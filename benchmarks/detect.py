@@ -1,39 +1,46 @@
 """Cost of DLD-guarded inference against plain F, k-NN backends, and index memory, measured in one run.
 
-Run: .venv/bin/python benchmarks/detect.py [--train 59000] [--batch 256] [--detector PATH]
-     [--backend sklearn|faiss|faiss-hnsw]
+Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/detect.py [--train 59000] [--batch 256] [--detector PATH]
+     [--backends torch sklearn faiss faiss-hnsw] [--out docs/results/detect-benchmark]
 Target: guarded inference (F + all encoders + k-NN + scoring) costs <= 1.5x F alone at batch 256.
 
 Without --detector the encoders are untrained and the indexes hold clustered synthetic embeddings
 (10 Gaussian classes, as a trained latent space looks) of the size of pruned MNIST: timings depend on
-sizes, not on trained weights. With --detector a saved artifact is timed as it is.
+sizes, not on trained weights. With --detector a saved artifact is timed, loaded once per backend, on uniform noise and (for an MNIST
+artifact) on MNIST test images: exhaustive search costs the same on any input, the pruned "torch" search less
+the nearer inputs lie to the indexed data. Each backend's guarded/F ratio is printed, and whether its
+neighbours equal the first backend's on the timed batch.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
 os.environ.setdefault("LATENTDEFENCE_PROGRESS", "0")
 
+from latentdefence._io import atomic_path, environment_info, git_revision, write_json  # noqa: E402
+from latentdefence.data import load_dataset  # noqa: E402
 from latentdefence.dld import DeepLatentDefence, KNNIndex, make_encoder  # noqa: E402
 from latentdefence.dld.encoders import activation_shape  # noqa: E402
 from latentdefence.models import create_model  # noqa: E402
 
 
-def best_of(fn: Callable[[], object], repeats: int = 5) -> float:
-    """Fastest of a few runs (seconds), after one warm-up."""
+def best_of(fn: Callable[[], object], repeats: int = 5, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Fastest of a few runs (seconds of `clock`), after one warm-up."""
     fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return min(times)
 
 
@@ -54,14 +61,17 @@ def synthetic_detector(n_train: int, backend: str, algorithm: str) -> DeepLatent
     return det
 
 
-def guarded_ratio(det: DeepLatentDefence, batch: int) -> dict[str, float]:
-    """Seconds per batch for F alone and for F + encoders + k-NN + Eq. 8, and their ratio."""
-    x = torch.rand(batch, *det.classifier.input_shape)
-    det.batch_size = batch
-    with torch.no_grad():
-        plain = best_of(lambda: det.classifier(x))
-    guarded = best_of(lambda: det.nonconformity(x))
-    return {"plain_s": plain, "guarded_s": guarded, "ratio": guarded / plain}
+def guarded_ratio(det: DeepLatentDefence, x: torch.Tensor) -> dict[str, float]:
+    """Seconds per batch for F alone and for F + encoders + k-NN + Eq. 8, and their ratio: wall time, and this
+    thread's CPU time (steadier where other jobs share the cores: waiting for a core does not count)."""
+    det.batch_size = len(x)
+    out = {}
+    for name, clock in (("", time.perf_counter), ("cpu_", time.thread_time)):
+        with torch.no_grad():
+            plain = best_of(lambda: det.classifier(x), clock=clock)
+        guarded = best_of(lambda: det.nonconformity(x), clock=clock)
+        out.update({f"{name}plain_s": plain, f"{name}guarded_s": guarded, f"{name}ratio": guarded / plain})
+    return out
 
 
 def backend_rates(n: int, dim: int, queries: int, k: int) -> dict[str, float]:
@@ -70,7 +80,8 @@ def backend_rates(n: int, dim: int, queries: int, k: int) -> dict[str, float]:
     q = clustered(queries, dim, seed=1)[0]
     rates = {}
     trees = [("sklearn", "kd_tree")] if dim <= 16 else []                 # k-d trees are hopeless in 100-d
-    for backend, algorithm in [("sklearn", "brute"), *trees, ("faiss", "flat"), ("faiss-hnsw", "M32-ef64")]:
+    for backend, algorithm in [("torch", "pruned"), ("sklearn", "brute"), *trees, ("faiss", "flat"),
+                               ("faiss-hnsw", "M32-ef64")]:
         index = KNNIndex(backend, algorithm if backend == "sklearn" else "auto")  # faiss imported here, last
         index.add(data, labels)
         rates[f"{backend}-{algorithm}"] = queries / best_of(lambda: index.search(q, k), repeats=2)
@@ -82,21 +93,47 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=59000, help="indexed training points per encoder")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--detector", default=None, help="a saved detector artifact to time instead")
-    parser.add_argument("--backend", default="sklearn")
-    parser.add_argument("--algorithm", default="brute")
+    parser.add_argument("--backends", nargs="+", default=["torch", "sklearn"], help="k-NN backends to time, in turn")
+    parser.add_argument("--algorithm", default="brute", help="sklearn's algorithm")
     parser.add_argument("--dims", type=int, nargs="+", default=[10], help="latent sizes for the backend comparison")
+    parser.add_argument("--out", type=Path, default=None, help="write report.md and results.json here")
     args = parser.parse_args()
-    print(f"torch threads {torch.get_num_threads()}")
-    det = (DeepLatentDefence.load(args.detector) if args.detector
-           else synthetic_detector(args.train, args.backend, args.algorithm))
-    r = guarded_ratio(det, args.batch)
-    print(f"batch {args.batch}: F {1e3 * r['plain_s']:.1f} ms, guarded {1e3 * r['guarded_s']:.1f} ms, "
-          f"ratio {r['ratio']:.2f}x (target <= 1.5x) [{det.knn_backend}/{det.knn_algorithm}]")
+    lines, results = [f"torch threads {torch.get_num_threads()}, git {git_revision()}"], {}
+    load_before = os.getloadavg()
+    first: dict[str, dict[str, torch.Tensor]] = {}
+    inputs = {"noise": torch.rand(args.batch, *create_model("dld_mnist").input_shape)}
+    for backend in args.backends:
+        det = (DeepLatentDefence.load(args.detector, knn_backend=backend) if args.detector
+               else synthetic_detector(args.train, backend, args.algorithm))
+        if getattr(det, "metadata_", {}).get("dataset") == "mnist" and "mnist" not in inputs:
+            inputs["mnist"] = load_dataset("mnist").test.images[:args.batch]
+        for name, x in inputs.items():
+            r = guarded_ratio(det, x)
+            found = {tap: idx for tap, (idx, _) in det.neighbours(x).items()}
+            same = all(torch.equal(first.setdefault(name, {}).setdefault(tap, idx), idx) for tap, idx in found.items())
+            results[f"{backend}_{name}"] = {**r, "same_neighbours_as_first": same}
+            lines.append(f"batch {args.batch} {name}: F {1e3 * r['plain_s']:.1f} ms, guarded {1e3 * r['guarded_s']:.1f} ms, "
+                         f"guarded/F {r['ratio']:.2f}x (target <= 1.5x); CPU: F {1e3 * r['cpu_plain_s']:.1f} ms, guarded "
+                         f"{1e3 * r['cpu_guarded_s']:.1f} ms, {r['cpu_ratio']:.2f}x [{backend}], neighbours "
+                         f"{'equal to' if same else 'DIFFER from'} {args.backends[0]}'s")
     for tap, index in det.indexes_.items():
-        print(f"index {tap}: {len(index)} points, {index.nbytes() / len(index):.0f} bytes/point")
+        lines.append(f"index {tap}: {len(index)} points, {index.nbytes() / len(index):.0f} bytes/point [{backend}]")
     for dim in args.dims:
         rates = backend_rates(50_000, dim, 10_000, 10)
-        print(f"k-NN 50k x {dim}-d, 10k queries, k=10: " + ", ".join(f"{k} {v / 1e3:.1f}k q/s" for k, v in rates.items()))
+        results[f"knn_rates_{dim}d"] = rates
+        lines.append(f"k-NN 50k x {dim}-d, 10k queries, k=10: "
+                     + ", ".join(f"{k} {v / 1e3:.1f}k q/s" for k, v in rates.items()))
+    lines.append(f"load average (1, 5, 15 min) before {tuple(round(v, 2) for v in load_before)}, "
+                 f"after {tuple(round(v, 2) for v in os.getloadavg())} on {os.cpu_count()} cores")
+    print("\n".join(lines))
+    if args.out:
+        command = "OMP_NUM_THREADS=1 python benchmarks/detect.py " + " ".join(sys.argv[1:])
+        write_json(args.out / "results.json", {"command": command, "git_revision": git_revision(),
+                                               "environment": environment_info(), "settings": {
+                                                   k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                                               "results": results})
+        with atomic_path(args.out / "report.md") as tmp:
+            tmp.write_text(f"# Guarded inference benchmark\n\n`{command}`\n\n```\n" + "\n".join(lines) + "\n```\n")
 
 
 if __name__ == "__main__":

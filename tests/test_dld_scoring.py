@@ -15,7 +15,7 @@ def _line_index(backend: str) -> KNNIndex:
     return index
 
 
-@pytest.mark.parametrize("backend", ["sklearn", "faiss", "faiss-hnsw"])
+@pytest.mark.parametrize("backend", ["torch", "sklearn", "faiss", "faiss-hnsw"])
 def test_search_returns_euclidean_neighbours_in_order(backend: str) -> None:
     dist, idx = _line_index(backend).search(torch.tensor([[0.9], [11.6]]), k=2)
     assert idx.tolist() == [[1, 0], [5, 4]]

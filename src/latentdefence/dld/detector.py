@@ -68,28 +68,37 @@ class KNNDetector(ConformalDetector):
 
     def nonconformity(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """(F's predictions (N,), summed non-conformity (N,), per-tap non-conformity) in batches."""
-        logits, score, per_layer = self._score(images)
+        logits, score, per_layer, _ = self._score(images)
         return logits.argmax(1), score, per_layer
 
     def predict(self, images: torch.Tensor) -> Detection:
         """As `ConformalDetector.predict`, plus F's class probabilities from the same forward pass."""
+        return self.predict_explained(images)[0]
+
+    def predict_explained(self, images: torch.Tensor) -> tuple[Detection, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """`predict` and `neighbours` from one forward pass and one k-NN search (a server keeping evidence)."""
         self._check_fitted("threshold_")
-        logits, score, per_layer = self._score(images)
-        return self._verdict(logits.argmax(1), score, per_layer, logits.softmax(1))
+        logits, score, per_layer, found = self._score(images)
+        return self._verdict(logits.argmax(1), score, per_layer, logits.softmax(1)), found
 
     @torch.no_grad()
-    def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """(F's logits (N, K), summed non-conformity (N,), per-tap non-conformity) in batches."""
+    def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor],
+                                                    dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """(F's logits (N, K), summed non-conformity (N,), per-tap non-conformity, per-tap neighbours) in batches."""
         self._check_fitted("indexes_")
         images = self.check_images(images)
-        logits, per = [], {tap: [] for tap in self.indexes_}
+        logits, per, found = [], {tap: [] for tap in self.indexes_}, {tap: [] for tap in self.indexes_}
         for i in range(0, len(images), self.batch_size):
             out, latents = self._forward(images[i:i + self.batch_size])
             logits.append(out)
             for tap, z in latents.items():
-                per[tap].append(nonconformity(self.indexes_[tap].neighbour_labels(z, self.k), out.argmax(1)))
+                idx = self.indexes_[tap].search(z, self.k)[1]
+                found[tap].append(idx)
+                per[tap].append(nonconformity(self.indexes_[tap].labels[idx], out.argmax(1)))
         per_layer = {tap: torch.cat(v) for tap, v in per.items()}
-        return torch.cat(logits), torch.stack(list(per_layer.values())).sum(0), per_layer
+        neighbours = {tap: (idx, self.indexes_[tap].labels[idx]) for tap, idx in
+                      ((tap, torch.cat(parts)) for tap, parts in found.items())}
+        return torch.cat(logits), torch.stack(list(per_layer.values())).sum(0), per_layer, neighbours
 
     @torch.no_grad()
     def neighbours(self, images: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -168,7 +177,7 @@ class DeepLatentDefence(KNNDetector):
 
     def __init__(self, classifier: TappedModel, taps: Sequence[str] = ("layer1", "layer2", "layer3"), *,
                  k: int = 10, latent_dim: int = 10, training: EncoderTrainConfig | None = None,
-                 encoders: Mapping[str, EncoderDecoder] | None = None, knn_backend: str = "sklearn",
+                 encoders: Mapping[str, EncoderDecoder] | None = None, knn_backend: str = "torch",
                  knn_algorithm: str = "brute", batch_size: int = 256) -> None:
         self.classifier = classifier
         self.taps = taps

@@ -180,9 +180,8 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
 
     def infer(images: torch.Tensor) -> list[dict[str, Any]]:
         """One guarded forward pass; flagged inputs are durably recorded before the results are returned."""
-        out = guard.predict(images)
+        out, evidence = guard.predict_with_evidence(images)                     # evidence of the flagged ones
         flagged = out.is_adversarial.nonzero().flatten()                        # (F,)
-        evidence = guard.explain(images[flagged]) if len(flagged) else []
         ids = audit.record(images[flagged], out.label[flagged], out.nonconformity[flagged],
                            out.credibility[flagged], {t: v[flagged] for t, v in out.per_layer.items()},
                            threshold, model_id, evidence)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .._io import git_revision, sha256_file
-from ..dld import DeepLatentDefence
+from ..dld import DeepLatentDefence, Detection
 from ..models import TappedModel
 from ..training import save_checkpoint
 from ..validation import InputValidationError, check_images
@@ -94,17 +94,26 @@ class GuardedClassifier:
 
     def predict(self, images: torch.Tensor) -> GuardedPrediction:
         """Class, probabilities and the detector's verdict for images (N, C, H, W) in [0, 1]."""
-        det = self.detector.predict(self.check_images(images))
-        assert det.probabilities is not None  # DeepLatentDefence.predict always fills them
-        return GuardedPrediction(det.predicted, det.probabilities, det.is_adversarial, det.credibility,
-                                 det.nonconformity, det.per_layer)
+        return self._prediction(self.detector.predict(self.check_images(images)))
+
+    def predict_with_evidence(self, images: torch.Tensor
+                              ) -> tuple[GuardedPrediction, list[dict[str, dict[str, list[int]]]]]:
+        """`predict`, and `explain` for the flagged images only (in order), from one forward pass and one k-NN
+        search: what the server audits."""
+        det, found = self.detector.predict_explained(self.check_images(images))
+        flagged = det.is_adversarial.nonzero().flatten()
+        return self._prediction(det), _evidence({tap: (idx[flagged], labels[flagged])
+                                                 for tap, (idx, labels) in found.items()})
 
     def explain(self, images: torch.Tensor) -> list[dict[str, dict[str, list[int]]]]:
         """Per image, per layer, the k nearest indexed training points: {"indices": [...], "labels": [...]}."""
-        found = self.detector.neighbours(self.check_images(images))
-        lists = {tap: (idx.tolist(), labels.tolist()) for tap, (idx, labels) in found.items()}
-        return [{tap: {"indices": idx[i], "labels": labels[i]} for tap, (idx, labels) in lists.items()}
-                for i in range(len(images))]
+        return _evidence(self.detector.neighbours(self.check_images(images)))
+
+    @staticmethod
+    def _prediction(det: Detection) -> GuardedPrediction:
+        assert det.probabilities is not None  # DeepLatentDefence.predict always fills them
+        return GuardedPrediction(det.predicted, det.probabilities, det.is_adversarial, det.credibility,
+                                 det.nonconformity, det.per_layer)
 
     def __call__(self, images: torch.Tensor) -> GuardedPrediction:
         return self.predict(images)
@@ -132,3 +141,11 @@ class GuardedClassifier:
             raise ValueError("the classifier has no registry name; save its state_dict() yourself")
         return save_checkpoint(path, self.classifier, {"exported_from": self.source,
                                                        "detector_threshold": self.detector.threshold_})
+
+
+def _evidence(found: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> list[dict[str, dict[str, list[int]]]]:
+    """Per-tap (indices (N, k), labels (N, k)) as one {"indices", "labels"} dict per image and tap."""
+    lists = {tap: (idx.tolist(), labels.tolist()) for tap, (idx, labels) in found.items()}
+    count = len(next(iter(lists.values()))[0]) if lists else 0
+    return [{tap: {"indices": idx[i], "labels": labels[i]} for tap, (idx, labels) in lists.items()}
+            for i in range(count)]
