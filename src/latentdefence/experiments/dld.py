@@ -161,7 +161,7 @@ def _demo(base: DLDExperimentConfig) -> DLDExperimentConfig:
     (from a checkout; a 2-epoch FGSM-RS one is trained otherwise), encoders trained with the cpu profile's
     recipe at a quarter of its images (5k, 4 epochs, 500 held out for the stopping rule) and small attack subsets.
     Its numbers show the defence working at a small scale, not the paper setting."""
-    n = {"fgsm": 1000, "pgd": 300, "cw": 20, "adaptive": 200}  # CW at full strength (200 x 3 fooled 1 of 100)
+    n: dict[str, int | None] = {"fgsm": 1000, "pgd": 300, "cw": 20, "adaptive": 200}  # CW at full strength (200 x 3 fooled 1 of 100)
     ckpt = committed_classifier() if base.dataset == "mnist" else None
     return replace(base, profile="demo", n_clean=2000, index_max_train=20_000,
                    classifier_checkpoint=str(ckpt) if ckpt else None,
@@ -174,7 +174,7 @@ def _demo(base: DLDExperimentConfig) -> DLDExperimentConfig:
 
 def _smoke(base: DLDExperimentConfig) -> DLDExperimentConfig:
     """Seconds: tiny subsets and a few steps everywhere; numbers are meaningless."""
-    n = {"fgsm": 20, "pgd": 12, "cw": 8, "adaptive": 12}
+    n: dict[str, int | None] = {"fgsm": 20, "pgd": 12, "cw": 8, "adaptive": 12}
     return replace(base, profile="smoke", n_calibration=100, n_validation=100, n_clean=60, index_max_train=400,
                    classifier=replace(base.classifier, epochs=1, adversarial="fgsm_rs", step_size=None,
                                       max_train=400),

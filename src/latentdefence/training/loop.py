@@ -118,7 +118,8 @@ def train_classifier(model: nn.Module, train: ImageDataset, config: TrainConfig,
     if steps_per_epoch == 0:
         raise ValueError(f"training set of {len(train)} is smaller than one batch of {config.batch_size}")
     sched = _scheduler(opt, config, steps_per_epoch)
-    result, start_epoch, best = TrainResult(), 0, (-1.0, None)
+    result, start_epoch = TrainResult(), 0
+    best: tuple[float, dict[str, Any] | None] = (-1.0, None)   # (score, F's weights) of the best epoch
     if ckpt_dir and (ckpt_dir / "last.json").is_file():
         start_epoch, result.history = _resume(ckpt_dir / "last", model, opt, sched, steps_per_epoch)
     net = _wrap_ddp(model, dist_info)
@@ -156,7 +157,7 @@ def train_classifier(model: nn.Module, train: ImageDataset, config: TrainConfig,
 
 def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
             steps_per_epoch: int) -> tuple[int, list[dict[str, float]]]:
-    saved, meta, extra = load_checkpoint(path, with_extra=True)  # type: ignore[misc]
+    saved, meta, extra = load_checkpoint(path, with_extra=True)
     model.load_state_dict(saved.state_dict())
     _restore_optimizer(opt, extra)
     torch.set_rng_state(extra["rng"])
