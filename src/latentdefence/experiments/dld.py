@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -28,6 +28,9 @@ from ..dld.training import EncoderValidation, TrainingLog
 from ..models import TappedModel, create_model
 from .cache import StageTimer, build_seconds, ensure_stage, settings_key
 from .registry import register_pipeline
+
+if TYPE_CHECKING:  # `training` itself is imported lazily, where it is used
+    from ..training.loop import Adversarial
 
 ATTACKS = ("fgsm", "pgd", "cw", "adaptive")
 # Paper values (percent / AUC) for the report: (base accuracy, robustness, ROC AUC); Table II: (TP increase, FP).
@@ -49,7 +52,7 @@ class ClassifierSettings:
     epochs: int = 10
     batch_size: int = 100
     lr: float = 1e-3
-    adversarial: str = "pgd"
+    adversarial: Adversarial = "pgd"
     eps: float = 0.3
     steps: int = 40
     step_size: float | None = 0.01
@@ -263,7 +266,7 @@ def _classifier(config: DLDExperimentConfig, train: ImageDataset, root: Path | N
     val = (train.subset(slice(cs.max_train, cs.max_train + config.n_validation))
            if cs.max_train and cs.max_train < len(train) else None)
     settings = {"dataset": config.dataset, **asdict(cs), "validation": len(val) if val is not None else 0}
-    tc = TrainConfig(epochs=cs.epochs, batch_size=cs.batch_size, lr=cs.lr, adversarial=cs.adversarial,  # type: ignore[arg-type]
+    tc = TrainConfig(epochs=cs.epochs, batch_size=cs.batch_size, lr=cs.lr, adversarial=cs.adversarial,
                      eps=cs.eps, steps=cs.steps, step_size=cs.step_size, eps_ramp_epochs=cs.eps_ramp_epochs,
                      seed=cs.seed)
     path = ensure_stage("dld-classifier", settings, lambda d: train_classifier(
