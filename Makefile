@@ -12,6 +12,7 @@ demo: setup
 	$(BIN)/latentdefence demo
 
 test: setup
+	$(BIN)/python -m mypy src/latentdefence
 	$(BIN)/python -m pytest -q --durations=15
 
 bench: setup

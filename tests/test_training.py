@@ -12,6 +12,7 @@ import torch
 from latentdefence.data import ImageDataset
 from latentdefence.models import create_model
 from latentdefence.training import TrainConfig, load_checkpoint, save_checkpoint, train_classifier
+from latentdefence.validation import InputValidationError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,6 +25,12 @@ def toy_digits(n: int = 400, seed: int = 0) -> ImageDataset:
     for i, k in enumerate(labels.tolist()):
         images[i, 0, 2 * k + 4, 4:24] = 1.0
     return ImageDataset(images, labels, "toy", "train")
+
+
+@pytest.mark.parametrize("setting", ["optimizer", "schedule", "adversarial"])
+def test_an_unknown_choice_is_rejected_by_name(setting: str) -> None:
+    with pytest.raises(InputValidationError, match=f"^{setting} must be one of .*'adamw'"):
+        TrainConfig(**{setting: "adamw"})
 
 
 def test_clean_training_learns_a_simple_task() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from typing import TypeVar
 
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
@@ -31,10 +31,13 @@ def make_progress() -> Progress:
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Iterate with a progress bar and ETA."""
+    """Iterate with a progress bar and ETA; `total` is needed for items without a len() (a generator)."""
+    if total is None:
+        if not isinstance(items, Sized):
+            raise TypeError(f"track({description!r}): {type(items).__name__} has no len(); pass total=")
+        total = len(items)
     with make_progress() as progress:
-        task = progress.add_task(description, total=total if total is not None else len(items),  # type: ignore[arg-type]
-                                 status="")
+        task = progress.add_task(description, total=total, status="")
         for item in items:
             yield item
             progress.advance(task)

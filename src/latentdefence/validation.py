@@ -104,10 +104,11 @@ def check_count(name: str, value: Any, minimum: int = 1, maximum: int | None = N
     """An integer (not a bool, float or str) >= `minimum` (and <= `maximum`)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InputTypeError(name, f"must be an integer, got {type(value).__name__} {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
+    count = int(value)
+    if count < minimum or (maximum is not None and count > maximum):
         span = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
         raise InputValidationError(name, f"must be an integer {span}, got {value}")
-    return int(value)
+    return count
 
 
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:

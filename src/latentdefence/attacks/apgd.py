@@ -138,7 +138,10 @@ class APGD(Attack):
     def _succeeded(self, logits: torch.Tensor, labels: torch.Tensor | None,
                    targets: torch.Tensor | None) -> torch.Tensor:
         preds = logits.argmax(dim=1)
-        return preds != labels if labels is not None else preds == targets
+        if labels is not None:
+            return preds != labels
+        assert targets is not None
+        return preds == targets
 
     def _one_run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None,
                  targets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -269,4 +272,5 @@ class APGDT(APGD):
 
     def _succeeded(self, logits: torch.Tensor, labels: torch.Tensor | None,
                    targets: torch.Tensor | None) -> torch.Tensor:
+        assert labels is not None   # APGD-T is untargeted: `run` always passes the true labels
         return logits.argmax(dim=1) != labels

@@ -80,7 +80,7 @@ class DetectorAttack(Attack):
     check_every: int
     generator: torch.Generator | None
 
-    def __call__(self, detector: Detector, images: torch.Tensor, labels: torch.Tensor,  # type: ignore[override]
+    def __call__(self, detector: Detector, images: torch.Tensor, labels: torch.Tensor,  # type: ignore[override]  # a detector, not F
                  targets: torch.Tensor | None = None, *, starts: torch.Tensor | None = None) -> AttackResult:
         """`starts` (optional, shaped like images): where the first run begins instead of a random point, e.g.
         another attack's output (projected into this attack's ball); they are judged by the detector first."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
 
 import typer
 
@@ -37,6 +37,7 @@ def train(
         from ..data import load_dataset
         from ..models import create_model
         from ..training import TrainConfig, train_classifier
+        from ..training.loop import Adversarial, Optimizer, Schedule
 
         seed_everything(seed)  # the initial weights depend on it too
         splits = load_dataset(dataset, data_dir)
@@ -45,8 +46,9 @@ def train(
             raise ValueError(f"--val-size {val_size} must be smaller than the {len(train_set)} training images")
         fit, val = train_set.subset(slice(0, len(train_set) - val_size)), train_set.subset(
             slice(len(train_set) - val_size, None))
-        config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,  # type: ignore[arg-type]
-                             schedule=schedule, adversarial=adversarial, eps=eps, steps=steps,  # type: ignore[arg-type]
+        config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=cast(Optimizer, optimizer),
+                             schedule=cast(Schedule, schedule), adversarial=cast(Adversarial, adversarial),
+                             eps=eps, steps=steps,  # the casts: TrainConfig checks each choice at run time
                              eps_ramp_epochs=eps_ramp_epochs, seed=seed)
         result = train_classifier(create_model(arch), fit, config, val=val if val_size else None,
                                   checkpoint_dir=out, metadata={"val_size": val_size})

@@ -68,9 +68,9 @@ def read_face(path: Path, image_size: int) -> np.ndarray:
     never silently converted or upscaled.
     """
     try:
-        with Image.open(path) as img:
-            mode, bands = img.mode, len(img.getbands())
-            img = img.convert("RGB")
+        with Image.open(path) as raw:
+            mode, bands = raw.mode, len(raw.getbands())
+            img = raw.convert("RGB")
     except (OSError, SyntaxError, ValueError) as err:  # Pillow's errors for missing, truncated or bad JPEGs
         raise DatasetFileError(f"{path}: unreadable image ({err})") from err
     if mode != "RGB":

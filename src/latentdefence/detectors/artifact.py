@@ -43,6 +43,6 @@ def load_detector(cls: type[D], path: str | Path,
         raise ValueError(f"{path}: not a {cls.__name__} artifact (format {meta.get('format')!r}, "
                          f"detector {meta.get('detector')!r})")
     params = artifact_field(path, meta, "params", Mapping)
-    det = cls(cls._artifact_classifier(path, tensors, meta, classifier), **params)  # type: ignore[call-arg]
+    det = cls(cls._artifact_classifier(path, tensors, meta, classifier), **params)  # type: ignore[call-arg]  # subclasses take F first; the ABC declares no __init__
     det._restore_calibration(tensors, meta, path)
     return det, tensors, artifact_field(path, meta, "fitted", Mapping)

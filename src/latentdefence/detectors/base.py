@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -89,11 +89,15 @@ class Detector(Protocol):
     """What attacks need from a detector (every `ConformalDetector` with a ``surrogate_score``; a user's own
     detector too)."""
 
-    classifier: nn.Module
+    @property
+    def classifier(self) -> nn.Module: ...           # read-only, so a detector holding a TappedModel fits
 
     def predict(self, images: torch.Tensor) -> Verdict: ...
 
     def surrogate_score(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor: ...
+
+
+_Self = TypeVar("_Self", bound="ConformalDetector")
 
 
 class ConformalDetector(ABC):
@@ -111,7 +115,7 @@ class ConformalDetector(ABC):
     def nonconformity(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """(F's predictions (N,), score (N,), per-layer scores): the subclass's detector score."""
 
-    def calibrate(self, calibration: ImageDataset, target_fpr: float = 0.02) -> "ConformalDetector":
+    def calibrate(self: _Self, calibration: ImageDataset, target_fpr: float = 0.02) -> _Self:
         """Threshold with at most `target_fpr` of the clean calibration set flagged (DLD Section IV-B)."""
         check_number("target_fpr", target_fpr, low=0.0, high=1.0, high_open=True)
         if not isinstance(calibration, ImageDataset):

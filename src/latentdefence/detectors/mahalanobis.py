@@ -67,7 +67,7 @@ class MahalanobisDetector(LayerScoreDetector):
         num_classes = self.classifier.num_classes
         if torch.bincount(data.labels, minlength=num_classes).min() < 1:
             raise ValueError(f"every one of the {num_classes} classes needs training images for its Gaussian")
-        feats = {tap: [] for tap in self.taps_}
+        feats: dict[str, list[torch.Tensor]] = {tap: [] for tap in self.taps_}
         with torch.no_grad(), frozen_eval(self.classifier):
             for i in range(0, len(data), self.batch_size):
                 acts = self.classifier.intermediates(data.images[i:i + self.batch_size].to(

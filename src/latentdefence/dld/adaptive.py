@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -97,7 +98,8 @@ class CentroidAttack:
         acts = classifier.intermediates(x, taps)
         logits = classifier.forward_from(acts[last], last)
         ce = nn.functional.cross_entropy(logits, labels, reduction="sum")
-        cnt = sum(_distance(encoders[t](acts[t]), centroids[t].to(x)[targets]).sum() for t in taps)
+        cnt = cast(torch.Tensor, sum(_distance(encoders[t](acts[t]), centroids[t].to(x)[targets]).sum()
+                                     for t in taps))                  # a tensor: `taps` is never empty
         g_ce, g_c = (torch.autograd.grad(term, x, retain_graph=True)[0] for term in (ce, cnt))
         if self.combine == "normalised":
             g_ce, g_c = _unit(g_ce), _unit(g_c)

@@ -87,7 +87,9 @@ class KNNDetector(ConformalDetector):
         """(F's logits (N, K), summed non-conformity (N,), per-tap non-conformity, per-tap neighbours) in batches."""
         self._check_fitted("indexes_")
         images = self.check_images(images)
-        logits, per, found = [], {tap: [] for tap in self.indexes_}, {tap: [] for tap in self.indexes_}
+        logits: list[torch.Tensor] = []
+        per: dict[str, list[torch.Tensor]] = {tap: [] for tap in self.indexes_}
+        found: dict[str, list[torch.Tensor]] = {tap: [] for tap in self.indexes_}
         for i in range(0, len(images), self.batch_size):
             out, latents = self._forward(images[i:i + self.batch_size])
             logits.append(out)
@@ -174,6 +176,8 @@ class DeepLatentDefence(KNNDetector):
 
     A classifier built by ``create_model`` records its registry name, so ``load`` can rebuild it.
     """
+
+    metadata_: dict[str, Any]    # what a loaded artifact carried; absent on a detector fitted here
 
     def __init__(self, classifier: TappedModel, taps: Sequence[str] = ("layer1", "layer2", "layer3"), *,
                  k: int = 10, latent_dim: int = 10, training: EncoderTrainConfig | None = None,
@@ -275,7 +279,7 @@ class DeepLatentDefence(KNNDetector):
         return det
 
 
-def _training_config(saved: Mapping[str, object] | None) -> EncoderTrainConfig | None:
+def _training_config(saved: Mapping[str, Any] | None) -> EncoderTrainConfig | None:
     """The saved settings; artifacts older than the `pairing` setting were trained with legacy pairing."""
     return EncoderTrainConfig(**{"pairing": "legacy", **saved}) if saved else None
 

@@ -27,7 +27,8 @@ def inserted_accuracy(classifier: TappedModel, tap: str, ed: EncoderDecoder, ima
 
 def knn_majority(detector: KNNDetector, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """F's predictions (N,) and, per tap, the majority label (N,) of the k nearest indexed training points."""
-    preds, votes = [], {tap: [] for tap in detector.indexes_}
+    preds: list[torch.Tensor] = []
+    votes: dict[str, list[torch.Tensor]] = {tap: [] for tap in detector.indexes_}
     for i in range(0, len(images), batch_size):
         pred, latents = detector.embed(images[i:i + batch_size])
         preds.append(pred)

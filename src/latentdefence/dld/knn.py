@@ -115,6 +115,7 @@ class KNNIndex:
         if self.backend.startswith("faiss"):
             import faiss  # lazily: see the module docstring
 
+            index: faiss.Index
             if self.backend == "faiss-hnsw":
                 index = faiss.IndexHNSWFlat(data.shape[1], self.hnsw_m)
                 index.hnsw.efSearch = self.ef_search

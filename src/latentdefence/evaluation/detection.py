@@ -45,7 +45,7 @@ class AttackMetrics:
     robustness_ci: tuple[float, float]
     true_positive_rate_ci: tuple[float, float]
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -60,7 +60,7 @@ class CleanMetrics:
     fpr_on_incorrect: float
     fpr_ci: tuple[float, float]
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 

@@ -297,7 +297,8 @@ def _attack_all(detectors: Mapping[str, Any], images: torch.Tensor, labels: torc
 def _autoattack(attack: AutoAttack, classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                 batch_size: int) -> tuple[torch.Tensor, dict[str, float]]:
     """The cascade in batches; robust accuracy after each stage over all images."""
-    adv, robust = [], {}
+    adv: list[torch.Tensor] = []
+    robust: dict[str, float] = {}
     for i in range(0, len(images), batch_size):
         result, after = attack.evaluate(classifier, images[i:i + batch_size], labels[i:i + batch_size])
         adv.append(result.images)
@@ -345,7 +346,7 @@ def _metrics(det: Any, labels: torch.Tensor, clean_images: torch.Tensor, clean_l
     v = {k: verdicts(det, imgs) for k, imgs in sets.items()}
     tfpr = target_fpr if target_fpr is not None else float(getattr(det, "target_fpr_", 0.02))
     threshold = getattr(det, "threshold_", None)
-    out = {"threshold": None if threshold is None else float(threshold),
+    out: dict[str, Any] = {"threshold": None if threshold is None else float(threshold),
            "clean": {"n": len(clean_labels), "fpr": float(v_clean.is_adversarial.float().mean()),
                      "accuracy": float((v_clean.predicted == clean_labels).float().mean()),
                      "calibration_fpr": float(v_cal.is_adversarial.float().mean())},
@@ -398,7 +399,7 @@ def _sanity(det: Any, name: str, images: torch.Tensor, labels: torch.Tensor, thr
         return _pgd(threat, bud, generator, eps) if strongest == "pgd" else detector_attack(strongest, threat, bud,
                                                                                             generator, eps)
     starts = sets["autoattack"][:len(x)] if strongest == "selective" else None   # as in the main run
-    more = {"attack": strongest, "budget": robustness(sets[strongest][:len(x)]),
+    more: dict[str, Any] = {"attack": strongest, "budget": robustness(sets[strongest][:len(x)]),
             "double_steps_and_restarts": robustness(run(make(b.doubled()), starts))}
     if more["double_steps_and_restarts"] > more["budget"]:
         warnings.append(f"{name}: {strongest} with twice the steps and restarts gave higher robustness "

@@ -24,7 +24,7 @@ from .._io import write_json
 try:
     import fcntl
 except ImportError:  # not POSIX: stages are not locked
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # a module or None: mypy cannot type an optional import
 
 _MARKER = "COMPLETE.json"
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -28,6 +28,9 @@ from ..dld.training import EncoderValidation, TrainingLog
 from ..models import TappedModel, create_model
 from .cache import StageTimer, build_seconds, ensure_stage, settings_key
 from .registry import register_pipeline
+
+if TYPE_CHECKING:  # `training` itself is imported lazily, where it is used
+    from ..training.loop import Adversarial
 
 ATTACKS = ("fgsm", "pgd", "cw", "adaptive")
 # Paper values (percent / AUC) for the report: (base accuracy, robustness, ROC AUC); Table II: (TP increase, FP).
@@ -49,7 +52,7 @@ class ClassifierSettings:
     epochs: int = 10
     batch_size: int = 100
     lr: float = 1e-3
-    adversarial: str = "pgd"
+    adversarial: Adversarial = "pgd"
     eps: float = 0.3
     steps: int = 40
     step_size: float | None = 0.01
@@ -161,7 +164,7 @@ def _demo(base: DLDExperimentConfig) -> DLDExperimentConfig:
     (from a checkout; a 2-epoch FGSM-RS one is trained otherwise), encoders trained with the cpu profile's
     recipe at a quarter of its images (5k, 4 epochs, 500 held out for the stopping rule) and small attack subsets.
     Its numbers show the defence working at a small scale, not the paper setting."""
-    n = {"fgsm": 1000, "pgd": 300, "cw": 20, "adaptive": 200}  # CW at full strength (200 x 3 fooled 1 of 100)
+    n: dict[str, int | None] = {"fgsm": 1000, "pgd": 300, "cw": 20, "adaptive": 200}  # CW at full strength (200 x 3 fooled 1 of 100)
     ckpt = committed_classifier() if base.dataset == "mnist" else None
     return replace(base, profile="demo", n_clean=2000, index_max_train=20_000,
                    classifier_checkpoint=str(ckpt) if ckpt else None,
@@ -174,7 +177,7 @@ def _demo(base: DLDExperimentConfig) -> DLDExperimentConfig:
 
 def _smoke(base: DLDExperimentConfig) -> DLDExperimentConfig:
     """Seconds: tiny subsets and a few steps everywhere; numbers are meaningless."""
-    n = {"fgsm": 20, "pgd": 12, "cw": 8, "adaptive": 12}
+    n: dict[str, int | None] = {"fgsm": 20, "pgd": 12, "cw": 8, "adaptive": 12}
     return replace(base, profile="smoke", n_calibration=100, n_validation=100, n_clean=60, index_max_train=400,
                    classifier=replace(base.classifier, epochs=1, adversarial="fgsm_rs", step_size=None,
                                       max_train=400),
@@ -263,7 +266,7 @@ def _classifier(config: DLDExperimentConfig, train: ImageDataset, root: Path | N
     val = (train.subset(slice(cs.max_train, cs.max_train + config.n_validation))
            if cs.max_train and cs.max_train < len(train) else None)
     settings = {"dataset": config.dataset, **asdict(cs), "validation": len(val) if val is not None else 0}
-    tc = TrainConfig(epochs=cs.epochs, batch_size=cs.batch_size, lr=cs.lr, adversarial=cs.adversarial,  # type: ignore[arg-type]
+    tc = TrainConfig(epochs=cs.epochs, batch_size=cs.batch_size, lr=cs.lr, adversarial=cs.adversarial,
                      eps=cs.eps, steps=cs.steps, step_size=cs.step_size, eps_ramp_epochs=cs.eps_ramp_epochs,
                      seed=cs.seed)
     path = ensure_stage("dld-classifier", settings, lambda d: train_classifier(

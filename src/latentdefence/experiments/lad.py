@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from functools import partial
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
@@ -271,8 +272,7 @@ def _trained_generator(stages: _Stages, settings: dict[str, Any], config: LadCon
         paths = [stages.run("lad-generator", first, lambda p: build(p, config.generator, None))]
         for done, phase in enumerate(config.generator_refine, 1):
             chain = {**first, "refine": settings["refine"][:done]}
-            paths.append(stages.run("lad-generator", chain,
-                                    lambda p, phase=phase, parent=paths[-1]: build(p, phase, parent)))
+            paths.append(stages.run("lad-generator", chain, partial(build, phase=phase, parent=paths[-1])))
         gen, metrics = load_generator(paths[-1] / "generator.safetensors")
     if config.generator_refine:  # how the MSE fell phase by phase
         metrics["phases"] = [{k: load_tensors(p / "generator.safetensors")[1][k]
@@ -562,9 +562,10 @@ def control_sets(b: LadBuild, mirror: GeneratedSet, mirror_settings: dict[str, A
     tap, k = SPECS[b.config.dataset].tap, b.classifier.num_classes
     sources = b.splits.test.images[mirror.source_index]
     recon = generate(b.generator, extract_latents(b.classifier, tap, sources))
-    out = {"reconstruction": ({"control": "reconstruction", "of": mirror_settings},
-                              ImageDataset(recon, mirror.labels, "reconstruction", "generated")),
-           "clean": ({"control": "clean", "of": mirror_settings}, ImageDataset(sources, mirror.labels, "clean", "test"))}
+    out: dict[str, tuple[dict[str, Any], ImageDataset]] = {
+        "reconstruction": ({"control": "reconstruction", "of": mirror_settings},
+                           ImageDataset(recon, mirror.labels, "reconstruction", "generated")),
+        "clean": ({"control": "clean", "of": mirror_settings}, ImageDataset(sources, mirror.labels, "clean", "test"))}
     wanted = -(-len(mirror) // k)
     per_class = max(-(-len(b.small) // k), wanted)  # one crafted set serves every mirror (Small Adv. is the largest)
     for name in ("pgd", "fgsm"):
@@ -757,10 +758,10 @@ def _figures(out: Path, config: LadConfig, classifier: TappedModel, generator: L
         labels.append(name.upper())
         titles.append([f"{int(y)}>{int(p)}" for y, p in zip(white.labels[:n], white.predictions[:n])])
     for eps in config.large_eps[1::2]:
-        part = large.select((large.eps == eps) & (large.targets == (large.labels + 1) % (int(large.labels.max()) + 1)))
-        rows.append(part.images[:n])
+        chosen = large.select((large.eps == eps) & (large.targets == (large.labels + 1) % (int(large.labels.max()) + 1)))
+        rows.append(chosen.images[:n])
         labels.append(f"LAD eps={eps:g}")
-        titles.append([f"{int(y)}>{int(p)}" for y, p in zip(part.labels[:n], part.image_predictions[:n])])
+        titles.append([f"{int(y)}>{int(p)}" for y, p in zip(chosen.labels[:n], chosen.image_predictions[:n])])
     plots.image_grid(out / "fig4_examples.png", rows, labels, titles, "Fig. 4: label>predicted class above each image")
     plots.success_heatmap(out / "fig5_success_rate.png", fig5)
     _fig6(out, config, classifier, generator, boundaries, splits.test, split)

@@ -145,7 +145,8 @@ def make_split(labels: torch.Tensor, *, boundary_per_class: int, generation_per_
         part = per_class_sample(labels, pool, per_class, gen)
         pool = pool[~torch.isin(pool, part)]
         parts.append(part)
-    return LadSplit(*parts, evaluation=pool)
+    boundary, generation, small = parts
+    return LadSplit(boundary, generation, small, evaluation=pool)
 
 
 def eps_label(eps: float | Sequence[float]) -> str:

@@ -116,7 +116,8 @@ def train_acgan(data: ImageDataset, config: ACGANConfig, num_classes: int | None
     (model, per-epoch {d_loss, g_loss, aux_accuracy_real})."""
     k = num_classes or int(data.labels.max()) + 1
     gen = seed_everything(config.seed)
-    shape = tuple(data.images.shape[1:])
+    c, h, w = data.images.shape[1:]
+    shape = (c, h, w)
     g_net, d_net = ACGANGenerator(k, shape, config.latent_dim, config.width), ACGANDiscriminator(k, shape, config.width)
     opt_g = torch.optim.Adam(g_net.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
     opt_d = torch.optim.Adam(d_net.parameters(), lr=config.lr, betas=(config.beta1, 0.999))

@@ -113,7 +113,7 @@ class BinaryLogits(nn.Module):
         return torch.cat([torch.zeros_like(z), z], dim=1)
 
 
-_VGG11 = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
+_VGG11: list[int | str] = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
 
 
 @register_model("celeba_net")

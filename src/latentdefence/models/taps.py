@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -27,6 +28,8 @@ class TappedModel(nn.Module):
 
     input_shape: tuple[int, int, int]
     num_classes: int
+    arch: str                       # set by `create_model` (the registry name, saved in checkpoints)
+    arch_kwargs: dict[str, Any]     # set by `create_model`; absent on a model built directly
 
     @property
     def tap_names(self) -> tuple[str, ...]:
@@ -66,7 +69,7 @@ class StagedModel(TappedModel):
                  input_shape: tuple[int, int, int], num_classes: int) -> None:
         super().__init__()
         self.stages = nn.ModuleDict(OrderedDict(stages))
-        self.input_shape = tuple(input_shape)  # type: ignore[assignment]
+        self.input_shape = cast(tuple[int, int, int], tuple(input_shape))
         self.num_classes = num_classes
         self._order = tuple(self.stages.keys())
 
@@ -118,7 +121,7 @@ class HookedModel(TappedModel):
                  num_classes: int) -> None:
         super().__init__()
         self.module = module
-        self.input_shape = tuple(input_shape)  # type: ignore[assignment]
+        self.input_shape = cast(tuple[int, int, int], tuple(input_shape))
         self.num_classes = num_classes
         names = dict(module.named_modules())
         missing = [t for t in taps if t not in names]

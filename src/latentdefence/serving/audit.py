@@ -202,7 +202,8 @@ class AuditLog:
     def query(self, since: str | None = None, until: str | None = None, label: int | None = None,
               limit: int = 100) -> list[FlaggedRecord]:
         """Newest first: records flagged in [since, until] (ISO 8601 times, UTC if no offset) with F's `label`."""
-        where, args = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        args: list[str | int] = []
         for op, value in ((">=", since), ("<=", until)):
             if value is not None:
                 where.append(f"time {op} ?")

@@ -81,7 +81,8 @@ class GuardedClassifier:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.classifier.input_shape)  # type: ignore[return-value]
+        c, h, w = self.classifier.input_shape
+        return c, h, w
 
     def check_images(self, images: torch.Tensor) -> torch.Tensor:
         """`images` as float32 (N, C, H, W) of F's input shape, finite, in [0, 1] on CPU; else an InputError (422)

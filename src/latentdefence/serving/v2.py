@@ -23,7 +23,7 @@ from .guarded import InputError
 
 INPUT = "images"
 HEADER_LENGTH = "inference-header-content-length"
-INPUT_TYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
+INPUT_TYPES: dict[str, np.dtype] = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
 OUTPUT_TYPES = {"BOOL": np.dtype("?"), "INT64": np.dtype("<i8"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 
@@ -39,6 +39,12 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, metadata: dict[str
     return weights
 
 
+@overload
+def load_checkpoint(path: str | Path, map_location: str | torch.device = ...,
+                    with_extra: Literal[False] = ...) -> tuple[TappedModel, dict[str, Any]]: ...
+@overload
+def load_checkpoint(path: str | Path, map_location: str | torch.device = ..., *,
+                    with_extra: Literal[True]) -> tuple[TappedModel, dict[str, Any], dict[str, torch.Tensor]]: ...
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
                     with_extra: bool = False) -> tuple[TappedModel, dict[str, Any]] | tuple[
                         TappedModel, dict[str, Any], dict[str, torch.Tensor]]:

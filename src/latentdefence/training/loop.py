@@ -8,7 +8,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -18,10 +18,15 @@ from .._seed import seed_everything
 from ..attacks import PGD
 from ..data.base import ImageDataset
 from ..evaluation.metrics import accuracy, robust_accuracy
+from ..validation import check_choice
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistInfo, init_distributed, shard
 
 log = logging.getLogger(__name__)
+
+Optimizer = Literal["adam", "sgd"]
+Schedule = Literal["constant", "onecycle", "cosine"]
+Adversarial = Literal["none", "pgd", "fgsm_rs"]
 
 
 @dataclass(frozen=True)
@@ -31,11 +36,11 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 100
     lr: float = 1e-3
-    optimizer: Literal["adam", "sgd"] = "adam"
+    optimizer: Optimizer = "adam"
     momentum: float = 0.9
     weight_decay: float = 0.0
-    schedule: Literal["constant", "onecycle", "cosine"] = "constant"
-    adversarial: Literal["none", "pgd", "fgsm_rs"] = "none"
+    schedule: Schedule = "constant"
+    adversarial: Adversarial = "none"
     eps: float = 0.3
     steps: int = 7                      # PGD steps during training
     step_size: float | None = None      # default: 2.5*eps/steps (PGD), 1.25*eps (FGSM-RS)
@@ -44,6 +49,10 @@ class TrainConfig:
     eval_pgd_steps: int = 20            # PGD steps of the periodic robustness check
     overfit_guard: float = 0.2          # stop and restore best if PGD accuracy falls this far
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, choices in (("optimizer", Optimizer), ("schedule", Schedule), ("adversarial", Adversarial)):
+            check_choice(name, getattr(self, name), get_args(choices))   # a typo never trains something else
 
     def train_attack(self, eps: float) -> PGD | None:
         """The attack crafting training examples at radius `eps` (None for clean training)."""
@@ -118,7 +127,8 @@ def train_classifier(model: nn.Module, train: ImageDataset, config: TrainConfig,
     if steps_per_epoch == 0:
         raise ValueError(f"training set of {len(train)} is smaller than one batch of {config.batch_size}")
     sched = _scheduler(opt, config, steps_per_epoch)
-    result, start_epoch, best = TrainResult(), 0, (-1.0, None)
+    result, start_epoch = TrainResult(), 0
+    best: tuple[float, dict[str, Any] | None] = (-1.0, None)   # (score, F's weights) of the best epoch
     if ckpt_dir and (ckpt_dir / "last.json").is_file():
         start_epoch, result.history = _resume(ckpt_dir / "last", model, opt, sched, steps_per_epoch)
     net = _wrap_ddp(model, dist_info)
@@ -156,7 +166,7 @@ def train_classifier(model: nn.Module, train: ImageDataset, config: TrainConfig,
 
 def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
             steps_per_epoch: int) -> tuple[int, list[dict[str, float]]]:
-    saved, meta, extra = load_checkpoint(path, with_extra=True)  # type: ignore[misc]
+    saved, meta, extra = load_checkpoint(path, with_extra=True)
     model.load_state_dict(saved.state_dict())
     _restore_optimizer(opt, extra)
     torch.set_rng_state(extra["rng"])
