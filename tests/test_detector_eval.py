@@ -66,6 +66,7 @@ def test_a_user_detector_gets_every_attack_that_applies_and_a_report(tmp_path: P
     ev = evaluate_detectors(dets, x, y, ThreatModel("linf", 0.1), "tiny", budget=TINY, calibration=cal,
                             budget_check=True)
     res = ev.results["detectors"]["softmax"]
+    assert ev.results["seed"] == 0 and ev.results["git_revision"] and "torch" in str(ev.results["environment"])
     assert set(res["attacks"]) == {"pgd", "autoattack", "selective", "orthogonal", "square"}
     assert set(res["skipped"]) == {"adaptive_paper", "guide_points"}
     worst = res["all_attacks"]["robustness"]
@@ -134,3 +135,4 @@ def test_versions_grow_and_the_budget_check_doubles_every_attack() -> None:
     d = s.doubled()
     assert (d.steps, d.restarts, d.pgd_steps, d.square_queries) == (2 * s.steps, 2 * s.restarts, 2 * s.pgd_steps,
                                                                      2 * s.square_queries)
+

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._io import atomic_path, write_json
+from .._io import atomic_path, environment_info, git_revision, write_json
 from .._seed import seed_everything
 from ..attacks import PGD, AutoAttack, create_attack
 from ..attacks.detector_aware import DetectorAttack
@@ -166,7 +166,7 @@ def evaluate_detectors(detectors: Mapping[str, Any], images: torch.Tensor, label
         raise ValueError("calibration images are needed: the SR@FPR thresholds come from them alone")
     b = budget or VERSIONS[version]
     clean_images, clean_labels = clean if clean is not None else (images, labels)
-    timer, generator = StageTimer(), seed_everything(seed)
+    timer, generator, revision = StageTimer(), seed_everything(seed), git_revision()  # the code that runs
     sets, robust_after, skipped = _attack_all(detectors, images, labels, threat_model, b, encoders or {}, generator,
                                               timer)
     with timer.timed("evaluate"):
@@ -192,6 +192,7 @@ def evaluate_detectors(detectors: Mapping[str, Any], images: torch.Tensor, label
                                        for n, d in detectors.items()}
     results["wall_time_s"] = timer.wall_time_s
     results["n"] = len(labels)
+    results.update(seed=seed, git_revision=revision, environment=environment_info())  # how to re-run it
     return DetectorEvaluation(results, sets)
 
 
