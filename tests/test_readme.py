@@ -79,4 +79,11 @@ def test_design_example_adds_an_attack_and_a_detector_the_registries_serve() -> 
     """docs/design.md's "Adding an attack / a detector" block runs as written."""
     text = (ROOT / "docs" / "design.md").read_text()
     block = text.split("<!-- tested: design-example -->\n```python\n", 1)[1].split("```", 1)[0]
-    exec(compile(block, "docs/design.md", "exec"), {"__name__": "design_example"})
+    namespace: dict[str, object] = {"__name__": "design_example"}
+    exec(compile(block, "docs/design.md", "exec"), namespace)
+    from latentdefence.attacks import create_attack
+    from latentdefence.detectors import list_detectors
+
+    assert type(create_attack("sign-noise", eps=0.1)).__name__ == "SignNoise" and "max-softmax" in list_detectors()
+    result = namespace["result"]
+    assert result.images.shape == (8, 1, 8, 8) and bool((result.norms <= 0.1 + 1e-6).all())

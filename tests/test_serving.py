@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from guard_artifact import blobs, build_artifact
+from guard_artifact import artifact, blobs, guard, images  # noqa: F401 (shared fixtures)
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -35,26 +35,7 @@ from latentdefence.training import load_checkpoint
 MAX_BODY, MAX_IMAGES = 120_000, 8
 
 
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("guard") / "guard.safetensors"
-    build_artifact(path)
-    return path
 
-
-@pytest.fixture(scope="module")
-def guard(artifact: Path) -> GuardedClassifier:
-    return GuardedClassifier.load(artifact)
-
-
-@pytest.fixture(scope="module")
-def images(guard: GuardedClassifier) -> dict[str, torch.Tensor]:
-    """Clean blobs (8-bit, so PNG round-trips exactly) split by the detector's own verdict."""
-    mixed = torch.cat([blobs(40, 3).images, 0.5 * blobs(40, 4).images + 0.5 * blobs(40, 5).images.roll(1, 0)])
-    x = (mixed * 255).round() / 255
-    flagged = guard.predict(x).is_adversarial
-    assert 0 < flagged.sum() < len(x), "the fixture must give both flagged and unflagged inputs"
-    return {"clean": x[~flagged], "flagged": x[flagged]}
 
 
 # -- in process -------------------------------------------------------------------------------------------

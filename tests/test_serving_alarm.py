@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from guard_artifact import blobs, build_artifact
+from guard_artifact import artifact, blobs  # noqa: F401 (shared fixtures)
 
 from latentdefence.attacks import PGD
 from latentdefence.serving import AuditLog, GuardedClassifier
@@ -61,12 +61,6 @@ def _chunks(items: list[bool], size: int) -> list[list[bool]]:
 
 
 # -- with the real detector, inside the service -------------------------------------------------------------
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("guard") / "guard.safetensors"
-    build_artifact(path)
-    return path
-
 
 @pytest.fixture(scope="module")
 def pgd(artifact: Path) -> torch.Tensor:
