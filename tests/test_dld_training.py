@@ -60,7 +60,7 @@ def test_precomputed_sets_train_without_online_attacks_and_validation_keeps_the_
     best = max(h["accuracy"] for h in log.history)
     assert log.best_accuracy == best and log.history[[h["accuracy"] for h in log.history].index(best)]["step"] == log.best_step
     from latentdefence.dld.training import validation_accuracy
-    kept = validation_accuracy(InsertedModel(f, "layer1", ed.encoder, ed.decoder).eval(), val, torch.device("cpu"))
+    kept = validation_accuracy(InsertedModel(f, "layer1", ed.encoder, ed.decoder).eval(), val)
     assert kept == pytest.approx(best)
 
 

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 
 import torch
 
-from ..attacks.base import frozen_eval
 from ..data.base import ImageDataset
+from ..evaluation.metrics import accuracy
 from ..models import TappedModel
 from .detector import KNNDetector
 from .encoders import EncoderDecoder, InsertedModel
@@ -17,12 +17,7 @@ from .encoders import EncoderDecoder, InsertedModel
 def inserted_accuracy(classifier: TappedModel, tap: str, ed: EncoderDecoder, images: torch.Tensor,
                       labels: torch.Tensor, batch_size: int = 500) -> float:
     """Accuracy of F with the encoder-decoder A_N inserted at `tap` (what encoder training optimises)."""
-    model = InsertedModel(classifier, tap, ed.encoder, ed.decoder)
-    right = 0
-    with frozen_eval(model), torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            right += int((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
-    return right / max(1, len(images))
+    return accuracy(InsertedModel(classifier, tap, ed.encoder, ed.decoder), images, labels, batch_size)
 
 
 def knn_majority(detector: KNNDetector, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

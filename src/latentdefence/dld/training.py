@@ -25,6 +25,7 @@ from .._seed import seed_everything
 from ..attacks import PGD
 from ..attacks.base import frozen_eval
 from ..data.base import ImageDataset
+from ..evaluation.metrics import accuracy
 from ..models import TappedModel
 from .contrastive import balanced_same, contrastive_loss, sample_pairs
 from .encoders import EncoderDecoder, InsertedModel, activation_shape
@@ -156,7 +157,7 @@ def train_encoder(classifier: TappedModel, tap: str, train: ImageDataset, latent
             log.steps = step + 1
             advance(progress, task, f"loss {loss:.3f} acc {acc:.3f}")
             if validation is not None and ((step + 1) % every == 0 or step + 1 == total):
-                score = validation_accuracy(inserted, validation, device)
+                score = validation_accuracy(inserted, validation)
                 log.history.append({"step": step + 1, "accuracy": score, "train_loss": loss})
                 if log.best_accuracy is None or score > log.best_accuracy:
                     log.best_accuracy, log.best_step, waited = score, step + 1, 0
@@ -170,16 +171,10 @@ def train_encoder(classifier: TappedModel, tap: str, train: ImageDataset, latent
     return ed
 
 
-def validation_accuracy(inserted: InsertedModel, validation: EncoderValidation, device: torch.device,
-                        batch_size: int = 500) -> float:
+def validation_accuracy(inserted: InsertedModel, validation: EncoderValidation, batch_size: int = 500) -> float:
     """Mean accuracy of F with A_N inserted over the clean and each precomputed adversarial validation set."""
     sets = (validation.data.images, *validation.adversarial)
-    accs = []
-    with torch.no_grad():
-        for images in sets:
-            right = sum(int((inserted(images[i:i + batch_size].to(device)).argmax(1).cpu()
-                             == validation.data.labels[i:i + batch_size]).sum()) for i in range(0, len(images), batch_size))
-            accs.append(right / max(1, len(images)))
+    accs = [accuracy(inserted, images, validation.data.labels, batch_size) for images in sets]
     return sum(accs) / len(accs)
 
 

@@ -7,20 +7,16 @@ import math
 import torch
 from torch import nn
 
-from ..attacks.base import Attack
+from ..attacks.base import Attack, frozen_eval
 
 
 @torch.no_grad()
 def batched_predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Predicted classes (N,) for images (N, C, H, W), in eval mode, restoring the model's mode."""
-    was_training = model.training
-    model.eval()
+    """Predicted classes (N,) for images (N, C, H, W), in eval mode; every submodule's mode is restored."""
     device = next(model.parameters()).device
-    try:
+    with frozen_eval(model), torch.no_grad():
         return torch.cat([model(images[i:i + batch_size].to(device)).argmax(1).cpu()
                           for i in range(0, len(images), batch_size)]) if len(images) else torch.empty(0, dtype=torch.long)
-    finally:
-        model.train(was_training)
 
 
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:

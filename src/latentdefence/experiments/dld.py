@@ -408,7 +408,8 @@ def _evaluate(config: DLDExperimentConfig, det: DeepLatentDefence, cal: ImageDat
         fig3[key.split("=")[1]] = _row(det, sweep["labels"], det.nonconformity(sweep[key]), ref, config.target_fpr)
     strongest, ties = strongest_alpha2({k: v["robustness"] for k, v in fig3.items()})
     table1["adaptive"] = {**fig3[strongest], "alpha2": float(strongest)}
-    _, cal_score, cal_per = det.nonconformity(cal.images)
+    cal_per = ref.calibration_per_layer
+    cal_score = torch.stack(list(cal_per.values())).sum(0)
     cw_pred, _, cw_per = scored["cw"]
     table2 = cumulative_layers(list(config.taps), cal_per, clean_per, clean_pred != clean.labels, cw_per,
                                cw_pred != adversarial["cw"]["labels"], config.target_fpr)
@@ -460,11 +461,11 @@ def _row(det: DeepLatentDefence, labels: torch.Tensor, scored: tuple[torch.Tenso
     adv_max = max_layer_score(per, ref.calibration_per_layer)
     clean_max = max_layer_score(ref.per_layer, ref.calibration_per_layer)
     or_threshold = calibrate_threshold(max_layer_score(ref.calibration_per_layer, ref.calibration_per_layer), target_fpr)
+    auc_correct = roc_auc(score[wrong], ref.score[correct_clean])
     return {**metrics,
             "roc_auc_ci": auc_interval(metrics["roc_auc"], int(wrong.sum()), len(ref.score)),
-            "roc_auc_correct_negatives": roc_auc(score[wrong], ref.score[correct_clean]),
-            "roc_auc_correct_negatives_ci": auc_interval(roc_auc(score[wrong], ref.score[correct_clean]),
-                                                         int(wrong.sum()), int(correct_clean.sum())),
+            "roc_auc_correct_negatives": auc_correct,
+            "roc_auc_correct_negatives_ci": auc_interval(auc_correct, int(wrong.sum()), int(correct_clean.sum())),
             "roc_auc_all_adversarial": roc_auc(score, ref.score),
             "tpr_at_paper_fpr": tpr_at_fpr(score[wrong], ref.score, ref.paper_fpr),
             "roc_auc_per_layer": {tap: roc_auc(per[tap][wrong], ref.per_layer[tap]) for tap in per},
@@ -489,9 +490,10 @@ def _figures(out: Path, det: DeepLatentDefence, clean: ImageDataset, adversarial
     _, clean_score, _ = det.nonconformity(clean.images)
     strongest = f"alpha2={results['fig3']['strongest_alpha2']:g}"
     sets = {**adversarial, "adaptive": {"images": sweep[strongest], "labels": sweep["labels"]}}
+    scored = {name: det.nonconformity(adv["images"])[:2] for name, adv in sets.items()}
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, adv in sets.items():
-        pred, score, _ = det.nonconformity(adv["images"])
+        pred, score = scored[name]
         wrong = pred != adv["labels"]
         if wrong.any():
             fpr, tpr = roc_points(score[wrong], clean_score)
@@ -500,26 +502,24 @@ def _figures(out: Path, det: DeepLatentDefence, clean: ImageDataset, adversarial
     ax.set(xlabel="false positive rate (clean test)", ylabel="true positive rate (misclassified adv.)", title="DLD ROC")
     ax.legend(loc="lower right")
     _save(fig, out / "roc.png")
-    _score_histograms(out, det, clean_score, sets)
+    _score_histograms(out, det.threshold_, clean_score, {name: (score[pred != sets[name]["labels"]])
+                                                         for name, (pred, score) in scored.items()})
     _fig3(out, results["fig3"])
     _latent_pca(out, det, adversarial["pgd"])
 
 
-def _score_histograms(out: Path, det: DeepLatentDefence, clean_score: torch.Tensor,
-                      sets: dict[str, dict[str, torch.Tensor]]) -> None:
+def _score_histograms(out: Path, threshold: float, clean_score: torch.Tensor, wrong_scores: dict[str, torch.Tensor]) -> None:
     """Clean vs misclassified adversarial non-conformity per attack, with the calibrated threshold: how broad the
     clean tail is and how much of the adversarial mass lies above the threshold."""
     import matplotlib.pyplot as plt
 
     top = int(max(float(clean_score.max()), 1.0))
-    fig, axes = plt.subplots(1, len(sets), figsize=(4 * len(sets), 3.2), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(wrong_scores), figsize=(4 * len(wrong_scores), 3.2), squeeze=False, sharey=True)
     bins = torch.arange(-0.5, top + 1.5 + 30, 1.0).numpy()
-    for ax, (name, adv) in zip(axes[0], sets.items()):
-        pred, score, _ = det.nonconformity(adv["images"])
-        wrong = pred != adv["labels"]
+    for ax, (name, score) in zip(axes[0], wrong_scores.items()):
         ax.hist(clean_score.numpy(), bins=bins, density=True, alpha=0.5, label=f"clean ({len(clean_score)})")
-        ax.hist(score[wrong].numpy(), bins=bins, density=True, alpha=0.5, label=f"{name}, F wrong ({int(wrong.sum())})")
-        ax.axvline(det.threshold_ + 0.5, color="k", ls=":", label=f"threshold {det.threshold_:g}")
+        ax.hist(score.numpy(), bins=bins, density=True, alpha=0.5, label=f"{name}, F wrong ({len(score)})")
+        ax.axvline(threshold + 0.5, color="k", ls=":", label=f"threshold {threshold:g}")
         ax.set(xlabel="summed non-conformity", title=name, xlim=(-0.5, float(score.max()) + 1.5 if len(score) else top))
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("density")
