@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import tokenize
 from typing import Any
 
 import numpy as np
@@ -106,7 +107,7 @@ def decode_npy(data: bytes) -> torch.Tensor:
         raise InputError("request body is not a .npy file (numpy.save format)", status=400)
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:                # truncated, object arrays, bad header
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as err:  # truncated, object, bad header
         raise InputError(f"request body is not a readable .npy array ({err})", status=400) from err
     if array.dtype.kind != "f":
         raise InputError(f".npy array must hold floating point pixels in [0, 1], got dtype {array.dtype}")
