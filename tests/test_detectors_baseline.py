@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
 
 from latentdefence.attacks import FGSM, PGD
 from latentdefence.data.base import ImageDataset
@@ -89,7 +90,12 @@ def test_surrogate_is_differentiable_and_tracks_the_exact_score(detector, setup,
     surrogate = detector.surrogate_score(x, classes)
     assert surrogate.shape == (len(probes),)
     exact = detector.nonconformity(probes)[1].float()
-    assert spearmanr(surrogate.detach().numpy(), exact.numpy()).statistic > 0.85
+    flagged = exact > exact.median()
+    if isinstance(detector, KNNDetector):     # the exact vote ties at 0 on most probes, the surrogate grades them:
+        assert roc_auc_score(flagged.numpy(), surrogate.detach().numpy()) > 0.9     # it still ranks the high votes first
+        assert (surrogate.detach() - exact).abs().median() < 0.5                      # and is near the vote itself
+    else:
+        assert spearmanr(surrogate.detach().numpy(), exact.numpy()).statistic > 0.85
     if not isinstance(detector, KNNDetector):  # no pre-processing: the surrogate is the exact logit
         assert torch.allclose(surrogate.detach(), exact, atol=1e-4, rtol=1e-4)
 
@@ -141,6 +147,17 @@ def test_soft_nonconformity_is_eq8_in_the_cold_limit_and_pulls_toward_the_class(
     assert grad.item() < 0                     # moving toward class 1's points (right) lowers the score
     with pytest.raises(ValueError, match="temperature"):
         soft_nonconformity(queries, index, classes, k=3, temperature=0.0)
+
+
+def test_soft_nonconformity_has_a_gradient_in_a_pure_neighbourhood() -> None:
+    """All 2k nearest points share the query's class: the other class still enters (it once did not, and the
+    surrogate's gradient was exactly zero on ~90% of clean images)."""
+    index = KNNIndex()
+    index.add(torch.cat([torch.linspace(0, 1, 8), torch.linspace(3, 4, 8)])[:, None], torch.tensor([0] * 8 + [1] * 8))
+    q = torch.tensor([[0.5]], requires_grad=True)
+    score = soft_nonconformity(q, index, torch.tensor([0]), k=2, temperature=0.5, candidates=4)
+    grad, = torch.autograd.grad(score.sum(), q)
+    assert 0 < score.item() < 0.5 and grad.item() > 0      # moving right, toward class 1, raises the score
 
 
 def test_mahalanobis_fits_class_means_and_the_tied_covariance(setup) -> None:

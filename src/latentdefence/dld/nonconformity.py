@@ -40,12 +40,15 @@ def soft_nonconformity(latents: torch.Tensor, index: KNNIndex, classes: torch.Te
     squared = latents.pow(2).sum(1, keepdim=True) + points.pow(2).sum(1) - 2 * latents @ points.T  # (B, N)
     dist = squared.clamp_min(1e-12).sqrt()
     with torch.no_grad():
-        near_dist, near = dist.topk(m, dim=1, largest=False)                      # (B, m) ascending
+        near_dist = dist.topk(m, dim=1, largest=False).values                      # (B, m) ascending
         tau = ((near_dist[:, k - 1] + near_dist[:, min(k, m - 1)]) / 2).clamp_min(1e-12)  # (B,)
         own = labels[None, :] == classes[:, None]                                  # (B, N)
-        own_dist, same = dist.masked_fill(~own, float("inf")).topk(m, dim=1, largest=False)  # (B, m)
-        idx = torch.cat([near, same], 1)                                           # (B, 2m)
-        usable = torch.cat([~own.gather(1, near), torch.isfinite(own_dist)], 1).to(latents)
-        differ = (labels[idx] != classes[:, None]).to(latents)
+        # the m nearest of other classes, even when none is among the m nearest overall (a pure neighbourhood:
+        # the score is then small but its gradient still points away from them), and the m nearest of the class
+        other_dist, other = dist.masked_fill(own, float("inf")).topk(m, dim=1, largest=False)  # (B, m)
+        own_dist, same = dist.masked_fill(~own, float("inf")).topk(m, dim=1, largest=False)     # (B, m)
+        idx = torch.cat([other, same], 1)                                          # (B, 2m)
+        usable = torch.cat([torch.isfinite(other_dist), torch.isfinite(own_dist)], 1).to(latents)
+        differ = torch.cat([torch.ones_like(other_dist), torch.zeros_like(own_dist)], 1).to(latents)
     weight = usable * torch.sigmoid((tau[:, None] - dist.gather(1, idx)) / (temperature * tau[:, None]))
     return k * (weight * differ).sum(1) / weight.sum(1).clamp_min(1e-12)

@@ -88,7 +88,7 @@ class EncoderTrainConfig:
         return out
 
 
-PRECOMPUTED = ("pgd", "fgsm")
+PRECOMPUTED = ("pgd", "fgsm", "detector_aware")   # the last: crafted against a detector (`dld.hardening`)
 LATER_FIELDS = ("precomputed", "precomputed_steps", "online_fraction", "lr_schedule", "validation", "eval_every",
                 "patience")
 
@@ -118,11 +118,14 @@ class TrainingLog:
 def train_encoder(classifier: TappedModel, tap: str, train: ImageDataset, latent_dim: int,
                   config: EncoderTrainConfig = EncoderTrainConfig(),
                   device: torch.device | None = None, precomputed: Sequence[torch.Tensor] = (),
-                  validation: EncoderValidation | None = None, log: TrainingLog | None = None) -> EncoderDecoder:
+                  validation: EncoderValidation | None = None, log: TrainingLog | None = None,
+                  start: EncoderDecoder | None = None) -> EncoderDecoder:
     """Train A_N (and its auxiliary encoder) for layer `tap`; F's parameters are never changed.
 
-    `precomputed`: adversarial versions of ``train.head(config.max_train)`` crafted against F alone, one tensor
-    per entry of ``config.precomputed``; `validation` drives the stopping rule (best state kept); `log` records it.
+    `precomputed`: adversarial versions of ``train.head(config.max_train)``, one tensor per entry of
+    ``config.precomputed`` (against F alone, or against a detector: `dld.hardening`); `validation` drives the
+    stopping rule (best state kept); `log` records it; `start`: fine-tune a copy of these weights instead of
+    fresh ones (the original is left unchanged).
     """
     if len(precomputed) != len(config.precomputed):
         raise ValueError(f"config names {len(config.precomputed)} precomputed sets, got {len(precomputed)}")
@@ -134,7 +137,12 @@ def train_encoder(classifier: TappedModel, tap: str, train: ImageDataset, latent
     for adv in precomputed:
         if adv.shape != data.images.shape:
             raise ValueError(f"precomputed set has shape {tuple(adv.shape)}, training images {tuple(data.images.shape)}")
-    ed = EncoderDecoder(activation_shape(classifier, tap), latent_dim, config.width, config.depth).to(device)
+    shape = activation_shape(classifier, tap)
+    if start is not None and (tuple(start.shape) != tuple(shape) or start.latent_dim != latent_dim):
+        raise ValueError(f"start encoder-decoder {start.spec()} does not fit tap {tap!r} (activation {tuple(shape)}, "
+                         f"latent_dim {latent_dim})")
+    ed = (copy.deepcopy(start) if start is not None else
+          EncoderDecoder(shape, latent_dim, config.width, config.depth)).to(device)
     opt = torch.optim.Adam(ed.parameters(), lr=config.lr)
     batches = -(-len(data) // config.batch_size)
     total = config.epochs * batches

@@ -38,6 +38,7 @@ from .metrics import wilson_interval
 GRADIENT_ATTACKS = ("guide_points", "selective", "orthogonal")   # detector-aware, gradient-based
 ON_F_ALONE = ("pgd", "autoattack")                                 # know F only (transfer to the detector)
 PAPER_ATTACKS = ("pgd", "adaptive_paper")                          # DLD paper's own evaluation
+DETECTOR_ATTACKS = ("adaptive_paper", *GRADIENT_ATTACKS, "square")  # every detector-aware attack (`applicable`)
 EPS_SWEEP_FLOOR = 0.05       # robustness at the largest eps of the sweep above this: warn (should reach ~0)
 
 
@@ -142,7 +143,8 @@ def evaluate_detectors(detectors: Mapping[str, Any], images: torch.Tensor, label
                        encoders: Mapping[str, Mapping[str, EncoderDecoder]] | None = None,
                        budget: Budget | None = None, sanity: Sequence[str] | None = None, budget_check: bool = False,
                        transfer_source: tuple[str, nn.Module] | None = None, fprs: Sequence[float] = (0.01, 0.05),
-                       target_fpr: float | None = None, seed: int = 0) -> DetectorEvaluation:
+                       target_fpr: float | None = None, seed: int = 0,
+                       attacks: Sequence[str] | None = None) -> DetectorEvaluation:
     """Detectors guarding one classifier F, under every attack that applies, on the same images.
 
     images (N, C, H, W) in [0, 1] and labels (N,): attacked. calibration (M, C, H, W): clean images never
@@ -152,7 +154,9 @@ def evaluate_detectors(detectors: Mapping[str, Any], images: torch.Tensor, label
     sanity: detectors to sanity-check (default all). budget_check: re-run everything at twice the steps and
     restarts on the same images and report the change. transfer_source: (description, model), a model whose
     PGD examples are judged by each checked detector (transfer check). target_fpr: per-layer thresholds (default: the
-    detector's `target_fpr_`, else 0.02).
+    detector's `target_fpr_`, else 0.02). attacks: the detector-aware attacks to run where they apply (default
+    all; PGD and the AutoAttack cascade on F always run), e.g. a cheaper sweep over operating points; the report
+    then lists the others as skipped.
     """
     if version not in VERSIONS and budget is None:
         raise ValueError(f"unknown version {version!r}; choose one of {', '.join(VERSIONS)}")
@@ -165,10 +169,13 @@ def evaluate_detectors(detectors: Mapping[str, Any], images: torch.Tensor, label
     if len(calibration) == 0:
         raise ValueError("calibration images are needed: the SR@FPR thresholds come from them alone")
     b = budget or VERSIONS[version]
+    unknown = sorted(set(attacks or ()) - set(DETECTOR_ATTACKS))
+    if unknown:
+        raise ValueError(f"unknown detector-aware attacks {unknown}; choose from {list(DETECTOR_ATTACKS)}")
     clean_images, clean_labels = clean if clean is not None else (images, labels)
     timer, generator, revision = StageTimer(), seed_everything(seed), git_revision()  # the code that runs
     sets, robust_after, skipped = _attack_all(detectors, images, labels, threat_model, b, encoders or {}, generator,
-                                              timer)
+                                              timer, attacks)
     with timer.timed("evaluate"):
         cal = {n: verdicts(d, calibration) for n, d in detectors.items()}
         results: dict[str, Any] = {"threat_model": asdict(threat_model), "version": version,
@@ -186,7 +193,7 @@ def evaluate_detectors(detectors: Mapping[str, Any], images: torch.Tensor, label
     if budget_check:
         with timer.timed("budget_check"):
             twice, _, _ = _attack_all(detectors, images, labels, threat_model, b.doubled(), encoders or {},
-                                      generator, StageTimer())
+                                      generator, StageTimer(), attacks)
             results["budget_check"] = {n: _budget_change(labels, {k: verdicts(d, v) for k, v in sets[n].items()},
                                                          {k: verdicts(d, v) for k, v in twice[n].items()})
                                        for n, d in detectors.items()}
@@ -266,9 +273,10 @@ def _in_batches(fn: Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor],
 
 def _attack_all(detectors: Mapping[str, Any], images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel,
                 b: Budget, encoders: Mapping[str, Mapping[str, EncoderDecoder]], generator: torch.Generator,
-                timer: StageTimer) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float],
-                                            dict[str, dict[str, str]]]:
-    """(adversarial images per detector and attack, F's robust accuracy after each cascade stage, skipped attacks)."""
+                timer: StageTimer, only: Sequence[str] | None = None
+                ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float], dict[str, dict[str, str]]]:
+    """(adversarial images per detector and attack, F's robust accuracy after each cascade stage, skipped attacks);
+    `only`: the detector-aware attacks to run (None: every one that applies)."""
     classifier = next(iter(detectors.values())).classifier
     with timer.timed("attack_pgd"):
         pgd = _pgd(threat, b, generator)
@@ -282,6 +290,9 @@ def _attack_all(detectors: Mapping[str, Any], images: torch.Tensor, labels: torc
     for name, det in detectors.items():
         sets[name] = dict(shared)
         kinds, skipped[name] = applicable(det, threat, name in encoders)
+        if only is not None:
+            skipped[name].update({k: "not in this run's attacks" for k in kinds if k not in only})
+            kinds = [k for k in kinds if k in only]
         for kind in kinds:
             with timer.timed(f"attack_{kind}" if kind == "adaptive_paper" else f"attack_{kind}_{name}"):
                 if kind == "adaptive_paper":

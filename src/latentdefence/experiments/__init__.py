@@ -39,6 +39,9 @@ def _experiments() -> dict[str, Experiment]:
             items.append(Experiment(f"dld-{ds}-{what}", "dld", ds, f"{text}, {ds.upper()}", needs))
     items.append(Experiment("dld-mnist-adaptive", "dld-adaptive", "mnist",
                             "DLD and Deep k-NN / Mahalanobis / LID under detector-aware attacks, F under AutoAttack"))
+    items.append(Experiment("dld-mnist-hardening", "dld-hardening", "mnist",
+                            "DLD with encoders hardened on detector-aware attacks vs the cpu-profile DLD, and worst "
+                            "case against the clean FP rate (ours, issue 24; not in the paper)"))
     items.append(Experiment("dld-mnist-ablation", "dld-ablation", "mnist",
                             "DLD detection gap, one row per encoder-training factor (ours; not in the paper)"))
     lad = {"mnist": [("table2", "LAD Table II (white-box attacks on LeNet vs Adv. LeNet)"),

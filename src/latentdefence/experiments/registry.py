@@ -27,7 +27,7 @@ class Pipeline:
 
 
 _PIPELINES: Registry[Pipeline] = Registry("pipeline", builtins=tuple(
-    f"latentdefence.experiments.{m}" for m in ("dld", "dld_adaptive", "dld_ablation", "lad", "lad_ablation")))
+    f"latentdefence.experiments.{m}" for m in ("dld", "dld_adaptive", "dld_ablation", "dld_hardening", "lad", "lad_ablation")))
 
 
 def register_pipeline(name: str, *, config: ConfigFn, run: RunFn) -> Pipeline:
