@@ -46,18 +46,18 @@ class DLDHardeningConfig:
     n_calibration: int = 750                # held-out clean test images: thresholds (as every DLD experiment)
     target_fpr: float = 0.02
     attacks: AdaptiveSettings = field(default_factory=lambda: adaptive_config("cpu").attacks)
-    sanity: tuple[str, ...] = ("dld_hardened",)   # gradient-masking checks (the committed dld's: dld-mnist-adaptive)
+    sanity: tuple[str, ...] = ("dld", "dld_hardened")   # the gradient-masking checks
     fpr_sweep: tuple[float, ...] = (0.01, 0.02, 0.05, 0.10)
-    sweep_n: int = 100
-    sweep_attacks: tuple[str, ...] = ("selective",)   # the strongest on DLD in dld-mnist-adaptive
+    sweep_n: int = 200
+    sweep_attacks: tuple[str, ...] = ("selective", "guide_points")   # the two strongest on DLD in dld-mnist-adaptive
     sweep_baselines: tuple[str, ...] = ("mahalanobis", "lid")
     lr_samples: int = 2000
     seed: int = 0
 
 
 def hardening_config(profile: str = "cpu") -> DLDHardeningConfig:
-    """cpu: 3 rounds of 2000 images, the adaptive suite's cpu budgets on 500 images, the FPR sweep on 100 (about
-    75 min on one core);
+    """cpu: 3 rounds of 2000 images, the adaptive suite's cpu budgets on 500 images, the FPR sweep on 200 (about
+    90 min on one core);
     smoke: seconds, numbers meaningless; paper: more rounds and images, the paper budgets (a GPU job)."""
     if profile == "cpu":
         return DLDHardeningConfig()
