@@ -102,6 +102,19 @@ def test_l2_threat_model_skips_the_linf_only_attacks() -> None:
     assert (adv - x[:8]).flatten(1).norm(dim=1).max() <= 1.0 + 1e-4
 
 
+def test_a_subset_of_the_detector_aware_attacks_runs_and_the_rest_are_named_as_skipped() -> None:
+    x, y, cal = data()
+    det = SoftmaxDetector(tiny_model()).calibrate(cal)
+    ev = evaluate_detector(det, x[:8], y[:8], ThreatModel(), budget=TINY, calibration=cal, sanity=(),
+                           attacks=("selective",))
+    res = ev.results["detectors"]["detector"]
+    assert set(res["attacks"]) == {"pgd", "autoattack", "selective"}            # F-alone attacks always run
+    assert res["skipped"]["orthogonal"] == res["skipped"]["square"] == "not in this run's attacks"
+    assert ev.results["sanity"] == {}                                           # sanity=() checks none
+    with pytest.raises(ValueError, match="unknown detector-aware attacks \\['nope'\\]"):
+        evaluate_detector(det, x, y, ThreatModel(), budget=TINY, calibration=cal, attacks=("nope",))
+
+
 def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = next(b for b in readme.split("```python")[1:] if "evaluate_detector(" in b).split("```")[0]

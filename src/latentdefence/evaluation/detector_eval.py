@@ -151,7 +151,7 @@ def evaluate_detectors(detectors: Mapping[str, Any], images: torch.Tensor, label
     attacked, the only source of the SR@FPR thresholds. clean: (images, labels) for clean false positives and
     ROC negatives (default: the attacked images, clean). encoders: a DLD's encoder-decoders by detector name (the
     paper's adaptive attack needs them). budget: replaces the version's (then `version` only labels it).
-    sanity: detectors to sanity-check (default all). budget_check: re-run everything at twice the steps and
+    sanity: detectors to sanity-check (default all; () none). budget_check: re-run everything at twice the steps and
     restarts on the same images and report the change. transfer_source: (description, model), a model whose
     PGD examples are judged by each checked detector (transfer check). target_fpr: per-layer thresholds (default: the
     detector's `target_fpr_`, else 0.02). attacks: the detector-aware attacks to run where they apply (default
@@ -187,8 +187,9 @@ def evaluate_detectors(detectors: Mapping[str, Any], images: torch.Tensor, label
             results["detectors"][n]["skipped"] = skipped[n]
         results["classifier_alone"] = {"autoattack_robust_accuracy_after": robust_after, "n": len(labels)}
     with timer.timed("sanity_checks"):
+        checked = list(detectors) if sanity is None else sanity          # () checks none
         results["sanity"] = {n: _sanity(detectors[n], n, images, labels, threat_model, b, sets[n], results,
-                                        transfer_source, generator) for n in (sanity or list(detectors))}
+                                        transfer_source, generator) for n in checked}
     results["warnings"] = [w for s in results["sanity"].values() for w in s["warnings"]]
     if budget_check:
         with timer.timed("budget_check"):

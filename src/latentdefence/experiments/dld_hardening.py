@@ -42,8 +42,10 @@ class DLDHardeningConfig:
     profile: str = "cpu"
     detector_artifact: str = COMMITTED_DETECTOR
     hardening: HardeningConfig = HardeningConfig()
-    n_heldout: int = 2000                   # last training images: the hardening rounds' calibration, not indexed
+    max_train: int | None = None            # training images used (index, hardening, baselines); None: all
+    n_heldout: int = 2000                   # last of them: the hardening rounds' calibration, not indexed
     n_calibration: int = 750                # held-out clean test images: thresholds (as every DLD experiment)
+    n_clean: int | None = None              # clean test images for false positives and ROC negatives (None: the rest)
     target_fpr: float = 0.02
     attacks: AdaptiveSettings = field(default_factory=lambda: adaptive_config("cpu").attacks)
     sanity: tuple[str, ...] = ("dld", "dld_hardened")   # the gradient-masking checks
@@ -70,7 +72,7 @@ def hardening_config(profile: str = "cpu") -> DLDHardeningConfig:
         smoke = adaptive_config("smoke").attacks
         return DLDHardeningConfig(profile="smoke", hardening=HardeningConfig(rounds=1, images_per_round=40,
                                                                              attack_steps=2, pgd_steps=2, epochs=1),
-                                  n_heldout=100, attacks=replace(smoke, n=10), sanity=(),
+                                  max_train=1000, n_heldout=100, n_clean=200, attacks=replace(smoke, n=10), sanity=(),
                                   fpr_sweep=(0.02, 0.1), sweep_n=6, sweep_baselines=("mahalanobis",), lr_samples=200)
     raise ValueError(f"unknown profile {profile!r}; choose smoke, cpu or paper")
 
@@ -85,8 +87,9 @@ def run_dld_hardening(config: DLDHardeningConfig, out_dir: str | Path, cache_roo
         if train is None or test is None:
             splits = load_dataset("mnist")
             train, test = splits.train, splits.test
+        train = train.head(config.max_train)
         cal, rest = calibration_split(test, config.n_calibration, config.seed)
-        attacked = rest.head(config.attacks.n)
+        attacked, clean = rest.head(config.attacks.n), rest.head(config.n_clean)
     base = DeepLatentDefence.load(config.detector_artifact)
     base_encoders = load_encoders(str(Path(config.detector_artifact).parent / "encoders.safetensors"))
     with timer.timed("hardening"):
@@ -100,13 +103,13 @@ def run_dld_hardening(config: DLDHardeningConfig, out_dir: str | Path, cache_roo
     threat = ThreatModel("linf", config.attacks.eps)
     evaluation = evaluate_detectors(detectors, attacked.images, attacked.labels, threat, f"{config.profile} profile",
                                     budget=config.attacks.budget(), calibration=cal.images,
-                                    clean=(rest.images, rest.labels),
+                                    clean=(clean.images, clean.labels),
                                     encoders={"dld": base_encoders, "dld_hardened": hardened_encoders},
                                     sanity=config.sanity, target_fpr=config.target_fpr,
                                     seed=config.seed)
     with timer.timed("fpr_sweep"):
         sweep = _fpr_sweep(config, detectors, {"dld": base_encoders, "dld_hardened": hardened_encoders}, train,
-                           cal, rest, threat)
+                           cal, rest, clean, threat)
     results = evaluation.results
     wall = {**timer.wall_time_s, **results.pop("wall_time_s")}
     extra = {"hardening_rounds": [r.as_dict() for r in rounds], "fpr_sweep": sweep, "settings": asdict(config),
@@ -143,13 +146,12 @@ def _hardened(config: DLDHardeningConfig, base: DeepLatentDefence, encoders: dic
 
 def _fpr_sweep(config: DLDHardeningConfig, detectors: dict[str, DeepLatentDefence],
                encoders: dict[str, dict[str, EncoderDecoder]], train: ImageDataset, cal: ImageDataset,
-               rest: ImageDataset, threat: ThreatModel) -> dict[str, Any]:
+               rest: ImageDataset, clean: ImageDataset, threat: ThreatModel) -> dict[str, Any]:
     """Per target FPR: every detector recalibrated there and attacked again (the sweep attacks), worst case each."""
     from .. import detectors as baseline
 
     classifier = next(iter(detectors.values())).classifier
-    fit_on = train.head(None)
-    others = {name: baseline.create_detector(name, classifier=classifier, lr_samples=config.lr_samples).fit(fit_on)
+    others = {name: baseline.create_detector(name, classifier=classifier, lr_samples=config.lr_samples).fit(train)
               for name in config.sweep_baselines}
     data = rest.head(config.sweep_n)
     points: dict[str, list[dict[str, Any]]] = {}
@@ -158,7 +160,7 @@ def _fpr_sweep(config: DLDHardeningConfig, detectors: dict[str, DeepLatentDefenc
         at = {name: copy.copy(det).calibrate(cal, fpr) for name, det in {**detectors, **others}.items()}
         ev = evaluate_detectors(at, data.images, data.labels, threat, f"{config.profile} profile, FPR sweep",
                                 budget=config.attacks.budget(), calibration=cal.images,
-                                clean=(rest.images, rest.labels), encoders=encoders, sanity=(), target_fpr=fpr,
+                                clean=(clean.images, clean.labels), encoders=encoders, sanity=(), target_fpr=fpr,
                                 seed=config.seed, attacks=config.sweep_attacks)
         for name, res in ev.results["detectors"].items():
             w = res["all_attacks"]
