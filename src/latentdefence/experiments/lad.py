@@ -13,7 +13,7 @@ import hashlib
 import time
 from functools import partial
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ from torch import nn
 
 from .. import attacks as attack_lib
 from ..attacks import AttackResult
-from .._io import atomic_path, default_device, environment_info, git_revision, load_tensors, write_json
+from .._io import (atomic_path, default_device, environment_info, git_revision, jsonable as _jsonable, load_tensors,
+                   write_json)
 from .._progress import track
 from .._seed import seed_everything
 from ..data import Splits, load_dataset
@@ -706,17 +707,6 @@ def run_lad(config: LadConfig, out_dir: str | Path, data: Splits | None = None) 
 def _ci(rate: float | None, n: int) -> list[float] | None:
     """95% Wilson interval of an accuracy over n images."""
     return None if rate is None else list(wilson_interval(round(rate * n), n))
-
-
-def _jsonable(obj: Any) -> Any:
-    """asdict output (or settings holding dataclasses) with mappings made plain dicts (for JSON)."""
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(asdict(obj))
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
 
 
 def _acc(model: nn.Module, data: ImageDataset) -> float | None:
