@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..validation import check_choice, check_count, check_number
-from .base import Attack, ascent_direction, check_iterative, project
+from .base import Attack, ascent_direction, attack_success, check_iterative, project
 from .registry import register_attack
 
 
@@ -137,11 +137,9 @@ class APGD(Attack):
 
     def _succeeded(self, logits: torch.Tensor, labels: torch.Tensor | None,
                    targets: torch.Tensor | None) -> torch.Tensor:
-        preds = logits.argmax(dim=1)
-        if labels is not None:
-            return preds != labels
-        assert targets is not None
-        return preds == targets
+        goal = labels if labels is not None else targets
+        assert goal is not None
+        return attack_success(logits.argmax(dim=1), goal, targeted=labels is None)
 
     def _one_run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None,
                  targets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -250,7 +248,7 @@ class APGDT(APGD):
             logits = model(images)
         ranked = logits.argsort(dim=1, descending=True)                  # (N, K)
         best = images.clone()
-        done = logits.argmax(dim=1) != goal
+        done = attack_success(logits.argmax(dim=1), goal)
         best_loss = torch.full((images.shape[0],), -float("inf"), device=images.device)
         for r in range(1, min(self.n_target_classes + 1, logits.shape[1])):
             idx = (~done).nonzero().squeeze(1)
@@ -261,7 +259,7 @@ class APGDT(APGD):
                 adv, loss, ok = self._one_run(model, images[idx], goal[idx], targets)
                 ok = ok.clone()
                 with torch.no_grad():
-                    ok &= model(adv).argmax(dim=1) != goal[idx]
+                    ok &= attack_success(model(adv).argmax(dim=1), goal[idx])
                 better = ok | (loss > best_loss[idx])
                 best[idx[better]], best_loss[idx[better]] = adv[better], loss[better]
                 done[idx[ok]] = True
@@ -273,4 +271,4 @@ class APGDT(APGD):
     def _succeeded(self, logits: torch.Tensor, labels: torch.Tensor | None,
                    targets: torch.Tensor | None) -> torch.Tensor:
         assert labels is not None   # APGD-T is untargeted: `run` always passes the true labels
-        return logits.argmax(dim=1) != labels
+        return attack_success(logits.argmax(dim=1), labels)

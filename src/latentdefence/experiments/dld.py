@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._io import atomic_path, environment_info, git_revision, load_tensors, read_json, save_tensors, write_json
-from .._progress import track
 from .._seed import seed_everything
 from ..data import load_dataset
+from ..attacks.base import attack_in_batches, in_batches
 from ..data.base import ImageDataset
 from ..dld import (CentroidAttack, DeepLatentDefence, EncoderTrainConfig, attack_metrics, calibrate_threshold,
                    clean_metrics,
@@ -310,7 +310,7 @@ def dld_classifier(config: DLDExperimentConfig, train: ImageDataset, root: Path 
 
 
 def dld_encoders(config: DLDExperimentConfig, classifier: TappedModel, classifier_key: str, train: ImageDataset,
-              root: Path | None) -> tuple[dict[str, EncoderDecoder], Path]:
+                 root: Path | None) -> tuple[dict[str, EncoderDecoder], Path]:
     """Encoder-decoders for every tap, trained once per (classifier, settings) and cached with their training logs."""
     enc = config.encoder
     settings = {"classifier": classifier_key, "taps": list(config.taps), "latent_dim": config.latent_dim,
@@ -349,12 +349,13 @@ def training_adversarial(config: DLDExperimentConfig, name: str, classifier: Tap
                 "steps": enc.precomputed_steps if name == "pgd" else 1, "n": len(data), "seed": config.seed}
 
     def make() -> dict[str, torch.Tensor]:
-        return {"images": _batched(lambda x, y: attack(classifier, x, y).images, data, 500, f"train {name}")}
+        return {"images": attack_in_batches(classifier, attack, data.images, data.labels, batch_size=500,
+                                            desc=f"attack train {name}").images}
     return _cached_images("dld-train-adversarial", settings, root, make)["images"]
 
 
 def dld_detector(config: DLDExperimentConfig, classifier: TappedModel, encoders: dict[str, EncoderDecoder],
-              train: ImageDataset, cal: ImageDataset, enc_dir: Path) -> DeepLatentDefence:
+                 train: ImageDataset, cal: ImageDataset, enc_dir: Path) -> DeepLatentDefence:
     """Fit the pruned indexes and calibrate; the artifact is saved beside the encoders."""
     det = DeepLatentDefence(classifier, config.taps, k=config.k, latent_dim=config.latent_dim,
                             training=config.encoder, encoders=encoders)
@@ -371,7 +372,7 @@ def _cached_images(stage: str, settings: dict[str, Any], root: Path | None,
 
 
 def grey_box_set(config: DLDExperimentConfig, name: str, classifier: TappedModel, classifier_key: str,
-              clean: ImageDataset, root: Path | None, generator: torch.Generator) -> dict[str, torch.Tensor]:
+                 clean: ImageDataset, root: Path | None, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """FGSM / PGD / CW-L2 against F alone (the defence unknown to the attacker)."""
     from ..attacks import create_attack
 
@@ -387,16 +388,9 @@ def grey_box_set(config: DLDExperimentConfig, name: str, classifier: TappedModel
                 "batch_size": a.batch_size, "n": len(data), "seed": config.seed}
 
     def make() -> dict[str, torch.Tensor]:
-        return {"images": _batched(lambda x, y: attack(classifier, x, y).images, data, a.batch_size, name),
-                "labels": data.labels}
+        return {"images": attack_in_batches(classifier, attack, data.images, data.labels, batch_size=a.batch_size,
+                                            desc=f"attack {name}").images, "labels": data.labels}
     return _cached_images(f"dld-attack-{name}", settings, root, make)
-
-
-def _batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], data: ImageDataset, batch_size: int,
-             name: str) -> torch.Tensor:
-    starts = range(0, len(data), batch_size)
-    return torch.cat([fn(data.images[i:i + batch_size], data.labels[i:i + batch_size])
-                      for i in track(starts, f"attack {name}", total=len(starts))])
 
 
 def _adaptive(config: DLDExperimentConfig, classifier: TappedModel, encoders: dict[str, EncoderDecoder],
@@ -414,15 +408,15 @@ def _adaptive(config: DLDExperimentConfig, classifier: TappedModel, encoders: di
                             restarts=a.adaptive_restarts, generator=generator).images
 
     def make() -> dict[str, torch.Tensor]:
-        first = _batched(stage_one, data, a.batch_size, "adaptive (i)")
+        first = in_batches(stage_one, data.images, data.labels, batch_size=a.batch_size, desc="attack adaptive (i)")
         out = {"labels": data.labels, "ensemble_pgd": first}
         enc = {t: ed.encoder for t, ed in encoders.items()}
         for alpha2 in a.alpha2:
             attack = CentroidAttack(eps=a.eps, alpha1=a.alpha1, alpha2=alpha2, steps=a.centroid_steps,
                                     step_size=a.step_size, combine=a.centroid_combine)
-            out[f"alpha2={alpha2:g}"] = torch.cat([
-                attack(classifier, enc, centroids, data.images[i:i + a.batch_size], first[i:i + a.batch_size],
-                       data.labels[i:i + a.batch_size]).images for i in range(0, len(data), a.batch_size)])
+            out[f"alpha2={alpha2:g}"] = in_batches(
+                lambda x, start, y: attack(classifier, enc, centroids, x, start, y).images, data.images, first,
+                data.labels, batch_size=a.batch_size)
         return out
     return _cached_images("dld-attack-adaptive", settings, root, make)
 

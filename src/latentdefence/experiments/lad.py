@@ -22,6 +22,7 @@ from torch import nn
 
 from .. import attacks as attack_lib
 from ..attacks import AttackResult
+from ..attacks.base import attack_in_batches as _attack_batches
 from .._io import (atomic_path, default_device, environment_info, git_revision, jsonable as _jsonable, load_tensors,
                    write_json)
 from .._progress import track
@@ -349,19 +350,6 @@ def _craft(model: TappedModel, name: str, config: LadConfig, data: ImageDataset,
     result = _attack_batches(model, attack, data.images[index], labels, targets, config.attack.batch_size, name)
     attack_lib.save_adversarial_set(path, result, labels, attack=attack, targets=targets, source_indices=index,
                                     dataset=data.name)
-
-
-def _attack_batches(model: nn.Module, attack: attack_lib.Attack, images: torch.Tensor, labels: torch.Tensor,
-                    targets: torch.Tensor | None, size: int, name: str) -> AttackResult:
-    """`attack` on images (N, C, H, W) in batches of `size` (targeted when `targets` is given)."""
-    device, parts = default_device(), []
-    for start in track(range(0, len(images), size), f"{name} attack"):
-        x, y = images[start:start + size].to(device), labels[start:start + size].to(device)
-        if targets is None:
-            parts.append(attack(model, x, y))
-        else:
-            parts.append(attack(model, x, y, targets[start:start + size].to(device)))
-    return AttackResult.concat(parts)
 
 
 def _craft_ga(model: TappedModel, acgan: ACGAN, config: LadConfig, per_class: int, path: Path, seed: int) -> None:
