@@ -14,11 +14,13 @@ from latentdefence.attacks import (
     FGSM,
     PGD,
     Attack,
+    apgd_losses,
     attack_entry,
     attack_in_batches,
     attack_success,
     channels_last_weights,
     create_attack,
+    cross_entropy,
     in_batches,
     list_attacks,
     margin,
@@ -178,3 +180,13 @@ def test_success_rules_on_f_and_on_f_with_a_detector() -> None:
     flagged = torch.tensor([True, False, True, False])
     verdict = Detection(pred, flagged, torch.ones(4), torch.zeros(4), {})
     assert evaded(verdict, labels).tolist() == [False, False, False, True]
+
+
+@pytest.mark.parametrize("bad", ["hinge", "CE", "", None])
+def test_apgd_takes_a_registered_loss_name_and_names_the_choices_otherwise(bad: object) -> None:
+    assert apgd_losses() == ["ce", "dlr"]
+    with pytest.raises(ValueError, match="loss must be one of 'ce', 'dlr'"):
+        APGD(eps=0.1, loss=bad)
+    with pytest.raises(ValueError, match="one of 'ce', 'dlr'"):
+        APGD(eps=0.1, loss=cross_entropy)  # a callable is not a name
+
