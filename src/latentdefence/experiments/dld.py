@@ -71,7 +71,7 @@ class AttackSettings:
     pgd_steps: int = 100
     pgd_restarts: int = 5
     cw_steps: int = 2000
-    cw_binary_search_steps: int = 9
+    cw_binary_search_steps: int = 9      # LAD: cw_search_steps; both names are in cache keys (overrides.ALIASES)
     adaptive_steps: int = 100
     adaptive_restarts: int = 1
     centroid_steps: int = 100
