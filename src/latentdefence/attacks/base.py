@@ -55,7 +55,8 @@ def in_batches(fn: Callable[..., Batched], *tensors: torch.Tensor | None, batch_
                desc: str | None = None, device: torch.device | None = None) -> Batched:
     """`fn` over aligned row batches of `tensors` (a None passes as None), moved to `device` when given; the
     results in order on CPU (tensors concatenated, `AttackResult`s by `AttackResult.concat`). With `desc`, a
-    progress bar. Every batched attack run goes through here; empty inputs make one call on the empty rows."""
+    progress bar. The batch loop of the experiments, the evaluation and the CLI; empty inputs make one call on the
+    empty rows (AutoAttack's per-stage bookkeeping and LAD's GA search keep their own loops)."""
     check_count("batch_size", batch_size)
     n = next(len(t) for t in tensors if t is not None)
 
