@@ -14,12 +14,18 @@ from latentdefence.attacks import (
     FGSM,
     PGD,
     Attack,
+    apgd_losses,
     attack_entry,
+    attack_in_batches,
+    attack_success,
     channels_last_weights,
     create_attack,
+    cross_entropy,
+    in_batches,
     list_attacks,
     margin,
 )
+from latentdefence.detectors import Detection, evaded
 
 
 
@@ -145,3 +151,42 @@ def test_channels_last_same_result() -> None:
 def test_base_is_abstract() -> None:
     with pytest.raises(NotImplementedError):
         Attack()(tiny_model(), *tiny_batch(2))
+
+
+def test_attacks_in_batches_match_one_call_and_follow_the_one_success_rule() -> None:
+    """Batches concatenate in order to what one call gives (a seedless attack), targeted too; an empty input is an
+    empty result; `success` is `attack_success` of the predictions."""
+    x, y = tiny_batch(10)
+    model = tiny_model()
+    attack = FGSM(eps=0.1)
+    whole, batched = attack(model, x, y), attack_in_batches(model, attack, x, y, batch_size=3)
+    assert torch.equal(batched.images, whole.images) and torch.equal(batched.predictions, whole.predictions)
+    assert torch.equal(batched.success, attack_success(batched.predictions, y))
+    targets = targets_for(y)
+    hit = attack_in_batches(model, PGD(eps=0.1, steps=2, targeted=True), x, y, targets, batch_size=4)
+    assert torch.equal(hit.success, attack_success(hit.predictions, targets, targeted=True))
+    empty = attack_in_batches(model, attack, x[:0], y[:0], batch_size=3)
+    assert empty.images.shape == (0, *x.shape[1:]) and empty.success.numel() == 0
+    starts = in_batches(lambda a, b, s: a + s, x, y, torch.ones_like(x), batch_size=4)  # a third tensor rides along
+    assert torch.equal(starts, x + 1)
+    with pytest.raises(ValueError, match="batch_size"):
+        attack_in_batches(model, attack, x, y, batch_size=0)
+
+
+def test_success_rules_on_f_and_on_f_with_a_detector() -> None:
+    pred, labels = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 0, 0])
+    assert attack_success(pred, labels).tolist() == [False, False, True, True]
+    assert attack_success(pred, torch.tensor([1, 1, 2, 2]), targeted=True).tolist() == [False, True, True, False]
+    flagged = torch.tensor([True, False, True, False])
+    verdict = Detection(pred, flagged, torch.ones(4), torch.zeros(4), {})
+    assert evaded(verdict, labels).tolist() == [False, False, False, True]
+
+
+@pytest.mark.parametrize("bad", ["hinge", "CE", "", None])
+def test_apgd_takes_a_registered_loss_name_and_names_the_choices_otherwise(bad: object) -> None:
+    assert apgd_losses() == ["ce", "dlr"]
+    with pytest.raises(ValueError, match="loss must be one of 'ce', 'dlr'"):
+        APGD(eps=0.1, loss=bad)
+    with pytest.raises(ValueError, match="one of 'ce', 'dlr'"):
+        APGD(eps=0.1, loss=cross_entropy)  # a callable is not a name
+

@@ -9,7 +9,7 @@ import torch
 from latentdefence.dld import EncoderDecoder, EncoderTrainConfig, contrastive_loss, sample_pairs, train_encoder
 from latentdefence.dld.contrastive import balanced_same
 from latentdefence.dld.training import load_encoders, save_encoders
-from test_dld_detector import _blobs, _tiny_model
+from toy_blobs import blobs, tiny_model
 
 
 def test_balanced_same_is_balanced_within_each_half() -> None:
@@ -41,7 +41,7 @@ def test_adversarial_half_gets_true_label_partners_of_both_kinds() -> None:
 
 def test_unknown_pairing_is_rejected() -> None:
     with pytest.raises(ValueError, match="pairing"):
-        train_encoder(_tiny_model(), "layer1", _blobs(30, 0), 3, EncoderTrainConfig(epochs=1, pairing="nope"))
+        train_encoder(tiny_model(), "layer1", blobs(30, 0), 3, EncoderTrainConfig(epochs=1, pairing="nope"))
 
 
 @pytest.mark.parametrize("depth", [1, 2])
@@ -107,7 +107,7 @@ def test_training_step_pairs_each_half_as_configured(monkeypatch, pairing: str) 
 
     monkeypatch.setattr(training, "contrastive_loss", record)
     cfg = EncoderTrainConfig(epochs=1, batch_size=20, eps=0.1, steps=1, step_size=0.1, width=4, pairing=pairing)
-    train_encoder(_tiny_model(), "layer1", _blobs(40, 0), 3, cfg)
+    train_encoder(tiny_model(), "layer1", blobs(40, 0), 3, cfg)
     assert len(seen) == 2 and all(s.shape == (40,) for s in seen)
     for same in seen:
         clean, adv = same[:20], same[20:]

@@ -25,6 +25,13 @@ def test_mappings_merge_and_none_can_be_set() -> None:
     assert cfg.attacks.n["pgd"] == 50 and cfg.attacks.n["cw"] == dld_config("cpu").attacks.n["cw"] and cfg.index_max_train is None
 
 
+@pytest.mark.parametrize("name", ["cw_search_steps", "cw_binary_search_steps"])
+def test_either_name_of_the_cw_search_steps_sets_it_in_both_experiments(name: str) -> None:
+    """DLD and LAD name CW's binary-search steps differently (both names are in cache keys); --set takes either."""
+    assert apply_overrides(dld_config("cpu"), [f"attacks.{name}=3"]).attacks.cw_binary_search_steps == 3
+    assert apply_overrides(lad_config("cpu"), [f"attack.{name}=3"]).attack.cw_search_steps == 3
+
+
 @pytest.mark.parametrize(("assignment", "error", "match"), [
     ("attack.pgd_stepz=3", KeyError, "pgd_stepz"),
     ("attack.pgd_steps=many", ValueError, "attack.pgd_steps"),

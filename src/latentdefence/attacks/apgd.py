@@ -1,14 +1,16 @@
-"""Auto-PGD with cross-entropy or DLR loss, and APGD-T (Croce & Hein 2020)."""
+"""Auto-PGD with a loss chosen by name ("ce", "dlr"; `register_apgd_loss` adds one), and APGD-T (Croce & Hein 2020)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from .._registry import Registry
 from ..validation import check_choice, check_count, check_number
-from .base import Attack, ascent_direction, check_iterative, project
+from .base import Attack, ascent_direction, attack_success, check_iterative, project
 from .registry import register_attack
 
 
@@ -39,6 +41,39 @@ def dlr_targeted_loss(logits: torch.Tensor, targets: torch.Tensor,
     return -(z_y - z_t) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12)
 
 
+# (logits (N, K), true labels or None, targets or None) -> (N,) loss APGD ascends; targets given = targeted
+ApgdLoss = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
+_LOSSES: Registry[ApgdLoss] = Registry("APGD loss")
+
+
+def register_apgd_loss(name: str) -> Callable[[ApgdLoss], ApgdLoss]:
+    """Decorator: make `fn(logits, labels, targets)` APGD's loss `name` (`APGD(..., loss=name)`)."""
+    return lambda fn: _LOSSES.add(name, fn)
+
+
+def apgd_losses() -> list[str]:
+    """The loss names APGD accepts."""
+    return _LOSSES.names()
+
+
+@register_apgd_loss("ce")
+def ce_objective(logits: torch.Tensor, labels: torch.Tensor | None, targets: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy: ascended away from the label, or descended towards the target (APGD-CE)."""
+    if targets is not None:
+        return -nn.functional.cross_entropy(logits, targets, reduction="none")
+    assert labels is not None
+    return nn.functional.cross_entropy(logits, labels, reduction="none")
+
+
+@register_apgd_loss("dlr")
+def dlr_objective(logits: torch.Tensor, labels: torch.Tensor | None, targets: torch.Tensor | None) -> torch.Tensor:
+    """DLR (eq. 6), or targeted DLR (eq. 7) with z_y the label's logit when known (APGD-DLR, APGD-T)."""
+    if targets is not None:
+        return dlr_targeted_loss(logits, targets, labels)
+    assert labels is not None
+    return dlr_loss(logits, labels)
+
+
 def checkpoints(steps: int) -> list[int]:
     """Iterations at which APGD may halve its step: w_j = ceil(p_j N), p_0 = 0, p_1 = 0.22,
     p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) (Croce & Hein 2020, Sec. 3.2)."""
@@ -60,14 +95,15 @@ class APGD(Attack):
     nor the best loss changed since the last checkpoint. A sample leaves the batch as soon as it
     succeeds (that iterate is returned); otherwise its highest-loss point over all restarts is.
 
-    Norm: "linf" (default) or "l2". Losses: "ce" (APGD-CE) or "dlr" (APGD-DLR; when targeted, the
-    targeted DLR loss with z_y = largest non-target logit). Restarts run only on samples not yet broken.
+    Norm: "linf" (default) or "l2". Losses by name (`apgd_losses()`): "ce" (APGD-CE) or "dlr" (APGD-DLR; when
+    targeted, the targeted DLR loss with z_y = largest non-target logit); `register_apgd_loss` adds one. Restarts
+    run only on samples not yet broken.
 
     Args:
         eps: radius of the threat model's ball.
         steps: iterations per restart (default 100, the paper's).
         norm: "linf" or "l2" (default "linf").
-        loss: "ce" or "dlr" (default "ce").
+        loss: a registered loss name, "ce" or "dlr" (default "ce"); anything else is an error naming the choices.
         restarts: random restarts (default 1).
         rho: checkpoint condition threshold (default 0.75).
         momentum: alpha (default 0.75).
@@ -86,7 +122,7 @@ class APGD(Attack):
                  rho: float = 0.75, momentum: float = 0.75, targeted: bool = False,
                  generator: torch.Generator | None = None, channels_last: bool = False) -> None:
         check_iterative("APGD", norm, eps, steps=steps, restarts=restarts)
-        check_choice("loss", loss, ("ce", "dlr"))
+        check_choice("loss", loss, apgd_losses())
         check_number("rho", rho, low=0.0, high=1.0, low_open=True, high_open=True)
         check_number("momentum", momentum, low=0.0, high=1.0)
         self.eps = eps
@@ -123,25 +159,11 @@ class APGD(Attack):
             done[idx[ok]] = True
         return best
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor | None,
-              targets: torch.Tensor | None) -> torch.Tensor:
-        if self.loss == "ce":
-            if targets is not None:
-                return -nn.functional.cross_entropy(logits, targets, reduction="none")
-            assert labels is not None
-            return nn.functional.cross_entropy(logits, labels, reduction="none")
-        if targets is not None:
-            return dlr_targeted_loss(logits, targets, labels)
-        assert labels is not None
-        return dlr_loss(logits, labels)
-
     def _succeeded(self, logits: torch.Tensor, labels: torch.Tensor | None,
                    targets: torch.Tensor | None) -> torch.Tensor:
-        preds = logits.argmax(dim=1)
-        if labels is not None:
-            return preds != labels
-        assert targets is not None
-        return preds == targets
+        goal = labels if labels is not None else targets
+        assert goal is not None
+        return attack_success(logits.argmax(dim=1), goal, targeted=labels is None)
 
     def _one_run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None,
                  targets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -150,7 +172,7 @@ class APGD(Attack):
         out = images.clone()
         out_loss = torch.full((n,), -float("inf"), device=dev)
         out_ok = torch.zeros(n, dtype=torch.bool, device=dev)
-        marks = set(checkpoints(self.steps))
+        marks, objective = set(checkpoints(self.steps)), _LOSSES.get(self.loss)
         idx = torch.arange(n, device=dev)                               # rows still running
         x, y, t = images, labels, targets
         cur = self._random_start(images)
@@ -165,7 +187,7 @@ class APGD(Attack):
             a = cur.detach().requires_grad_(k < self.steps)
             with torch.enable_grad() if k < self.steps else torch.no_grad():
                 logits = model(a)
-                f = self._loss(logits, y, t)
+                f = objective(logits, y, t)
                 grad = torch.autograd.grad(f.sum(), a)[0] if k < self.steps else None
             with torch.no_grad():
                 f = f.detach()
@@ -250,7 +272,7 @@ class APGDT(APGD):
             logits = model(images)
         ranked = logits.argsort(dim=1, descending=True)                  # (N, K)
         best = images.clone()
-        done = logits.argmax(dim=1) != goal
+        done = attack_success(logits.argmax(dim=1), goal)
         best_loss = torch.full((images.shape[0],), -float("inf"), device=images.device)
         for r in range(1, min(self.n_target_classes + 1, logits.shape[1])):
             idx = (~done).nonzero().squeeze(1)
@@ -261,7 +283,7 @@ class APGDT(APGD):
                 adv, loss, ok = self._one_run(model, images[idx], goal[idx], targets)
                 ok = ok.clone()
                 with torch.no_grad():
-                    ok &= model(adv).argmax(dim=1) != goal[idx]
+                    ok &= attack_success(model(adv).argmax(dim=1), goal[idx])
                 better = ok | (loss > best_loss[idx])
                 best[idx[better]], best_loss[idx[better]] = adv[better], loss[better]
                 done[idx[ok]] = True
@@ -273,4 +295,4 @@ class APGDT(APGD):
     def _succeeded(self, logits: torch.Tensor, labels: torch.Tensor | None,
                    targets: torch.Tensor | None) -> torch.Tensor:
         assert labels is not None   # APGD-T is untargeted: `run` always passes the true labels
-        return logits.argmax(dim=1) != labels
+        return attack_success(logits.argmax(dim=1), labels)

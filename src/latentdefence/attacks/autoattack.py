@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .apgd import APGD, APGDT
-from .base import Attack, AttackResult, check_inputs, check_iterative, frozen_eval, perturbation_norm
+from .base import Attack, AttackResult, attack_success, check_inputs, check_iterative, frozen_eval, perturbation_norm
 from .registry import register_attack
 from .square import Square
 
@@ -66,13 +66,14 @@ class AutoAttack(Attack):
             adv, robust_after = self._cascade(model, images.detach().clone(), labels.detach().clone())
             with torch.no_grad():
                 preds = model(adv).argmax(1)
-        return AttackResult(adv, preds != labels, perturbation_norm(adv - images, self.norm), preds), robust_after
+        return (AttackResult(adv, attack_success(preds, labels), perturbation_norm(adv - images, self.norm), preds),
+                robust_after)
 
     def _cascade(self, model: nn.Module, images: torch.Tensor,
                  labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         adv = images.clone()
         with torch.no_grad():
-            robust = model(images).argmax(1) == labels
+            robust = ~attack_success(model(images).argmax(1), labels)
         robust_after = {"clean": float(robust.float().mean()) if len(labels) else float("nan")}
         for name, attack in self.attacks().items():
             rows = robust.nonzero().squeeze(1)

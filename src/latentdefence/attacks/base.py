@@ -1,4 +1,5 @@
-"""What every attack shares: the threat model check, model-state hygiene and the result object."""
+"""What every attack shares: the threat model check, model-state hygiene, the result object, the success rule
+(`attack_success`) and the batch loop every caller runs attacks through (`attack_in_batches`, `in_batches`)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import contextlib
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
+from .._progress import track
 from ..validation import InputValidationError, check_count, check_images, check_labels, check_number, model_dtype
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -38,6 +40,48 @@ class AttackResult:
     def concat(parts: "Sequence[AttackResult]") -> "AttackResult":
         """One result holding all rows of `parts` (e.g. batches), in order, on CPU."""
         return AttackResult(*(torch.cat([getattr(p, f.name).cpu() for p in parts]) for f in fields(AttackResult)))
+
+
+def attack_success(predictions: torch.Tensor, goal: torch.Tensor, targeted: bool = False) -> torch.Tensor:
+    """(N,) bool, the one success rule of an attack on F: targeted, F predicts the target `goal`; untargeted, F
+    predicts anything but the true label `goal` (an attack on F + detector adds "not flagged": `detectors.evaded`)."""
+    return predictions == goal if targeted else predictions != goal
+
+
+Batched = TypeVar("Batched", torch.Tensor, AttackResult)
+
+
+def in_batches(fn: Callable[..., Batched], *tensors: torch.Tensor | None, batch_size: int,
+               desc: str | None = None, device: torch.device | None = None) -> Batched:
+    """`fn` over aligned row batches of `tensors` (a None passes as None), moved to `device` when given; the
+    results in order on CPU (tensors concatenated, `AttackResult`s by `AttackResult.concat`). With `desc`, a
+    progress bar. The batch loop of the experiments, the evaluation and the CLI; empty inputs make one call on the
+    empty rows (AutoAttack's per-stage bookkeeping and LAD's GA search keep their own loops)."""
+    check_count("batch_size", batch_size)
+    n = next(len(t) for t in tensors if t is not None)
+
+    def rows(t: torch.Tensor | None, i: int) -> torch.Tensor | None:
+        if t is None:
+            return None
+        part = t[i:i + batch_size]
+        return part if device is None else part.to(device)
+    starts = range(0, n, batch_size)
+    parts = [fn(*(rows(t, i) for t in tensors)) for i in (track(starts, desc) if desc else starts)]
+    if not parts:
+        parts = [fn(*(rows(t, 0) for t in tensors))]
+    if isinstance(parts[0], AttackResult):
+        return AttackResult.concat(parts)
+    return torch.cat([part.cpu() for part in parts])
+
+
+def attack_in_batches(model: nn.Module, attack: Callable[..., AttackResult], images: torch.Tensor,
+                      labels: torch.Tensor, targets: torch.Tensor | None = None, batch_size: int = 256,
+                      desc: str | None = None) -> AttackResult:
+    """`attack(model, x, y[, t])` over batches of images (N, C, H, W), each on the model's device (targeted when
+    `targets` is given); one `AttackResult` on CPU."""
+    device = next((t.device for t in [*model.parameters(), *model.buffers()]), None)
+    return in_batches(lambda x, y, t: attack(model, x, y) if t is None else attack(model, x, y, t),
+                      images, labels, targets, batch_size=batch_size, desc=desc, device=device)
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -247,9 +291,8 @@ class Attack:
             if logits.ndim != 2 or logits.shape[0] != images.shape[0]:
                 raise ValueError(f"model must return (N, classes) logits, got shape {tuple(logits.shape)}")
             preds = logits.argmax(dim=1)
-        success = preds == goal if self.targeted else preds != goal
+        success = attack_success(preds, goal, self.targeted)
         return AttackResult(adv, success, perturbation_norm(adv - images, self.norm), preds)
 
     def _success(self, logits: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
-        preds = logits.argmax(dim=1)
-        return preds == goal if self.targeted else preds != goal
+        return attack_success(logits.argmax(dim=1), goal, self.targeted)

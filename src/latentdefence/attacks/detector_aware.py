@@ -15,9 +15,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..detectors.base import Detector
-from .base import (Attack, AttackResult, ascent_direction, check_inputs, check_iterative, cross_entropy, frozen_eval,
-                   madry_step_size, perturbation_norm, project, random_start)
+from ..detectors.base import Detector, evaded
+from .base import (Attack, AttackResult, ascent_direction, attack_success, check_inputs, check_iterative, cross_entropy,
+                   frozen_eval, madry_step_size, perturbation_norm, project, random_start)
 from .registry import register_attack
 
 
@@ -48,11 +48,11 @@ class KeepBest:
     def update(self, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Query the detector on `images` (for inputs `rows`), keep improvements; (R,) bool: evading now."""
         out = self.detector.predict(images.detach())
-        pred, flagged = out.predicted.cpu(), out.is_adversarial.cpu().bool()
+        pred, r = out.predicted.cpu(), rows.cpu()
         score = out.nonconformity.detach().cpu().to(torch.float64)
-        r = rows.cpu()
-        wrong = pred != self.labels[r].cpu()
-        rank = torch.where(wrong & ~flagged, 2, torch.where(wrong, 1, 0))
+        labels = self.labels[r].cpu()
+        escaped = evaded(out, labels.to(out.predicted.device)).cpu()
+        rank = torch.where(escaped, 2, torch.where(attack_success(pred, labels), 1, 0))
         better = (rank > self.rank[r]) | ((rank == self.rank[r]) & (score < self.score[r]))
         keep = r[better]
         self.images[keep.to(self.images.device)] = images.detach()[better.to(images.device)]
@@ -152,7 +152,7 @@ class _SurrogatePGD(DetectorAttack):
             with torch.enable_grad():
                 logits = detector.classifier(x)
                 pred = logits.argmax(1).detach()
-                fooled = pred != labels[rows]
+                fooled = attack_success(pred, labels[rows])
                 classifier_loss = cross_entropy(logits, labels[rows])                       # ascend
                 detector_loss = -detector.surrogate_score(x, pred)                          # ascend
                 return self._combine(x, classifier_loss, detector_loss, fooled)

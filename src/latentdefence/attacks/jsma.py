@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..validation import InputValidationError, check_number
-from .base import Attack
+from .base import Attack, attack_success
 from .registry import register_attack
 
 
@@ -63,7 +63,7 @@ class JSMA(Attack):
             a = adv[idx].view(-1, *shape).requires_grad_(True)
             logits = model(a)
             t = goal[idx]
-            running = logits.argmax(dim=1) != t
+            running = ~attack_success(logits.argmax(dim=1), t, self.targeted)
             grad_t, = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), a, retain_graph=True)
             grad_all, = torch.autograd.grad(logits.sum(), a)
             with torch.no_grad():

@@ -95,19 +95,14 @@ def run(
         targets = (labels + target_shift) % classes if targeted else None
         if targets is not None and (targets == labels).any():
             raise ValueError(f"--target-shift {target_shift} maps some labels onto themselves (K = {classes})")
+        from ..attacks.base import attack_in_batches
+        from ..evaluation.metrics import batched_predict
+
         torch.manual_seed(seed)
         start = time.perf_counter()
-        parts = [adversary(model, images[i:i + batch_size], labels[i:i + batch_size],
-                           None if targets is None else targets[i:i + batch_size])
-                 for i in range(0, len(images), batch_size)]
+        result = attack_in_batches(model, adversary, images, labels, targets, batch_size)
         seconds = time.perf_counter() - start
-        from ..attacks import AttackResult
-
-        result = AttackResult(*(torch.cat([getattr(p, f) for p in parts]) for f in
-                                ("images", "success", "norms", "predictions")))
-        with torch.no_grad():
-            clean_ok = torch.cat([model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]
-                                  for i in range(0, len(images), batch_size)])
+        clean_ok = batched_predict(model, images, batch_size) == labels
         summary = {
             "attack": adversary.describe(), "images": len(images),
             "clean_accuracy": clean_ok.float().mean().item(),

@@ -10,14 +10,14 @@ need the attacks and DLD, which need the contract here).
 from importlib import import_module
 from typing import Any
 
-from .base import ConformalDetector, Detection, Detector, Verdict, calibrate_threshold, credibility
+from .base import ConformalDetector, Detection, Detector, Verdict, calibrate_threshold, credibility, evaded
 from .registry import DetectorEntry, create_detector, detector_entry, list_detectors, register_detector
 
 _LAZY = {"DeepKNN": "dknn", "LIDDetector": "lid", "LayerScoreDetector": "logistic", "LogisticCombiner": "logistic",
          "MahalanobisDetector": "mahalanobis", "clean_noisy_adversarial": "logistic"}
 
 __all__ = ["ConformalDetector", "Detection", "Detector", "DetectorEntry", "Verdict", "calibrate_threshold", "create_detector",
-           "credibility", "detector_entry", "list_detectors", "register_detector", *_LAZY]
+           "credibility", "detector_entry", "evaded", "list_detectors", "register_detector", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

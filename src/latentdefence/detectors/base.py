@@ -85,6 +85,12 @@ class Verdict(Protocol):
     def nonconformity(self) -> torch.Tensor: ...     # (N,) higher = more suspicious
 
 
+def evaded(verdict: Verdict, labels: torch.Tensor) -> torch.Tensor:
+    """(N,) bool, the one success rule of an attack on F + detector: F misclassifies and the detector does not
+    flag (robustness is its complement; `attacks.attack_success` is the rule on F alone)."""
+    return (verdict.predicted != labels) & ~verdict.is_adversarial.bool()
+
+
 class Detector(Protocol):
     """What attacks need from a detector (every `ConformalDetector` with a ``surrogate_score``; a user's own
     detector too)."""

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..attacks import PGD, AttackResult
-from ..attacks.base import check_iterative, frozen_eval, perturbation_norm
+from ..attacks.base import attack_success, check_iterative, frozen_eval, perturbation_norm
 from ..models import TappedModel
 from .encoders import EncoderDecoder
 
@@ -83,10 +83,10 @@ class CentroidAttack:
                 best[active & wrong] = x[active & wrong]
                 x = stepped
             with torch.no_grad():
-                keep = active & (classifier(x).argmax(1) != labels)
+                keep = active & attack_success(classifier(x).argmax(1), labels)
                 best[keep] = x[keep]
                 preds = classifier(best).argmax(1)
-        return AttackResult(best, preds != labels, perturbation_norm(best - originals, "linf"), preds)
+        return AttackResult(best, attack_success(preds, labels), perturbation_norm(best - originals, "linf"), preds)
 
     def _step(self, classifier: TappedModel, encoders: nn.ModuleDict, centroids: Mapping[str, torch.Tensor],
               x: torch.Tensor, originals: torch.Tensor, labels: torch.Tensor,
@@ -105,7 +105,7 @@ class CentroidAttack:
             g_ce, g_c = _unit(g_ce), _unit(g_c)
         grad = self.alpha1 * g_ce - self.alpha2 * g_c                         # Eq. 10's direction
         with torch.no_grad():
-            wrong = logits.argmax(1) != labels
+            wrong = attack_success(logits.argmax(1), labels)
             stepped = self._project(x + self.step_size * grad.sign(), originals)
         return stepped, wrong
 
@@ -132,7 +132,7 @@ def ensemble_pgd(classifier: TappedModel, encoders: Mapping[str, EncoderDecoder]
     adv = PGD(eps=eps, step_size=step_size, steps=steps, restarts=restarts, generator=generator)(ens, images, labels)
     with frozen_eval(classifier), torch.no_grad():
         preds = classifier(adv.images).argmax(1)
-    return AttackResult(adv.images, preds != labels, adv.norms, preds)
+    return AttackResult(adv.images, attack_success(preds, labels), adv.norms, preds)
 
 
 def adaptive_attack(classifier: TappedModel, encoders: Mapping[str, EncoderDecoder],

@@ -240,12 +240,14 @@ class DeepLatentDefence(KNNDetector):
             tensors.update({f"encoder.{tap}.{k}": v for k, v in enc.state_dict().items()})
             tensors[f"index.{tap}.embeddings"] = self.indexes_[tap].embeddings
             tensors[f"index.{tap}.labels"] = self.indexes_[tap].labels
-        meta.update({"format": FORMAT, "params": self._params(), "encoders": self.encoder_specs_,
+        meta.update({"format": FORMAT, "params": self.params, "encoders": self.encoder_specs_,
                      "pruned": self.pruned_,
                      "metadata": {**getattr(self, "metadata_", {}), **(metadata or {}), "git_revision": git_revision()}})
         save_tensors(path, tensors, meta)
 
-    def _params(self) -> dict[str, object]:
+    @property
+    def params(self) -> dict[str, object]:
+        """Constructor settings as JSON-friendly values, saved in the artifact and recorded by experiments."""
         return {"taps": list(self.taps), "k": self.k, "latent_dim": self.latent_dim,
                 "training": asdict(self.training) if self.training else None, "knn_backend": self.knn_backend,
                 "knn_algorithm": self.knn_algorithm, "batch_size": self.batch_size}

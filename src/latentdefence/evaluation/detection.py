@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from ..detectors.base import Detection, Detector, calibrate_threshold
+from ..detectors.base import Detection, Detector, calibrate_threshold, evaded
 from .metrics import wilson_interval
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ def detection_metrics(labels: torch.Tensor, adversarial: Detection, clean: Detec
     wrong = adversarial.predicted != labels
     row = attack_metrics(labels, adversarial.predicted, adversarial.is_adversarial, adversarial.nonconformity,
                          clean.nonconformity).as_dict()
-    row["undetected_success_rate"] = float((wrong & ~adversarial.is_adversarial).float().mean())
+    row["undetected_success_rate"] = float(evaded(adversarial, labels).float().mean())
     row["sr_at_fpr"] = {}
     for key, t in thresholds_at_fpr(calibration, fprs).items():
         row["sr_at_fpr"][key] = {"threshold": t,
@@ -245,7 +245,7 @@ def worst_case(labels: torch.Tensor, sets: Mapping[str, Detection], calibration:
     """Per image, broken if any attack in `sets` broke it: robustness at the calibrated threshold and SR@FPR."""
     broken = torch.zeros(len(labels), dtype=torch.bool)
     for v in sets.values():
-        broken |= (v.predicted != labels) & ~v.is_adversarial
+        broken |= evaded(v, labels)
     out: dict[str, Any] = {"attacks": list(sets), "n": len(labels), "robustness": 1 - float(broken.float().mean()),
                            "undetected_success_rate": float(broken.float().mean()), "sr_at_fpr": {}}
     for key, t in thresholds_at_fpr(calibration, fprs).items():

@@ -16,7 +16,7 @@ detector has it: `surrogate_score(images, classes)` for selective / orthogonal P
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,9 @@ from torch import nn
 from .._io import atomic_path, environment_info, git_revision, write_json
 from .._seed import seed_everything
 from ..attacks import PGD, AutoAttack, create_attack
+from ..attacks.base import attack_in_batches, in_batches
 from ..attacks.detector_aware import DetectorAttack
-from ..detectors.base import Detection
+from ..detectors.base import Detection, evaded
 from ..dld import CentroidAttack, DeepLatentDefence, ensemble_pgd
 from ..dld.encoders import EncoderDecoder
 from ..experiments.cache import StageTimer
@@ -265,13 +266,6 @@ def _pgd(threat: ThreatModel, b: Budget, generator: torch.Generator, eps: float 
                restarts=b.pgd_restarts, norm=threat.norm, generator=generator)
 
 
-def _in_batches(fn: Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor], images: torch.Tensor,
-                labels: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """fn(images, labels, rows) over batches, concatenated."""
-    return torch.cat([fn(images[i:i + batch_size], labels[i:i + batch_size], slice(i, i + batch_size))
-                      for i in range(0, len(images), batch_size)])
-
-
 def _attack_all(detectors: Mapping[str, Any], images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel,
                 b: Budget, encoders: Mapping[str, Mapping[str, EncoderDecoder]], generator: torch.Generator,
                 timer: StageTimer, only: Sequence[str] | None = None
@@ -281,7 +275,7 @@ def _attack_all(detectors: Mapping[str, Any], images: torch.Tensor, labels: torc
     classifier = next(iter(detectors.values())).classifier
     with timer.timed("attack_pgd"):
         pgd = _pgd(threat, b, generator)
-        shared = {"pgd": _in_batches(lambda x, y, _: pgd(classifier, x, y).images, images, labels, b.batch_size)}
+        shared = {"pgd": attack_in_batches(classifier, pgd, images, labels, batch_size=b.batch_size).images}
     with timer.timed("attack_autoattack"):
         aa = AutoAttack(threat.eps, b.autoattack_steps, n_target_classes=b.autoattack_targets,
                         square_queries=b.square_queries, restarts=b.autoattack_restarts, norm=threat.norm,
@@ -301,9 +295,8 @@ def _attack_all(detectors: Mapping[str, Any], images: torch.Tensor, labels: torc
                     continue
                 attack = detector_attack(kind, threat, b, generator)
                 starts = shared["autoattack"] if kind == "selective" else None   # F already fooled: only hide it
-                sets[name][kind] = _in_batches(lambda x, y, r: attack(det, x, y, starts=None if starts is None
-                                                                      else starts[r]).images,
-                                               images, labels, b.batch_size)
+                sets[name][kind] = in_batches(lambda x, y, s: attack(det, x, y, starts=s).images, images, labels,
+                                              starts, batch_size=b.batch_size)
     return sets, robust_after, skipped
 
 
@@ -325,15 +318,15 @@ def paper_adaptive(det: DeepLatentDefence, encoders: Mapping[str, EncoderDecoder
     """DLD's Section V-B: ensemble PGD (Eq. 9), then Eq. 10 for each alpha2, and the alpha2 with the lowest
     robustness by the detector's decision (Table I's adaptive row; ties go to the smaller alpha2)."""
     step = (b.pgd_step or 2.5 / b.adaptive_steps) * eps
-    first = _in_batches(lambda x, y, _: ensemble_pgd(det.classifier, dict(encoders), x, y, eps=eps, step_size=step,
-                                                     steps=b.adaptive_steps, generator=generator).images,
-                        images, labels, b.batch_size)
+    first = in_batches(lambda x, y: ensemble_pgd(det.classifier, dict(encoders), x, y, eps=eps, step_size=step,
+                                                 steps=b.adaptive_steps, generator=generator).images,
+                       images, labels, batch_size=b.batch_size)
     enc, centroids = {t: ed.encoder for t, ed in encoders.items()}, det.centroids()
     best, best_robust = first, float("inf")
     for alpha2 in b.alpha2:
         attack = CentroidAttack(eps=eps, alpha1=b.alpha1, alpha2=alpha2, steps=b.centroid_steps, step_size=step)
-        adv = _in_batches(lambda x, y, r: attack(det.classifier, enc, centroids, x, first[r], y).images,
-                          images, labels, b.batch_size)
+        adv = in_batches(lambda x, y, start: attack(det.classifier, enc, centroids, x, start, y).images,
+                         images, labels, first, batch_size=b.batch_size)
         robust = _robustness(verdicts(det, adv), labels)
         if robust < best_robust:
             best, best_robust = adv, robust
@@ -343,12 +336,12 @@ def paper_adaptive(det: DeepLatentDefence, encoders: Mapping[str, EncoderDecoder
 # -- metrics --------------------------------------------------------------------------------------
 def _robustness(v: Detection, labels: torch.Tensor) -> float:
     """Correct, or misclassified and flagged."""
-    return float((~((v.predicted != labels) & ~v.is_adversarial)).float().mean())
+    return float((~evaded(v, labels)).float().mean())
 
 
 def _broken(v: Detection, labels: torch.Tensor) -> torch.Tensor:
     """(N,) bool: misclassified and not flagged."""
-    return (v.predicted != labels) & ~v.is_adversarial
+    return evaded(v, labels)
 
 
 def _metrics(det: Any, labels: torch.Tensor, clean_images: torch.Tensor, clean_labels: torch.Tensor,
@@ -404,9 +397,8 @@ def _sanity(det: Any, name: str, images: torch.Tensor, labels: torch.Tensor, thr
 
     def run(attack: Any, starts: torch.Tensor | None = None) -> torch.Tensor:
         if isinstance(attack, PGD):
-            return _in_batches(lambda u, v, _: attack(det.classifier, u, v).images, x, y, b.batch_size)
-        return _in_batches(lambda u, v, r: attack(det, u, v, starts=None if starts is None else starts[r]).images,
-                           x, y, b.batch_size)
+            return attack_in_batches(det.classifier, attack, x, y, batch_size=b.batch_size).images
+        return in_batches(lambda u, v, s: attack(det, u, v, starts=s).images, x, y, starts, batch_size=b.batch_size)
 
     def make(bud: Budget, eps: float | None = None) -> Any:
         return _pgd(threat, bud, generator, eps) if strongest == "pgd" else detector_attack(strongest, threat, bud,
@@ -434,7 +426,7 @@ def _sanity(det: Any, name: str, images: torch.Tensor, labels: torch.Tensor, thr
                            "surrogate_gradients": _surrogate_gradients(det, name, x, warnings)}
     if transfer_source is not None:
         source, model = transfer_source
-        adv = _in_batches(lambda u, v, _: _pgd(threat, b, generator)(model, u, v).images, x, y, b.batch_size)
+        adv = attack_in_batches(model, _pgd(threat, b, generator), x, y, batch_size=b.batch_size).images
         with torch.no_grad():
             own = float((model(adv).argmax(1) == y).float().mean())
         out["transfer"] = {"source": source,

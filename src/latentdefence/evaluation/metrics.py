@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ..attacks.base import Attack, frozen_eval
+from ..attacks.base import Attack, attack_in_batches, frozen_eval
 
 
 @torch.no_grad()
@@ -28,13 +28,8 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
 def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack,
                     batch_size: int = 250) -> float:
     """Fraction of images still classified correctly after `attack` (untargeted)."""
-    device = next(model.parameters()).device
-    correct = 0
-    for i in range(0, len(images), batch_size):
-        x, y = images[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)
-        result = attack(model, x, y)
-        correct += int((result.predictions == y).sum().item())
-    return correct / max(len(images), 1)
+    result = attack_in_batches(model, attack, images, labels, batch_size=batch_size)
+    return int((result.predictions == labels.cpu()).sum().item()) / max(len(images), 1)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -2,7 +2,8 @@
 
 Profiles: ``paper`` (the paper's settings, for a GPU), ``cpu`` (a documented reduction: about an hour
 on 2 CPU cores for MNIST, slow attacks on subsets with Wilson intervals) and ``smoke`` (seconds, CI).
-``run_dld(config, out_dir)`` caches the classifier, encoders and adversarial sets by their settings.
+``run_dld(config, out_dir)`` caches the classifier, encoders and adversarial sets by their settings;
+``build_dld(config) -> DLDBuild`` is what the ablation and the adaptive evaluation share of it.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._io import atomic_path, environment_info, git_revision, load_tensors, read_json, save_tensors, write_json
-from .._progress import track
 from .._seed import seed_everything
 from ..data import load_dataset
+from ..attacks.base import attack_in_batches, in_batches
 from ..data.base import ImageDataset
 from ..dld import (CentroidAttack, DeepLatentDefence, EncoderTrainConfig, attack_metrics, calibrate_threshold,
                    clean_metrics,
@@ -70,7 +71,7 @@ class AttackSettings:
     pgd_steps: int = 100
     pgd_restarts: int = 5
     cw_steps: int = 2000
-    cw_binary_search_steps: int = 9
+    cw_binary_search_steps: int = 9      # LAD: cw_search_steps; both names are in cache keys (overrides.ALIASES)
     adaptive_steps: int = 100
     adaptive_restarts: int = 1
     centroid_steps: int = 100
@@ -194,18 +195,13 @@ def run_dld(config: DLDExperimentConfig, out_dir: str | Path, cache_root: Path |
     out.mkdir(parents=True, exist_ok=True)
     timer, generator = StageTimer(), seed_everything(config.seed)
     revision = git_revision()  # the code that runs, not whatever HEAD is when the run ends
-    with timer.timed("data"):
-        train, cal, clean = _data(config)
-    with timer.timed("classifier"):
-        classifier, classifier_key = _classifier(config, train, cache_root)
-    with timer.timed("encoders"):
-        encoders, enc_dir = _encoders(config, classifier, classifier_key, train, cache_root)
-    with timer.timed("detector"):
-        detector = _detector(config, classifier, encoders, train, cal, enc_dir)
+    build = build_dld(config, cache_root, timer)
+    train, cal, clean, classifier = build.train, build.calibration, build.clean, build.classifier
+    encoders, enc_dir, detector = build.encoders, build.encoders_dir, build.detector
     adversarial: dict[str, dict[str, torch.Tensor]] = {}
     for name in ("fgsm", "pgd", "cw"):
         with timer.timed(f"attack_{name}"):
-            adversarial[name] = _grey_box(config, name, classifier, classifier_key, clean, cache_root, generator)
+            adversarial[name] = build.grey_box(name, generator)
     with timer.timed("attack_adaptive"):
         sweep = _adaptive(config, classifier, encoders, detector, enc_dir.name, clean, cache_root,
                           generator)
@@ -228,6 +224,45 @@ def run_dld(config: DLDExperimentConfig, out_dir: str | Path, cache_root: Path |
     return results
 
 
+@dataclass(frozen=True)
+class DLDBuild:
+    """What every DLD measurement shares, from the stage cache: the data splits, F, the encoder-decoders and the
+    calibrated detector of one config (as `build_lad` / `LadBuild` for LAD), so the main run, the ablation and the
+    adaptive evaluation build them one way."""
+
+    config: DLDExperimentConfig
+    cache_root: Path | None
+    train: ImageDataset
+    calibration: ImageDataset
+    clean: ImageDataset
+    classifier: TappedModel
+    classifier_key: str
+    encoders: dict[str, EncoderDecoder]
+    encoders_dir: Path
+    detector: DeepLatentDefence
+
+    def grey_box(self, name: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The cached grey-box attack set `name` ("fgsm", "pgd" or "cw") against F on the clean evaluation images."""
+        return grey_box_set(self.config, name, self.classifier, self.classifier_key, self.clean, self.cache_root,
+                            generator)
+
+
+def build_dld(config: DLDExperimentConfig, cache_root: Path | None = None,
+              timer: StageTimer | None = None) -> DLDBuild:
+    """Load the data and train (or load from the stage cache) F, the encoders and the calibrated detector;
+    `timer` records the stages "data", "classifier", "encoders" and "detector"."""
+    timer = timer or StageTimer()
+    with timer.timed("data"):
+        train, cal, clean = dld_data(config)
+    with timer.timed("classifier"):
+        classifier, classifier_key = dld_classifier(config, train, cache_root)
+    with timer.timed("encoders"):
+        encoders, enc_dir = dld_encoders(config, classifier, classifier_key, train, cache_root)
+    with timer.timed("detector"):
+        detector = dld_detector(config, classifier, encoders, train, cal, enc_dir)
+    return DLDBuild(config, cache_root, train, cal, clean, classifier, classifier_key, encoders, enc_dir, detector)
+
+
 def _ship_detector(out: Path, detector: DeepLatentDefence, enc_dir: Path, config: DLDExperimentConfig) -> None:
     """The calibrated detector artifact and its encoder-decoders beside the results, so `latentdefence serve`,
     `evaluate-detector` (whose paper adaptive attack needs the decoders) and the examples work without training."""
@@ -239,7 +274,7 @@ def _ship_detector(out: Path, detector: DeepLatentDefence, enc_dir: Path, config
         shutil.copyfile(enc_dir / "encoders.safetensors", tmp)
 
 
-def _data(config: DLDExperimentConfig) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
+def dld_data(config: DLDExperimentConfig) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
     """Train split, and the test split cut into 750 calibration samples and the evaluation rest."""
     splits = load_dataset(config.dataset, Path(config.data_dir) if config.data_dir else None)
     cal, clean = calibration_split(splits.test, config.n_calibration, config.seed)
@@ -254,7 +289,7 @@ def calibration_split(test: ImageDataset, n_calibration: int = 750, seed: int = 
     return test.subset(order[:n_calibration]), test.subset(order[n_calibration:])
 
 
-def _classifier(config: DLDExperimentConfig, train: ImageDataset, root: Path | None) -> tuple[TappedModel, str]:
+def dld_classifier(config: DLDExperimentConfig, train: ImageDataset, root: Path | None) -> tuple[TappedModel, str]:
     """F from the given checkpoint, else adversarially trained once and cached."""
     from ..training import TrainConfig, checkpoint_digest, load_checkpoint, train_classifier
 
@@ -274,8 +309,8 @@ def _classifier(config: DLDExperimentConfig, train: ImageDataset, root: Path | N
     return load_checkpoint(path / "final")[0].eval(), settings_key(settings)
 
 
-def _encoders(config: DLDExperimentConfig, classifier: TappedModel, classifier_key: str, train: ImageDataset,
-              root: Path | None) -> tuple[dict[str, EncoderDecoder], Path]:
+def dld_encoders(config: DLDExperimentConfig, classifier: TappedModel, classifier_key: str, train: ImageDataset,
+                 root: Path | None) -> tuple[dict[str, EncoderDecoder], Path]:
     """Encoder-decoders for every tap, trained once per (classifier, settings) and cached with their training logs."""
     enc = config.encoder
     settings = {"classifier": classifier_key, "taps": list(config.taps), "latent_dim": config.latent_dim,
@@ -314,12 +349,13 @@ def training_adversarial(config: DLDExperimentConfig, name: str, classifier: Tap
                 "steps": enc.precomputed_steps if name == "pgd" else 1, "n": len(data), "seed": config.seed}
 
     def make() -> dict[str, torch.Tensor]:
-        return {"images": _batched(lambda x, y: attack(classifier, x, y).images, data, 500, f"train {name}")}
+        return {"images": attack_in_batches(classifier, attack, data.images, data.labels, batch_size=500,
+                                            desc=f"attack train {name}").images}
     return _cached_images("dld-train-adversarial", settings, root, make)["images"]
 
 
-def _detector(config: DLDExperimentConfig, classifier: TappedModel, encoders: dict[str, EncoderDecoder],
-              train: ImageDataset, cal: ImageDataset, enc_dir: Path) -> DeepLatentDefence:
+def dld_detector(config: DLDExperimentConfig, classifier: TappedModel, encoders: dict[str, EncoderDecoder],
+                 train: ImageDataset, cal: ImageDataset, enc_dir: Path) -> DeepLatentDefence:
     """Fit the pruned indexes and calibrate; the artifact is saved beside the encoders."""
     det = DeepLatentDefence(classifier, config.taps, k=config.k, latent_dim=config.latent_dim,
                             training=config.encoder, encoders=encoders)
@@ -335,8 +371,8 @@ def _cached_images(stage: str, settings: dict[str, Any], root: Path | None,
     return load_tensors(path / "images.safetensors")[0]
 
 
-def _grey_box(config: DLDExperimentConfig, name: str, classifier: TappedModel, classifier_key: str,
-              clean: ImageDataset, root: Path | None, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def grey_box_set(config: DLDExperimentConfig, name: str, classifier: TappedModel, classifier_key: str,
+                 clean: ImageDataset, root: Path | None, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """FGSM / PGD / CW-L2 against F alone (the defence unknown to the attacker)."""
     from ..attacks import create_attack
 
@@ -352,16 +388,9 @@ def _grey_box(config: DLDExperimentConfig, name: str, classifier: TappedModel, c
                 "batch_size": a.batch_size, "n": len(data), "seed": config.seed}
 
     def make() -> dict[str, torch.Tensor]:
-        return {"images": _batched(lambda x, y: attack(classifier, x, y).images, data, a.batch_size, name),
-                "labels": data.labels}
+        return {"images": attack_in_batches(classifier, attack, data.images, data.labels, batch_size=a.batch_size,
+                                            desc=f"attack {name}").images, "labels": data.labels}
     return _cached_images(f"dld-attack-{name}", settings, root, make)
-
-
-def _batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], data: ImageDataset, batch_size: int,
-             name: str) -> torch.Tensor:
-    starts = range(0, len(data), batch_size)
-    return torch.cat([fn(data.images[i:i + batch_size], data.labels[i:i + batch_size])
-                      for i in track(starts, f"attack {name}", total=len(starts))])
 
 
 def _adaptive(config: DLDExperimentConfig, classifier: TappedModel, encoders: dict[str, EncoderDecoder],
@@ -379,15 +408,15 @@ def _adaptive(config: DLDExperimentConfig, classifier: TappedModel, encoders: di
                             restarts=a.adaptive_restarts, generator=generator).images
 
     def make() -> dict[str, torch.Tensor]:
-        first = _batched(stage_one, data, a.batch_size, "adaptive (i)")
+        first = in_batches(stage_one, data.images, data.labels, batch_size=a.batch_size, desc="attack adaptive (i)")
         out = {"labels": data.labels, "ensemble_pgd": first}
         enc = {t: ed.encoder for t, ed in encoders.items()}
         for alpha2 in a.alpha2:
             attack = CentroidAttack(eps=a.eps, alpha1=a.alpha1, alpha2=alpha2, steps=a.centroid_steps,
                                     step_size=a.step_size, combine=a.centroid_combine)
-            out[f"alpha2={alpha2:g}"] = torch.cat([
-                attack(classifier, enc, centroids, data.images[i:i + a.batch_size], first[i:i + a.batch_size],
-                       data.labels[i:i + a.batch_size]).images for i in range(0, len(data), a.batch_size)])
+            out[f"alpha2={alpha2:g}"] = in_batches(
+                lambda x, start, y: attack(classifier, enc, centroids, x, start, y).images, data.images, first,
+                data.labels, batch_size=a.batch_size)
         return out
     return _cached_images("dld-attack-adaptive", settings, root, make)
 
@@ -402,10 +431,10 @@ def _evaluate(config: DLDExperimentConfig, det: DeepLatentDefence, cal: ImageDat
     table1, scored = {}, {}
     for name, adv in adversarial.items():
         scored[name] = det.nonconformity(adv["images"])
-        table1[name] = _row(det, adv["labels"], scored[name], ref, config.target_fpr)
+        table1[name] = attack_row(det, adv["labels"], scored[name], ref, config.target_fpr)
     fig3 = {}
     for key in (k for k in sweep if k.startswith("alpha2=")):
-        fig3[key.split("=")[1]] = _row(det, sweep["labels"], det.nonconformity(sweep[key]), ref, config.target_fpr)
+        fig3[key.split("=")[1]] = attack_row(det, sweep["labels"], det.nonconformity(sweep[key]), ref, config.target_fpr)
     strongest, ties = strongest_alpha2({k: v["robustness"] for k, v in fig3.items()})
     table1["adaptive"] = {**fig3[strongest], "alpha2": float(strongest)}
     cal_per = ref.calibration_per_layer
@@ -447,7 +476,7 @@ class CleanReference:
         return cls(clean.labels, pred, score, per, det.nonconformity(cal.images)[2], paper_fpr)
 
 
-def _row(det: DeepLatentDefence, labels: torch.Tensor, scored: tuple[torch.Tensor, torch.Tensor, Any],
+def attack_row(det: DeepLatentDefence, labels: torch.Tensor, scored: tuple[torch.Tensor, torch.Tensor, Any],
          ref: CleanReference, target_fpr: float) -> dict[str, Any]:
     """Table I metrics plus: the AUC with every adversarial as positive, with correctly classified clean images
     as negatives, its 95% interval, the ROC point at the paper's FP rate, per-layer AUCs and the per-layer

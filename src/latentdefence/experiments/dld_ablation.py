@@ -18,7 +18,8 @@ from .._io import atomic_path, environment_info, git_revision, read_json, write_
 from ..dld.diagnostics import encoder_diagnostics
 from .._seed import seed_everything
 from .cache import StageTimer, build_seconds
-from .dld import (PAPER, CleanReference, DLDExperimentConfig, _classifier, _data, _detector, _encoders, _grey_box, _row, dld_config)
+from .dld import (PAPER, CleanReference, DLDExperimentConfig, attack_row, dld_classifier, dld_config, dld_data, dld_detector,
+                  dld_encoders, grey_box_set)
 from .overrides import apply_overrides
 from .registry import register_pipeline
 
@@ -87,11 +88,11 @@ def run_dld_ablation(config: DLDAblationConfig, out_dir: str | Path, cache_root:
     ref, timer = config.reference, StageTimer()
     revision, generator = git_revision(), seed_everything(ref.seed)
     with timer.timed("data"):
-        train, cal, clean = _data(ref)
+        train, cal, clean = dld_data(ref)
     with timer.timed("classifier"):
-        classifier, classifier_key = _classifier(ref, train, cache_root)
+        classifier, classifier_key = dld_classifier(ref, train, cache_root)
     with timer.timed("attacks"):
-        adversarial = {a: _grey_box(ref, a, classifier, classifier_key, clean, cache_root, generator) for a in ATTACKS}
+        adversarial = {a: grey_box_set(ref, a, classifier, classifier_key, clean, cache_root, generator) for a in ATTACKS}
     results: dict[str, Any] = {"profile": config.profile, "rows": [], "settings": asdict(config), "seed": ref.seed,
                                "git_revision": revision, "environment": environment_info(),
                                "wall_time_s": timer.wall_time_s}
@@ -109,15 +110,15 @@ def _ablation_row(row: AblationRow, cfg: DLDExperimentConfig, classifier: Any, c
                   cal: Any, clean: Any, adversarial: dict[str, dict[str, Any]], root: Path | None) -> dict[str, Any]:
     """Train (or reuse) this row's encoders, fit and calibrate the detector, score clean and attack sets."""
     timer = StageTimer()
-    encoders, enc_dir = _encoders(cfg, classifier, classifier_key, train, root)
+    encoders, enc_dir = dld_encoders(cfg, classifier, classifier_key, train, root)
     with timer.timed("detector"):
-        det = _detector(cfg, classifier, encoders, train, cal, enc_dir)
+        det = dld_detector(cfg, classifier, encoders, train, cal, enc_dir)
     with timer.timed("diagnostics"):
         diagnostics = encoder_diagnostics(classifier, encoders, det, clean, adversarial)
     with timer.timed("score"):
         ref = CleanReference.of(det, clean, cal, PAPER[cfg.dataset]["fpr"] / 100)
         clean_score = ref.score
-        attacks = {name: _row(det, adv["labels"], det.nonconformity(adv["images"]), ref, cfg.target_fpr)
+        attacks = {name: attack_row(det, adv["labels"], det.nonconformity(adv["images"]), ref, cfg.target_fpr)
                    for name, adv in adversarial.items()}
     return {"name": row.name, "changes": list(row.changes), "attacks": attacks, "threshold": det.threshold_,
             "fpr": float((clean_score > det.threshold_).float().mean()), "pruned": det.pruned_, "n_clean": len(clean),

@@ -32,7 +32,8 @@ from ..dld.encoders import EncoderDecoder
 from ..evaluation.detector_eval import Budget, DetectorEvaluation, ThreatModel, evaluate_detector, evaluate_detectors
 from ..models import TappedModel
 from .cache import StageTimer, ensure_stage
-from .dld import DLDExperimentConfig, _classifier, _data, _detector, _encoders, calibration_split, dld_config
+from .dld import (DLDExperimentConfig, calibration_split, dld_classifier, dld_config, dld_data, dld_detector,
+                  dld_encoders)
 from .registry import register_pipeline
 
 COMMITTED_CLASSIFIER = "docs/results/dld-mnist-table1/classifier"
@@ -123,7 +124,7 @@ def run_dld_adaptive(config: DLDAdaptiveConfig, out_dir: str | Path, cache_root:
     revision, cpu_start = git_revision(), time.process_time()
     a = config.attacks
     with timer.timed("data"):
-        train, cal, clean = _data(config.dld)
+        train, cal, clean = dld_data(config.dld)
         data = clean.head(a.n)
     with timer.timed("dld"):
         dld, encoders, source = _dld(config, train, cal, cache_root)
@@ -188,12 +189,12 @@ def _dld(config: DLDAdaptiveConfig, train: ImageDataset, cal: ImageDataset,
         return det, encoders, {"kind": "artifact", "path": str(path), "sha256": sha256_file(path),
                                "artifact_calibration": saved, "recalibrated_threshold": det.threshold_,
                                "encoder_decoders": str(beside) if encoders is not None else None,
-                               "params": det._params(), "pruned": det.pruned_}
-    classifier, key = _classifier(config.dld, train, root)
-    encoders, enc_dir = _encoders(config.dld, classifier, key, train, root)
-    det = _detector(config.dld, classifier, encoders, train, cal, enc_dir)
+                               "params": det.params, "pruned": det.pruned_}
+    classifier, key = dld_classifier(config.dld, train, root)
+    encoders, enc_dir = dld_encoders(config.dld, classifier, key, train, root)
+    det = dld_detector(config.dld, classifier, encoders, train, cal, enc_dir)
     return det, encoders, {"kind": "stages", "encoders_dir": str(enc_dir), "classifier_key": key,
-                           "classifier_checkpoint": config.dld.classifier_checkpoint, "params": det._params(),
+                           "classifier_checkpoint": config.dld.classifier_checkpoint, "params": det.params,
                            "pruned": det.pruned_}
 
 

@@ -13,7 +13,7 @@ import hashlib
 import time
 from functools import partial
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,9 @@ from torch import nn
 
 from .. import attacks as attack_lib
 from ..attacks import AttackResult
-from .._io import atomic_path, default_device, environment_info, git_revision, load_tensors, write_json
+from ..attacks.base import attack_in_batches as _attack_batches
+from .._io import (atomic_path, default_device, environment_info, git_revision, jsonable as _jsonable, load_tensors,
+                   write_json)
 from .._progress import track
 from .._seed import seed_everything
 from ..data import Splits, load_dataset
@@ -348,19 +350,6 @@ def _craft(model: TappedModel, name: str, config: LadConfig, data: ImageDataset,
     result = _attack_batches(model, attack, data.images[index], labels, targets, config.attack.batch_size, name)
     attack_lib.save_adversarial_set(path, result, labels, attack=attack, targets=targets, source_indices=index,
                                     dataset=data.name)
-
-
-def _attack_batches(model: nn.Module, attack: attack_lib.Attack, images: torch.Tensor, labels: torch.Tensor,
-                    targets: torch.Tensor | None, size: int, name: str) -> AttackResult:
-    """`attack` on images (N, C, H, W) in batches of `size` (targeted when `targets` is given)."""
-    device, parts = default_device(), []
-    for start in track(range(0, len(images), size), f"{name} attack"):
-        x, y = images[start:start + size].to(device), labels[start:start + size].to(device)
-        if targets is None:
-            parts.append(attack(model, x, y))
-        else:
-            parts.append(attack(model, x, y, targets[start:start + size].to(device)))
-    return AttackResult.concat(parts)
 
 
 def _craft_ga(model: TappedModel, acgan: ACGAN, config: LadConfig, per_class: int, path: Path, seed: int) -> None:
@@ -706,17 +695,6 @@ def run_lad(config: LadConfig, out_dir: str | Path, data: Splits | None = None) 
 def _ci(rate: float | None, n: int) -> list[float] | None:
     """95% Wilson interval of an accuracy over n images."""
     return None if rate is None else list(wilson_interval(round(rate * n), n))
-
-
-def _jsonable(obj: Any) -> Any:
-    """asdict output (or settings holding dataclasses) with mappings made plain dicts (for JSON)."""
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(asdict(obj))
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
 
 
 def _acc(model: nn.Module, data: ImageDataset) -> float | None:

@@ -20,14 +20,14 @@ from typing import Any
 
 import torch
 
-from .._io import atomic_path, environment_info, git_revision, write_json
+from .._io import atomic_path, environment_info, git_revision, jsonable as _jsonable, write_json
 from ..data.base import ImageDataset
 from ..evaluation.metrics import batched_predict
 from ..lad.finetune import FinetuneConfig, eps_label
 from ..lad.generation import GeneratedSet
 from ..lad.generator import GeneratorConfig
 from ..training.loop import TrainConfig
-from .lad import (EvalSets, LadBuild, LadConfig, _jsonable, accuracy_at, build_lad, control_sets, eval_sets, headline,
+from .lad import (EvalSets, LadBuild, LadConfig, accuracy_at, build_lad, control_sets, eval_sets, headline,
                   pipeline_config, score, set_statistics)
 from .registry import register_pipeline
 

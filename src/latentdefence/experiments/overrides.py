@@ -9,6 +9,11 @@ from typing import Any, TypeVar
 
 C = TypeVar("C")
 
+# Settings with two names, each kept because it is part of its experiment's stage-cache keys and results.json:
+# CarliniWagnerL2's `binary_search_steps` is DLD's `attacks.cw_binary_search_steps` and LAD's
+# `attack.cw_search_steps` (the CLI's `attack run --search-steps`). Either name sets it in either experiment.
+ALIASES = {"cw_search_steps": "cw_binary_search_steps", "cw_binary_search_steps": "cw_search_steps"}
+
 
 def apply_overrides(config: C, assignments: Sequence[str]) -> C:
     """A copy of `config` with each "a.b.c=value" applied; the value is parsed as the setting's current type."""
@@ -24,11 +29,12 @@ def _set(obj: Any, path: list[str], raw: str, key: str) -> Any:
     if not is_dataclass(obj) or isinstance(obj, type):
         raise KeyError(f"setting {key!r}: {'.'.join(path)} is not inside a group of settings")
     names = [f.name for f in fields(obj)]
-    if path[0] not in names:
+    name = path[0] if path[0] in names else ALIASES.get(path[0], path[0])
+    if name not in names:
         raise KeyError(f"unknown setting {key!r}; {path[0]!r} is not one of {', '.join(names)}")
-    current = getattr(obj, path[0])
+    current = getattr(obj, name)
     value = _set(current, path[1:], raw, key) if len(path) > 1 else _parse(raw, current, key)
-    return replace(obj, **{path[0]: value})
+    return replace(obj, **{name: value})
 
 
 def _parse(raw: str, current: Any, key: str) -> Any:

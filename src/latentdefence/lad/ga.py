@@ -29,7 +29,7 @@ from .._io import load_tensors, save_tensors
 from .._progress import advance, make_progress
 from .._seed import seed_everything
 from ..attacks import AttackResult
-from ..attacks.base import frozen_eval
+from ..attacks.base import attack_success, frozen_eval
 from ..data.base import ImageDataset
 
 
@@ -249,7 +249,7 @@ class UnrestrictedAttack:
             with torch.no_grad():
                 images = g_net(z, sources)
                 predictions, aux = model(images).argmax(1), d_net.classify(images).argmax(1)
-        fooled = predictions != sources if targets is None else predictions == targets
+        fooled = attack_success(predictions, sources if targets is None else targets, targeted=targets is not None)
         result = AttackResult(images.cpu(), (fooled & (aux == sources)).cpu(),
                               (z - z0).detach().abs().amax(1).cpu(), predictions.cpu())
         return result, aux.cpu()
