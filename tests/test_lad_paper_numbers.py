@@ -44,7 +44,7 @@ def test_smoke_run_has_every_row_with_intervals(tmp_path: Path) -> None:
     results = run_paper_numbers(config, tmp_path / "out", data=tiny_digits())
     on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
     keys = [r["key"] for r in on_disk["rows"]]
-    assert keys == ["original", "lad", "control", "drift", "long-lad", "long-control", "long-lad-alpha0",
+    assert keys == ["original", "lad", "control", "drift", "retrain-lad", "retrain-control", "long-lad", "long-control", "long-lad-alpha0",
                     "long-control-alpha0", "variant-original", "variant-lad", "variant-control", "unclipped-original",
                     "unclipped-lad", "unclipped-control"]
     for row in on_disk["rows"]:
@@ -54,13 +54,13 @@ def test_smoke_run_has_every_row_with_intervals(tmp_path: Path) -> None:
             assert 0 <= lo <= cell["accuracy"] + 1e-9 and cell["accuracy"] <= hi + 1e-9 <= 1 + 1e-9 and cell["n"] > 0
     by = {r["key"]: r for r in on_disk["rows"]}
     assert {"white/jsma", "white/cw"} <= set(by["drift"]["summary"]) and "white/jsma" not in by["long-lad"]["summary"]
-    assert by["drift"]["seeds"] == list(config.drift_seeds) and 0 not in config.drift_seeds
+    assert by["drift"]["seeds"] == by["retrain-lad"]["seeds"] == list(config.drift_seeds) and 0 not in config.drift_seeds
     classifiers = sorted((tmp_path / "cache").glob("lad-classifier-*"))
-    assert len(classifiers) == 1 + len(config.drift_seeds) + 1      # original, fresh seeds, the ReLU variant
+    assert len(classifiers) == 1 + 3 * len(config.drift_seeds) + 1  # original, fresh seeds (x3: clean, + LAD, + recon), ReLU
     weights = [load_checkpoint(p / "final")[0].state_dict()["stages.conv1.0.weight"] for p in classifiers]
     assert all(not torch.equal(a, b) for i, a in enumerate(weights) for b in weights[i + 1:] if a.shape == b.shape)
     archs = sorted(load_checkpoint(p / "final")[0].arch for p in classifiers)
-    assert archs == ["lenet5"] * (1 + len(config.drift_seeds)) + ["lenet5_relu"]
+    assert archs == ["lenet5"] * (1 + 3 * len(config.drift_seeds)) + ["lenet5_relu"]
     ranges = on_disk["pixel_range"]
     assert all(0 <= lo and hi <= 1 for family in ("clipped", "variant") for lo, hi in ranges[family].values())
     assert ranges["unclipped"]["white/fgsm"][0] < 0                 # the unclipped sets really leave [0, 1]

@@ -460,14 +460,21 @@ class LadBuild:
         return _crafted(self.stages, settings, lambda p: _craft(model, name, config, source, pool, per_class, p, acgan,
                                                                 draw, clip))
 
-    def trained_classifier(self, train_config: TrainConfig) -> TappedModel:
-        """The classifier's architecture trained from scratch on the same data with `train_config` (e.g. a fresh
-        seed: the drift ceiling), cached like the classifier itself."""
+    def trained_classifier(self, train_config: TrainConfig,
+                           extra: tuple[dict[str, Any], ImageDataset] | None = None) -> TappedModel:
+        """The classifier's architecture trained from scratch with `train_config` (e.g. a fresh seed: the drift
+        ceiling) on the training images, plus `extra`'s images when given (LAD's "augmenting the training dataset",
+        keyed by `extra`'s settings), cached like the classifier itself."""
         spec = SPECS[self.config.dataset]
         arch = self.config.classifier_arch or spec.classifier
         kw = _arch_kwargs(spec, self.splits.test, self.config.model_width)
-        return _trained_model(self.stages, "classifier", _model_settings(self.keys["data"], arch, kw, train_config),
-                              arch, kw, self.train, train_config)
+        data, train = self.keys["data"], self.train
+        if extra is not None:
+            data = {**data, "extra": extra[0]}
+            train = ImageDataset(torch.cat([train.images, extra[1].images]), torch.cat([train.labels, extra[1].labels]),
+                                 train.name, "train+extra")
+        return _trained_model(self.stages, "classifier", _model_settings(data, arch, kw, train_config), arch, kw, train,
+                              train_config)
 
 
 def build_lad(config: LadConfig, data: Splits | None = None) -> LadBuild:
