@@ -119,8 +119,9 @@ def madry_step_size(eps: float, steps: int, step_size: float | None) -> float:
     return 2.5 * eps / steps if step_size is None else step_size
 
 
-def project(adv: torch.Tensor, images: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """Nearest point to `adv` inside the `norm` ball of radius `eps` around `images`, clipped to [0, 1].
+def project(adv: torch.Tensor, images: torch.Tensor, eps: float, norm: str, clip: bool = True) -> torch.Tensor:
+    """Nearest point to `adv` inside the `norm` ball of radius `eps` around `images`, clipped to [0, 1] unless
+    `clip` is False (cleverhans' default: clip_min/clip_max None, so pixels may leave the box).
 
     L-inf is exact; L2 rescales the perturbation then clips to the box (the usual approximation).
     """
@@ -132,7 +133,7 @@ def project(adv: torch.Tensor, images: torch.Tensor, eps: float, norm: str) -> t
         delta = delta * (eps / norms).clamp(max=1.0).view(-1, *[1] * (delta.ndim - 1))
     else:
         raise ValueError(f"cannot project onto a {norm!r} ball; expected 'linf' or 'l2'")
-    return (images + delta).clamp(0, 1)
+    return (images + delta).clamp(0, 1) if clip else images + delta
 
 
 def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
@@ -145,12 +146,12 @@ def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 def random_start(images: torch.Tensor, eps: float, norm: str,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """A uniform point of the L-inf ball, or a random point of the L2 sphere, clipped to [0, 1]."""
+                 generator: torch.Generator | None = None, clip: bool = True) -> torch.Tensor:
+    """A uniform point of the L-inf ball, or a random point of the L2 sphere, clipped to [0, 1] unless `clip` is False."""
     noise = torch.rand(images.shape, generator=generator).to(images) * 2 - 1  # U(-1, 1)
     if norm == "l2":
         noise = noise / noise.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (images.ndim - 1))
-    return project(images + eps * noise, images, eps, norm)
+    return project(images + eps * noise, images, eps, norm, clip)
 
 
 def margin(logits: torch.Tensor, goal: torch.Tensor, targeted: bool) -> torch.Tensor:
@@ -248,6 +249,7 @@ class Attack:
     norm: str = "linf"
     targeted: bool = False
     channels_last: bool = False
+    clip: bool = True  # outputs clipped to [0, 1]; PGD/FGSM take clip=False to leave the box (cleverhans' default)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -285,7 +287,8 @@ class Attack:
             empty = torch.zeros(0, device=images.device)
             return AttackResult(images.detach().clone(), empty.bool(), empty, labels.clone())
         with frozen_eval(model), channels_last_weights(model, self.channels_last):
-            adv = self.run(model, images.detach().clone(), goal.detach().clone()).detach().clamp(0, 1).contiguous()
+            adv = self.run(model, images.detach().clone(), goal.detach().clone()).detach()
+            adv = (adv.clamp(0, 1) if self.clip else adv).contiguous()
             with torch.no_grad():
                 logits = model(adv)
             if logits.ndim != 2 or logits.shape[0] != images.shape[0]:

@@ -30,6 +30,8 @@ class PGD(Attack):
             smallest-effort example and saves their compute); off = Madry's last iterate.
         loss: per-sample loss `(logits, goal) -> (N,)` to ascend (descend when targeted); default CE.
         generator: torch.Generator for the random start, for reproducible runs.
+        clip: keep every iterate and the result in [0, 1] (default); False leaves the box, as cleverhans does
+            by default (clip_min/clip_max None), for comparing with papers that used it.
         channels_last: run conv weights in channels_last format (see `channels_last_weights`;
             1.5x faster for `dld_mnist` on our CPU, slower for some nets, so off by default).
 
@@ -43,7 +45,7 @@ class PGD(Attack):
     def __init__(self, eps: float, step_size: float | None = None, steps: int = 40, *, norm: str = "linf",
                  restarts: int = 1, random_start: bool = True, targeted: bool = False,
                  early_stop: bool = False, loss: Loss | None = None,
-                 generator: torch.Generator | None = None, channels_last: bool = False) -> None:
+                 generator: torch.Generator | None = None, channels_last: bool = False, clip: bool = True) -> None:
         check_iterative("PGD", norm, eps, step_size, steps=steps, restarts=restarts)
         self.eps = eps
         self.step_size = madry_step_size(eps, steps, step_size)
@@ -56,6 +58,7 @@ class PGD(Attack):
         self.loss = loss or cross_entropy
         self.generator = generator
         self.channels_last = channels_last
+        self.clip = clip
 
     def run(self, model: nn.Module, images: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
         best = images.clone()
@@ -96,13 +99,13 @@ class PGD(Attack):
             return adv, sign * self.loss(logits, goal), self._success(logits, goal)
 
     def _random_start(self, images: torch.Tensor) -> torch.Tensor:
-        return random_start(images, self.eps, self.norm, self.generator)
+        return random_start(images, self.eps, self.norm, self.generator, self.clip)
 
     def _step(self, grad: torch.Tensor) -> torch.Tensor:
         return ascent_direction(grad, self.norm)
 
     def _project(self, adv: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        return project(adv, images, self.eps, self.norm)
+        return project(adv, images, self.eps, self.norm, self.clip)
 
 
 @register_attack("fgsm", examples=({"eps": 0.1},))
@@ -110,13 +113,13 @@ class FGSM(PGD):
     """Fast Gradient Sign Method: one L-inf step of size eps from the clean image.
 
     Goodfellow et al., "Explaining and Harnessing Adversarial Examples", arXiv:1412.6572.
-    Args: eps (L-inf radius), targeted (step toward `targets`). Shapes as PGD.
+    Args: eps (L-inf radius), targeted (step toward `targets`), clip (stay in [0, 1], default). Shapes as PGD.
 
     Example:
         >>> result = FGSM(eps=0.3)(model, x, y)
     """
 
     def __init__(self, eps: float, *, targeted: bool = False, loss: Loss | None = None,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, clip: bool = True) -> None:
         super().__init__(eps, step_size=eps, steps=1, norm="linf", random_start=False,
-                         targeted=targeted, loss=loss, channels_last=channels_last)
+                         targeted=targeted, loss=loss, channels_last=channels_last, clip=clip)

@@ -24,7 +24,7 @@ class Experiment:
     """A named paper experiment: which pipeline, on which dataset, reproducing what."""
 
     name: str
-    pipeline: str          # "dld", "dld-adaptive", "dld-ablation", "lad" or "lad-ablation"
+    pipeline: str          # a registered pipeline: "dld", "dld-adaptive", "dld-ablation", "lad", "lad-ablation", ...
     dataset: str
     reproduces: str
     needs_data_dir: bool = False
@@ -63,6 +63,9 @@ def _experiments() -> dict[str, Experiment]:
             items.append(Experiment(f"lad-{ds}-{what}", "lad", ds, text, ds != "mnist"))
     items.append(Experiment("lad-mnist-ablation", "lad-ablation", "mnist",
                             "LAD ablation (issue 13): one row per factor, FGSM/PGD, same-budget controls"))
+    items.append(Experiment("lad-mnist-paper-numbers", "lad-paper-numbers", "mnist",
+                            "What LAD Tables II/III measure (issue 21): drift ceiling, long budget, alpha 0, "
+                            "LeNet variant, unclipped attacks"))
     return {e.name: e for e in items}
 
 

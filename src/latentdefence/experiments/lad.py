@@ -109,6 +109,7 @@ class LadConfig:
     generator_refine: tuple[GeneratorConfig, ...] = ()  # further Eq. 2 phases from the trained G (an ablation row)
     generator_width: float = 1.0
     model_width: float = 1.0  # classifier and black model width (1 = the paper's; SVHN/CelebA smoke only)
+    classifier_arch: str | None = None  # another classifier architecture (None = the dataset's; e.g. "lenet5_relu")
     generator_train_limit: int | None = None
     boundary_per_class: int = 20
     svm_epochs: int = 300
@@ -317,12 +318,15 @@ def _finetuned(stages: _Stages, name: str, settings: dict[str, Any], base: Tappe
     return model.eval()
 
 
-def _attack(name: str, s: AttackSettings, seed: int) -> attack_lib.Attack:
-    """The baseline attack `name` with the run's settings."""
+def _attack(name: str, s: AttackSettings, seed: int, clip: bool = True) -> attack_lib.Attack:
+    """The baseline attack `name` with the run's settings (FGSM/PGD leave [0, 1] when `clip` is False)."""
+    box: dict[str, Any] = {} if clip else {"clip": False}
+    if not clip and name not in ("fgsm", "pgd"):
+        raise ValueError(f"only FGSM and PGD can run unclipped, not {name!r}")
     settings: dict[str, dict[str, Any]] = {
-        "fgsm": {"eps": s.fgsm_eps},
+        "fgsm": {"eps": s.fgsm_eps, **box},
         "pgd": {"eps": s.pgd_eps, "step_size": s.pgd_step_size, "steps": s.pgd_steps,
-                "generator": torch.Generator().manual_seed(seed)},
+                "generator": torch.Generator().manual_seed(seed), **box},
         "cw": {"steps": s.cw_steps, "binary_search_steps": s.cw_search_steps, "targeted": True},
         "jsma": {"theta": s.jsma_theta, "gamma": s.jsma_gamma},
     }
@@ -332,7 +336,7 @@ def _attack(name: str, s: AttackSettings, seed: int) -> attack_lib.Attack:
 
 
 def _craft(model: TappedModel, name: str, config: LadConfig, data: ImageDataset, pool: torch.Tensor,
-           per_class: int, path: Path, acgan: ACGAN | None = None, draw: int = 0) -> None:
+           per_class: int, path: Path, acgan: ACGAN | None = None, draw: int = 0, clip: bool = True) -> None:
     """Adversarial examples of `name` against `model` from per-class samples of data[pool], saved to `path`
     (GA draws its images from the AC-GAN instead, with noise seeded by seed + `draw`)."""
     if name == "ga":
@@ -346,7 +350,7 @@ def _craft(model: TappedModel, name: str, config: LadConfig, data: ImageDataset,
     if name in TARGETED:
         rows, targets = every_other_target(labels, model.num_classes)
         index, labels = index[rows], labels[rows]
-    attack = _attack(name, config.attack, config.seed)
+    attack = _attack(name, config.attack, config.seed, clip)
     result = _attack_batches(model, attack, data.images[index], labels, targets, config.attack.batch_size, name)
     attack_lib.save_adversarial_set(path, result, labels, attack=attack, targets=targets, source_indices=index,
                                     dataset=data.name)
@@ -428,8 +432,9 @@ class LadBuild:
                           adversarial, cfg)
 
     def crafted(self, name: str, target: str, where: str, per_class: int, attack: AttackSettings | None = None,
-                acgan: ACGAN | None = None) -> attack_lib.AdversarialSet:
-        """Attack `name` crafted against the classifier or the black model from evaluation or training images."""
+                acgan: ACGAN | None = None, clip: bool = True) -> attack_lib.AdversarialSet:
+        """Attack `name` crafted against the classifier or the black model from evaluation or training images
+        (FGSM/PGD outside [0, 1] when `clip` is False)."""
         model = self.classifier if target == "classifier" else self.black
         source, pool = ((self.splits.test, self.split.evaluation) if where == "evaluation"
                         else (self.train, torch.arange(len(self.train))))
@@ -439,8 +444,26 @@ class LadBuild:
         draw = int(where == "train")  # GA: Table IV's fine-tuning draws differ from the evaluated ones
         if name == "ga":
             settings.update(acgan=self.keys["acgan"], **({"draw": draw} if draw else {}))  # draw 0 keeps older keys
+        if not clip:  # absent when clipped, so older keys hold
+            settings["clip"] = False
         return _crafted(self.stages, settings, lambda p: _craft(model, name, config, source, pool, per_class, p, acgan,
-                                                                draw))
+                                                                draw, clip))
+
+    def trained_classifier(self, train_config: TrainConfig,
+                           extra: tuple[dict[str, Any], ImageDataset] | None = None) -> TappedModel:
+        """The classifier's architecture trained from scratch with `train_config` (e.g. a fresh seed: the drift
+        ceiling) on the training images, plus `extra`'s images when given (LAD's "augmenting the training dataset",
+        keyed by `extra`'s settings), cached like the classifier itself."""
+        spec = SPECS[self.config.dataset]
+        arch = self.config.classifier_arch or spec.classifier
+        kw = _arch_kwargs(spec, self.splits.test, self.config.model_width)
+        data, train = self.keys["data"], self.train
+        if extra is not None:
+            data = {**data, "extra": extra[0]}
+            train = ImageDataset(torch.cat([train.images, extra[1].images]), torch.cat([train.labels, extra[1].labels]),
+                                 train.name, "train+extra")
+        return _trained_model(self.stages, "classifier", _model_settings(data, arch, kw, train_config), arch, kw, train,
+                              train_config)
 
 
 def build_lad(config: LadConfig, data: Splits | None = None) -> LadBuild:
@@ -459,8 +482,9 @@ def build_lad(config: LadConfig, data: Splits | None = None) -> LadBuild:
     split_settings = {"data": data_settings, "boundary": config.boundary_per_class, "seed": config.seed,
                       "generation": config.generation_per_class, "small": config.small_per_class}
     kw = _arch_kwargs(spec, test, config.model_width)
-    clf_settings = _model_settings(data_settings, spec.classifier, kw, config.classifier)
-    classifier = _trained_model(stages, "classifier", clf_settings, spec.classifier, kw, train, config.classifier)
+    arch = config.classifier_arch or spec.classifier
+    clf_settings = _model_settings(data_settings, arch, kw, config.classifier)
+    classifier = _trained_model(stages, "classifier", clf_settings, arch, kw, train, config.classifier)
     black_settings = _model_settings(data_settings, spec.black, kw, config.black)
     black = _trained_model(stages, "black", black_settings, spec.black, kw, train, config.black)
     gen_settings = {"classifier": clf_settings, "generator": asdict(config.generator), "width": config.generator_width,
@@ -498,21 +522,22 @@ class EvalSets:
     transfer: dict[str, ImageDataset]
     rerun: dict[str, ImageDataset]
     attack: AttackSettings
+    clip: bool = True  # False: FGSM/PGD sets and re-runs leave [0, 1] (cleverhans' default)
 
 
 def eval_sets(b: LadBuild, names: tuple[str, ...] = ("fgsm", "pgd"), attack: AttackSettings | None = None,
-              rerun_per_class: int | None = None) -> EvalSets:
+              rerun_per_class: int | None = None, clip: bool = True) -> EvalSets:
     """FGSM/PGD (untargeted) evaluation sets from the evaluation images; re-runs on the first `rerun_per_class`
-    source images of each class of the white-box set (all when None)."""
+    source images of each class of the white-box set (all when None); unclipped sets and re-runs when `clip` is False."""
     s = attack or b.config.attack
     white, transfer, rerun = {}, {}, {}
     for name in names:
-        w = b.crafted(name, "classifier", "evaluation", s.untargeted_per_class, s)
+        w = b.crafted(name, "classifier", "evaluation", s.untargeted_per_class, s, clip=clip)
         white[name] = _as_dataset(w, name)
-        transfer[name] = _as_dataset(b.crafted(name, "black", "evaluation", s.untargeted_per_class, s), name)
+        transfer[name] = _as_dataset(b.crafted(name, "black", "evaluation", s.untargeted_per_class, s, clip=clip), name)
         keep = torch.cat([torch.nonzero(w.labels == c).flatten()[:rerun_per_class] for c in torch.unique(w.labels)])
         rerun[name] = b.splits.test.subset(w.source_indices[keep.sort().values])
-    return EvalSets(b.evaluation, white, transfer, rerun, s)
+    return EvalSets(b.evaluation, white, transfer, rerun, s, clip)
 
 
 def _correct(model: nn.Module, data: ImageDataset) -> dict[str, Any]:
@@ -526,7 +551,7 @@ def score(model: nn.Module, sets: EvalSets, seed: int = 0) -> dict[str, Any]:
     """Clean, white-box (fixed sets and re-run against `model`) and transfer accuracy of `model`."""
     rerun = {}
     for name, data in sets.rerun.items():
-        result = _attack_batches(model, _attack(name, sets.attack, seed), data.images, data.labels, None,
+        result = _attack_batches(model, _attack(name, sets.attack, seed, sets.clip), data.images, data.labels, None,
                                  sets.attack.batch_size, f"{name} re-run")
         hits = int((result.predictions == data.labels).sum())
         rerun[name] = {"accuracy": hits / len(data), "n": len(data), "ci95": list(wilson_interval(hits, len(data)))}
@@ -543,17 +568,24 @@ def _first_per_class(labels: torch.Tensor, per_class: int) -> torch.Tensor:
     return torch.nonzero(rank < per_class).flatten()
 
 
+def reconstruction_control(b: LadBuild, mirror: GeneratedSet, mirror_settings: dict[str, Any]
+                           ) -> tuple[dict[str, Any], ImageDataset]:
+    """The reconstruction control of a LAD set: plain G(phi(x)) of the same sources (eps 0), with its cache settings."""
+    sources = b.splits.test.images[mirror.source_index]
+    recon = generate(b.generator, extract_latents(b.classifier, SPECS[b.config.dataset].tap, sources))
+    return ({"control": "reconstruction", "of": mirror_settings},
+            ImageDataset(recon, mirror.labels, "reconstruction", "generated"))
+
+
 def control_sets(b: LadBuild, mirror: GeneratedSet, mirror_settings: dict[str, Any]
                  ) -> dict[str, tuple[dict[str, Any], ImageDataset]]:
     """The same-budget controls for a LAD fine-tuning set: its generated images replaced by plain reconstructions
     G(phi(x)) of the same sources (eps 0), by the source images themselves, and by as many PGD or FGSM examples
     (the positive controls) crafted against the classifier from training images."""
-    tap, k = SPECS[b.config.dataset].tap, b.classifier.num_classes
+    k = b.classifier.num_classes
     sources = b.splits.test.images[mirror.source_index]
-    recon = generate(b.generator, extract_latents(b.classifier, tap, sources))
     out: dict[str, tuple[dict[str, Any], ImageDataset]] = {
-        "reconstruction": ({"control": "reconstruction", "of": mirror_settings},
-                           ImageDataset(recon, mirror.labels, "reconstruction", "generated")),
+        "reconstruction": reconstruction_control(b, mirror, mirror_settings),
         "clean": ({"control": "clean", "of": mirror_settings}, ImageDataset(sources, mirror.labels, "clean", "test"))}
     wanted = -(-len(mirror) // k)
     per_class = max(-(-len(b.small) // k), wanted)  # one crafted set serves every mirror (Small Adv. is the largest)

@@ -70,6 +70,18 @@ def lenet5(num_classes: int = 10) -> StagedModel:
     ], input_shape=(1, 28, 28), num_classes=num_classes)
 
 
+@register_model("lenet5_relu")
+def lenet5_relu(num_classes: int = 10) -> StagedModel:
+    """LeNet-5 with a ReLU after each convolution (the common PyTorch/Keras form; the LAD paper does not say which
+    LeNet it used); otherwise as `lenet5`, ``fc1`` the 500-d latent layer."""
+    return StagedModel([
+        ("conv1", nn.Sequential(nn.Conv2d(1, 20, 5), nn.ReLU(), nn.MaxPool2d(2))),      # (N, 20, 12, 12)
+        ("conv2", nn.Sequential(nn.Conv2d(20, 50, 5), nn.ReLU(), nn.MaxPool2d(2))),     # (N, 50, 4, 4)
+        ("fc1", nn.Sequential(nn.Flatten(), nn.Linear(50 * 4 * 4, 500), nn.ReLU())),    # (N, 500)
+        ("logits", nn.Linear(500, num_classes)),
+    ], input_shape=(1, 28, 28), num_classes=num_classes)
+
+
 @register_model("mnist_black")
 def mnist_black(num_classes: int = 10) -> StagedModel:
     """LAD's independently trained "black CNN" for transfer attacks: a different architecture than
