@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import toy_blobs
-from guard_artifact import blobs as guard_blobs, build_artifact
+from guard_artifact import artifact  # noqa: F401 (shared fixture)
+from guard_artifact import blobs as guard_blobs
 from latentdefence._io import load_tensors, save_tensors
 from latentdefence.attacks import APGD, FGSM, JSMA, PGD, AutoAttack, CarliniWagnerL2, Square
 from latentdefence.cli import app as cli_app
@@ -42,14 +43,6 @@ CLASSES = 3
 def report() -> Iterator[None]:
     yield
     print(f"\ndistinct bad inputs tried: {len(TRIED)}")
-
-
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.set_num_threads(1)
-    path = tmp_path_factory.mktemp("guard") / "guard.safetensors"
-    build_artifact(path)
-    return path
 
 
 @pytest.fixture(scope="module")

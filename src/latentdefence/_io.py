@@ -33,6 +33,18 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 120, tight_layout: bool = False) -> None:
+    """A matplotlib figure as PNG, atomically, then closed (so long runs do not pile up open figures); cropped to
+    its content, or laid out with `tight_layout` first and saved at its own size."""
+    import matplotlib.pyplot as plt
+
+    if tight_layout:
+        fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches=None if tight_layout else "tight")
+    plt.close(fig)
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write JSON atomically so a crash never leaves half a results file."""
     with atomic_path(path) as tmp:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._io import atomic_path, environment_info, git_revision, write_json
+from .._io import atomic_path, environment_info, git_revision, save_figure, write_json
 from .._seed import seed_everything
 from ..attacks import PGD, AutoAttack, create_attack
 from ..attacks.base import attack_in_batches, in_batches
@@ -619,7 +619,7 @@ def _figures(out: Path, results: Mapping[str, Any]) -> None:
            title="Robustness against eps (should reach ~0)")
     if ax.lines:                                       # no sanity checks run: an empty figure, no legend
         ax.legend(fontsize=7)
-    _save(fig, out / "robustness_vs_eps.png")
+    save_figure(fig, out / "robustness_vs_eps.png", tight_layout=True)
     dets = results["detectors"]
     fig, axes = plt.subplots(1, len(dets), figsize=(4.5 * len(dets), 4.2), squeeze=False)
     for ax, (name, res) in zip(axes[0], dets.items()):
@@ -630,13 +630,6 @@ def _figures(out: Path, results: Mapping[str, Any]) -> None:
         ax.set(xlabel="FPR (clean)", ylabel="TPR (misclassified adv.)", title=f"{name} ROC")
         if len(ax.lines) > 1:
             ax.legend(fontsize=7, loc="lower right")
-    _save(fig, out / "roc.png")
+    save_figure(fig, out / "roc.png", tight_layout=True)
 
 
-def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .._io import atomic_path, environment_info, git_revision, load_tensors, read_json, save_tensors, write_json
+from .._io import (atomic_path, environment_info, git_revision, load_tensors, read_json, save_figure, save_tensors,
+                   write_json)
 from .._seed import seed_everything
 from ..data import load_dataset
 from ..attacks.base import attack_in_batches, in_batches
@@ -530,7 +531,7 @@ def _figures(out: Path, det: DeepLatentDefence, clean: ImageDataset, adversarial
     ax.plot([0, 1], [0, 1], ":", color="grey")
     ax.set(xlabel="false positive rate (clean test)", ylabel="true positive rate (misclassified adv.)", title="DLD ROC")
     ax.legend(loc="lower right")
-    _save(fig, out / "roc.png")
+    save_figure(fig, out / "roc.png", tight_layout=True)
     _score_histograms(out, det.threshold_, clean_score, {name: (score[pred != sets[name]["labels"]])
                                                          for name, (pred, score) in scored.items()})
     _fig3(out, results["fig3"])
@@ -552,7 +553,7 @@ def _score_histograms(out: Path, threshold: float, clean_score: torch.Tensor, wr
         ax.set(xlabel="summed non-conformity", title=name, xlim=(-0.5, float(score.max()) + 1.5 if len(score) else top))
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("density")
-    _save(fig, out / "nonconformity_hist.png")
+    save_figure(fig, out / "nonconformity_hist.png", tight_layout=True)
 
 
 def _fig3(out: Path, fig3: dict[str, Any]) -> None:
@@ -564,7 +565,7 @@ def _fig3(out: Path, fig3: dict[str, Any]) -> None:
     ax.set_xscale("symlog", linthresh=0.25)
     ax.set(xlabel=f"alpha2 (centroid weight, Eq. 10, {fig3['combine']} gradients)", ylabel="robustness (%)",
            title=f"Fig. 3: adaptive attack, alpha1 = {fig3['alpha1']:g}")
-    _save(fig, out / "fig3_alpha2.png")
+    save_figure(fig, out / "fig3_alpha2.png", tight_layout=True)
 
 
 def _latent_pca(out: Path, det: DeepLatentDefence, adv: dict[str, torch.Tensor]) -> None:
@@ -584,15 +585,9 @@ def _latent_pca(out: Path, det: DeepLatentDefence, adv: dict[str, torch.Tensor])
                    linewidths=1.2, label="misclassified PGD (colour = predicted class)")
         ax.set(title=f"{tap} latent space (PCA)")
         ax.legend(loc="upper right", fontsize=7)
-    _save(fig, out / "latent_pca.png")
+    save_figure(fig, out / "latent_pca.png", tight_layout=True)
 
 
-def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _write_report(path: Path, config: DLDExperimentConfig, results: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .._io import atomic_path, environment_info, git_revision, sha256_file, write_json
+from .._io import environment_info, git_revision, save_figure, sha256_file, write_json
 from ..data import load_dataset
 from ..data.base import ImageDataset
 from ..dld import DeepLatentDefence, load_encoders, save_encoders
@@ -150,12 +150,13 @@ def _fpr_sweep(config: DLDHardeningConfig, detectors: dict[str, DeepLatentDefenc
     """Per target FPR: every detector recalibrated there and attacked again (the sweep attacks), worst case each."""
     from .. import detectors as baseline
 
+    if not config.fpr_sweep:
+        raise ValueError("fpr_sweep is empty: name at least one target false-positive rate")
     classifier = next(iter(detectors.values())).classifier
     others = {name: baseline.create_detector(name, classifier=classifier, lr_samples=config.lr_samples).fit(train)
               for name in config.sweep_baselines}
     data = rest.head(config.sweep_n)
     points: dict[str, list[dict[str, Any]]] = {}
-    f_alone: list[float] = []
     for fpr in config.fpr_sweep:
         at = {name: copy.copy(det).calibrate(cal, fpr) for name, det in {**detectors, **others}.items()}
         ev = evaluate_detectors(at, data.images, data.labels, threat, f"{config.profile} profile, FPR sweep",
@@ -167,10 +168,10 @@ def _fpr_sweep(config: DLDHardeningConfig, detectors: dict[str, DeepLatentDefenc
             points.setdefault(name, []).append({"target_fpr": fpr, "clean_fpr": res["clean"]["fpr"],
                                                 "robustness": w["robustness"], "robustness_ci": w["robustness_ci"],
                                                 "strongest": w["strongest"], "n": w["n"]})
-        f_alone.append(min(ev.results["classifier_alone"]["autoattack_robust_accuracy_after"].values()))
-    n = len(data)
+    # F alone: the same seeded cascade in every call, so the last one's result is every one's
+    n, f_alone = len(data), min(ev.results["classifier_alone"]["autoattack_robust_accuracy_after"].values())
     return {"n": n, "attacks": ["pgd", "autoattack", *config.sweep_attacks], "detectors": points,
-            "classifier_alone": {"robustness": f_alone[0], "robustness_ci": wilson_interval(round(f_alone[0] * n), n)}}
+            "classifier_alone": {"robustness": f_alone, "robustness_ci": wilson_interval(round(f_alone * n), n)}}
 
 
 def _rounds_table(rounds: list[HardeningRound]) -> str:
@@ -219,10 +220,7 @@ def _sweep_figure(out: Path, sweep: dict[str, Any]) -> None:
     ax.set(xscale="log", xlabel="clean false-positive rate (%)", ylabel="worst-case robustness (%)",
            title=f"Against attackers who know the detector (n {sweep['n']})")
     ax.legend(fontsize=7)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "worst_case_vs_fpr.png") as tmp:
-        fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
-    plt.close(fig)
+    save_figure(fig, out / "worst_case_vs_fpr.png", dpi=130)
 
 
 def _pipeline_config(profile: str, dataset: str, data_dir: str | None, checkpoint: str | None) -> DLDHardeningConfig:

@@ -12,15 +12,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
 
-from .._io import atomic_path  # noqa: E402
+from .._io import save_figure  # noqa: E402
 
 
-def _save(fig: Figure, path: str | os.PathLike[str]) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
 
 
 def image_grid(path: str | os.PathLike[str], rows: Sequence[torch.Tensor], row_labels: Sequence[str],
@@ -45,7 +40,7 @@ def image_grid(path: str | os.PathLike[str], rows: Sequence[torch.Tensor], row_l
         axes[i][0].set_ylabel(row_labels[i], fontsize=8, rotation=0, ha="right", va="center")
     if title:
         fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def success_heatmap(path: str | os.PathLike[str], fig5: Mapping[str, list]) -> None:
@@ -60,7 +55,7 @@ def success_heatmap(path: str | os.PathLike[str], fig5: Mapping[str, list]) -> N
     ax.set_title("LAD attack success rate (overall: " + ", ".join(f"{r:.2f}" for r in fig5["success_rate"]) + ")",
                  fontsize=8)
     fig.colorbar(im, ax=ax)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def accuracy_vs_eps(path: str | os.PathLike[str], fig7: Mapping[str, Any]) -> None:
@@ -77,4 +72,4 @@ def accuracy_vs_eps(path: str | os.PathLike[str], fig7: Mapping[str, Any]) -> No
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
