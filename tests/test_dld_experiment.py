@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,23 @@ def test_smoke_run_writes_results_report_and_figures(smoke_run: Path) -> None:
     shipped = DeepLatentDefence.load(out / "detector.safetensors")
     assert shipped.threshold_ == results["threshold"] and shipped.metadata_["profile"] == "smoke"
     assert set(load_encoders(str(out / "encoders.safetensors"))) == {"layer1", "layer2", "layer3"}
+
+
+def test_fresh_clone_wall_time_is_recorded_only_for_a_run_that_built_every_stage(smoke_run: Path) -> None:
+    first = json.loads((smoke_run / "out" / "results.json").read_text())
+    assert first["built_from_scratch"] and first["fresh_clone_wall_time_s"] == first["total_wall_time_s"]
+    assert first["total_wall_time_s"] >= sum(first["wall_time_s"].values()) - 1.0
+    again = run_dld(dld_config("smoke"), smoke_run / "again", cache_root=smoke_run / "cache")
+    assert not again["built_from_scratch"] and again["fresh_clone_wall_time_s"] is None
+    assert "not a fresh-clone time" in (smoke_run / "again" / "report.md").read_text()
+
+
+def test_a_trained_classifier_and_its_checkpoint_copy_share_every_later_stage(smoke_run: Path) -> None:
+    (trained,) = (smoke_run / "cache").glob("dld-classifier-*")
+    stages = sorted(p.name for p in (smoke_run / "cache").iterdir())
+    run_dld(replace(dld_config("smoke"), classifier_checkpoint=str(trained / "final")), smoke_run / "copy",
+            cache_root=smoke_run / "cache")
+    assert sorted(p.name for p in (smoke_run / "cache").iterdir()) == stages
 
 
 def test_smoke_ablation_reports_one_row_per_change_against_the_same_attack_sets(smoke_run: Path) -> None:

@@ -91,6 +91,20 @@ def ensure_stage(stage: str, settings: Mapping[str, Any], build: Callable[[Path]
     return path
 
 
+def any_complete_stage(root: Path | None = None) -> bool:
+    """True when the cache already holds a finished stage, so a run starting now is not one from scratch."""
+    root = root or default_cache_root()
+    return root.is_dir() and any(is_complete(path) for path in root.iterdir() if path.is_dir())
+
+
+def run_wall_time(started: float, from_scratch: bool) -> dict[str, Any]:
+    """The whole run's wall time since `started` (perf_counter), and the same figure as
+    `fresh_clone_wall_time_s` when every stage was built by this run (an empty cache at the start), else None."""
+    total = round(time.perf_counter() - started, 1)
+    return {"total_wall_time_s": total, "built_from_scratch": from_scratch,
+            "fresh_clone_wall_time_s": total if from_scratch else None}
+
+
 def build_seconds(path: Path) -> float | None:
     """Wall time the completed stage in `path` took to build (None for markers that predate it)."""
     value = json.loads((path / _MARKER).read_text()).get("build_seconds")
