@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from latentdefence._io import save_tensors
 from latentdefence.cli.dld import app
 from latentdefence.dld import DeepLatentDefence, load_encoders
-from latentdefence.experiments.dld import ATTACKS, dld_config, run_dld, strongest_alpha2
+from latentdefence.experiments.dld import ATTACKS, build_dld, dld_config, run_dld, strongest_alpha2
 from latentdefence.experiments.dld_ablation import ablation_config, run_dld_ablation
 
 
@@ -72,6 +72,14 @@ def test_a_trained_classifier_and_its_checkpoint_copy_share_every_later_stage(sm
     run_dld(replace(dld_config("smoke"), classifier_checkpoint=str(trained / "final")), smoke_run / "copy",
             cache_root=smoke_run / "cache")
     assert sorted(p.name for p in (smoke_run / "cache").iterdir()) == stages
+
+
+def test_detector_variants_of_one_encoder_stage_keep_their_own_artifacts(smoke_run: Path) -> None:
+    default = build_dld(dld_config("smoke"), smoke_run / "cache").encoders_dir
+    variant = build_dld(replace(dld_config("smoke"), k=3), smoke_run / "cache")
+    assert variant.encoders_dir == default          # k changes the index vote, not the encoders
+    saved = {DeepLatentDefence.load(p).k for p in default.glob("detector-*.safetensors")}
+    assert saved >= {dld_config("smoke").k, 3}
 
 
 def test_smoke_ablation_reports_one_row_per_change_against_the_same_attack_sets(smoke_run: Path) -> None:

@@ -366,7 +366,8 @@ def dld_detector(config: DLDExperimentConfig, classifier: TappedModel, encoders:
     det = DeepLatentDefence(classifier, config.taps, k=config.k, latent_dim=config.latent_dim,
                             training=config.encoder, encoders=encoders)
     det.fit(train.head(config.index_max_train)).calibrate(cal, target_fpr=config.target_fpr)
-    det.save(enc_dir / f"detector-{settings_key({'n': config.index_max_train, 'fpr': config.target_fpr})}.safetensors")
+    key = settings_key({"n": config.index_max_train, "fpr": config.target_fpr, "k": config.k})  # k variants coexist
+    det.save(enc_dir / f"detector-{key}.safetensors")
     return det
 
 
