@@ -12,8 +12,9 @@ from .errors import cli_errors
 
 
 def register(app: typer.Typer) -> None:
-    """Add `evaluate-detector` to the main app."""
+    """Add `evaluate-detector` and `compare-evaluations` to the main app."""
     app.command("evaluate-detector")(evaluate_detector)
+    app.command("compare-evaluations")(compare_evaluations)
 
 
 def evaluate_detector(
@@ -39,3 +40,20 @@ def evaluate_detector(
                                            n_calibration=n_calibration, seed=seed, budget_check=budget_check,
                                            data_dir=data_dir)
         typer.echo((evaluation.write(out) / "report.md").read_text())
+
+
+def compare_evaluations(
+    runs: list[str] = typer.Argument(..., help="LABEL=FOLDER of each run's results.json (evaluate-detector or "
+                                     "reproduce dld-mnist-adaptive), e.g. k30=runs/adaptive-k30."),
+    out: Path = typer.Option(Path("runs/compare"), help="Folder for results.json, report.md, worst_case_vs_fpr.png."),
+) -> None:
+    """One table and figure of detector variants, refused unless the runs share budget, images and classifier."""
+    with cli_errors():
+        from ..evaluation.compare import compare_runs, load_run, write_comparison
+
+        pairs = [run.split("=", 1) for run in runs]
+        bad = [run for run, pair in zip(runs, pairs) if len(pair) != 2 or not all(pair)]
+        if bad:
+            raise ValueError(f"expected LABEL=FOLDER, got {', '.join(bad)}")
+        comparison = compare_runs({label: load_run(folder) for label, folder in pairs})
+        typer.echo((write_comparison(comparison, out) / "report.md").read_text())

@@ -1,0 +1,60 @@
+"""`compare-evaluations`: one table of detector variants, refused across different evaluations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from latentdefence.cli import app
+from latentdefence.evaluation.compare import compare_runs, load_run
+
+COMMITTED = Path(__file__).resolve().parents[1] / "docs" / "results" / "dld-mnist-adaptive"
+
+
+def _copy(tmp_path: Path, name: str, **changes: object) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    res = json.loads((COMMITTED / "results.json").read_text())
+    (folder / "results.json").write_text(json.dumps({**res, **changes}))
+    return folder
+
+
+def test_rows_carry_each_detectors_worst_case_and_the_figure_is_written(tmp_path: Path) -> None:
+    a, b = _copy(tmp_path, "a"), _copy(tmp_path, "b")
+    run = CliRunner().invoke(app, ["compare-evaluations", f"base={a}", f"again={b}", "--out", str(tmp_path / "c")])
+    assert run.exit_code == 0, run.output
+    committed = json.loads((COMMITTED / "results.json").read_text())
+    saved = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert len(saved["rows"]) == 2 * len(committed["detectors"])
+    dld = next(r for r in saved["rows"] if r["run"] == "base" and r["detector"] == "dld")
+    assert dld["robustness"] == committed["detectors"]["dld"]["all_attacks"]["robustness"]
+    assert dld["params"]["k"] == committed["detector_source"]["params"]["k"]
+    assert saved["classifier_alone"]["robustness"] == min(
+        committed["classifier_alone"]["autoattack_robust_accuracy_after"].values())
+    assert "| base | dld |" in (tmp_path / "c" / "report.md").read_text()
+    assert (tmp_path / "c" / "worst_case_vs_fpr.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("key", ["n", "budget", "classifier_alone"])
+def test_runs_of_different_evaluations_are_refused_naming_the_field(tmp_path: Path, key: str) -> None:
+    other = _copy(tmp_path, "other", **{key: {"changed": True}})
+    with pytest.raises(ValueError, match=f"differ in '{key}'"):
+        compare_runs({"base": load_run(COMMITTED), "other": load_run(other)})
+
+
+def test_bad_input_gets_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_run(tmp_path / "broken")
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        load_run(tmp_path / "missing")
+    (tmp_path / "partial.json").write_text(json.dumps({"n": 1}))
+    with pytest.raises(ValueError, match="missing threat_model"):
+        load_run(tmp_path / "partial.json")
+    run = CliRunner().invoke(app, ["compare-evaluations", "k30", "--out", str(tmp_path / "x")])
+    assert run.exit_code == 2 and "expected LABEL=FOLDER, got k30" in run.output
+    assert not (tmp_path / "x").exists()
