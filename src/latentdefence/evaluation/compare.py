@@ -113,6 +113,7 @@ def _figure(comparison: Mapping[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in comparison["rows"]:
@@ -126,5 +127,6 @@ def _figure(comparison: Mapping[str, Any], path: Path) -> None:
     ax.axhline(100 * comparison["classifier_alone"]["robustness"], ls="--", color="grey", label="F alone (cascade)")
     ax.set(xscale="log", xlabel="clean false-positive rate (%; 1 and 5: re-judged, not re-optimised)",
            xticks=[1, 2, 5], xticklabels=["1", "2", "5"], ylabel="worst-case robustness (%)", title=f"Against attackers who know the detector (n {comparison['n']})")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=6)
     save_figure(fig, path, tight_layout=True)
