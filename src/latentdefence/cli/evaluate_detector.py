@@ -1,5 +1,6 @@
 """`latentdefence evaluate-detector`: a saved DLD detector under every attack that applies (thin over
-`experiments.dld_adaptive.evaluate_dld_artifact`, i.e. `evaluation.evaluate_detector`)."""
+`experiments.dld_adaptive.evaluate_dld_artifact`, i.e. `evaluation.evaluate_detector`); `compare-evaluations`:
+several such runs in one table (`evaluation.compare`)."""
 
 from __future__ import annotations
 
@@ -55,5 +56,8 @@ def compare_evaluations(
         bad = [run for run, pair in zip(runs, pairs) if len(pair) != 2 or not all(pair)]
         if bad:
             raise ValueError(f"expected LABEL=FOLDER, got {', '.join(bad)}")
+        labels = [label for label, _ in pairs]
+        if len(set(labels)) < len(labels):
+            raise ValueError(f"each run needs its own label, got {', '.join(labels)}")
         comparison = compare_runs({label: load_run(folder) for label, folder in pairs})
         typer.echo((write_comparison(comparison, out) / "report.md").read_text())
