@@ -58,5 +58,6 @@ def test_bad_input_gets_a_clear_error(tmp_path: Path) -> None:
     run = CliRunner().invoke(app, ["compare-evaluations", "k30", "--out", str(tmp_path / "x")])
     assert run.exit_code == 2 and "expected LABEL=FOLDER, got k30" in run.output
     assert not (tmp_path / "x").exists()
-    twice = CliRunner().invoke(app, ["compare-evaluations", f"a={COMMITTED}", f"a={COMMITTED}", "--out", str(tmp_path / "y")])
+    twice = CliRunner().invoke(app, ["compare-evaluations", f"a={COMMITTED}", f"a={COMMITTED}",
+                                     "--out", str(tmp_path / "y")])
     assert twice.exit_code == 2 and "each run needs its own label" in twice.output

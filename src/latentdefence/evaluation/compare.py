@@ -103,7 +103,8 @@ def comparison_report(comparison: Mapping[str, Any]) -> str:
         lines.append(f"| {r['run']} | {r['detector']} | {design} | {100 * r['clean_fpr']:.2f} | {pgd} | "
                      f"{100 * r['robustness']:.2f} [{100 * lo:.1f}, {100 * hi:.1f}] | {r['strongest']} | {at[0]} | "
                      f"{at[1]} |")
-    lines.append(f"| F alone | — | — | — | — | {100 * f['robustness']:.2f} (AutoAttack-style cascade) | — | — | — |")
+    lines.append(f"| F alone | — | — | — | — | {100 * f['robustness']:.2f} (AutoAttack-style cascade) "
+                 "| — | — | — |")
     return "\n".join(lines) + "\n"
 
 
@@ -122,11 +123,13 @@ def _figure(comparison: Mapping[str, Any], path: Path) -> None:
         ci = [r["sr_at_fpr_ci"]["0.01"], [1 - r["robustness_ci"][1], 1 - r["robustness_ci"][0]],
               r["sr_at_fpr_ci"]["0.05"]]
         y = [100 * (1 - s) for s in sr]
-        err = [[max(0.0, 100 * (c[1] - s)) for s, c in zip(sr, ci)], [max(0.0, 100 * (s - c[0])) for s, c in zip(sr, ci)]]
+        err = [[max(0.0, 100 * (c[1] - s)) for s, c in zip(sr, ci)],     # robustness = 1 - SR: bars swap sides
+               [max(0.0, 100 * (s - c[0])) for s, c in zip(sr, ci)]]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"F + {r['detector']} ({r['run']})")
     ax.axhline(100 * comparison["classifier_alone"]["robustness"], ls="--", color="grey", label="F alone (cascade)")
     ax.set(xscale="log", xlabel="clean false-positive rate (%; 1 and 5: re-judged, not re-optimised)",
-           xticks=[1, 2, 5], xticklabels=["1", "2", "5"], ylabel="worst-case robustness (%)", title=f"Against attackers who know the detector (n {comparison['n']})")
+           xticks=[1, 2, 5], xticklabels=["1", "2", "5"], ylabel="worst-case robustness (%)",
+           title=f"Against attackers who know the detector (n {comparison['n']})")
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=6)
     save_figure(fig, path, tight_layout=True)
