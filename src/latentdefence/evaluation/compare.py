@@ -54,7 +54,7 @@ def compare_runs(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
                          "git_revision": res.get("git_revision")})
     alone = first["classifier_alone"]
     return {"runs": list(runs), "rows": rows, "n": first["n"], "threat_model": first["threat_model"],
-            "version": first.get("version"), "budget": first["budget"], "target_fpr": _target_fpr(first),
+            "version": first.get("version"), "budget": first["budget"],
             "classifier_alone": {"robustness": min(alone["autoattack_robust_accuracy_after"].values()),
                                  "n": alone["n"]}}
 
@@ -67,10 +67,6 @@ def _params(res: Mapping[str, Any], name: str) -> dict[str, Any] | None:
         return None
     return {"taps": len(params["taps"]), "k": params["k"], "latent_dim": params["latent_dim"],
             "encoder_epochs": (params.get("training") or {}).get("epochs")}
-
-
-def _target_fpr(res: Mapping[str, Any]) -> float:
-    return float(res.get("settings", {}).get("dld", {}).get("target_fpr", 0.02))
 
 
 def write_comparison(comparison: Mapping[str, Any], out_dir: str | Path) -> Path:
