@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from latentdefence.cli import app
-from latentdefence.evaluation.compare import compare_runs, load_run
+from latentdefence.evaluation.compare import compare_runs, load_run, write_comparison
 
 COMMITTED = Path(__file__).resolve().parents[1] / "docs" / "results" / "dld-mnist-adaptive"
 
@@ -61,3 +61,28 @@ def test_bad_input_gets_a_clear_error(tmp_path: Path) -> None:
     twice = CliRunner().invoke(app, ["compare-evaluations", f"a={COMMITTED}", f"a={COMMITTED}",
                                      "--out", str(tmp_path / "y")])
     assert twice.exit_code == 2 and "each run needs its own label" in twice.output
+
+
+def _with_operating_points(tmp_path: Path, name: str, keys: tuple[str, ...]) -> Path:
+    """A copy of the committed run whose re-judged operating points are `keys` (values reused from 1%)."""
+    res = json.loads((COMMITTED / "results.json").read_text())
+    for det in res["detectors"].values():
+        worst = det["all_attacks"]
+        worst["sr_at_fpr"] = {key: worst["sr_at_fpr"]["0.01"] for key in keys}
+        worst["sr_at_fpr_ci"] = {key: worst["sr_at_fpr_ci"]["0.01"] for key in keys}
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps(res))
+    return folder
+
+
+def test_operating_points_come_from_the_runs_not_from_fixed_keys(tmp_path: Path) -> None:
+    a = _with_operating_points(tmp_path, "a", ("0.1", "0.005"))
+    b = _with_operating_points(tmp_path, "b", ("0.1", "0.03"))
+    comparison = compare_runs({"a": load_run(a), "b": load_run(b)})
+    assert comparison["fprs"] == ["0.1"]       # only the point both runs measured
+    report = (write_comparison(comparison, tmp_path / "out") / "report.md").read_text()
+    assert "| strongest | worst case at 10% FP |" in report and "at 1% FP" not in report
+    c = _with_operating_points(tmp_path, "c", ("0.03",))
+    with pytest.raises(ValueError, match="share no re-judged operating point"):
+        compare_runs({"a": load_run(a), "c": load_run(c)})

@@ -53,10 +53,19 @@ def compare_runs(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
                          "sr_at_fpr_ci": worst["sr_at_fpr_ci"], "params": _params(res, name),
                          "git_revision": res.get("git_revision")})
     alone = first["classifier_alone"]
-    return {"runs": list(runs), "rows": rows, "n": first["n"], "threat_model": first["threat_model"],
+    return {"runs": list(runs), "rows": rows, "fprs": _shared_fprs(rows), "n": first["n"],
+            "threat_model": first["threat_model"],
             "version": first.get("version"), "budget": first["budget"],
             "classifier_alone": {"robustness": min(alone["autoattack_robust_accuracy_after"].values()),
                                  "n": alone["n"]}}
+
+
+def _shared_fprs(rows: list[dict[str, Any]]) -> list[str]:
+    """The re-judged operating points (keys of `sr_at_fpr`) every row has, in increasing order."""
+    shared = set.intersection(*(set(r["sr_at_fpr"]) for r in rows))
+    if not shared:
+        raise ValueError("the runs share no re-judged operating point (sr_at_fpr): evaluate them with common fprs")
+    return sorted(shared, key=float)
 
 
 def _params(res: Mapping[str, Any], name: str) -> dict[str, Any] | None:
@@ -82,25 +91,25 @@ def write_comparison(comparison: Mapping[str, Any], out_dir: str | Path) -> Path
 
 def comparison_report(comparison: Mapping[str, Any]) -> str:
     """Markdown: one row per run and detector, the worst case over every attack with its Wilson interval."""
-    tm, f = comparison["threat_model"], comparison["classifier_alone"]
+    tm, f, fprs = comparison["threat_model"], comparison["classifier_alone"], comparison["fprs"]
+    at_headers = [f"{'worst case at' if i == 0 else 'at'} {100 * float(key):g}% FP" for i, key in enumerate(fprs)]
     lines = ["# Detectors under the same detector-aware evaluation", "",
              f"Threat model {tm['norm']}, eps {tm['eps']:g}; {comparison['n']} images; version "
              f"`{comparison['version']}`; the same budget, images and classifier in every run (checked). Worst case "
              "= per image, any attack that makes F wrong without the detector flagging it. At 1% and 5% FP the kept "
              "iterates (aimed at the calibrated threshold) are re-judged, not re-optimised: upper bounds.", "",
              "| run | detector | taps / k / latent / encoder epochs | clean FP % | PGD on F % | worst case % [95% CI] "
-             "| strongest | worst case at 1% FP | at 5% FP |", "|---|---|---|---|---|---|---|---|---|"]
+             f"| strongest | {' | '.join(at_headers)} |", "|---|---|---|---|---|---|---|" + "---|" * len(fprs)]
     for r in comparison["rows"]:
         p = r["params"]
         design = f"{p['taps']} / {p['k']} / {p['latent_dim']} / {p['encoder_epochs']}" if p else "—"
         pgd = f"{100 * r['pgd']:.2f}" if r["pgd"] is not None else "—"
         lo, hi = r["robustness_ci"]
-        at = [f"{100 * (1 - r['sr_at_fpr'][k]):.2f}" for k in ("0.01", "0.05")]
+        at = " | ".join(f"{100 * (1 - r['sr_at_fpr'][key]):.2f}" for key in fprs)
         lines.append(f"| {r['run']} | {r['detector']} | {design} | {100 * r['clean_fpr']:.2f} | {pgd} | "
-                     f"{100 * r['robustness']:.2f} [{100 * lo:.1f}, {100 * hi:.1f}] | {r['strongest']} | {at[0]} | "
-                     f"{at[1]} |")
+                     f"{100 * r['robustness']:.2f} [{100 * lo:.1f}, {100 * hi:.1f}] | {r['strongest']} | {at} |")
     lines.append(f"| F alone | — | — | — | — | {100 * f['robustness']:.2f} (AutoAttack-style cascade) "
-                 "| — | — | — |")
+                 f"| — |{' — |' * len(fprs)}")
     return "\n".join(lines) + "\n"
 
 
@@ -113,18 +122,21 @@ def _figure(comparison: Mapping[str, Any], path: Path) -> None:
     from matplotlib.ticker import NullFormatter
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for r in comparison["rows"]:
-        x = [1.0, 100 * r["clean_fpr"], 5.0]
-        sr = [r["sr_at_fpr"]["0.01"], 1 - r["robustness"], r["sr_at_fpr"]["0.05"]]
-        ci = [r["sr_at_fpr_ci"]["0.01"], [1 - r["robustness_ci"][1], 1 - r["robustness_ci"][0]],
-              r["sr_at_fpr_ci"]["0.05"]]
+    fprs = comparison["fprs"]
+    for r in comparison["rows"]:   # the calibrated point and the re-judged ones, in order of FP rate
+        points = sorted([(100 * r["clean_fpr"], 1 - r["robustness"],
+                          [1 - r["robustness_ci"][1], 1 - r["robustness_ci"][0]])]
+                        + [(100 * float(key), r["sr_at_fpr"][key], r["sr_at_fpr_ci"][key]) for key in fprs])
+        x, sr, ci = (list(v) for v in zip(*points))
         y = [100 * (1 - s) for s in sr]
         err = [[max(0.0, 100 * (c[1] - s)) for s, c in zip(sr, ci)],     # robustness = 1 - SR: bars swap sides
                [max(0.0, 100 * (s - c[0])) for s, c in zip(sr, ci)]]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"F + {r['detector']} ({r['run']})")
     ax.axhline(100 * comparison["classifier_alone"]["robustness"], ls="--", color="grey", label="F alone (cascade)")
-    ax.set(xscale="log", xlabel="clean false-positive rate (%; 1 and 5: re-judged, not re-optimised)",
-           xticks=[1, 2, 5], xticklabels=["1", "2", "5"], ylabel="worst-case robustness (%)",
+    ticks = sorted({2.0, *(100 * float(key) for key in fprs)})
+    rejudged = " and ".join(f"{100 * float(key):g}" for key in fprs)
+    ax.set(xscale="log", xlabel=f"clean false-positive rate (%; {rejudged}: re-judged, not re-optimised)",
+           xticks=ticks, xticklabels=[f"{t:g}" for t in ticks], ylabel="worst-case robustness (%)",
            title=f"Against attackers who know the detector (n {comparison['n']})")
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=6)
