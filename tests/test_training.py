@@ -11,7 +11,7 @@ import torch
 
 from latentdefence.data import ImageDataset
 from latentdefence.models import create_model
-from latentdefence.training import TrainConfig, load_checkpoint, save_checkpoint, train_classifier
+from latentdefence.training import TrainConfig, load_checkpoint, save_checkpoint, trades_loss, train_classifier
 from latentdefence.validation import InputValidationError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +51,37 @@ def test_adversarial_training_records_pgd_accuracy() -> None:
     assert cfg.train_attack(0.1).steps == 1 and cfg.train_attack(0.1).step_size == pytest.approx(0.125)
     assert TrainConfig(adversarial="pgd", steps=7).train_attack(0.3).step_size == pytest.approx(2.5 * 0.3 / 7)
     assert TrainConfig().train_attack(0.3) is None
+
+
+def test_trades_objective_is_clean_cross_entropy_plus_beta_times_the_attacked_kl() -> None:
+    torch.manual_seed(0)
+    model, data = create_model("dld_mnist"), toy_digits(40)
+    x, y = data.images, data.labels
+
+    def objective(beta: float, eps: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(1)   # the same random start every call
+        cfg = TrainConfig(adversarial="trades", trades_beta=beta, steps=5)
+        return trades_loss(model, model, x, y, cfg, eps)
+    ce = torch.nn.functional.cross_entropy(model(x), y)
+    zero, logits = objective(0.0)
+    assert torch.allclose(zero, ce) and torch.allclose(logits, model(x))
+    one, two = objective(1.0)[0], objective(2.0)[0]
+    assert one > ce and torch.allclose(two - ce, 2 * (one - ce), rtol=1e-4)   # KL > 0, scaled by beta
+    assert torch.allclose(objective(1.0, eps=0.0)[0], ce)                     # eps ramped to 0: plain CE
+    # the inner attack ascends the KL: more steps find a larger divergence than one
+    torch.manual_seed(1)
+    one_step = trades_loss(model, model, x, y, TrainConfig(adversarial="trades", steps=1), 0.3)[0]
+    assert one > one_step
+
+
+def test_trades_training_runs_and_only_its_keys_carry_beta() -> None:
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=2, batch_size=50, lr=3e-3, adversarial="trades", eps=0.1, steps=3, eval_pgd_steps=3,
+                      eval_samples=50, trades_beta=3.0)
+    result = train_classifier(create_model("dld_mnist"), toy_digits(200), cfg, val=toy_digits(50, 1))
+    assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in result.history)
+    assert result.history[-1]["val_clean_acc"] > 0.5 and "val_pgd_acc" in result.history[-1]
+    assert cfg.key_settings()["trades_beta"] == 3.0 and "trades_beta" not in TrainConfig(adversarial="pgd").key_settings()
 
 
 def test_adversarial_training_without_validation_runs_every_epoch() -> None:

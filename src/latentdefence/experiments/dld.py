@@ -60,6 +60,7 @@ class ClassifierSettings:
     steps: int = 40
     step_size: float | None = 0.01
     eps_ramp_epochs: float = 0.0
+    trades_beta: float = 1.0             # with adversarial="trades" (TRADES' KL weight; not in the paper)
     max_train: int | None = None
     seed: int = 0
 
@@ -305,9 +306,11 @@ def dld_classifier(config: DLDExperimentConfig, train: ImageDataset, root: Path 
     val = (train.subset(slice(cs.max_train, cs.max_train + config.n_validation))
            if cs.max_train and cs.max_train < len(train) else None)
     settings = {"dataset": config.dataset, **asdict(cs), "validation": len(val) if val is not None else 0}
+    if cs.adversarial != "trades":
+        del settings["trades_beta"]  # unused: keys of stages built before TRADES existed still match
     tc = TrainConfig(epochs=cs.epochs, batch_size=cs.batch_size, lr=cs.lr, adversarial=cs.adversarial,
                      eps=cs.eps, steps=cs.steps, step_size=cs.step_size, eps_ramp_epochs=cs.eps_ramp_epochs,
-                     seed=cs.seed)
+                     trades_beta=cs.trades_beta, seed=cs.seed)
     path = ensure_stage("dld-classifier", settings, lambda d: train_classifier(
         create_model(cs.arch), train.head(cs.max_train), tc, val=val, checkpoint_dir=d), root)
     # keyed by content as a checkpoint is: a run given this F's copy with --classifier reuses every later stage

@@ -396,7 +396,7 @@ def _as_dataset(adv: attack_lib.AdversarialSet, name: str) -> ImageDataset:
 
 
 def _model_settings(data: dict[str, Any], arch: str, arch_kwargs: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
-    return {"data": data, "arch": arch, "arch_kwargs": arch_kwargs, "train": asdict(cfg)}
+    return {"data": data, "arch": arch, "arch_kwargs": arch_kwargs, "train": cfg.key_settings()}
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Classifier training: clean, PGD adversarial (Madry et al.) or fast FGSM with random start (Wong et al.)."""
+"""Classifier training: clean, PGD adversarial (Madry et al.), fast FGSM with random start (Wong et al.) or TRADES
+(Zhang et al.)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from torch import nn
 
 from .._progress import make_progress
 from .._seed import seed_everything
-from ..attacks import PGD
+from ..attacks import PGD, frozen_eval
+from ..attacks.base import Loss
 from ..data.base import ImageDataset
 from ..evaluation.metrics import accuracy, robust_accuracy
 from ..validation import check_choice
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 
 Optimizer = Literal["adam", "sgd"]
 Schedule = Literal["constant", "onecycle", "cosine"]
-Adversarial = Literal["none", "pgd", "fgsm_rs"]
+Adversarial = Literal["none", "pgd", "fgsm_rs", "trades"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class TrainConfig:
     steps: int = 7                      # PGD steps during training
     step_size: float | None = None      # default: 2.5*eps/steps (PGD), 1.25*eps (FGSM-RS)
     eps_ramp_epochs: float = 0.0        # ramp eps linearly from 0 over this many epochs
+    trades_beta: float = 1.0            # TRADES: weight of the KL term (1.0: the TRADES authors' MNIST setting)
     eval_samples: int = 1000            # validation images used for the periodic check
     eval_pgd_steps: int = 20            # PGD steps of the periodic robustness check
     overfit_guard: float = 0.2          # stop and restore best if PGD accuracy falls this far
@@ -54,13 +57,45 @@ class TrainConfig:
         for name, choices in (("optimizer", Optimizer), ("schedule", Schedule), ("adversarial", Adversarial)):
             check_choice(name, getattr(self, name), get_args(choices))   # a typo never trains something else
 
-    def train_attack(self, eps: float) -> PGD | None:
-        """The attack crafting training examples at radius `eps` (None for clean training)."""
+    def train_attack(self, eps: float, loss: Loss | None = None) -> PGD | None:
+        """The attack crafting training examples at radius `eps`, ascending `loss` (default CE; TRADES: a KL, see
+        `trades_loss`); None for clean training."""
         if self.adversarial == "none" or eps <= 0:
             return None
         if self.adversarial == "fgsm_rs":
-            return PGD(eps, self.step_size or 1.25 * eps, 1, random_start=True)
-        return PGD(eps, self.step_size or 2.5 * eps / self.steps, self.steps, random_start=True)
+            return PGD(eps, self.step_size or 1.25 * eps, 1, random_start=True, loss=loss)
+        return PGD(eps, self.step_size or 2.5 * eps / self.steps, self.steps, random_start=True, loss=loss)
+
+    def key_settings(self) -> dict[str, Any]:
+        """The fields that decide the trained weights, for cache keys: `trades_beta` only when TRADES uses it
+        (so keys made before it existed still match)."""
+        out = asdict(self)
+        if self.adversarial != "trades":
+            del out["trades_beta"]
+        return out
+
+
+def trades_loss(net: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+                eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """TRADES' objective and the clean logits: CE on the clean images plus beta * KL(clean prediction || prediction
+    on x'), x' the training attack's ascent of that KL from a random start in the eps-ball (Zhang et al. 2019,
+    arXiv:1901.08573). At eps 0 (the start of a ramp) it is plain cross-entropy."""
+    logits = net(x)
+    loss = nn.functional.cross_entropy(logits, y)
+    with torch.no_grad(), frozen_eval(model):
+        clean = nn.functional.log_softmax(model(x), dim=1)
+
+    def divergence(adv_logits: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+        # per row of the whole batch: the training attack has one run and no early stop, so rows stay aligned
+        return nn.functional.kl_div(nn.functional.log_softmax(adv_logits, dim=1), clean, reduction="none",
+                                    log_target=True).sum(1)
+    attack = cfg.train_attack(eps, loss=divergence)
+    if attack is None:
+        return loss, logits
+    adv = attack(model, x, y).images
+    kl = nn.functional.kl_div(nn.functional.log_softmax(net(adv), dim=1), nn.functional.softmax(logits, dim=1),
+                              reduction="batchmean")
+    return loss + cfg.trades_beta * kl, logits
 
 
 @dataclass
@@ -196,11 +231,14 @@ def _train_epoch(net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, s
         idx = shard(order[b * cfg.batch_size:(b + 1) * cfg.batch_size], info)
         x, y = train.images[idx].to(device), train.labels[idx].to(device)
         ramp = min(1.0, (epoch + b / n_batches) / cfg.eps_ramp_epochs) if cfg.eps_ramp_epochs > 0 else 1.0
-        attack = cfg.train_attack(cfg.eps * ramp)
-        if attack is not None:
-            x = attack(model, x, y).images
-        logits = net(x)
-        loss = nn.functional.cross_entropy(logits, y)
+        if cfg.adversarial == "trades":
+            loss, logits = trades_loss(net, model, x, y, cfg, cfg.eps * ramp)
+        else:
+            attack = cfg.train_attack(cfg.eps * ramp)
+            if attack is not None:
+                x = attack(model, x, y).images
+            logits = net(x)
+            loss = nn.functional.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
