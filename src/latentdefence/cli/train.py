@@ -25,8 +25,9 @@ def train(
     epochs: int = 10, batch_size: int = 100, lr: float = 1e-3,
     optimizer: str = typer.Option("adam", help="adam | sgd"),
     schedule: str = typer.Option("constant", help="constant | onecycle | cosine"),
-    adversarial: str = typer.Option("none", help="none | pgd (Madry) | fgsm_rs (fast, guarded)"),
+    adversarial: str = typer.Option("none", help="none | pgd (Madry) | fgsm_rs (fast, guarded) | trades"),
     eps: float = 0.3, steps: int = 7, eps_ramp_epochs: float = 0.0,
+    trades_beta: float = typer.Option(1.0, help="TRADES: weight of the KL term (with --adversarial trades)."),
     val_size: int = typer.Option(5000, help="Training images held out for periodic evaluation."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N training images (quick runs)."),
     seed: int = 0,
@@ -49,7 +50,7 @@ def train(
         config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=cast(Optimizer, optimizer),
                              schedule=cast(Schedule, schedule), adversarial=cast(Adversarial, adversarial),
                              eps=eps, steps=steps,  # the casts: TrainConfig checks each choice at run time
-                             eps_ramp_epochs=eps_ramp_epochs, seed=seed)
+                             eps_ramp_epochs=eps_ramp_epochs, trades_beta=trades_beta, seed=seed)
         result = train_classifier(create_model(arch), fit, config, val=val if val_size else None,
                                   checkpoint_dir=out, metadata={"val_size": val_size})
         typer.echo(json.dumps({"checkpoint": str(result.checkpoint), "last_epoch": result.history[-1]}, indent=2))
