@@ -96,7 +96,8 @@ def comparison_report(comparison: Mapping[str, Any]) -> str:
     lines = ["# Detectors under the same detector-aware evaluation", "",
              f"Threat model {tm['norm']}, eps {tm['eps']:g}; {comparison['n']} images; version "
              f"`{comparison['version']}`; the same budget, images and classifier in every run (checked). Worst case "
-             "= per image, any attack that makes F wrong without the detector flagging it. At 1% and 5% FP the kept "
+             "= per image, any attack that makes F wrong without the detector flagging it. At "
+             f"{' and '.join(f'{100 * float(key):g}%' for key in fprs)} FP the kept "
              "iterates (aimed at the calibrated threshold) are re-judged, not re-optimised: upper bounds.", "",
              "| run | detector | taps / k / latent / encoder epochs | clean FP % | PGD on F % | worst case % [95% CI] "
              f"| strongest | {' | '.join(at_headers)} |", "|---|---|---|---|---|---|---|" + "---|" * len(fprs)]
