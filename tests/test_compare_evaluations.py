@@ -86,3 +86,24 @@ def test_operating_points_come_from_the_runs_not_from_fixed_keys(tmp_path: Path)
     c = _with_operating_points(tmp_path, "c", ("0.03",))
     with pytest.raises(ValueError, match="share no re-judged operating point"):
         compare_runs({"a": load_run(a), "c": load_run(c)})
+
+
+def test_runs_on_different_classifiers_compare_only_when_asked_each_beside_its_own_f(tmp_path: Path) -> None:
+    committed = json.loads((COMMITTED / "results.json").read_text())
+    alone = committed["classifier_alone"]
+    stronger = {**alone, "autoattack_robust_accuracy_after": {k: v + 0.01
+                                                              for k, v in alone["autoattack_robust_accuracy_after"].items()}}
+    other = _copy(tmp_path, "stronger", classifier_alone=stronger)
+    with pytest.raises(ValueError, match="differ in 'classifier_alone'"):
+        compare_runs({"base": load_run(COMMITTED), "stronger F": load_run(other)})
+    run = CliRunner().invoke(app, ["compare-evaluations", f"base={COMMITTED}", f"stronger F={other}",
+                                   "--different-classifiers", "--out", str(tmp_path / "c")])
+    assert run.exit_code == 0, run.output
+    report = (tmp_path / "c" / "report.md").read_text()
+    lowest = min(alone["autoattack_robust_accuracy_after"].values())
+    assert f"| F alone (base) | — | — | — | — | {100 * lowest:.2f} " in report
+    assert f"| F alone (stronger F) | — | — | — | — | {100 * (lowest + 0.01):.2f} " in report
+    assert "each run on its own classifier" in report
+    bigger = _copy(tmp_path, "bigger", classifier_alone=stronger, n=committed["n"] + 1)
+    with pytest.raises(ValueError, match="differ in 'n'"):   # the rest must still match
+        compare_runs({"base": load_run(COMMITTED), "bigger": load_run(bigger)}, same_classifier=False)

@@ -47,6 +47,8 @@ def compare_evaluations(
     runs: list[str] = typer.Argument(..., help="LABEL=FOLDER of each run's results.json (evaluate-detector or "
                                      "reproduce dld-mnist-adaptive), e.g. k30=runs/adaptive-k30."),
     out: Path = typer.Option(Path("runs/compare"), help="Folder for results.json, report.md, worst_case_vs_fpr.png."),
+    different_classifiers: bool = typer.Option(False, help="Admit runs on different classifiers (F variants); "
+                                               "each is read against its own F alone."),
 ) -> None:
     """One table and figure of detector variants, refused unless the runs share budget, images and classifier."""
     with cli_errors():
@@ -59,5 +61,5 @@ def compare_evaluations(
         labels = [label for label, _ in pairs]
         if len(set(labels)) < len(labels):
             raise ValueError(f"each run needs its own label, got {', '.join(labels)}")
-        comparison = compare_runs({label: load_run(folder) for label, folder in pairs})
+        comparison = compare_runs({label: load_run(folder) for label, folder in pairs}, not different_classifiers)
         typer.echo((write_comparison(comparison, out) / "report.md").read_text())

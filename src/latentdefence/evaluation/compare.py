@@ -1,6 +1,6 @@
 """One table and one figure from several `evaluate_detectors` runs (detector variants, baselines), refused unless
 the runs share the threat model, budget, images and classifier: a comparison across different evaluations decides
-nothing."""
+nothing. Runs on different classifiers (F variants) compare only when asked, each beside its own F alone."""
 
 from __future__ import annotations
 
@@ -32,13 +32,16 @@ def load_run(path: str | Path) -> dict[str, Any]:
     return res
 
 
-def compare_runs(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Per run and detector: clean FP, grey-box PGD, the worst case (interval, strongest attack) at 1 / 2 / 5% FP."""
+def compare_runs(runs: Mapping[str, Mapping[str, Any]], same_classifier: bool = True) -> dict[str, Any]:
+    """Per run and detector: clean FP, grey-box PGD, the worst case (interval, strongest attack) at the calibrated and
+    re-judged FP rates. `same_classifier=False` admits runs on different classifiers (same threat model, budget,
+    seed and image counts), each row then read against its own run's F alone."""
     if not runs:
         raise ValueError("compare_runs needs at least one run")
+    shared = SHARED if same_classifier else tuple(key for key in SHARED if key != "classifier_alone")
     (first_label, first), *rest = runs.items()
     for label, res in rest:
-        for key in SHARED:
+        for key in shared:
             if res[key] != first[key]:
                 raise ValueError(f"runs {first_label!r} and {label!r} differ in {key!r}: not the same evaluation "
                                  "(threat model, budget, images and classifier must match)")
@@ -52,12 +55,25 @@ def compare_runs(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
                          "strongest": worst["strongest"], "sr_at_fpr": worst["sr_at_fpr"],
                          "sr_at_fpr_ci": worst["sr_at_fpr_ci"], "params": _params(res, name),
                          "git_revision": res.get("git_revision")})
-    alone = first["classifier_alone"]
+    alone = {label: _classifier_alone(res) for label, res in runs.items()}
     return {"runs": list(runs), "rows": rows, "fprs": _shared_fprs(rows), "n": first["n"],
             "threat_model": first["threat_model"],
-            "version": first.get("version"), "budget": first["budget"],
-            "classifier_alone": {"robustness": min(alone["autoattack_robust_accuracy_after"].values()),
-                                 "n": alone["n"]}}
+            "version": first.get("version"), "budget": first["budget"], "same_classifier": same_classifier,
+            "classifier_alone": alone[first_label] if same_classifier else alone}
+
+
+def _classifier_alone(res: Mapping[str, Any]) -> dict[str, Any]:
+    """F's robustness under the run's AutoAttack-style cascade (the lowest after any stage)."""
+    alone = res["classifier_alone"]
+    return {"robustness": min(alone["autoattack_robust_accuracy_after"].values()), "n": alone["n"]}
+
+
+def _alone_lines(comparison: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """(label, robustness) of F alone: one line, or one per run when the runs have different classifiers."""
+    alone = comparison["classifier_alone"]
+    if comparison.get("same_classifier", True):
+        return [("F alone", alone["robustness"])]
+    return [(f"F alone ({label})", value["robustness"]) for label, value in alone.items()]
 
 
 def _shared_fprs(rows: list[dict[str, Any]]) -> list[str]:
@@ -91,11 +107,13 @@ def write_comparison(comparison: Mapping[str, Any], out_dir: str | Path) -> Path
 
 def comparison_report(comparison: Mapping[str, Any]) -> str:
     """Markdown: one row per run and detector, the worst case over every attack with its Wilson interval."""
-    tm, f, fprs = comparison["threat_model"], comparison["classifier_alone"], comparison["fprs"]
+    tm, fprs = comparison["threat_model"], comparison["fprs"]
+    same = "the same budget, images and classifier in every run (checked)" if comparison.get("same_classifier", True) \
+        else "the same budget and image counts in every run (checked), each run on its own classifier"
     at_headers = [f"{'worst case at' if i == 0 else 'at'} {100 * float(key):g}% FP" for i, key in enumerate(fprs)]
     lines = ["# Detectors under the same detector-aware evaluation", "",
              f"Threat model {tm['norm']}, eps {tm['eps']:g}; {comparison['n']} images; version "
-             f"`{comparison['version']}`; the same budget, images and classifier in every run (checked). Worst case "
+             f"`{comparison['version']}`; {same}. Worst case "
              "= per image, any attack that makes F wrong without the detector flagging it. At "
              f"{' and '.join(f'{100 * float(key):g}%' for key in fprs)} FP the kept "
              "iterates (aimed at the calibrated threshold) are re-judged, not re-optimised: upper bounds.", "",
@@ -109,8 +127,9 @@ def comparison_report(comparison: Mapping[str, Any]) -> str:
         at = " | ".join(f"{100 * (1 - r['sr_at_fpr'][key]):.2f}" for key in fprs)
         lines.append(f"| {r['run']} | {r['detector']} | {design} | {100 * r['clean_fpr']:.2f} | {pgd} | "
                      f"{100 * r['robustness']:.2f} [{100 * lo:.1f}, {100 * hi:.1f}] | {r['strongest']} | {at} |")
-    lines.append(f"| F alone | — | — | — | — | {100 * f['robustness']:.2f} (AutoAttack-style cascade) "
-                 f"| — |{' — |' * len(fprs)}")
+    for label, robustness in _alone_lines(comparison):
+        lines.append(f"| {label} | — | — | — | — | {100 * robustness:.2f} (AutoAttack-style cascade) "
+                     f"| — |{' — |' * len(fprs)}")
     return "\n".join(lines) + "\n"
 
 
@@ -133,7 +152,8 @@ def _figure(comparison: Mapping[str, Any], path: Path) -> None:
         err = [[max(0.0, 100 * (c[1] - s)) for s, c in zip(sr, ci)],     # robustness = 1 - SR: bars swap sides
                [max(0.0, 100 * (s - c[0])) for s, c in zip(sr, ci)]]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"F + {r['detector']} ({r['run']})")
-    ax.axhline(100 * comparison["classifier_alone"]["robustness"], ls="--", color="grey", label="F alone (cascade)")
+    for (label, robustness), style in zip(_alone_lines(comparison), ("--", ":", "-.", (0, (1, 3)), (0, (5, 5)))):
+        ax.axhline(100 * robustness, ls=style, color="grey", label=f"{label} (cascade)")
     ticks = sorted({2.0, *(100 * float(key) for key in fprs)})
     rejudged = " and ".join(f"{100 * float(key):g}" for key in fprs)
     ax.set(xscale="log", xlabel=f"clean false-positive rate (%; {rejudged}: re-judged, not re-optimised)",
