@@ -107,3 +107,20 @@ def test_runs_on_different_classifiers_compare_only_when_asked_each_beside_its_o
     bigger = _copy(tmp_path, "bigger", classifier_alone=stronger, n=committed["n"] + 1)
     with pytest.raises(ValueError, match="differ in 'n'"):   # the rest must still match
         compare_runs({"base": load_run(COMMITTED), "bigger": load_run(bigger)}, same_classifier=False)
+
+
+def test_a_classifier_comparison_gives_the_readme_one_row_per_other_f(tmp_path: Path) -> None:
+    from latentdefence.evaluation.summary import results_table
+
+    committed = json.loads((COMMITTED / "results.json").read_text())
+    after = {k: v + 0.02 for k, v in committed["classifier_alone"]["autoattack_robust_accuracy_after"].items()}
+    other = _copy(tmp_path, "other", classifier_alone={**committed["classifier_alone"],
+                                                        "autoattack_robust_accuracy_after": after})
+    results = tmp_path / "docs" / "results"
+    comparison = compare_runs({"cpu profile": load_run(COMMITTED), "longer F": load_run(other)}, same_classifier=False)
+    write_comparison(comparison, results / "dld-mnist-f-variants")
+    table = results_table(results)
+    dld = committed["detectors"]["dld"]["all_attacks"]["robustness"]
+    assert "| DLD on the longer F, eps 0.3" in table and f"| {100 * dld:.2f}% [" in table
+    assert f"(F alone under the cascade: {100 * min(after.values()):.2f}%)" in table
+    assert "DLD on the cpu profile" not in table          # the reference run's rows come from dld-mnist-adaptive

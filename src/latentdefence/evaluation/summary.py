@@ -108,6 +108,10 @@ def results_table(results_dir: Path) -> str:
     if hardening.is_file():
         lines += _hardening_rows(json.loads(hardening.read_text()),
                                  f"`{hardening.parent.relative_to(results_dir.parent.parent)}`")
+    variants = results_dir / "dld-mnist-f-variants" / "results.json"
+    if variants.is_file():
+        lines += _classifier_variant_rows(json.loads(variants.read_text()),
+                                          f"`{variants.parent.relative_to(results_dir.parent.parent)}`")
     if len(lines) == 2:
         lines.append("| (no committed results yet) | | | | |")
     return "\n".join(lines)
@@ -140,6 +144,22 @@ def _hardening_rows(res: dict[str, Any], source: str) -> list[str]:
         rows.append(f"| {HARDENING_ROWS.get(key, key)} on F, eps {res['threat_model']['eps']:g}, clean FP "
                     f"{100 * fp:.2f}%: worst case over all attacks | 95.62% (adaptive) | {100 * w['robustness']:.2f}% "
                     f"[{100 * lo:.1f}, {100 * hi:.1f}] | {w['n']} | {source} |")
+    return rows
+
+
+def _classifier_variant_rows(res: dict[str, Any], source: str) -> list[str]:
+    """DLD and F alone on each classifier of a `compare-evaluations --different-classifiers` run but the first (the
+    cpu profile's, whose rows `_adaptive_rows` already gives)."""
+    eps, first = res["threat_model"]["eps"], res["runs"][0]
+    rows = []
+    for r in res["rows"]:
+        if r["detector"] != "dld" or r["run"] == first:
+            continue
+        lo, hi = r["robustness_ci"]
+        alone = res["classifier_alone"][r["run"]]["robustness"]
+        rows.append(f"| DLD on the {r['run']}, eps {eps:g}, clean FP {100 * r['clean_fpr']:.2f}%: worst case over all "
+                    f"attacks (F alone under the cascade: {100 * alone:.2f}%) | 95.62% (adaptive) | "
+                    f"{100 * r['robustness']:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}] | {res['n']} | {source} |")
     return rows
 
 
