@@ -305,12 +305,12 @@ def dld_classifier(config: DLDExperimentConfig, train: ImageDataset, root: Path 
     # images past max_train (n_validation of them) guard against catastrophic overfitting, as `train` does
     val = (train.subset(slice(cs.max_train, cs.max_train + config.n_validation))
            if cs.max_train and cs.max_train < len(train) else None)
-    settings = {"dataset": config.dataset, **asdict(cs), "validation": len(val) if val is not None else 0}
-    if cs.adversarial != "trades":
-        del settings["trades_beta"]  # unused: keys of stages built before TRADES existed still match
     tc = TrainConfig(epochs=cs.epochs, batch_size=cs.batch_size, lr=cs.lr, adversarial=cs.adversarial,
                      eps=cs.eps, steps=cs.steps, step_size=cs.step_size, eps_ramp_epochs=cs.eps_ramp_epochs,
                      trades_beta=cs.trades_beta, seed=cs.seed)
+    settings = {"dataset": config.dataset, **asdict(cs), "validation": len(val) if val is not None else 0}
+    if "trades_beta" not in tc.key_settings():
+        del settings["trades_beta"]  # TrainConfig's rule: keys of stages built before TRADES existed still match
     path = ensure_stage("dld-classifier", settings, lambda d: train_classifier(
         create_model(cs.arch), train.head(cs.max_train), tc, val=val, checkpoint_dir=d), root)
     # keyed by content as a checkpoint is: a run given this F's copy with --classifier reuses every later stage
