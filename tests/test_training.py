@@ -147,6 +147,36 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path: Pat
         torch.testing.assert_close(a, b)
 
 
+def test_tail_schedule_holds_the_rate_then_anneals_it_to_zero() -> None:
+    from latentdefence.training.loop import tail_factor
+
+    factor = tail_factor(total=100, tail=20)
+    assert [factor(s) for s in (0, 50, 79)] == [1.0, 1.0, 1.0]
+    assert factor(90) == pytest.approx(0.5) and factor(100) == pytest.approx(0.0)
+    assert all(factor(s) >= factor(s + 1) for s in range(100))
+    with pytest.raises(ValueError, match="tail"):
+        tail_factor(total=10, tail=11)
+    assert TrainConfig(schedule="tail", tail_epochs=3).key_settings()["tail_epochs"] == 3
+    assert "tail_epochs" not in TrainConfig(schedule="cosine").key_settings()  # keys made before it still match
+
+
+def test_a_tail_run_extends_a_constant_runs_checkpoint_exactly(tmp_path: Path) -> None:
+    """The tail leaves the first epochs at the constant rate, so epochs past a constant run resume from it."""
+    data = toy_digits(200)
+    tail = TrainConfig(epochs=3, batch_size=50, lr=3e-3, schedule="tail", tail_epochs=1)
+    torch.manual_seed(0)
+    straight = create_model("dld_mnist")
+    train_classifier(straight, data, tail)
+    torch.manual_seed(0)
+    train_classifier(create_model("dld_mnist"), data, TrainConfig(epochs=2, batch_size=50, lr=3e-3),
+                     checkpoint_dir=tmp_path)
+    extended = create_model("dld_mnist")
+    result = train_classifier(extended, data, tail, checkpoint_dir=tmp_path)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    for a, b in zip(straight.state_dict().values(), extended.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
 DDP_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {tests!r})

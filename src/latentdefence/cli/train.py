@@ -24,7 +24,8 @@ def train(
     out: Path = typer.Option(Path("runs/train"), help="Checkpoint folder: last.* (resumable) and final.*"),
     epochs: int = 10, batch_size: int = 100, lr: float = 1e-3,
     optimizer: str = typer.Option("adam", help="adam | sgd"),
-    schedule: str = typer.Option("constant", help="constant | onecycle | cosine"),
+    schedule: str = typer.Option("constant", help="constant | onecycle | cosine | tail (constant, cosine at the end)"),
+    tail_epochs: float = typer.Option(2.0, help="Tail schedule: epochs at the end over which the lr decays to 0."),
     adversarial: str = typer.Option("none", help="none | pgd (Madry) | fgsm_rs (fast, guarded) | trades"),
     eps: float = 0.3, steps: int = 7, eps_ramp_epochs: float = 0.0,
     trades_beta: float = typer.Option(1.0, help="TRADES: weight of the KL term (with --adversarial trades)."),
@@ -50,7 +51,8 @@ def train(
         config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=cast(Optimizer, optimizer),
                              schedule=cast(Schedule, schedule), adversarial=cast(Adversarial, adversarial),
                              eps=eps, steps=steps,  # the casts: TrainConfig checks each choice at run time
-                             eps_ramp_epochs=eps_ramp_epochs, trades_beta=trades_beta, seed=seed)
+                             eps_ramp_epochs=eps_ramp_epochs, trades_beta=trades_beta, tail_epochs=tail_epochs,
+                             seed=seed)
         result = train_classifier(create_model(arch), fit, config, val=val if val_size else None,
                                   checkpoint_dir=out, metadata={"val_size": val_size})
         typer.echo(json.dumps({"checkpoint": str(result.checkpoint), "last_epoch": result.history[-1]}, indent=2))

@@ -33,7 +33,7 @@ from .cache import StageTimer, any_complete_stage, build_seconds, ensure_stage, 
 from .registry import register_pipeline
 
 if TYPE_CHECKING:  # `training` itself is imported lazily, where it is used
-    from ..training.loop import Adversarial
+    from ..training.loop import Adversarial, Schedule
 
 ATTACKS = ("fgsm", "pgd", "cw", "adaptive")
 # Paper values (percent / AUC) for the report: (base accuracy, robustness, ROC AUC); Table II: (TP increase, FP).
@@ -61,6 +61,8 @@ class ClassifierSettings:
     step_size: float | None = 0.01
     eps_ramp_epochs: float = 0.0
     trades_beta: float = 1.0             # with adversarial="trades" (TRADES' KL weight; not in the paper)
+    schedule: Schedule = "constant"      # tail: constant, then a cosine to 0 over the last tail_epochs (not in the paper)
+    tail_epochs: float = 2.0
     max_train: int | None = None
     seed: int = 0
 
@@ -307,10 +309,11 @@ def dld_classifier(config: DLDExperimentConfig, train: ImageDataset, root: Path 
            if cs.max_train and cs.max_train < len(train) else None)
     tc = TrainConfig(epochs=cs.epochs, batch_size=cs.batch_size, lr=cs.lr, adversarial=cs.adversarial,
                      eps=cs.eps, steps=cs.steps, step_size=cs.step_size, eps_ramp_epochs=cs.eps_ramp_epochs,
-                     trades_beta=cs.trades_beta, seed=cs.seed)
-    settings = {"dataset": config.dataset, **asdict(cs), "validation": len(val) if val is not None else 0}
-    if "trades_beta" not in tc.key_settings():
-        del settings["trades_beta"]  # TrainConfig's rule: keys of stages built before TRADES existed still match
+                     trades_beta=cs.trades_beta, schedule=cs.schedule, tail_epochs=cs.tail_epochs, seed=cs.seed)
+    # TrainConfig's rule for fields added later (and a constant schedule): keys of stages built before still match
+    unused = set(asdict(tc)) - set(tc.key_settings()) | ({"schedule"} if cs.schedule == "constant" else set())
+    settings = {"dataset": config.dataset, **{k: v for k, v in asdict(cs).items() if k not in unused},
+                "validation": len(val) if val is not None else 0}
     path = ensure_stage("dld-classifier", settings, lambda d: train_classifier(
         create_model(cs.arch), train.head(cs.max_train), tc, val=val, checkpoint_dir=d), root)
     # keyed by content as a checkpoint is: a run given this F's copy with --classifier reuses every later stage

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Callable, Literal, get_args
 
 import torch
 from torch import nn
@@ -27,7 +28,7 @@ from .distributed import DistInfo, init_distributed, shard
 log = logging.getLogger(__name__)
 
 Optimizer = Literal["adam", "sgd"]
-Schedule = Literal["constant", "onecycle", "cosine"]
+Schedule = Literal["constant", "onecycle", "cosine", "tail"]
 Adversarial = Literal["none", "pgd", "fgsm_rs", "trades"]
 
 
@@ -41,7 +42,8 @@ class TrainConfig:
     optimizer: Optimizer = "adam"
     momentum: float = 0.9
     weight_decay: float = 0.0
-    schedule: Schedule = "constant"
+    schedule: Schedule = "constant"     # tail: constant, then a cosine decay to 0 over the last tail_epochs
+    tail_epochs: float = 2.0
     adversarial: Adversarial = "none"
     eps: float = 0.3
     steps: int = 7                      # PGD steps during training
@@ -67,11 +69,12 @@ class TrainConfig:
         return PGD(eps, self.step_size or 2.5 * eps / self.steps, self.steps, random_start=True, loss=loss)
 
     def key_settings(self) -> dict[str, Any]:
-        """The fields that decide the trained weights, for cache keys: `trades_beta` only when TRADES uses it
-        (so keys made before it existed still match)."""
+        """The fields that decide the trained weights, for cache keys: `trades_beta` and `tail_epochs` only when
+        TRADES or the tail schedule uses them (so keys made before they existed still match)."""
         out = asdict(self)
-        if self.adversarial != "trades":
-            del out["trades_beta"]
+        for name, used in (("trades_beta", self.adversarial == "trades"), ("tail_epochs", self.schedule == "tail")):
+            if not used:
+                del out[name]
         return out
 
 
@@ -119,7 +122,18 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: in
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    if cfg.schedule == "tail":
+        return torch.optim.lr_scheduler.LambdaLR(opt, tail_factor(total, round(cfg.tail_epochs * steps_per_epoch)))
     return None
+
+
+def tail_factor(total: int, tail: int) -> Callable[[int], float]:
+    """Learning-rate factor per step: 1 until the last `tail` of `total` steps, then a cosine from 1 to 0; the
+    first steps equal a constant run's, so a longer run can resume from a shorter constant one's checkpoint."""
+    if not 0 < tail <= total:
+        raise ValueError(f"tail schedule: the tail ({tail} steps) must be positive and at most the run ({total})")
+    start = total - tail
+    return lambda step: 1.0 if step < start else 0.5 * (1.0 + math.cos(math.pi * min(step - start, tail) / tail))
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
