@@ -59,32 +59,35 @@ def train(
 
 
 def evaluate(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint path (without or with .safetensors)."),
+    checkpoints: list[Path] = typer.Argument(..., help="Checkpoint paths (without or with .safetensors); "
+                                             "several: compared on the same images, paired against the first."),
     dataset: str = "mnist", data_dir: Optional[Path] = None,
     eps: float = 0.3, steps: int = 40, step_size: Optional[float] = None, restarts: int = 1,
     limit: Optional[int] = typer.Option(None, help="Evaluate on the first N test images only."),
-    out: Optional[Path] = typer.Option(None, help="Also write the metrics as JSON here."),
+    seed: int = typer.Option(0, help="Seed of PGD's random start (the same for every checkpoint)."),
+    out: Optional[Path] = typer.Option(None, help="Also write results.json and report.md into this folder."),
 ) -> None:
-    """Clean and PGD (L-inf) accuracy of a checkpoint on the test split."""
+    """Clean and PGD (L-inf) accuracy of checkpoints on the test split, each against the first (McNemar)."""
     with cli_errors():
-        from .._io import write_json
+        import torch
+
         from ..attacks import PGD
         from ..data import load_dataset
-        from ..evaluation import accuracy, robust_accuracy, wilson_interval
+        from ..evaluation.classifiers import compare_classifiers, write_classifier_comparison
         from ..training import load_checkpoint
         from ..validation import check_count
 
         if limit is not None:
             check_count("--limit", limit)
-        attack = PGD(eps, step_size, check_count("--steps", steps), restarts=check_count("--restarts", restarts))
-        model, meta = load_checkpoint(checkpoint)
+        check_count("--steps", steps), check_count("--restarts", restarts)
+
+        def attack() -> PGD:
+            return PGD(eps, step_size, steps, restarts=restarts, generator=torch.Generator().manual_seed(seed))
+        models = {str(c): load_checkpoint(c)[0] for c in checkpoints}
         test = load_dataset(dataset, data_dir).test.head(limit)
-        clean = accuracy(model, test.images, test.labels)
-        robust = robust_accuracy(model, test.images, test.labels, attack)
-        n = len(test)
-        metrics = {"checkpoint": str(checkpoint), "n": n, "clean_accuracy": clean, "pgd_accuracy": robust,
-                   "pgd_accuracy_ci95": wilson_interval(round(robust * n), n),
-                   "attack": {"eps": eps, "steps": steps, "step_size": attack.step_size, "restarts": restarts}}
-        typer.echo(json.dumps(metrics, indent=2))
+        comparison = compare_classifiers(models, test.images, test.labels, attack)
+        settings = {"dataset": dataset, "eps": eps, "steps": steps, "step_size": attack().step_size,
+                    "restarts": restarts, "seed": seed, "images": f"first {len(test)} test images"}
+        typer.echo(json.dumps({**comparison, "settings": settings}, indent=2))
         if out:
-            write_json(out, metrics)
+            write_classifier_comparison(comparison, settings, out)
