@@ -79,7 +79,8 @@ def evaluate(
 
         if limit is not None:
             check_count("--limit", limit)
-        check_count("--steps", steps), check_count("--restarts", restarts)
+        check_count("--steps", steps)
+        check_count("--restarts", restarts)
 
         def attack() -> PGD:
             return PGD(eps, step_size, steps, restarts=restarts, generator=torch.Generator().manual_seed(seed))
