@@ -72,6 +72,7 @@ def evaluate(
         import torch
 
         from ..attacks import PGD
+        from ..attacks.base import madry_step_size
         from ..data import load_dataset
         from ..evaluation.classifiers import compare_classifiers, write_classifier_comparison
         from ..training import load_checkpoint
@@ -87,7 +88,8 @@ def evaluate(
         models = {str(c): load_checkpoint(c)[0] for c in checkpoints}
         test = load_dataset(dataset, data_dir).test.head(limit)
         comparison = compare_classifiers(models, test.images, test.labels, attack)
-        settings = {"dataset": dataset, "eps": eps, "steps": steps, "step_size": attack().step_size,
+        settings = {"dataset": dataset, "eps": eps, "steps": steps,
+                    "step_size": madry_step_size(eps, steps, step_size),
                     "restarts": restarts, "seed": seed, "images": f"first {len(test)} test images"}
         typer.echo(json.dumps({**comparison, "settings": settings}, indent=2))
         if out:
