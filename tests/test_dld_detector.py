@@ -10,7 +10,8 @@ from torch import nn
 
 from latentdefence.data.base import ImageDataset
 from latentdefence.dld import (CentroidAttack, DeepLatentDefence, EncoderDecoder, EncoderTrainConfig, EnsembleModel,
-                               InsertedModel, adaptive_attack, prune_mask, pruned_embeddings, train_encoder)
+                               InsertedModel, adaptive_attack, load_encoders, prune_mask, pruned_embeddings, save_encoders,
+                               train_encoder)
 from latentdefence.models import StagedModel
 from toy_blobs import blobs as _blobs, tiny_model as _tiny_model, trained_tiny_model
 
@@ -176,3 +177,27 @@ def test_ensemble_is_log_mean_softmax(trained) -> None:
                                          for t, e in eds.items()]
         expected = torch.stack(probs).mean(0).log()
         assert torch.allclose(EnsembleModel(model, eds)(x), expected, atol=1e-5)
+
+
+def test_taps_before_pooling_train_detect_attack_and_round_trip(tmp_path: Path) -> None:
+    train = _blobs(120, 0)
+    model = trained_tiny_model(train)
+    taps = ("layer1.1", "layer1", "layer2")              # layer 1's ReLU (4x8x8) before its max-pool, and after it
+    cfg = EncoderTrainConfig(epochs=2, batch_size=60, lr=0.01, eps=0.1, steps=1, step_size=0.05, width=4)
+    eds = {tap: train_encoder(model, tap, train, latent_dim=3, config=cfg) for tap in taps}
+    assert eds["layer1.1"].shape == (4, 8, 8)
+    det = DeepLatentDefence(model, taps, k=5, latent_dim=3, encoders=eds, batch_size=50).fit(train)
+    det.calibrate(_blobs(90, 1), target_fpr=0.1)
+    x, y = _blobs(30, 2).images, _blobs(30, 2).labels
+    out = det.predict(x)
+    assert set(out.per_layer) == set(taps)
+    torch.testing.assert_close(out.predicted, model(x).argmax(1))
+    det.save(tmp_path / "d.safetensors")
+    loaded = DeepLatentDefence.load(tmp_path / "d.safetensors", classifier=model)
+    assert torch.equal(loaded.predict(x).nonconformity, out.nonconformity)
+    save_encoders(str(tmp_path / "e.safetensors"), eds)
+    reread = load_encoders(str(tmp_path / "e.safetensors"))
+    assert all(torch.equal(reread[t].state_dict()[k], v) for t in taps for k, v in eds[t].state_dict().items())
+    result = adaptive_attack(model, eds, det.centroids(), x, y, eps=0.1, step_size=0.05, steps=2,
+                             centroid=CentroidAttack(eps=0.1, alpha2=1.0, steps=2, step_size=0.05))
+    assert (result.images - x).abs().max() <= 0.1 + 1e-6

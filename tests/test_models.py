@@ -30,6 +30,32 @@ def test_every_tap_round_trips_to_the_same_logits(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list_models())
+def test_every_inner_tap_round_trips_and_sits_in_forward_order(name: str) -> None:
+    model = _model(name)
+    x = torch.rand(2, *model.input_shape)
+    logits = model(x)
+    inner = model.inner_tap_names
+    everything = [*inner, *model.tap_names]
+    feats = model.intermediates(x, everything)
+    for tap in inner:
+        torch.testing.assert_close(model.forward_from(feats[tap], tap), logits)
+        torch.testing.assert_close(model.intermediates(x, [tap])[tap], feats[tap])
+    stage = model.tap_names[0]
+    assert all(model.deepest_tap([t, stage]) == stage for t in inner if t.startswith(f"{stage}."))
+
+
+def test_dld_mnist_taps_before_pooling() -> None:
+    model = _model("dld_mnist")
+    x = torch.rand(2, 1, 28, 28)
+    assert model.features(x, "layer1.1").shape == (2, 32, 28, 28)      # ReLU output, before the 2x2 max-pool
+    torch.testing.assert_close(nn.functional.max_pool2d(model.features(x, "layer1.1"), 2), model.features(x, "layer1"))
+    assert model.deepest_tap(["layer2", "layer1.1", "layer2.0"]) == "layer2"
+    assert model.deepest_tap(["layer1", "layer2.1"]) == "layer2.1"
+    with pytest.raises(KeyError, match=r"unknown tap 'layer1.2'.*inside them"):
+        model.features(x, "layer1.2")     # the pool's output is the stage's own tap, `layer1`
+
+
+@pytest.mark.parametrize("name", list_models())
 def test_replacing_an_activation_changes_the_logits(name: str) -> None:
     model = _model(name)
     x = torch.rand(2, *model.input_shape)

@@ -210,3 +210,14 @@ def check_classes(images: torch.Tensor, classes: torch.Tensor, num_classes: int 
 
 def strip_prefix(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+
+def state_for(module: nn.Module, tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """`module`'s state dict read from keys `prefix + key`, by the keys it expects: exact even when a prefix is a
+    dotted tap that extends another (`encoder.layer1.` and `encoder.layer1.1.`)."""
+    expected = list(module.state_dict())
+    missing = [k for k in expected if prefix + k not in tensors]
+    if missing:
+        raise KeyError(f"no tensors {[prefix + k for k in missing[:3]]}{' ...' if len(missing) > 3 else ''}")
+    return {k: tensors[prefix + k] for k in expected}

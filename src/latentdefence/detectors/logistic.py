@@ -131,7 +131,7 @@ class LayerScoreDetector(ConformalDetector):
     def _pass(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """F's logits (B, K) and the per-layer scores (B, L), from one differentiable pass (F frozen)."""
         taps = self.taps_
-        last = max(taps, key=self.classifier.tap_names.index)
+        last = self.classifier.deepest_tap(taps)
         with frozen_eval(self.classifier):
             acts = self.classifier.intermediates(images.to(next(self.classifier.parameters()).device), taps)
             logits = self.classifier.forward_from(acts[last], last)

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..attacks import PGD, AttackResult
 from ..attacks.base import attack_success, check_iterative, frozen_eval, perturbation_norm
-from ..models import TappedModel
+from ..models import TapModules, TappedModel
 from .encoders import EncoderDecoder
 
 
@@ -38,8 +38,8 @@ class EnsembleModel(nn.Module):
     def __init__(self, classifier: TappedModel, encoders: Mapping[str, EncoderDecoder]) -> None:
         super().__init__()
         self.classifier = classifier
-        self.encoders = nn.ModuleDict(dict(encoders))
-        self.last = max(self.encoders.keys(), key=classifier.tap_names.index)
+        self.encoders = TapModules(encoders)
+        self.last = classifier.deepest_tap(self.encoders.keys())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         acts = self.classifier.intermediates(x, list(self.encoders.keys()))
@@ -71,7 +71,7 @@ class CentroidAttack:
         if start.shape != originals.shape or labels.shape != originals.shape[:1]:
             raise ValueError(f"originals {tuple(originals.shape)}, start {tuple(start.shape)} and labels "
                              f"{tuple(labels.shape)} do not match")
-        encs = nn.ModuleDict(dict(encoders))
+        encs = TapModules(encoders)
         with frozen_eval(classifier), frozen_eval(encs):
             x = self._project(start.detach().clone(), originals)
             with torch.no_grad():
@@ -88,13 +88,13 @@ class CentroidAttack:
                 preds = classifier(best).argmax(1)
         return AttackResult(best, attack_success(preds, labels), perturbation_norm(best - originals, "linf"), preds)
 
-    def _step(self, classifier: TappedModel, encoders: nn.ModuleDict, centroids: Mapping[str, torch.Tensor],
+    def _step(self, classifier: TappedModel, encoders: TapModules, centroids: Mapping[str, torch.Tensor],
               x: torch.Tensor, originals: torch.Tensor, labels: torch.Tensor,
               targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One Eq. 10 step from x; also whether x itself was misclassified (so it may be kept)."""
         x = x.detach().requires_grad_(True)
         taps = list(encoders.keys())
-        last = max(taps, key=classifier.tap_names.index)
+        last = classifier.deepest_tap(taps)
         acts = classifier.intermediates(x, taps)
         logits = classifier.forward_from(acts[last], last)
         ce = nn.functional.cross_entropy(logits, labels, reduction="sum")

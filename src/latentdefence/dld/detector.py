@@ -26,9 +26,9 @@ from torch import nn
 from .._io import git_revision, load_tensors, save_tensors
 from ..attacks.base import frozen_eval
 from ..data.base import ImageDataset
-from ..detectors.base import ConformalDetector, Detection, check_classes, strip_prefix
+from ..detectors.base import ConformalDetector, Detection, check_classes, state_for
 from ..detectors.registry import register_detector
-from ..models import TappedModel, create_model
+from ..models import TapModules, TappedModel, create_model
 from ..validation import (InputTypeError, InputValidationError, artifact_field, check_count, check_images, check_labels,
                           check_number)
 from .encoders import EncoderDecoder, make_encoder
@@ -125,7 +125,7 @@ class KNNDetector(ConformalDetector):
         """F's logits (B, K) and each tap's embedding (B, d), on CPU, from one pass through F."""
         self._check_fitted("indexes_")
         taps = list(self.indexes_)
-        last = max(taps, key=self.classifier.tap_names.index)
+        last = self.classifier.deepest_tap(taps)
         with frozen_eval(self.classifier):
             acts = self.classifier.intermediates(images.to(_device(self.classifier)), taps)
             logits = self.classifier.forward_from(acts[last], last)
@@ -210,7 +210,7 @@ class DeepLatentDefence(KNNDetector):
             raise KeyError(f"no encoder-decoder given for taps {missing}")
         eds = {tap: eds[tap].to(_device(self.classifier)) for tap in taps}
         data = pruned_embeddings(self.classifier, eds, train, self.batch_size)
-        self.encoders_ = nn.ModuleDict({tap: eds[tap].encoder for tap in taps}).eval()
+        self.encoders_ = TapModules({tap: eds[tap].encoder for tap in taps}).eval()
         self.encoder_specs_ = {tap: eds[tap].spec() for tap in taps}
         self._build_indexes(data)
         self.pruned_ = {tap: len(train) - len(data[tap][1]) for tap in taps}
@@ -271,8 +271,8 @@ class DeepLatentDefence(KNNDetector):
         det = cls(classifier, **{**params, "training": training})
         det.encoder_specs_ = specs
         device = next(classifier.parameters()).device
-        det.encoders_ = nn.ModuleDict({tap: _encoder(path, tap, spec, strip_prefix(tensors, f"encoder.{tap}.")).to(device)
-                                       for tap, spec in specs.items()}).eval()
+        det.encoders_ = TapModules({tap: _encoder(path, tap, spec, tensors).to(device)
+                                    for tap, spec in specs.items()}).eval()
         det._build_indexes({tap: (_tensor(path, tensors, f"index.{tap}.embeddings"),
                                   _tensor(path, tensors, f"index.{tap}.labels")) for tap in specs})
         det.pruned_ = artifact_field(path, meta, "pruned", Mapping)
@@ -295,10 +295,11 @@ def _check_params(path: str | Path, params: Mapping[str, Any], specs: Mapping[st
     taps = params.get("taps")
     if not isinstance(taps, (list, tuple)) or not taps or not all(isinstance(t, str) for t in taps):
         raise InputValidationError(f"{field} 'params.taps'", f"must be a non-empty list of layer names, got {taps!r}")
-    known = tuple(classifier.tap_names)
     for tap in (*taps, *specs):
-        if tap not in known:
-            raise InputValidationError(f"{field} 'params.taps'", f"names unknown tap {tap!r}; the model has {list(known)}")
+        try:
+            classifier.check_tap(tap)
+        except KeyError as err:
+            raise InputValidationError(f"{field} 'params.taps'", str(err.args[0])) from None
     if not specs or set(specs) != set(taps):
         raise InputValidationError(f"{field} 'encoders'", f"must hold one encoder per tap {list(taps)}, got {list(specs)}")
 
@@ -309,11 +310,11 @@ def _tensor(path: str | Path, tensors: Mapping[str, torch.Tensor], key: str) -> 
     return tensors[key]
 
 
-def _encoder(path: str | Path, tap: str, spec: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> nn.Module:
+def _encoder(path: str | Path, tap: str, spec: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> nn.Module:
     """An encoder rebuilt from its saved spec; artifacts older than `depth` hold depth-1 encoders."""
     try:
         enc = make_encoder(spec["shape"], spec["latent_dim"], spec["width"], spec.get("depth", 1))
-        enc.load_state_dict(state)
+        enc.load_state_dict(state_for(enc, tensors, f"encoder.{tap}."))
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise InputValidationError(f"{path}: encoder {tap!r}", f"cannot be rebuilt from its spec and weights ({err})") from err
     return enc

@@ -25,6 +25,7 @@ from .._seed import seed_everything
 from ..attacks import PGD
 from ..attacks.base import frozen_eval
 from ..data.base import ImageDataset
+from ..detectors.base import state_for
 from ..evaluation.metrics import accuracy
 from ..models import TappedModel
 from .contrastive import balanced_same, contrastive_loss, sample_pairs
@@ -256,7 +257,6 @@ def load_encoders(path: str) -> dict[str, EncoderDecoder]:
     out: dict[str, EncoderDecoder] = {}
     for tap, spec in meta["encoders"].items():
         ed = EncoderDecoder(spec["shape"], spec["latent_dim"], spec["width"], spec.get("depth", 1))
-        prefix = f"{tap}."
-        ed.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        ed.load_state_dict(state_for(ed, tensors, f"{tap}."))
         out[tap] = ed
     return out

@@ -9,6 +9,8 @@ Both defences need the same two moves on a classifier F:
 ``forward_with(x, tap, transform)`` is the composition (F with A_N inserted at layer N).
 Models we define are :class:`StagedModel` (an ordered dict of stages, cheap and exact); a user's own
 ``nn.Module`` is wrapped by :class:`HookedModel`, which names submodules and uses forward hooks.
+A StagedModel also taps inside a ``nn.Sequential`` stage: ``"layer1.1"`` is the output of that stage's child 1
+(for ``dld_mnist``, layer 1's ReLU before its max-pool), the name PyTorch gives that submodule.
 """
 
 from __future__ import annotations
@@ -56,6 +58,18 @@ class TappedModel(nn.Module):
         if tap not in self.tap_names:
             raise KeyError(f"unknown tap {tap!r}; this model has {list(self.tap_names)}")
 
+    def deepest_tap(self, taps: Iterable[str]) -> str:
+        """The tap a forward pass reaches last: where `forward_from` resumes after one pass through `taps`."""
+        wanted = list(taps)
+        for tap in wanted:
+            self.check_tap(tap)
+        if not wanted:
+            raise ValueError("deepest_tap needs at least one tap")
+        return max(wanted, key=self._tap_position)
+
+    def _tap_position(self, tap: str) -> int:
+        return self.tap_names.index(tap)
+
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.input_shape):
             raise ValueError(f"{type(self).__name__} expects input (N, {', '.join(map(str, self.input_shape))}), "
@@ -63,7 +77,8 @@ class TappedModel(nn.Module):
 
 
 class StagedModel(TappedModel):
-    """A feed-forward classifier made of named stages; every stage's output is a tap."""
+    """A feed-forward classifier made of named stages; every stage's output is a tap, and so is every child's
+    output inside a ``nn.Sequential`` stage (``"<stage>.<i>"``, listed by `inner_tap_names`)."""
 
     def __init__(self, stages: Mapping[str, nn.Module] | Sequence[tuple[str, nn.Module]],
                  input_shape: tuple[int, int, int], num_classes: int) -> None:
@@ -72,10 +87,30 @@ class StagedModel(TappedModel):
         self.input_shape = cast(tuple[int, int, int], tuple(input_shape))
         self.num_classes = num_classes
         self._order = tuple(self.stages.keys())
+        self._positions = {tap: i for i, tap in enumerate(
+            name for stage in self._order for name in (*self._children_taps(stage), stage))}
 
     @property
     def tap_names(self) -> tuple[str, ...]:
         return self._order
+
+    @property
+    def inner_tap_names(self) -> tuple[str, ...]:
+        """Taps inside Sequential stages, in forward order (e.g. ``layer1.1``: layer 1 before its pool)."""
+        return tuple(name for stage in self._order for name in self._children_taps(stage))
+
+    def _children_taps(self, stage: str) -> tuple[str, ...]:
+        module = self.stages[stage]
+        n = len(module) if isinstance(module, nn.Sequential) else 0
+        return tuple(f"{stage}.{i}" for i in range(n - 1))  # the last child's output is the stage's own tap
+
+    def check_tap(self, tap: str) -> None:
+        if tap not in self._positions:
+            raise KeyError(f"unknown tap {tap!r}; this model has {list(self.tap_names)} and, inside them, "
+                           f"{list(self.inner_tap_names)}")
+
+    def _tap_position(self, tap: str) -> int:
+        return self._positions[tap]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
@@ -85,20 +120,31 @@ class StagedModel(TappedModel):
 
     def intermediates(self, x: torch.Tensor, taps: Iterable[str]) -> dict[str, torch.Tensor]:
         wanted = list(taps)
-        for tap in wanted:
-            self.check_tap(tap)
+        last = self.deepest_tap(wanted)
         self._check_input(x)
-        last = max(self._order.index(t) for t in wanted)
         out: dict[str, torch.Tensor] = {}
-        for name in self._order[: last + 1]:
-            x = self.stages[name](x)
+        for name in self._order[: self._order.index(last.partition(".")[0]) + 1]:
+            inner = [t for t in self._children_taps(name) if t in wanted]
+            if inner:  # run the stage child by child, keeping the wanted children's outputs
+                for i, child in enumerate(cast(nn.Sequential, self.stages[name])):
+                    x = child(x)
+                    if f"{name}.{i}" in wanted:
+                        out[f"{name}.{i}"] = x
+                    if f"{name}.{i}" == last:
+                        return out
+            else:
+                x = self.stages[name](x)
             if name in wanted:
                 out[name] = x
         return out
 
     def forward_from(self, h: torch.Tensor, tap: str) -> torch.Tensor:
         self.check_tap(tap)
-        for name in self._order[self._order.index(tap) + 1:]:
+        stage, _, child = tap.partition(".")
+        if child:
+            for module in list(cast(nn.Sequential, self.stages[stage]))[int(child) + 1:]:
+                h = module(h)
+        for name in self._order[self._order.index(stage) + 1:]:
             h = self.stages[name](h)
         return h
 
@@ -184,3 +230,33 @@ def as_tapped(model: nn.Module, taps: Sequence[str] | None = None,
     if taps is None or input_shape is None or num_classes is None:
         raise ValueError("a plain nn.Module needs taps=[submodule names], input_shape=(C, H, W) and num_classes")
     return HookedModel(model, taps, input_shape, num_classes)
+
+
+class TapModules(nn.Module):
+    """Modules keyed by tap name, in order: a ``nn.ModuleDict`` cannot hold dotted names (``layer1.1``, a
+    HookedModel's ``features.3``), so the names sit beside a ``nn.ModuleList``."""
+
+    def __init__(self, modules: Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        self._names = tuple(modules)
+        self.members = nn.ModuleList(modules.values())
+
+    def __getitem__(self, tap: str) -> nn.Module:
+        if tap not in self._names:
+            raise KeyError(f"no module for tap {tap!r}; have {list(self._names)}")
+        return self.members[self._names.index(tap)]
+
+    def __contains__(self, tap: object) -> bool:
+        return tap in self._names
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def keys(self) -> tuple[str, ...]:
+        return self._names
+
+    def values(self) -> tuple[nn.Module, ...]:
+        return tuple(self.members)
+
+    def items(self) -> tuple[tuple[str, nn.Module], ...]:
+        return tuple(zip(self._names, self.members))
