@@ -125,3 +125,15 @@ def test_cli_calibrates_and_detects_with_the_saved_artifact(smoke_run: Path) -> 
     assert res.exit_code == 0 and '"n": 7' in res.output
     res = runner.invoke(app, ["detect", str(artifact), str(smoke_run / "missing.safetensors")])
     assert res.exit_code == 2 and "no such file" in res.output
+
+
+def test_a_cw_training_set_is_crafted_once_per_f_and_feeds_the_encoders(smoke_run: Path) -> None:
+    config = replace(dld_config("smoke"), encoder=replace(dld_config("smoke").encoder, precomputed=("pgd", "fgsm", "cw")))
+    build = build_dld(config, smoke_run / "cache")
+    sets = sorted((smoke_run / "cache").glob("dld-train-adversarial-*"))
+    cw = [p for p in sets if json.loads((p / "COMPLETE.json").read_text())["settings"]["attack"] == "cw"]
+    assert len(cw) == 1 and set(build.encoders) == set(config.taps)
+    settings = json.loads((cw[0] / "COMPLETE.json").read_text())["settings"]
+    assert settings["initial_const"] == 10.0 and settings["steps"] == config.encoder.precomputed_cw_steps
+    with pytest.raises(ValueError, match="detector_aware"):
+        build_dld(replace(config, encoder=replace(config.encoder, precomputed=("detector_aware",))), smoke_run / "cache")

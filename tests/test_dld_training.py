@@ -76,7 +76,7 @@ def test_patience_stops_training_early() -> None:
 
 
 @pytest.mark.parametrize("bad, match", [
-    ({"lr_schedule": "step"}, "lr_schedule"), ({"precomputed": ("cw",)}, "precomputed"),
+    ({"lr_schedule": "step"}, "lr_schedule"), ({"precomputed": ("deepfool",)}, "precomputed"),
     ({"online_fraction": 0.5}, "needs precomputed"), ({"precomputed": ("pgd",), "online_fraction": 1.5}, r"\[0, 1\]"),
     ({"patience": 3}, "validation")])
 def test_inconsistent_training_settings_are_rejected_at_construction(bad: dict, match: str) -> None:

@@ -56,8 +56,10 @@ class EncoderTrainConfig:
     max_train: int | None = None        # first n training images only (CPU profiles)
     seed: int = 0
     # Added after the first cached stages: at these defaults they stay out of the cache key (`cache_settings`).
-    precomputed: tuple[str, ...] = ()   # adversarial sets against F alone, crafted once per F ("pgd", "fgsm")
+    precomputed: tuple[str, ...] = ()   # adversarial sets against F alone, crafted once per F ("pgd", "fgsm", "cw")
     precomputed_steps: int = 10         # PGD iterations of the precomputed "pgd" set (Madry step size)
+    precomputed_cw_steps: int = 100     # CW-L2 Adam iterations per search of the precomputed "cw" set
+    precomputed_cw_searches: int = 2    # its binary searches over c (from c = 10: `experiments.dld`)
     online_fraction: float = 1.0        # share of the adversarial half crafted per batch against F with A_N
     lr_schedule: str = "constant"       # "constant" or "cosine" (to 0 over the planned steps)
     validation: int = 0                 # training images after max_train held out for the stopping rule
@@ -89,8 +91,8 @@ class EncoderTrainConfig:
         return out
 
 
-PRECOMPUTED = ("pgd", "fgsm", "detector_aware")   # the last: crafted against a detector (`dld.hardening`)
-LATER_FIELDS = ("precomputed", "precomputed_steps", "online_fraction", "lr_schedule", "validation", "eval_every",
+PRECOMPUTED = ("pgd", "fgsm", "cw", "detector_aware")   # the last: crafted against a detector (`dld.hardening`)
+LATER_FIELDS = ("precomputed", "precomputed_steps", "precomputed_cw_steps", "precomputed_cw_searches", "online_fraction", "lr_schedule", "validation", "eval_every",
                 "patience")
 
 

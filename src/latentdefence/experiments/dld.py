@@ -349,17 +349,31 @@ def dld_encoders(config: DLDExperimentConfig, classifier: TappedModel, classifie
     return load_encoders(str(path / "encoders.safetensors")), path
 
 
+_TRAINING_ATTACKS: dict[str, Callable[[EncoderTrainConfig], dict[str, Any]]] = {
+    "pgd": lambda enc: {"eps": enc.eps, "steps": enc.precomputed_steps},
+    "fgsm": lambda enc: {"eps": enc.eps},
+    # CW-L2 (unbounded) from c = 10 with Adam lr 0.1: at the attack's defaults (c from 1e-3, lr 0.01) 100 steps barely
+    # move MNIST's saturated pixels in tanh space (6% success on 200 training images against the cpu-profile F; these
+    # settings: 52%, median L2 3.1); an image CW does not break stays clean in the set
+    "cw": lambda enc: {"steps": enc.precomputed_cw_steps, "binary_search_steps": enc.precomputed_cw_searches,
+                       "initial_const": 10.0, "lr": 0.1},
+}   # each precomputed set's attack settings (its stage key adds any beyond eps and steps)
+
+
 def training_adversarial(config: DLDExperimentConfig, name: str, classifier: TappedModel, classifier_key: str,
                          data: ImageDataset, root: Path | None) -> torch.Tensor:
     """Adversarial versions of training images against F alone (F is frozen: a fixed set), crafted once per F."""
     from ..attacks import create_attack
 
     enc = config.encoder
-    attack = create_attack(name, eps=enc.eps, **({"steps": enc.precomputed_steps,
-                                                  "generator": torch.Generator().manual_seed(config.seed)}
-                                                 if name == "pgd" else {}))
-    settings = {"classifier": classifier_key, "attack": name, "eps": enc.eps,
-                "steps": enc.precomputed_steps if name == "pgd" else 1, "n": len(data), "seed": config.seed}
+    if name not in _TRAINING_ATTACKS:
+        raise ValueError(f"precomputed set {name!r} is not crafted here (detector_aware: `dld.hardening`); "
+                         f"choose from {sorted(_TRAINING_ATTACKS)}")
+    budget = _TRAINING_ATTACKS[name](enc)
+    attack = create_attack(name, **budget, **({"generator": torch.Generator().manual_seed(config.seed)}
+                                              if name == "pgd" else {}))
+    settings = {"classifier": classifier_key, "attack": name, "eps": enc.eps, "steps": budget.get("steps", 1),
+                **{k: v for k, v in budget.items() if k not in ("eps", "steps")}, "n": len(data), "seed": config.seed}
 
     def make() -> dict[str, torch.Tensor]:
         return {"images": attack_in_batches(classifier, attack, data.images, data.labels, batch_size=500,
