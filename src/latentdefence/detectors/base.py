@@ -212,7 +212,6 @@ def strip_prefix(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, 
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-
 def state_for(module: nn.Module, tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """`module`'s state dict read from keys `prefix + key`, by the keys it expects: exact even when a prefix is a
     dotted tap that extends another (`encoder.layer1.` and `encoder.layer1.1.`)."""

@@ -92,8 +92,8 @@ class EncoderTrainConfig:
 
 
 PRECOMPUTED = ("pgd", "fgsm", "cw", "detector_aware")   # the last: crafted against a detector (`dld.hardening`)
-LATER_FIELDS = ("precomputed", "precomputed_steps", "precomputed_cw_steps", "precomputed_cw_searches", "online_fraction", "lr_schedule", "validation", "eval_every",
-                "patience")
+LATER_FIELDS = ("precomputed", "precomputed_steps", "precomputed_cw_steps", "precomputed_cw_searches", "online_fraction",
+                "lr_schedule", "validation", "eval_every", "patience")
 
 
 @dataclass(frozen=True)
