@@ -137,3 +137,18 @@ def test_a_cw_training_set_is_crafted_once_per_f_and_feeds_the_encoders(smoke_ru
     assert settings["initial_const"] == 10.0 and settings["steps"] == config.encoder.precomputed_cw_steps
     with pytest.raises(ValueError, match="detector_aware"):
         build_dld(replace(config, encoder=replace(config.encoder, precomputed=("detector_aware",))), smoke_run / "cache")
+
+
+def test_cli_compares_detectors_on_the_same_attacked_images(smoke_run: Path) -> None:
+    artifact = str(next((smoke_run / "cache").glob("dld-encoders-*/detector-*.safetensors")))
+    runner = CliRunner()
+    out = smoke_run / "compare"
+    res = runner.invoke(app, ["compare", f"a={artifact}", f"b={artifact}", "--n", "200", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["n"] == 200 and results["rows"][1]["versus_first"]["difference"] == 0
+    assert "DeLong" in res.output
+    res = runner.invoke(app, ["compare", artifact])
+    assert res.exit_code == 2 and "NAME=PATH" in res.output
+    res = runner.invoke(app, ["compare", f"a={artifact}", "--attack", "cw"])
+    assert res.exit_code == 2 and "fgsm or pgd" in res.output

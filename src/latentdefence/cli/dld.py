@@ -1,4 +1,4 @@
-"""`latentdefence dld fit|calibrate|detect|evaluate`: thin commands over `latentdefence.dld`."""
+"""`latentdefence dld fit|calibrate|detect|evaluate|compare`: thin commands over `latentdefence.dld`."""
 
 from __future__ import annotations
 
@@ -78,3 +78,42 @@ def evaluate(profile: str = typer.Option("cpu", help="smoke | demo | cpu | paper
         config = replace(dld_config(profile, dataset, data_dir), classifier_checkpoint=classifier_checkpoint)
         run_dld(config, out)
         typer.echo((out / "report.md").read_text())
+
+
+@app.command()
+def compare(detectors: list[str] = typer.Argument(..., help="NAME=PATH detector artifacts guarding one F; the first is the reference."),
+            attack: str = typer.Option("fgsm", help="fgsm | pgd, against F alone (grey box), linf."),
+            eps: float = 0.3, steps: int = 40, n: Optional[int] = typer.Option(None, help="Evaluation images (default: all)."),
+            dataset: str = "mnist", data_dir: Optional[Path] = None, seed: int = 0,
+            out: Path = typer.Option(Path("runs/dld-compare"), help="Folder for results.json and report.md.")) -> None:
+    """ROC AUCs of several detectors on the same attacked test images, each against the first by DeLong's paired test."""
+    with cli_errors():
+        import torch
+
+        from ..attacks import create_attack
+        from ..attacks.base import attack_in_batches
+        from ..data import load_dataset
+        from ..dld import DeepLatentDefence
+        from ..evaluation.detector_comparison import compare_detectors, write_detector_comparison
+        from ..experiments.dld import calibration_split
+
+        if attack not in ("fgsm", "pgd"):
+            raise ValueError(f"attack must be fgsm or pgd, got {attack!r}")
+        named = dict(_name_and_path(d) for d in detectors)
+        loaded = {name: DeepLatentDefence.load(path) for name, path in named.items()}
+        _, clean = calibration_split(load_dataset(dataset, data_dir).test, 750, seed)
+        clean = clean.head(n) if n else clean
+        settings: dict[str, object] = {"attack": attack, "eps": eps, "n": len(clean), "seed": seed, "dataset": dataset,
+                                       "detectors": named, **({"steps": steps} if attack == "pgd" else {})}
+        budget = {"eps": eps, **({"steps": steps, "generator": torch.Generator().manual_seed(seed)} if attack == "pgd" else {})}
+        adversarial = attack_in_batches(next(iter(loaded.values())).classifier, create_attack(attack, **budget),
+                                        clean.images, clean.labels, batch_size=500).images
+        comparison = compare_detectors(loaded, clean.images, adversarial, clean.labels)
+        typer.echo((write_detector_comparison(comparison, settings, out) / "report.md").read_text())
+
+
+def _name_and_path(spec: str) -> tuple[str, str]:
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not path:
+        raise ValueError(f"detectors are given as NAME=PATH, got {spec!r}")
+    return name, path
