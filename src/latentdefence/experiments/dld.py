@@ -189,7 +189,8 @@ def _smoke(base: DLDExperimentConfig) -> DLDExperimentConfig:
                    classifier=replace(base.classifier, epochs=1, adversarial="fgsm_rs", step_size=None,
                                       max_train=400),
                    encoder=replace(cpu_encoder(base.encoder), epochs=2, steps=1, batch_size=50, max_train=200, width=8,
-                                   precomputed_steps=2, validation=50, eval_every=2),
+                                   precomputed_steps=2, precomputed_cw_steps=5, precomputed_cw_searches=1, validation=50,
+                                   eval_every=2),
                    attacks=replace(base.attacks, pgd_steps=3, pgd_restarts=2, cw_steps=5, cw_binary_search_steps=1,
                                    adaptive_steps=2, centroid_steps=2, alpha2=(0.0, 1.0), n=n))
 
