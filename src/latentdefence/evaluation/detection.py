@@ -242,12 +242,14 @@ def roc_on_grid(positive: torch.Tensor, negative: torch.Tensor) -> dict[str, lis
 
 def worst_case(labels: torch.Tensor, sets: Mapping[str, Detection], calibration: Detection,
                fprs: Sequence[float] = (0.01, 0.05)) -> dict[str, Any]:
-    """Per image, broken if any attack in `sets` broke it: robustness at the calibrated threshold and SR@FPR."""
+    """Per image, broken if any attack in `sets` broke it: robustness at the calibrated threshold and SR@FPR, and
+    the indices of the broken images (two runs on the same images then compare paired, `evaluation.compare`)."""
     broken = torch.zeros(len(labels), dtype=torch.bool)
     for v in sets.values():
         broken |= evaded(v, labels)
     out: dict[str, Any] = {"attacks": list(sets), "n": len(labels), "robustness": 1 - float(broken.float().mean()),
-                           "undetected_success_rate": float(broken.float().mean()), "sr_at_fpr": {}}
+                           "undetected_success_rate": float(broken.float().mean()), "sr_at_fpr": {},
+                           "broken_images": torch.nonzero(broken).flatten().tolist()}  # for paired tests across runs
     for key, t in thresholds_at_fpr(calibration, fprs).items():
         hit = torch.zeros(len(labels), dtype=torch.bool)
         for v in sets.values():
