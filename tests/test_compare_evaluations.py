@@ -124,3 +124,20 @@ def test_a_classifier_comparison_gives_the_readme_one_row_per_other_f(tmp_path: 
     assert "| DLD on the longer F, eps 0.3" in table and f"| {100 * dld:.2f}% [" in table
     assert f"(F alone under the cascade: {100 * min(after.values()):.2f}%)" in table
     assert "DLD on the cpu profile" not in table          # the reference run's rows come from dld-mnist-adaptive
+
+
+def test_runs_that_record_broken_images_are_paired_by_mcnemar(tmp_path: Path) -> None:
+    base = json.loads((COMMITTED / "results.json").read_text())
+
+    def with_broken(name: str, broken: list[int]) -> Path:
+        dets = {k: {**v, "all_attacks": {**v["all_attacks"], "broken_images": broken}} for k, v in base["detectors"].items()}
+        return _copy(tmp_path, name, detectors=dets)
+    a = with_broken("a", list(range(30)))
+    b = with_broken("b", list(range(20, 32)))              # 2 broken only here, 20 only in a
+    comparison = compare_runs({"a": load_run(a), "b": load_run(b), "old": load_run(COMMITTED)})
+    dld_b = next(r for r in comparison["rows"] if r["run"] == "b" and r["detector"] == "dld")
+    assert dld_b["versus_first"]["broken_only_here"] == 2 and dld_b["versus_first"]["broken_only_in_first"] == 20
+    assert dld_b["versus_first"]["mcnemar_p"] < 0.001
+    assert not any("versus_first" in r for r in comparison["rows"] if r["run"] in ("a", "old"))
+    report = (write_comparison(comparison, tmp_path / "out") / "report.md").read_text()
+    assert "McNemar" in report and "| b | dld | 2 | 20 |" in report

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_path, git_revision, save_figure, write_json
+from .classifiers import mcnemar_p_value
 
 # what two runs must agree on to be compared; `classifier_alone` (F's seeded cascade on the attacked images) is the
 # fingerprint of F and the images together
@@ -54,12 +55,27 @@ def compare_runs(runs: Mapping[str, Mapping[str, Any]], same_classifier: bool = 
                          "robustness": worst["robustness"], "robustness_ci": worst["robustness_ci"],
                          "strongest": worst["strongest"], "sr_at_fpr": worst["sr_at_fpr"],
                          "sr_at_fpr_ci": worst["sr_at_fpr_ci"], "params": _params(res, name),
-                         "git_revision": res.get("git_revision")})
+                         "git_revision": res.get("git_revision"), "broken_images": worst.get("broken_images")})
+    if same_classifier:
+        _pair_with_first_run(rows, first_label)
     alone = {label: _classifier_alone(res) for label, res in runs.items()}
     return {"runs": list(runs), "rows": rows, "fprs": _shared_fprs(rows), "n": first["n"],
             "threat_model": first["threat_model"],
             "version": first.get("version"), "budget": first["budget"], "same_classifier": same_classifier,
             "classifier_alone": alone[first_label] if same_classifier else alone}
+
+
+def _pair_with_first_run(rows: list[dict[str, Any]], first_label: str) -> None:
+    """Each later row against the first run's row of the same detector, by an exact McNemar test on the per-image
+    worst case (same F and images), when both runs recorded which images were broken."""
+    reference = {r["detector"]: r for r in rows if r["run"] == first_label and r["broken_images"] is not None}
+    for r in rows:
+        ref = reference.get(r["detector"])
+        if r["run"] == first_label or ref is None or r["broken_images"] is None:
+            continue
+        here, there = set(r["broken_images"]), set(ref["broken_images"])
+        r["versus_first"] = {"broken_only_here": len(here - there), "broken_only_in_first": len(there - here),
+                             "mcnemar_p": mcnemar_p_value(len(here - there), len(there - here))}
 
 
 def _classifier_alone(res: Mapping[str, Any]) -> dict[str, Any]:
@@ -130,6 +146,14 @@ def comparison_report(comparison: Mapping[str, Any]) -> str:
     for label, robustness in _alone_lines(comparison):
         lines.append(f"| {label} | — | — | — | — | {100 * robustness:.2f} (AutoAttack-style cascade) "
                      f"| — |{' — |' * len(fprs)}")
+    paired = [r for r in comparison["rows"] if "versus_first" in r]
+    if paired:
+        first = comparison["runs"][0]
+        lines += ["", f"Paired against `{first}` (the same detector, the same images): images broken in the worst case "
+                  "by one run only, and the exact McNemar test; p < 0.05 is a measured difference.", "",
+                  f"| run | detector | broken only here | broken only in {first} | McNemar p |", "|---|---|---|---|---|"]
+        lines += [f"| {r['run']} | {r['detector']} | {r['versus_first']['broken_only_here']} | "
+                  f"{r['versus_first']['broken_only_in_first']} | {r['versus_first']['mcnemar_p']:.2g} |" for r in paired]
     return "\n".join(lines) + "\n"
 
 
