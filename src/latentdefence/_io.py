@@ -154,6 +154,18 @@ def environment_info() -> dict[str, Any]:
     return info
 
 
+def write_comparison_files(out_dir: str | os.PathLike[str], results: Mapping[str, Any], settings: Mapping[str, Any],
+                           report: str) -> Path:
+    """`out_dir`/results.json (the results with their settings, git revision and machine) and report.md."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", {**results, "settings": dict(settings), "git_revision": git_revision(),
+                                      "environment": environment_info()})
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(report)
+    return out
+
+
 def default_device() -> torch.device:
     """CUDA when present, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._io import atomic_path, environment_info, git_revision, write_json
+from .._io import write_comparison_files
 from ..attacks.base import Attack, attack_in_batches
 from .metrics import batched_predict, wilson_interval
 
@@ -55,13 +55,7 @@ def compare_classifiers(models: Mapping[str, nn.Module], images: torch.Tensor, l
 def write_classifier_comparison(comparison: Mapping[str, Any], settings: Mapping[str, Any],
                                 out_dir: str | Path) -> Path:
     """results.json (with the settings, git revision and machine) and report.md in `out_dir`; returns it."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", {**comparison, "settings": dict(settings), "git_revision": git_revision(),
-                                      "environment": environment_info()})
-    with atomic_path(out / "report.md") as tmp:
-        tmp.write_text(classifier_report(comparison, settings))
-    return out
+    return write_comparison_files(out_dir, comparison, settings, classifier_report(comparison, settings))
 
 
 def classifier_report(comparison: Mapping[str, Any], settings: Mapping[str, Any]) -> str:

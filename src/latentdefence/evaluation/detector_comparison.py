@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .._io import atomic_path, environment_info, git_revision, write_json
+from .._io import write_comparison_files
 from ..detectors.base import ConformalDetector
 from .detection import auc_interval, roc_auc
 
@@ -87,13 +87,7 @@ def compare_detectors(detectors: Mapping[str, ConformalDetector], clean: torch.T
 
 def write_detector_comparison(comparison: Mapping[str, Any], settings: Mapping[str, Any], out_dir: str | Path) -> Path:
     """results.json (with the settings, git revision and machine) and report.md in `out_dir`; returns it."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", {**comparison, "settings": dict(settings), "git_revision": git_revision(),
-                                      "environment": environment_info()})
-    with atomic_path(out / "report.md") as tmp:
-        tmp.write_text(detector_comparison_report(comparison, settings))
-    return out
+    return write_comparison_files(out_dir, comparison, settings, detector_comparison_report(comparison, settings))
 
 
 def detector_comparison_report(comparison: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
