@@ -12,7 +12,7 @@ from latentdefence.data.base import ImageDataset
 from latentdefence.dld import (CentroidAttack, DeepLatentDefence, EncoderDecoder, EncoderTrainConfig, EnsembleModel,
                                InsertedModel, adaptive_attack, load_encoders, prune_mask, pruned_embeddings, save_encoders,
                                train_encoder)
-from latentdefence.models import StagedModel
+from latentdefence.models import HookedModel, StagedModel
 from toy_blobs import blobs as _blobs, tiny_model as _tiny_model, trained_tiny_model
 
 TAPS = ("layer1", "layer2")
@@ -201,3 +201,14 @@ def test_taps_before_pooling_train_detect_attack_and_round_trip(tmp_path: Path) 
     result = adaptive_attack(model, eds, det.centroids(), x, y, eps=0.1, step_size=0.05, steps=2,
                              centroid=CentroidAttack(eps=0.1, alpha2=1.0, steps=2, step_size=0.05))
     assert (result.images - x).abs().max() <= 0.1 + 1e-6
+
+
+def test_a_users_hooked_model_with_dotted_submodule_taps_is_guarded() -> None:
+    train = _blobs(120, 0)
+    hooked = HookedModel(trained_tiny_model(train), ["stages.layer1.1", "stages.layer2"], (1, 8, 8), 3)
+    cfg = EncoderTrainConfig(epochs=1, batch_size=60, eps=0.1, steps=1, step_size=0.05, width=4)
+    eds = {tap: train_encoder(hooked, tap, train, latent_dim=3, config=cfg) for tap in hooked.tap_names}
+    det = DeepLatentDefence(hooked, hooked.tap_names, k=5, latent_dim=3, encoders=eds).fit(train)
+    det.calibrate(_blobs(60, 1), target_fpr=0.1)
+    out = det.predict(_blobs(20, 2).images)
+    assert set(out.per_layer) == {"stages.layer1.1", "stages.layer2"} and len(out.predicted) == 20
