@@ -87,8 +87,9 @@ class StagedModel(TappedModel):
         self.input_shape = cast(tuple[int, int, int], tuple(input_shape))
         self.num_classes = num_classes
         self._order = tuple(self.stages.keys())
+        self._children = {stage: _children_taps(stage, module) for stage, module in self.stages.items()}
         self._positions = {tap: i for i, tap in enumerate(
-            name for stage in self._order for name in (*self._children_taps(stage), stage))}
+            name for stage in self._order for name in (*self._children[stage], stage))}
 
     @property
     def tap_names(self) -> tuple[str, ...]:
@@ -97,12 +98,7 @@ class StagedModel(TappedModel):
     @property
     def inner_tap_names(self) -> tuple[str, ...]:
         """Taps inside Sequential stages, in forward order (e.g. ``layer1.1``: layer 1 before its pool)."""
-        return tuple(name for stage in self._order for name in self._children_taps(stage))
-
-    def _children_taps(self, stage: str) -> tuple[str, ...]:
-        module = self.stages[stage]
-        n = len(module) if isinstance(module, nn.Sequential) else 0
-        return tuple(f"{stage}.{i}" for i in range(n - 1))  # the last child's output is the stage's own tap
+        return tuple(name for stage in self._order for name in self._children[stage])
 
     def check_tap(self, tap: str) -> None:
         if tap not in self._positions:
@@ -124,7 +120,7 @@ class StagedModel(TappedModel):
         self._check_input(x)
         out: dict[str, torch.Tensor] = {}
         for name in self._order[: self._order.index(last.partition(".")[0]) + 1]:
-            inner = [t for t in self._children_taps(name) if t in wanted]
+            inner = [t for t in self._children[name] if t in wanted]
             if inner:  # run the stage child by child, keeping the wanted children's outputs
                 for i, child in enumerate(cast(nn.Sequential, self.stages[name])):
                     x = child(x)
@@ -147,6 +143,12 @@ class StagedModel(TappedModel):
         for name in self._order[self._order.index(stage) + 1:]:
             h = self.stages[name](h)
         return h
+
+
+def _children_taps(stage: str, module: nn.Module) -> tuple[str, ...]:
+    """A Sequential stage's inner taps, all children but the last (whose output is the stage's own tap)."""
+    n = len(module) if isinstance(module, nn.Sequential) else 0
+    return tuple(f"{stage}.{i}" for i in range(n - 1))
 
 
 class _StopForward(Exception):
