@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from latentdefence._io import save_tensors
 from latentdefence.cli.dld import app
 from latentdefence.dld import DeepLatentDefence, load_encoders
-from latentdefence.experiments.dld import ATTACKS, build_dld, dld_config, run_dld, strongest_alpha2
+from latentdefence.experiments.dld import ATTACKS, SIX_TAPS, build_dld, dld_config, run_dld, strongest_alpha2
 from latentdefence.experiments.dld_ablation import ablation_config, run_dld_ablation
 
 
@@ -111,6 +111,16 @@ def test_profiles_are_named_and_svhn_uses_its_own_settings() -> None:
     assert dld_config("paper").attacks.pgd_restarts == 5 and dld_config("paper").attacks.cw_steps == 2000
     with pytest.raises(ValueError, match="profile"):
         dld_config("huge")
+
+
+def test_the_cpu_profile_taps_around_each_pool_and_table2_pairs_paper_values_with_the_paper_taps(
+        smoke_run: Path, tmp_path: Path) -> None:
+    assert dld_config("cpu").taps == SIX_TAPS and dld_config("cpu", "svhn", data_dir="/d").taps == ("layer1", "layer2")
+    run_dld(replace(dld_config("smoke"), taps=SIX_TAPS), tmp_path / "six", cache_root=smoke_run / "cache")
+    table2 = (tmp_path / "six" / "report.md").read_text().split("## Table II")[1].split("## Fig. 3")[0]
+    rows = [line.split("|") for line in table2.splitlines() if line.startswith("| layer") and "TP increase" not in line]
+    assert [r[1].split(",")[-1].strip() for r in rows] == list(SIX_TAPS)
+    assert [r[2].split("/")[1].strip() for r in rows] == ["--", "76.40", "--", "82.12", "--", "84.37"]
 
 
 def test_cli_calibrates_and_detects_with_the_saved_artifact(smoke_run: Path) -> None:
