@@ -137,7 +137,8 @@ def _paper(dataset: str, data_dir: str | None) -> DLDExperimentConfig:
         attacks=AttackSettings(eps=0.05, step_size=0.005, cw_steps=1000))
 
 
-SIX_TAPS = ("layer1.1", "layer1", "layer2.1", "layer2", "layer3.1", "layer3")  # each conv block before and after its max-pool
+# the cpu profile's MNIST taps: each conv block before (its ReLU, child 1) and after its max-pool
+SIX_TAPS = ("layer1.1", "layer1", "layer2.1", "layer2", "layer3.1", "layer3")
 
 
 def _cpu(base: DLDExperimentConfig) -> DLDExperimentConfig:

@@ -97,7 +97,7 @@ class DLDAdaptiveConfig:
 
 def adaptive_config(profile: str = "cpu") -> DLDAdaptiveConfig:
     """The named profile: paper (GPU budgets, DLD's paper profile), cpu (DLD's cpu profile on the committed
-    classifier; ~30-40 min on one core, n = 500), smoke (seconds; numbers meaningless)."""
+    classifier, six taps; ~55 min on one core, n = 500), smoke (seconds; numbers meaningless)."""
     base = DLDAdaptiveConfig()
     if profile == "paper":
         return replace(base, dld=dld_config("paper"))   # DLD and its classifier at the paper's settings (a GPU job)
