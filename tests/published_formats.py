@@ -1,7 +1,11 @@
-"""Small files in the exact published formats of SVHN and CelebA, written by the tests themselves."""
+"""Small files in the exact published formats of SVHN, CIFAR-10 and CelebA, written by the tests themselves."""
 
 from __future__ import annotations
 
+import io
+import pickle
+import struct
+import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,3 +59,69 @@ def write_celeba(root: Path, files: Sequence[tuple[str, int, int]]) -> Path:
 def celeba_files(n_train: int, n_test: int) -> list[tuple[str, int, int]]:
     """File list for `write_celeba`: alternating smiles, train then test partitions."""
     return [(f"{i + 1:06d}.jpg", 0 if i < n_train else 2, 1 if i % 2 else -1) for i in range(n_train + n_test)]
+
+
+class Python2Pickler(pickle._Pickler):  # type: ignore[name-defined]
+    """Pickles as Python 2's cPickle wrote CIFAR-10's batches (protocol 2): bytes as Python 2 `str`
+    (SHORT_BINSTRING / BINSTRING, read back as bytes with encoding='bytes'), numpy's array rebuilder under its
+    old name `numpy.core.multiarray._reconstruct`."""
+
+    dispatch = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
+
+    def save_bytes(self, obj: bytes) -> None:
+        n = len(obj)
+        self.write((pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_bytes
+
+    def save_global(self, obj: object, name: str | None = None) -> None:
+        if obj is np.ndarray.__reduce__(np.zeros(0))[0]:
+            self.write(pickle.GLOBAL + b"numpy.core.multiarray\n_reconstruct\n")
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+    dispatch[type(len)] = save_global  # builtin functions such as _reconstruct
+
+
+def cifar_batch_bytes(images: np.ndarray, labels: Sequence[int], batch_label: str) -> bytes:
+    """One batch file as published: {b'batch_label', b'labels', b'data': (N, 3072) uint8 channel-major,
+    b'filenames'}."""
+    buf = io.BytesIO()
+    Python2Pickler(buf, protocol=2).dump({
+        b"batch_label": batch_label.encode(), b"labels": [int(v) for v in labels],
+        b"data": np.ascontiguousarray(images.reshape(len(images), 3072)),
+        b"filenames": [f"img_{i:05d}.png".encode() for i in range(len(images))]})
+    return buf.getvalue()
+
+
+def write_cifar10_release(root: Path, n_per_batch: int = 4, n_test: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
+    """`root/cifar-10-batches-py/` with data_batch_1..5, test_batch and batches.meta, tiny; returns the
+    (N, 3, 32, 32) uint8 images and labels written (train in batch order, then test)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    train_x, train_y = [], []
+    for b in range(1, 6):
+        x = rng.integers(0, 256, (n_per_batch, 3, 32, 32), dtype=np.uint8)
+        y = [(b + i) % 10 for i in range(n_per_batch)]
+        (folder / f"data_batch_{b}").write_bytes(cifar_batch_bytes(x, y, f"training batch {b} of 5"))
+        train_x.append(x)
+        train_y += y
+    test_x = rng.integers(0, 256, (n_test, 3, 32, 32), dtype=np.uint8)
+    test_y = [i % 10 for i in range(n_test)]
+    (folder / "test_batch").write_bytes(cifar_batch_bytes(test_x, test_y, "testing batch 1 of 1"))
+    buf = io.BytesIO()
+    Python2Pickler(buf, protocol=2).dump({b"num_cases_per_batch": n_per_batch, b"num_vis": 3072, b"label_names": [
+        c.encode() for c in ("airplane automobile bird cat deer dog frog horse ship truck").split()]})
+    (folder / "batches.meta").write_bytes(buf.getvalue())
+    return {"train_images": np.concatenate(train_x), "train_labels": np.asarray(train_y),
+            "test_images": test_x, "test_labels": np.asarray(test_y)}
+
+
+def tar_folder(folder: Path, archive: Path, mode: str = "w") -> Path:
+    """`folder` packed into `archive` under its own name (as `tar cf archive -C parent folder`)."""
+    with tarfile.open(archive, mode) as tar:
+        tar.add(folder, arcname=folder.name)
+    return archive

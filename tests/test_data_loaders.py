@@ -31,6 +31,7 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "cache"
     monkeypatch.setenv("LATENTDEFENCE_CACHE", str(root))
     monkeypatch.setenv("LATENTDEFENCE_PROGRESS", "0")
+    monkeypatch.delenv("LATENTDEFENCE_DATA_DIR", raising=False)
     return root
 
 
@@ -308,7 +309,7 @@ def test_load_dataset_dispatches_and_rejects_unknown_names(tmp_path: Path) -> No
     assert load_dataset("svhn", tmp_path).test.labels.tolist() == [2]
     with pytest.raises(KeyError, match="unknown dataset 'cifar'"):
         load_dataset("cifar", tmp_path)
-    with pytest.raises(ValueError, match="pass data_dir"):
+    with pytest.raises(ValueError, match="pass data_dir .* or set LATENTDEFENCE_DATA_DIR"):
         load_dataset("svhn")
 
 

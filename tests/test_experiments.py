@@ -26,7 +26,9 @@ def test_every_table_and_figure_has_an_experiment() -> None:
                for e in EXPERIMENTS.values())
 
 
-def test_unknown_names_profiles_and_missing_data_dirs_are_explained(tmp_path: Path) -> None:
+def test_unknown_names_profiles_and_missing_data_dirs_are_explained(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LATENTDEFENCE_DATA_DIR", raising=False)
     with pytest.raises(KeyError, match="unknown experiment 'dld-cifar'"):
         get_experiment("dld-cifar")
     with pytest.raises(ValueError, match="unknown profile 'huge'"):

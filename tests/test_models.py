@@ -92,7 +92,8 @@ def test_paper_shapes_of_latent_layers() -> None:
         create_model("celeba_net", image_size=50)
 
 
-@pytest.mark.parametrize(("name", "latent"), [("svhn_net", "fc1"), ("dld_svhn", "fc"), ("celeba_net", "fc1")])
+@pytest.mark.parametrize(("name", "latent"), [("svhn_net", "fc1"), ("dld_svhn", "fc"), ("celeba_net", "fc1"),
+                                            ("preact_resnet18", "pool")])
 def test_width_scales_every_layer_and_keeps_the_taps(name: str, latent: str) -> None:
     full, narrow = _model(name), create_model(name, width=0.125, **SMALL.get(name, {})).eval()
     x = torch.rand(2, *full.input_shape)

@@ -84,7 +84,8 @@ def _weights(config: Any) -> dict[str, int]:
             kw["image_size"] = config.loader_kwargs.get("image_size", 128)
         return {arch: sum(p.numel() for p in create_model(arch, **kw).parameters()) for arch in (spec.classifier, spec.black)}
     if isinstance(config, DLDExperimentConfig) and config.classifier_checkpoint is None:
-        return {config.classifier.arch: sum(p.numel() for p in create_model(config.classifier.arch).parameters())}
+        model = create_model(config.classifier.arch, **config.classifier.model_kwargs())
+        return {config.classifier.arch: sum(p.numel() for p in model.parameters())}
     return {}
 
 

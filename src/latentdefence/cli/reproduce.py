@@ -20,7 +20,7 @@ def reproduce(
     experiment: str = typer.Argument("", help="Experiment name; leave empty (or use --list) to list them."),
     profile: str = typer.Option("cpu", help="smoke (seconds) | demo (~10 min) | cpu (~1 h, 2 cores) | paper (GPU)"),
     out: Optional[Path] = typer.Option(None, help="Output folder (default: runs/<experiment>-<profile>)."),
-    data_dir: Optional[Path] = typer.Option(None, help="Your copy of SVHN or CelebA (not needed for MNIST)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Your copy of SVHN, CIFAR-10 or CelebA (default: $LATENTDEFENCE_DATA_DIR; not needed for MNIST)."),
     classifier: Optional[Path] = typer.Option(None, help="DLD only: use this adversarially trained checkpoint."),
     set_: list[str] = typer.Option([], "--set", help="Change a setting of the profile, KEY=VALUE (repeat); e.g. "
                                    "--set attack.pgd_steps=40 --set boundary_eps=8. Recorded in results.json."),

@@ -6,8 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .base import DatasetFileError, ImageDataset, Splits, default_cache_dir
+from .base import DatasetFileError, ImageDataset, Splits, default_cache_dir, default_data_dir
 from .celeba import load_celeba_smile
+from .cifar10 import load_cifar10
+from .folder import load_image_folder
 from .idx import load_idx_mnist
 from .mnist import load_mnist
 from .svhn import load_svhn
@@ -17,22 +19,30 @@ FILE_LOADERS: dict[str, Callable[..., Splits]] = {
     "mnist-idx": load_idx_mnist,
     "svhn": load_svhn,
     "celeba-smile": load_celeba_smile,
+    "cifar10": load_cifar10,
+    "folder": load_image_folder,
 }
 DATASETS: tuple[str, ...] = ("mnist", *FILE_LOADERS)
 
 
-def load_dataset(name: str, data_dir: Path | None = None, **kw: Any) -> Splits:
-    """Load a dataset by name, so configs and the CLI pick one with a string."""
+def load_dataset(name: str, data_dir: Path | None = None, root: Path | None = None, **kw: Any) -> Splits:
+    """Load a dataset by name, so configs and the CLI pick one with a string; file datasets read `data_dir` (alias
+    `root`), else $LATENTDEFENCE_DATA_DIR."""
+    if data_dir is not None and root is not None and Path(data_dir) != Path(root):
+        raise ValueError(f"pass data_dir or root, not two different folders ({data_dir} and {root})")
+    data_dir = data_dir if data_dir is not None else root
     if name == "mnist":
         if data_dir is not None:
             raise ValueError("mnist loads its embedded copy and takes no data_dir; use 'mnist-idx' to read IDX files")
         return load_mnist(**kw)
     if name not in FILE_LOADERS:
         raise KeyError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    data_dir = data_dir if data_dir is not None else default_data_dir()
     if data_dir is None:
-        raise ValueError(f"dataset {name!r} reads downloaded files: pass data_dir (the folder holding them)")
+        raise ValueError(f"dataset {name!r} reads downloaded files: pass data_dir (the folder holding them) or set "
+                         "LATENTDEFENCE_DATA_DIR")
     return FILE_LOADERS[name](Path(data_dir), **kw)
 
 
-__all__ = ["DATASETS", "DatasetFileError", "ImageDataset", "Splits", "default_cache_dir", "load_celeba_smile",
-           "load_dataset", "load_idx_mnist", "load_mnist", "load_svhn"]
+__all__ = ["DATASETS", "DatasetFileError", "ImageDataset", "Splits", "default_cache_dir", "default_data_dir",
+           "load_celeba_smile", "load_cifar10", "load_dataset", "load_image_folder", "load_idx_mnist", "load_mnist", "load_svhn"]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -49,16 +50,24 @@ class ImageDataset:
 
 @dataclass(frozen=True)
 class Splits:
-    """A dataset's documented train and test splits."""
+    """A dataset's documented train and test splits, with where they came from (format, source files' sha256,
+    caveats such as a lossy copy) for results.json."""
 
     train: ImageDataset
     test: ImageDataset
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 def default_cache_dir() -> Path:
     """Where converted datasets and downloaded wheels are cached ($LATENTDEFENCE_CACHE or ~/.cache)."""
     root = os.environ.get("LATENTDEFENCE_CACHE")
     return Path(root) if root else Path.home() / ".cache" / "latentdefence"
+
+
+def default_data_dir() -> Path | None:
+    """Where downloaded datasets live when no folder is passed: $LATENTDEFENCE_DATA_DIR, read when called."""
+    root = os.environ.get("LATENTDEFENCE_DATA_DIR")
+    return Path(root) if root else None
 
 
 class DatasetFileError(ValueError):

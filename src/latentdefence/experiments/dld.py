@@ -8,6 +8,7 @@ on 2 CPU cores for MNIST, slow attacks on subsets with Wilson intervals) and ``s
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -21,7 +22,7 @@ from .._io import (atomic_path, environment_info, git_revision, load_tensors, re
 from .._seed import seed_everything
 from ..data import load_dataset
 from ..attacks.base import attack_in_batches, in_batches
-from ..data.base import ImageDataset
+from ..data.base import ImageDataset, Splits, default_cache_dir, default_data_dir
 from ..dld import (CentroidAttack, DeepLatentDefence, EncoderTrainConfig, attack_metrics, calibrate_threshold,
                    clean_metrics,
                    cumulative_layers, ensemble_pgd, load_encoders, roc_auc, save_encoders, train_encoder)
@@ -33,7 +34,8 @@ from .cache import StageTimer, any_complete_stage, build_seconds, ensure_stage, 
 from .registry import register_pipeline
 
 if TYPE_CHECKING:  # `training` itself is imported lazily, where it is used
-    from ..training.loop import Adversarial, Schedule
+    from ..training.augment import Augment
+    from ..training.loop import Adversarial, Optimizer, Schedule
 
 ATTACKS = ("fgsm", "pgd", "cw", "adaptive")
 # Paper values (percent / AUC) for the report: (base accuracy, robustness, ROC AUC); Table II: (TP increase, FP).
@@ -45,6 +47,7 @@ PAPER: dict[str, dict[str, Any]] = {
                         "adaptive": (28.89, 51.32, 0.811)},
              "fpr": 10.02, "table2": [(94.06, 6.74), (96.17, 10.02)]},
 }
+PAPER["cifar10"] = {**PAPER["svhn"], "stand_in": "svhn"}   # no CIFAR-10 column: its SVHN one, labelled as such
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,27 @@ class ClassifierSettings:
     tail_epochs: float = 2.0
     max_train: int | None = None
     seed: int = 0
+    # Added for natural images: at these defaults they stay out of the stage cache key (`key_settings`).
+    width: float | None = None           # the architecture's width multiplier (None: its default)
+    optimizer: Optimizer = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    augment: Augment = "none"
+    eval_samples: int = 1000             # held-out images of the per-epoch PGD check
+    eval_pgd_steps: int = 20
+
+    def key_settings(self) -> dict[str, Any]:
+        """asdict without the later fields left at their defaults, so earlier cache keys stay valid."""
+        defaults, out = ClassifierSettings(), asdict(self)
+        return {k: v for k, v in out.items() if k not in CLASSIFIER_LATER_FIELDS or v != getattr(defaults, k)}
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `create_model(arch, ...)`."""
+        return {} if self.width is None else {"width": self.width}
+
+
+CLASSIFIER_LATER_FIELDS = ("width", "optimizer", "momentum", "weight_decay", "augment", "eval_samples",
+                           "eval_pgd_steps")
 
 
 @dataclass(frozen=True)
@@ -111,10 +135,13 @@ class DLDExperimentConfig:
     seed: int = 0
 
 
+DLD_DATASETS = ("mnist", "svhn", "cifar10")
+
+
 def dld_config(profile: str = "cpu", dataset: str = "mnist", data_dir: str | None = None) -> DLDExperimentConfig:
-    """The named profile for a dataset ("mnist" or "svhn")."""
-    if dataset not in ("mnist", "svhn"):
-        raise ValueError(f"DLD experiments cover mnist and svhn, got {dataset!r}")
+    """The named profile for a dataset ("mnist", "svhn" or "cifar10")."""
+    if dataset not in DLD_DATASETS:
+        raise ValueError(f"DLD experiments cover {', '.join(DLD_DATASETS)}, got {dataset!r}")
     base = _paper(dataset, data_dir)
     if profile == "paper":
         return base
@@ -127,14 +154,33 @@ def dld_config(profile: str = "cpu", dataset: str = "mnist", data_dir: str | Non
     raise ValueError(f"unknown profile {profile!r}; choose smoke, demo, cpu or paper")
 
 
+CIFAR_EPS = 8 / 255
+
+
 def _paper(dataset: str, data_dir: str | None) -> DLDExperimentConfig:
     if dataset == "mnist":
         return DLDExperimentConfig(data_dir=data_dir)
+    if dataset == "cifar10":
+        return _paper_cifar10(data_dir)
     return DLDExperimentConfig(
         dataset="svhn", data_dir=data_dir, taps=("layer1", "layer2"), latent_dim=100,
         classifier=ClassifierSettings(arch="dld_svhn", eps=0.05, steps=20, step_size=0.005),
         encoder=EncoderTrainConfig(eps=0.05, step_size=0.005, steps=20),
         attacks=AttackSettings(eps=0.05, step_size=0.005, cw_steps=1000))
+
+
+def _paper_cifar10(data_dir: str | None) -> DLDExperimentConfig:
+    """The paper's SVHN recipe on CIFAR-10 (its natural-image stand-in): encoders on the first two layers, latent 100,
+    k 10, 750 calibration images at the paper's 10% clean FP; F is Wong et al. 2020's PreAct ResNet-18 with FGSM-RS
+    (15 epochs, SGD with a one-cycle rate up to 0.2, crop and flip, eps 8/255, batch 128), the usual CIFAR eps."""
+    eps = CIFAR_EPS
+    return DLDExperimentConfig(
+        dataset="cifar10", data_dir=data_dir, taps=("stem", "layer1"), latent_dim=100, target_fpr=0.10,
+        classifier=ClassifierSettings(arch="preact_resnet18", epochs=15, batch_size=128, lr=0.2, adversarial="fgsm_rs",
+                                      eps=eps, steps=1, step_size=None, schedule="onecycle", optimizer="sgd",
+                                      weight_decay=5e-4, augment="crop_flip", eval_samples=500, eval_pgd_steps=10),
+        encoder=EncoderTrainConfig(eps=eps, step_size=eps / 4, steps=10, depth=2),
+        attacks=AttackSettings(eps=eps, step_size=eps / 4, cw_steps=1000))
 
 
 # the cpu profile's MNIST taps: each conv block before (its ReLU, child 1) and after its max-pool
@@ -151,6 +197,8 @@ def _cpu(base: DLDExperimentConfig) -> DLDExperimentConfig:
     training images; FGSM on every evaluation image and the slow attacks on subsets (Wilson intervals).
     `docs/results/dld-mnist-ablation` measured each of these choices against the earlier on-the-fly PGD-3 recipe."""
     n = {"fgsm": None, "pgd": 500, "cw": 100, "adaptive": 500}
+    if base.dataset == "cifar10":
+        return _cpu_cifar10(base, n)
     taps = SIX_TAPS if base.dataset == "mnist" else base.taps
     return replace(base, profile="cpu", taps=taps,
                    classifier=replace(base.classifier, epochs=8, adversarial="pgd", steps=7, step_size=None,
@@ -158,6 +206,17 @@ def _cpu(base: DLDExperimentConfig) -> DLDExperimentConfig:
                    encoder=cpu_encoder(base.encoder),
                    attacks=replace(base.attacks, cw_steps=1000, cw_binary_search_steps=9, adaptive_steps=50,
                                    centroid_steps=50, n=n))
+
+
+def _cpu_cifar10(base: DLDExperimentConfig, n: dict[str, int | None]) -> DLDExperimentConfig:
+    """<= 90 min on 2 cores: F is PreAct ResNet-18 at a quarter width (0.7M weights; `docs/results/cifar10-recipes`)
+    with the paper profile's FGSM-RS recipe for 10 epochs on 45k images (5k held out guard against catastrophic
+    overfitting); the MNIST cpu encoder recipe; FGSM on 2,000 evaluation images, the slow attacks on subsets."""
+    return replace(base, profile="cpu", n_clean=2000,
+                   classifier=replace(base.classifier, width=0.25, epochs=10, max_train=45_000),
+                   encoder=replace(cpu_encoder(base.encoder), steps=3, step_size=base.encoder.eps / 2),
+                   attacks=replace(base.attacks, pgd_steps=20, cw_steps=200, cw_binary_search_steps=5,
+                                   adaptive_steps=50, centroid_steps=50, n={**n, "fgsm": 2000, "cw": 50}))
 
 
 def cpu_encoder(base: EncoderTrainConfig) -> EncoderTrainConfig:
@@ -192,9 +251,12 @@ def _demo(base: DLDExperimentConfig) -> DLDExperimentConfig:
 def _smoke(base: DLDExperimentConfig) -> DLDExperimentConfig:
     """Seconds: tiny subsets and a few steps everywhere; numbers are meaningless."""
     n: dict[str, int | None] = {"fgsm": 20, "pgd": 12, "cw": 8, "adaptive": 12}
+    classifier = replace(base.classifier, epochs=1, adversarial="fgsm_rs", step_size=None, max_train=400,
+                         eval_samples=min(base.classifier.eval_samples, 100))
+    if base.dataset == "cifar10":   # a narrow ResNet, 30 steps: enough for batch norm's running statistics to settle
+        classifier = replace(classifier, width=0.125, max_train=1000, epochs=2, batch_size=64)
     return replace(base, profile="smoke", n_calibration=100, n_validation=100, n_clean=60, index_max_train=400,
-                   classifier=replace(base.classifier, epochs=1, adversarial="fgsm_rs", step_size=None,
-                                      max_train=400),
+                   classifier=classifier,
                    encoder=replace(cpu_encoder(base.encoder), epochs=2, steps=1, batch_size=50, max_train=200, width=8,
                                    precomputed_steps=2, precomputed_cw_steps=5, precomputed_cw_searches=1, validation=50,
                                    eval_every=2),
@@ -233,7 +295,8 @@ def run_dld(config: DLDExperimentConfig, out_dir: str | Path, cache_root: Path |
                    environment=environment_info(), wall_time_s=timer.wall_time_s,
                    stage_build_time_s={"encoders": build_seconds(enc_dir)},  # also when this run reused them
                    **run_wall_time(started, from_scratch),
-                   dataset_sizes={"train": len(train), "calibration": len(cal), "clean_eval": len(clean)})
+                   dataset_sizes={"train": len(train), "calibration": len(cal), "clean_eval": len(clean)},
+                   data=dataset_splits(config.dataset, config.data_dir).provenance)
     _ship_detector(out, detector, enc_dir, config)
     write_json(out / "results.json", results)
     _write_report(out / "report.md", config, results)
@@ -292,9 +355,22 @@ def _ship_detector(out: Path, detector: DeepLatentDefence, enc_dir: Path, config
 
 def dld_data(config: DLDExperimentConfig) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
     """Train split, and the test split cut into 750 calibration samples and the evaluation rest."""
-    splits = load_dataset(config.dataset, Path(config.data_dir) if config.data_dir else None)
+    splits = dataset_splits(config.dataset, config.data_dir)
     cal, clean = calibration_split(splits.test, config.n_calibration, config.seed)
     return splits.train, cal, clean.head(config.n_clean)
+
+
+def dataset_splits(dataset: str, data_dir: str | None) -> Splits:
+    """A dataset's splits, loaded once per process and folder (a run reads them for its stages and its provenance);
+    without `data_dir`, $LATENTDEFENCE_DATA_DIR as it is now."""
+    folder = data_dir or default_data_dir()
+    return _load_splits(dataset, str(folder) if folder and dataset != "mnist" else None,
+                        default_cache_dir().as_posix())
+
+
+@functools.lru_cache(maxsize=2)
+def _load_splits(dataset: str, data_dir: str | None, _cache: str) -> Splits:
+    return load_dataset(dataset, Path(data_dir) if data_dir else None)
 
 
 def calibration_split(test: ImageDataset, n_calibration: int = 750, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
@@ -318,13 +394,15 @@ def dld_classifier(config: DLDExperimentConfig, train: ImageDataset, root: Path 
            if cs.max_train and cs.max_train < len(train) else None)
     tc = TrainConfig(epochs=cs.epochs, batch_size=cs.batch_size, lr=cs.lr, adversarial=cs.adversarial,
                      eps=cs.eps, steps=cs.steps, step_size=cs.step_size, eps_ramp_epochs=cs.eps_ramp_epochs,
-                     trades_beta=cs.trades_beta, schedule=cs.schedule, tail_epochs=cs.tail_epochs, seed=cs.seed)
+                     trades_beta=cs.trades_beta, schedule=cs.schedule, tail_epochs=cs.tail_epochs, seed=cs.seed,
+                     optimizer=cs.optimizer, momentum=cs.momentum, weight_decay=cs.weight_decay, augment=cs.augment,
+                     eval_samples=cs.eval_samples, eval_pgd_steps=cs.eval_pgd_steps)
     # TrainConfig's rule for fields added later (and a constant schedule): keys of stages built before still match
     unused = set(asdict(tc)) - set(tc.key_settings()) | ({"schedule"} if cs.schedule == "constant" else set())
-    settings = {"dataset": config.dataset, **{k: v for k, v in asdict(cs).items() if k not in unused},
+    settings = {"dataset": config.dataset, **{k: v for k, v in cs.key_settings().items() if k not in unused},
                 "validation": len(val) if val is not None else 0}
     path = ensure_stage("dld-classifier", settings, lambda d: train_classifier(
-        create_model(cs.arch), train.head(cs.max_train), tc, val=val, checkpoint_dir=d), root)
+        create_model(cs.arch, **cs.model_kwargs()), train.head(cs.max_train), tc, val=val, checkpoint_dir=d), root)
     # keyed by content as a checkpoint is: a run given this F's copy with --classifier reuses every later stage
     return (load_checkpoint(path / "final")[0].eval(),
             settings_key({"checkpoint_sha256": checkpoint_digest(path / "final")}))
@@ -628,10 +706,15 @@ def _latent_pca(out: Path, det: DeepLatentDefence, adv: dict[str, torch.Tensor])
 def _write_report(path: Path, config: DLDExperimentConfig, results: dict[str, Any]) -> None:
     """Our numbers beside the paper's, with the difference."""
     paper = PAPER[config.dataset]
-    lines = [f"# DLD on {config.dataset.upper()} ({config.profile} profile)", "",
+    data = results.get("data") or {}
+    stand_in = (f"The 'paper' values are its {paper['stand_in'].upper()} column (a different dataset: the paper has no "
+                f"{config.dataset.upper()} results), beside ours for scale, not for a difference.") \
+        if paper.get("stand_in") else ""
+    lines = [f"# DLD on {config.dataset.upper()}{' (JPEG copy)' if data.get('lossy') else ''} ({config.profile} "
+             "profile)", "", *([f"{data['note']}.", ""] if data.get("note") else []), *([stand_in, ""] if stand_in else []),
              f"Clean FP rate {100 * results['fpr']:.2f}% (paper {paper['fpr']:.2f}%); threshold "
              f"{results['threshold']:g} calibrated on {config.n_calibration} held-out test images "
-             f"(target {100 * config.target_fpr:g}%). git {results['git_revision']}.", "",
+             f"(target {100 * config.target_fpr:g}%), eps {config.attacks.eps:.4g}. git {results['git_revision']}.", "",
              "## Table I", "",
              "| attack | n | base acc. ours / paper | robustness ours [95% CI] / paper (diff) | ROC AUC ours / paper | "
              "AUC all adv. | AUC per layer | TP rate |",

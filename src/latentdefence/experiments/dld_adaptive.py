@@ -89,31 +89,63 @@ class DLDAdaptiveConfig:
     baselines: tuple[str, ...] = BASELINES
     baseline_max_train: int | None = None   # training images the baselines are given (None: all)
     dknn_max_train: int | None = 10_000     # of which Deep k-NN indexes a seeded subset (its cost grows with it)
+    dknn_taps: tuple[str, ...] = ("layer1", "layer2", "layer3")   # Deep k-NN's layers (DLD's, for one F)
     lr_samples: int = 2000                  # training images for Mahalanobis' and LID's logistic regression
     attacks: AdaptiveSettings = AdaptiveSettings()
     fprs: tuple[float, ...] = (0.01, 0.05)
     seed: int = 0
 
 
-def adaptive_config(profile: str = "cpu") -> DLDAdaptiveConfig:
+def adaptive_config(profile: str = "cpu", dataset: str = "mnist", data_dir: str | None = None) -> DLDAdaptiveConfig:
     """The named profile: paper (GPU budgets, DLD's paper profile), cpu (DLD's cpu profile on the committed
-    classifier, six taps; ~55 min on one core, n = 500), smoke (seconds; numbers meaningless)."""
+    classifier, six taps; ~55 min on one core, n = 500), smoke (seconds; numbers meaningless). CIFAR-10:
+    `_cifar10`."""
     base = DLDAdaptiveConfig()
+    if dataset == "cifar10":
+        return _cifar10(base, profile, data_dir)
+    if dataset != "mnist":
+        raise ValueError(f"the adaptive evaluation covers mnist and cifar10, got {dataset!r}")
     if profile == "paper":
         return replace(base, dld=dld_config("paper"))   # DLD and its classifier at the paper's settings (a GPU job)
     if profile == "cpu":
-        return replace(base, profile="cpu", dknn_max_train=3000, attacks=replace(
-            base.attacks, n=500, pgd_steps=40, pgd_restarts=1, adaptive_steps=50, centroid_steps=50, steps=40,
-            restarts=1, n_targets=2, autoattack_steps=50, autoattack_targets=3, square_queries=500, n_masking=100,
-            eps_sweep=(0.1, 0.2, 0.3, 0.4, 0.5)))
+        return replace(base, profile="cpu", dknn_max_train=3000, attacks=replace(base.attacks, **CPU_BUDGET))
     if profile == "smoke":
         dld = replace(dld_config("smoke"), classifier_checkpoint=COMMITTED_CLASSIFIER)
         return replace(base, profile="smoke", dld=dld, baseline_max_train=1000, dknn_max_train=300, lr_samples=500,
-                       attacks=replace(
-            base.attacks, n=12, pgd_steps=3, pgd_restarts=1, adaptive_steps=2, centroid_steps=2, alpha2=(15.0,),
-            steps=3, restarts=1, n_targets=1, check_every=1, refresh_every=2, autoattack_steps=3,
-            autoattack_targets=1, square_queries=5, n_masking=8, eps_sweep=(0.1, 0.3), undefended_max_train=300,
-            batch_size=12))
+                       attacks=replace(base.attacks, **SMOKE_BUDGET))
+    raise ValueError(f"unknown profile {profile!r}; choose smoke, cpu or paper")
+
+
+CPU_BUDGET: dict[str, Any] = {
+    "n": 500, "pgd_steps": 40, "pgd_restarts": 1, "adaptive_steps": 50, "centroid_steps": 50, "steps": 40,
+    "restarts": 1, "n_targets": 2, "autoattack_steps": 50, "autoattack_targets": 3, "square_queries": 500,
+    "n_masking": 100, "eps_sweep": (0.1, 0.2, 0.3, 0.4, 0.5)}
+SMOKE_BUDGET: dict[str, Any] = {
+    "n": 12, "pgd_steps": 3, "pgd_restarts": 1, "adaptive_steps": 2, "centroid_steps": 2, "alpha2": (15.0,),
+    "steps": 3, "restarts": 1, "n_targets": 1, "check_every": 1, "refresh_every": 2, "autoattack_steps": 3,
+    "autoattack_targets": 1, "square_queries": 5, "n_masking": 8, "eps_sweep": (0.1, 0.3), "undefended_max_train": 300,
+    "batch_size": 12}
+COMMITTED_CIFAR10_CLASSIFIER = "docs/results/dld-cifar10-table1/classifier"
+
+
+def _cifar10(base: DLDAdaptiveConfig, profile: str, data_dir: str | None) -> DLDAdaptiveConfig:
+    """CIFAR-10 (eps 8/255): DLD's cifar10 profile on the committed cpu-profile F when this checkout has it, Deep
+    k-NN on DLD's taps, the MNIST budgets in fractions of eps, the eps sweep at 2-16/255."""
+    dld = dld_config(profile, "cifar10", data_dir)
+    eps = dld.attacks.eps
+    committed = Path(COMMITTED_CIFAR10_CLASSIFIER).with_suffix(".safetensors").is_file() and profile == "cpu"
+    dld = replace(dld, classifier_checkpoint=COMMITTED_CIFAR10_CLASSIFIER if committed else None)
+    attacks = replace(base.attacks, eps=eps, pgd_step_size=eps / 4,
+                      eps_sweep=tuple(v / 255 for v in (2, 4, 8, 12, 16)))
+    if profile == "paper":
+        return replace(base, dld=dld, dknn_taps=dld.taps, attacks=attacks)
+    if profile == "cpu":
+        return replace(base, profile="cpu", dld=dld, dknn_taps=dld.taps, dknn_max_train=3000,
+                       attacks=replace(attacks, **{**CPU_BUDGET, "eps_sweep": attacks.eps_sweep}))
+    if profile == "smoke":
+        return replace(base, profile="smoke", dld=dld, dknn_taps=dld.taps, baseline_max_train=1000,
+                       dknn_max_train=300, lr_samples=500,
+                       attacks=replace(attacks, **{**SMOKE_BUDGET, "eps_sweep": (4 / 255, 8 / 255)}))
     raise ValueError(f"unknown profile {profile!r}; choose smoke, cpu or paper")
 
 
@@ -205,7 +237,8 @@ def _baselines(config: DLDAdaptiveConfig, classifier: TappedModel, train: ImageD
         return {}
     from .. import detectors as baseline
 
-    make: dict[str, Callable[[], Any]] = {"dknn": lambda: baseline.DeepKNN(classifier, max_train=config.dknn_max_train),
+    make: dict[str, Callable[[], Any]] = {"dknn": lambda: baseline.DeepKNN(classifier, config.dknn_taps,
+                                                                          max_train=config.dknn_max_train),
                                           "mahalanobis": lambda: baseline.MahalanobisDetector(
                                               classifier, lr_samples=config.lr_samples),
                                           "lid": lambda: baseline.LIDDetector(classifier, lr_samples=config.lr_samples)}
@@ -225,15 +258,19 @@ def _undefended(config: DLDAdaptiveConfig, train: ImageDataset, root: Path | Non
     a = config.attacks
     settings = {"arch": config.dld.classifier.arch, "epochs": a.undefended_epochs, "max_train": a.undefended_max_train,
                 "seed": config.seed}
-    tc = TrainConfig(epochs=a.undefended_epochs, adversarial="none", eval_samples=0, seed=config.seed)
+    cs = config.dld.classifier   # an SGD-trained F's recipe (crop and flip, one-cycle) also trains its clean copy
+    recipe: dict[str, Any] = {"optimizer": "sgd", "lr": cs.lr, "schedule": "onecycle", "batch_size": cs.batch_size,
+                              "weight_decay": cs.weight_decay, "augment": cs.augment} if cs.optimizer == "sgd" else {}
+    settings.update({**recipe, **cs.model_kwargs()})
+    tc = TrainConfig(epochs=a.undefended_epochs, adversarial="none", eval_samples=0, seed=config.seed, **recipe)
     path = ensure_stage("dld-adaptive-undefended", settings, lambda d: train_classifier(
-        create_model(config.dld.classifier.arch), train.head(a.undefended_max_train), tc, checkpoint_dir=d), root)
+        create_model(cs.arch, **cs.model_kwargs()), train.head(a.undefended_max_train), tc, checkpoint_dir=d), root)
     return load_checkpoint(path / "final")[0].eval()
 
 
 def _pipeline_config(profile: str, dataset: str, data_dir: str | None, checkpoint: str | None) -> DLDAdaptiveConfig:
     """The adaptive evaluation's config of a profile, on the given classifier checkpoint if any."""
-    config = adaptive_config(profile)
+    config = adaptive_config(profile, dataset, data_dir)
     return replace(config, dld=replace(config.dld, classifier_checkpoint=checkpoint)) if checkpoint else config
 
 

@@ -28,7 +28,7 @@ class Pipeline:
 
 _PIPELINES: Registry[Pipeline] = Registry("pipeline", builtins=tuple(
     f"latentdefence.experiments.{m}" for m in ("dld", "dld_adaptive", "dld_ablation", "dld_hardening", "lad",
-                                               "lad_ablation", "lad_paper_numbers")))
+                                               "lad_ablation", "lad_paper_numbers", "classifier_recipes")))
 
 
 def register_pipeline(name: str, *, config: ConfigFn, run: RunFn) -> Pipeline:

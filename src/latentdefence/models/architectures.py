@@ -155,3 +155,60 @@ def celeba_net(image_size: int = 128, width: float = 1.0) -> StagedModel:
         ("logit", nn.Linear(f2, 1)),
         ("logits", BinaryLogits()),
     ], input_shape=(3, image_size, image_size), num_classes=2)
+
+
+class Normalize(nn.Module):
+    """Per-channel (x - mean) / std inside the model, so every attack and defence sees pixels in [0, 1]."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class PreActBlock(nn.Module):
+    """He et al. 2016's pre-activation basic block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus a (projected) shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.shortcut = (nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(x))
+        skip = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        return self.conv2(torch.relu(self.bn2(out))) + skip
+
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+
+
+@register_model("preact_resnet18")
+def preact_resnet18(num_classes: int = 10, width: float = 1.0) -> StagedModel:
+    """PreAct ResNet-18 (He et al. 2016; the model of Wong et al. 2020's fast adversarial training) for 32x32 RGB.
+
+    Taps: ``stem`` (the first conv, (64, 32, 32) at width 1), ``layer1`` (64, 32, 32), ``layer2`` (128, 16, 16),
+    ``layer3`` (256, 8, 8), ``layer4`` (512, 4, 4), ``pool`` (512) and ``logits``; `width` scales every channel
+    (0.25: 0.7M weights, ~36M multiply-adds per image, a CPU's budget). CIFAR-10 normalisation lives inside.
+    """
+    c = [scaled(ch, width) for ch in (64, 128, 256, 512)]
+
+    def layer(cin: int, cout: int, stride: int) -> nn.Sequential:
+        return nn.Sequential(PreActBlock(cin, cout, stride), PreActBlock(cout, cout, 1))
+    return StagedModel([
+        ("stem", nn.Sequential(Normalize(CIFAR10_MEAN, CIFAR10_STD), nn.Conv2d(3, c[0], 3, 1, 1, bias=False))),
+        ("layer1", layer(c[0], c[0], 1)),                                                   # (N, c0, 32, 32)
+        ("layer2", layer(c[0], c[1], 2)),                                                   # (N, c1, 16, 16)
+        ("layer3", layer(c[1], c[2], 2)),                                                   # (N, c2, 8, 8)
+        ("layer4", layer(c[2], c[3], 2)),                                                   # (N, c3, 4, 4)
+        ("pool", nn.Sequential(nn.BatchNorm2d(c[3]), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())),  # (N, c3)
+        ("logits", nn.Linear(c[3], num_classes)),
+    ], input_shape=(3, 32, 32), num_classes=num_classes)

@@ -22,6 +22,7 @@ from ..attacks.base import Loss
 from ..data.base import ImageDataset
 from ..evaluation.metrics import accuracy, robust_accuracy
 from ..validation import check_choice
+from .augment import AUGMENTATIONS, Augment
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistInfo, init_distributed, shard
 
@@ -50,13 +51,15 @@ class TrainConfig:
     step_size: float | None = None      # default: 2.5*eps/steps (PGD), 1.25*eps (FGSM-RS)
     eps_ramp_epochs: float = 0.0        # ramp eps linearly from 0 over this many epochs
     trades_beta: float = 1.0            # TRADES: weight of the KL term (1.0: the TRADES authors' MNIST setting)
+    augment: Augment = "none"           # crop_flip: CIFAR's random 4-pixel shift and mirror, before the attack
     eval_samples: int = 1000            # validation images used for the periodic check
     eval_pgd_steps: int = 20            # PGD steps of the periodic robustness check
     overfit_guard: float = 0.2          # stop and restore best if PGD accuracy falls this far
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, choices in (("optimizer", Optimizer), ("schedule", Schedule), ("adversarial", Adversarial)):
+        for name, choices in (("optimizer", Optimizer), ("schedule", Schedule), ("adversarial", Adversarial),
+                              ("augment", Augment)):
             check_choice(name, getattr(self, name), get_args(choices))   # a typo never trains something else
 
     def train_attack(self, eps: float, loss: Loss | None = None) -> PGD | None:
@@ -69,10 +72,11 @@ class TrainConfig:
         return PGD(eps, self.step_size or 2.5 * eps / self.steps, self.steps, random_start=True, loss=loss)
 
     def key_settings(self) -> dict[str, Any]:
-        """The fields that decide the trained weights, for cache keys: `trades_beta` and `tail_epochs` only when
-        TRADES or the tail schedule uses them (so keys made before they existed still match)."""
+        """The fields that decide the trained weights, for cache keys: `trades_beta`, `tail_epochs` and `augment` only
+        when TRADES, the tail schedule or an augmentation uses them (so keys made before they existed still match)."""
         out = asdict(self)
-        for name, used in (("trades_beta", self.adversarial == "trades"), ("tail_epochs", self.schedule == "tail")):
+        for name, used in (("trades_beta", self.adversarial == "trades"), ("tail_epochs", self.schedule == "tail"),
+                           ("augment", self.augment != "none")):
             if not used:
                 del out[name]
         return out
@@ -238,12 +242,13 @@ def _train_epoch(net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, s
                  report: Any) -> dict[str, float]:
     device = next(model.parameters()).device
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+    augment, draws = AUGMENTATIONS[cfg.augment], torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 10**6)
     n_batches = len(train) // cfg.batch_size
     total_loss, total_correct, total_seen = 0.0, 0, 0
     model.train()
     for b in range(n_batches):
         idx = shard(order[b * cfg.batch_size:(b + 1) * cfg.batch_size], info)
-        x, y = train.images[idx].to(device), train.labels[idx].to(device)
+        x, y = augment(train.images[idx], draws).to(device), train.labels[idx].to(device)
         ramp = min(1.0, (epoch + b / n_batches) / cfg.eps_ramp_epochs) if cfg.eps_ramp_epochs > 0 else 1.0
         if cfg.adversarial == "trades":
             loss, logits = trades_loss(net, model, x, y, cfg, cfg.eps * ramp)

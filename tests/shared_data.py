@@ -1,0 +1,15 @@
+"""Where the workplace's shared data lies (`../shared/data` beside the checkout), for tests that skip without it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CIFAR10_JPEG = SHARED_DATA / "cifar10-jpeg"
+
+requires_cifar10 = pytest.mark.skipif(
+    not (CIFAR10_JPEG / "train.tar").is_file(),
+    reason=f"CIFAR-10 is not on this machine: {CIFAR10_JPEG} (the shared JPEG copy) is absent; point "
+           "LATENTDEFENCE_DATA_DIR at a folder holding cifar-10-batches-py to run this test")
