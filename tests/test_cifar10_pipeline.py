@@ -81,3 +81,43 @@ def test_dld_cifar10_smoke_run_labels_the_jpeg_copy_and_the_svhn_column(tmp_path
     report = (tmp_path / "out" / "report.md").read_text()
     assert "CIFAR10 (JPEG copy)" in report and "SVHN column (a different dataset" in report
     assert (tmp_path / "out" / "detector.safetensors").is_file()
+
+
+def test_an_rgb_32x32_detector_serves_with_its_own_input_shape(tmp_path: Path) -> None:
+    """A CIFAR-shaped DLD artifact (PreAct ResNet-18 at 1/8 width, taps stem and layer1): /v1/model and the v2
+    metadata give (3, 32, 32); an RGB PNG is classified as in-process; a greyscale one is refused by name."""
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from latentdefence.dld import DeepLatentDefence, EncoderTrainConfig, train_encoder
+    from latentdefence.serving import GuardedClassifier
+    from latentdefence.serving.app import ServeConfig, create_app
+    from toy_blobs import blobs
+
+    torch.manual_seed(0)
+    gray = blobs(120, 0, size=32)
+    data = type(gray)(gray.images.repeat(1, 3, 1, 1), gray.labels, "blobs-rgb", "train")
+    model = create_model("preact_resnet18", num_classes=3, width=0.125).eval()
+    cfg = EncoderTrainConfig(epochs=1, batch_size=40, adversarial=False, width=4, depth=2)
+    encoders = {tap: train_encoder(model, tap, data, latent_dim=4, config=cfg) for tap in ("stem", "layer1")}
+    det = DeepLatentDefence(model, ("stem", "layer1"), k=5, latent_dim=4, encoders=encoders, batch_size=64)
+    det.fit(data).calibrate(data, target_fpr=0.1)
+    det.save(tmp_path / "rgb.safetensors", metadata={"dataset": "blobs-rgb", "threat_model": {"norm": "linf",
+                                                                                             "eps": 8 / 255}})
+    guard = GuardedClassifier.load(tmp_path / "rgb.safetensors")
+    with TestClient(create_app(guard, ServeConfig(audit_db=tmp_path / "audit.sqlite", model_name="rgb"))) as client:
+        assert client.get("/v1/model").json()["input_shape"] == [3, 32, 32]
+        inputs = client.get("/v2/models/rgb").json()["inputs"]
+        assert {tuple(i["shape"]) for i in inputs} == {(-1, 3, 32, 32)}
+        pixels = (data.images[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+        buf = io.BytesIO()
+        Image.fromarray(pixels, "RGB").save(buf, format="PNG")
+        served = client.post("/v1/predict", content=buf.getvalue(), headers={"content-type": "image/png"}).json()
+        expected = guard.predict(torch.from_numpy(pixels).permute(2, 0, 1).float().unsqueeze(0) / 255)
+        assert served["predictions"][0]["label"] == int(expected.label[0])
+        buf = io.BytesIO()
+        Image.fromarray(pixels[..., 0], "L").save(buf, format="PNG")
+        refused = client.post("/v1/predict", content=buf.getvalue(), headers={"content-type": "image/png"})
+        assert refused.status_code == 422 and "the model expects 3" in refused.text
