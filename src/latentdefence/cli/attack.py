@@ -44,7 +44,7 @@ def run(
     checkpoint: Path = typer.Argument(..., help="Checkpoint written by `latentdefence train` (with or without .safetensors)."),
     attack: str = typer.Option("pgd", help="fgsm | pgd | cw | jsma | apgd-ce | apgd-dlr | apgdt"),
     out: Path = typer.Option(..., help="Where to write the adversarial set (.safetensors)."),
-    dataset: str = typer.Option("mnist", help="mnist (embedded) | mnist-idx | svhn | celeba-smile"),
+    dataset: str = typer.Option("mnist", help="mnist (embedded) | mnist-idx | svhn | cifar10 | folder | celeba-smile"),
     data_dir: Optional[Path] = typer.Option(None, help="Folder with the dataset's files (not for embedded mnist)."),
     split: str = typer.Option("test", help="test | train"),
     limit: int = typer.Option(1000, help="Attack the first N images of the split."),

@@ -13,7 +13,7 @@ from .errors import cli_errors
 app = typer.Typer(help="Latent Adversarial Defence: generator, boundaries, generation, fine-tuning, evaluation.",
                   no_args_is_help=True)
 
-DATASET = typer.Option("mnist", help="mnist (embedded) | mnist-idx | svhn | celeba-smile")
+DATASET = typer.Option("mnist", help="mnist (embedded) | mnist-idx | svhn | cifar10 | folder | celeba-smile")
 DATA_DIR = typer.Option(None, help="Folder with the dataset's files (not for embedded mnist).")
 TAP = typer.Option("fc1", help="Fully connected layer whose output is the latent z = phi(x).")
 

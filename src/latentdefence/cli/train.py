@@ -19,7 +19,9 @@ def register(app: typer.Typer) -> None:
 
 def train(
     arch: str = typer.Option("dld_mnist", help="Registered architecture (see `latentdefence models`)."),
-    dataset: str = typer.Option("mnist", help="mnist (embedded) | mnist-idx | svhn | celeba-smile"),
+    width: Optional[float] = typer.Option(None, help="The architecture's width multiplier (e.g. preact_resnet18 "
+                                          "0.25); default: its own."),
+    dataset: str = typer.Option("mnist", help="mnist (embedded) | mnist-idx | svhn | cifar10 | folder | celeba-smile"),
     data_dir: Optional[Path] = typer.Option(None, help="Folder with the dataset's files (not for embedded mnist)."),
     out: Path = typer.Option(Path("runs/train"), help="Checkpoint folder: last.* (resumable) and final.*"),
     epochs: int = 10, batch_size: int = 100, lr: float = 1e-3,
@@ -29,6 +31,8 @@ def train(
     adversarial: str = typer.Option("none", help="none | pgd (Madry) | fgsm_rs (fast, guarded) | trades"),
     eps: float = 0.3, steps: int = 7, eps_ramp_epochs: float = 0.0,
     trades_beta: float = typer.Option(1.0, help="TRADES: weight of the KL term (with --adversarial trades)."),
+    weight_decay: float = 0.0,
+    augment: str = typer.Option("none", help="none | crop_flip (CIFAR's random 4-pixel shift and mirror)"),
     val_size: int = typer.Option(5000, help="Training images held out for periodic evaluation."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N training images (quick runs)."),
     seed: int = 0,
@@ -39,6 +43,7 @@ def train(
         from ..data import load_dataset
         from ..models import create_model
         from ..training import TrainConfig, train_classifier
+        from ..training.augment import Augment
         from ..training.loop import Adversarial, Optimizer, Schedule
 
         seed_everything(seed)  # the initial weights depend on it too
@@ -52,8 +57,8 @@ def train(
                              schedule=cast(Schedule, schedule), adversarial=cast(Adversarial, adversarial),
                              eps=eps, steps=steps,  # the casts: TrainConfig checks each choice at run time
                              eps_ramp_epochs=eps_ramp_epochs, trades_beta=trades_beta, tail_epochs=tail_epochs,
-                             seed=seed)
-        result = train_classifier(create_model(arch), fit, config, val=val if val_size else None,
+                             weight_decay=weight_decay, augment=cast(Augment, augment), seed=seed)
+        result = train_classifier(create_model(arch, **({} if width is None else {"width": width})), fit, config, val=val if val_size else None,
                                   checkpoint_dir=out, metadata={"val_size": val_size})
         typer.echo(json.dumps({"checkpoint": str(result.checkpoint), "last_epoch": result.history[-1]}, indent=2))
 
