@@ -123,6 +123,17 @@ def test_targeted_needs_targets(name: str) -> None:
         FACTORIES[name](True)(tiny_model(), x, y)
 
 
+@pytest.mark.parametrize("name", TARGETED)
+def test_a_target_equal_to_the_true_label_is_refused_by_name(name: str) -> None:
+    """"Success" there would be the model still predicting the true label (issue 37): refused before any work."""
+    x, y = tiny_batch(4)
+    targets = targets_for(y)
+    targets[2] = y[2]
+    with pytest.raises(ValueError, match=rf"targets equal the true label at 1 image\(s\) \(first: index 2, class "
+                                         rf"{int(y[2])}\)"):
+        FACTORIES[name](True)(tiny_model(), x, y, targets)
+
+
 def test_empty_batch() -> None:
     x, y = tiny_batch(4)
     result = PGD(eps=0.1, steps=2)(tiny_model(), x[:0], y[:0])

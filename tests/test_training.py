@@ -147,6 +147,25 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path: Pat
         torch.testing.assert_close(a, b)
 
 
+def test_a_checkpoint_of_another_run_is_refused_by_name_or_restarted(tmp_path: Path) -> None:
+    """Issue 37: a finished clean run in the folder must not be returned as an adversarially trained one."""
+    data = toy_digits(100)
+    clean = TrainConfig(epochs=3, batch_size=50, lr=3e-3)
+    train_classifier(create_model("dld_mnist"), data, clean, checkpoint_dir=tmp_path)
+    pgd = TrainConfig(epochs=2, batch_size=50, lr=3e-3, adversarial="pgd", eps=0.1, steps=1)
+    with pytest.raises(ValueError, match=r"another run's checkpoint \(adversarial 'none' -> 'pgd'; eps 0.3 -> 0.1.*"
+                                         r"epochs: the checkpoint has 3, this run stops at 2\)"):
+        train_classifier(create_model("dld_mnist"), data, pgd, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"architecture 'dld_mnist' -> 'lenet5'"):
+        train_classifier(create_model("lenet5"), data, clean, checkpoint_dir=tmp_path)
+    renamed = ImageDataset(data.images, data.labels, "other-digits", "train")
+    with pytest.raises(ValueError, match=r"dataset 'toy' -> 'other-digits'|dataset .* -> 'other-digits'"):
+        train_classifier(create_model("dld_mnist"), renamed, clean, checkpoint_dir=tmp_path)
+    fresh = train_classifier(create_model("dld_mnist"), data, pgd, checkpoint_dir=tmp_path, restart=True)
+    assert [h["epoch"] for h in fresh.history] == [1, 2] and "val_pgd_acc" not in fresh.history[0]
+    assert '"adversarial": "pgd"' in (tmp_path / "final.json").read_text()
+
+
 def test_tail_schedule_holds_the_rate_then_anneals_it_to_zero() -> None:
     from latentdefence.training.loop import tail_factor
 

@@ -223,6 +223,10 @@ def check_inputs(images: torch.Tensor, labels: torch.Tensor, targets: torch.Tens
         raise InputValidationError("targets", "given to an untargeted attack; build it with targeted=True")
     if targets is not None:
         check_labels(targets, images.shape[0], num_classes, name="targets")
+        same = (targets.cpu() == labels.cpu()).nonzero().flatten()
+        if len(same):   # "success" would be the model still predicting the true label
+            raise InputValidationError("targets", f"equal the true label at {len(same)} image(s) (first: index "
+                                       f"{int(same[0])}, class {int(labels[same[0]])}); a target must be another class")
     return images
 
 

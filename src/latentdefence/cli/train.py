@@ -35,6 +35,7 @@ def train(
     augment: str = typer.Option("none", help="none | crop_flip (CIFAR's random 4-pixel shift and mirror)"),
     val_size: int = typer.Option(5000, help="Training images held out for periodic evaluation."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N training images (quick runs)."),
+    restart: bool = typer.Option(False, help="Train afresh over a checkpoint of another run in OUT (else refused)."),
     seed: int = 0,
 ) -> None:
     """Train a classifier (clean or adversarially), resumable from OUT/last, saving OUT/final."""
@@ -59,7 +60,7 @@ def train(
                              eps_ramp_epochs=eps_ramp_epochs, trades_beta=trades_beta, tail_epochs=tail_epochs,
                              weight_decay=weight_decay, augment=cast(Augment, augment), seed=seed)
         result = train_classifier(create_model(arch, **({} if width is None else {"width": width})), fit, config, val=val if val_size else None,
-                                  checkpoint_dir=out, metadata={"val_size": val_size})
+                                  checkpoint_dir=out, metadata={"val_size": val_size}, restart=restart)
         typer.echo(json.dumps({"checkpoint": str(result.checkpoint), "last_epoch": result.history[-1]}, indent=2))
 
 

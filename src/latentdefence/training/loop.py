@@ -15,6 +15,7 @@ from typing import Any, Callable, Literal, get_args
 import torch
 from torch import nn
 
+from .._io import read_json
 from .._progress import make_progress
 from .._seed import seed_everything
 from ..attacks import PGD, frozen_eval
@@ -165,8 +166,9 @@ def _evaluate(model: nn.Module, val: ImageDataset, cfg: TrainConfig) -> dict[str
 
 def train_classifier(model: nn.Module, train: ImageDataset, config: TrainConfig,
                      val: ImageDataset | None = None, checkpoint_dir: str | Path | None = None,
-                     metadata: dict[str, Any] | None = None) -> TrainResult:
-    """Train `model` in place; resumes from `checkpoint_dir/last` if present; saves `final` there.
+                     metadata: dict[str, Any] | None = None, restart: bool = False) -> TrainResult:
+    """Train `model` in place; resumes from `checkpoint_dir/last` if present and the same run (`check_same_run`),
+    or starts afresh over it with `restart=True`; saves `final` there.
 
     Under `torchrun --nproc_per_node=N` each process takes an equal share of every global batch
     and DistributedDataParallel averages gradients, so N processes train the same model as one.
@@ -182,7 +184,8 @@ def train_classifier(model: nn.Module, train: ImageDataset, config: TrainConfig,
     sched = _scheduler(opt, config, steps_per_epoch)
     result, start_epoch = TrainResult(), 0
     best: tuple[float, dict[str, Any] | None] = (-1.0, None)   # (score, F's weights) of the best epoch
-    if ckpt_dir and (ckpt_dir / "last.json").is_file():
+    if ckpt_dir and (ckpt_dir / "last.json").is_file() and not restart:
+        check_same_run(ckpt_dir / "last.json", model, config, train.name)
         start_epoch, result.history = _resume(ckpt_dir / "last", model, opt, sched, steps_per_epoch)
     net = _wrap_ddp(model, dist_info)
     meta = {"train_config": asdict(config), "dataset": train.name, **(metadata or {})}
@@ -215,6 +218,28 @@ def train_classifier(model: nn.Module, train: ImageDataset, config: TrainConfig,
         result.checkpoint = save_checkpoint(ckpt_dir / "final", model, {**meta, "history": result.history,
                                                                         "stopped_early": result.stopped_early})
     return result
+
+
+def check_same_run(sidecar: Path, model: nn.Module, config: TrainConfig, dataset: str) -> None:
+    """Refuse, naming what differs, to resume a checkpoint of another run: another architecture, dataset or training
+    setting (epochs may grow; a constant-rate run may be extended by the tail schedule, `tail_factor`)."""
+    saved = read_json(sidecar)
+    old, new = dict(saved.get("train_config") or {}), asdict(config)
+    if old.get("schedule") == "constant" and new["schedule"] == "tail":
+        for name in ("schedule", "tail_epochs"):
+            old.pop(name, None)
+            new.pop(name, None)
+    differ = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if k != "epochs" and k in old and old[k] != v]
+    for name, was, now in (("architecture", saved.get("arch"), getattr(model, "arch", None)),
+                           ("arch_kwargs", saved.get("arch_kwargs", {}), getattr(model, "arch_kwargs", {})),
+                           ("dataset", saved.get("dataset"), dataset)):
+        if was != now:
+            differ.append(f"{name} {was!r} -> {now!r}")
+    if int(saved.get("epoch", 0)) > config.epochs:
+        differ.append(f"epochs: the checkpoint has {saved['epoch']}, this run stops at {config.epochs}")
+    if differ:
+        raise ValueError(f"{sidecar.parent}: holds another run's checkpoint ({'; '.join(differ)}); use another "
+                         "folder, or restart=True (`train --restart`) to train afresh over it")
 
 
 def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
