@@ -63,6 +63,37 @@ def test_contract_signs_and_clean_false_positives(detector, setup) -> None:
         assert detector.lr_examples_ >= 20 and detector.lr_train_auc_ > 0.9
 
 
+def test_calibration_refuses_a_target_its_images_cannot_keep_and_reports_its_promise(detector, setup) -> None:
+    """Issue 37: 10 calibration images at target 0.001 promised 0.0 and gave 8% held out. n images promise at best
+    1/(n+1); below that the call is refused by name before scoring; the report gives the interval and the bound."""
+    _, _, cal, test = setup
+    import copy
+
+    trial = copy.copy(detector)
+    with pytest.raises(ValueError, match=r"target_fpr 0.001 cannot be kept with 10 calibration image\(s\).*"
+                                         r"1/\(n\+1\) = 0.09091; use at least 999 calibration images"):
+        trial.calibrate(cal.subset(slice(0, 10)), target_fpr=0.001)
+    with pytest.raises(ValueError, match="no finite calibration set can promise 0"):
+        trial.calibrate(cal, target_fpr=0.0)
+    report = trial.calibrate(cal.subset(slice(0, 10)), target_fpr=0.1).calibration_report()
+    assert report["n"] == 10 and report["held_out_fpr_bound"] == pytest.approx(2 / 11)
+    lo, hi = report["calibration_fpr_ci"]
+    assert lo <= report["calibration_fpr"] <= 0.1 < hi
+
+
+def test_the_conformal_bound_holds_on_held_out_scores_over_many_small_calibrations() -> None:
+    """Over 4,000 seeded draws of 20 calibration scores, the held-out FP averages at most the reported bound."""
+    from latentdefence.detectors.base import calibrate_threshold
+
+    gen = torch.Generator().manual_seed(0)
+    rates = []
+    for _ in range(4000):
+        cal, fresh = torch.randn(20, generator=gen), torch.randn(200, generator=gen)
+        rates.append(float((fresh > calibrate_threshold(cal, 0.05)).float().mean()))
+    mean = sum(rates) / len(rates)
+    assert mean <= (1 + 1) / 21 + 0.005 and mean > 0.05      # 0.05 itself is not kept at n = 20; the bound is
+
+
 def test_flags_attacked_and_off_manifold_inputs(detector, setup) -> None:
     model, _, _, test = setup
     clean_rate = detector.predict(test.images).is_adversarial.float().mean()

@@ -46,7 +46,11 @@ def calibrate(detector: Path, dataset: str = "mnist", data_dir: Optional[Path] =
         cal, _ = calibration_split(load_dataset(dataset, data_dir).test, n_calibration, seed)
         det = DeepLatentDefence.load(detector).calibrate(cal, target_fpr=target_fpr)
         det.save(detector)
-        typer.echo(f"threshold {det.threshold_:g} (calibration FP {(det.calibration_scores_ > det.threshold_).float().mean():.4f})")
+        r = det.calibration_report()
+        lo, hi = r["calibration_fpr_ci"]
+        typer.echo(f"threshold {det.threshold_:g}: calibration FP {r['calibration_fpr']:.4f} [{lo:.4f}, {hi:.4f}] "
+                   f"(Wilson 95%, n {r['n']}); a new clean input is flagged with probability <= "
+                   f"{r['held_out_fpr_bound']:.4f} (conformal bound, target {r['target_fpr']:g})")
 
 
 @app.command()

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -35,6 +35,17 @@ def calibrate_threshold(scores: torch.Tensor, target_fpr: float) -> float:
     ordered = torch.sort(scores, descending=True).values
     allowed = math.floor(target_fpr * len(ordered) + 1e-9)           # false positives we may make
     return float(ordered[allowed])
+
+
+def check_attainable_fpr(target_fpr: float, n: int) -> None:
+    """Refuse a target no calibration set of n clean images can keep: a conformal threshold promises at best
+    1 / (n + 1) false positives on new clean inputs (issue 37: 10 images at target 0.001 gave 8% held out)."""
+    if n < 1 or target_fpr * (n + 1) < 1 - 1e-9:
+        need = "no finite calibration set can promise 0" if target_fpr <= 0 else \
+            f"use at least {math.ceil(1 / target_fpr - 1 - 1e-9)} calibration images"
+        raise InputValidationError("target_fpr", f"{target_fpr:g} cannot be kept with {n} calibration image(s): the "
+                                   f"least false-positive rate they can promise is 1/(n+1) = {1 / (n + 1):.4g}; {need} "
+                                   f"or a target >= {1 / (n + 1):.4g}")
 
 
 def credibility(scores: torch.Tensor, calibration_scores: torch.Tensor) -> torch.Tensor:
@@ -126,11 +137,24 @@ class ConformalDetector(ABC):
         check_number("target_fpr", target_fpr, low=0.0, high=1.0, high_open=True)
         if not isinstance(calibration, ImageDataset):
             raise InputTypeError("calibration", f"must be an ImageDataset of clean images, got {type(calibration).__name__}")
+        check_attainable_fpr(target_fpr, len(calibration))
         _, scores, _ = self.nonconformity(calibration.images)
         self.calibration_scores_ = scores
         self.threshold_ = calibrate_threshold(scores, target_fpr)
         self.target_fpr_ = target_fpr
         return self
+
+    def calibration_report(self) -> dict[str, Any]:
+        """What the calibration promises: the FP rate on its own images with its Wilson 95% interval, and the
+        conformal bound on a new exchangeable clean input's flag probability, (floor(target n) + 1) / (n + 1)."""
+        from ..evaluation.metrics import wilson_interval   # evaluation imports the attacks, which import this module
+
+        self._check_fitted("threshold_")
+        n = len(self.calibration_scores_)
+        flagged = int((self.calibration_scores_ > self.threshold_).sum())
+        return {"n": n, "target_fpr": self.target_fpr_, "calibration_fpr": flagged / n,
+                "calibration_fpr_ci": wilson_interval(flagged, n),
+                "held_out_fpr_bound": (math.floor(self.target_fpr_ * n + 1e-9) + 1) / (n + 1)}
 
     def predict(self, images: torch.Tensor) -> Detection:
         """F's class, the adversarial flag, credibility and per-layer scores per input."""
