@@ -355,6 +355,9 @@ CLI_CASES = [  # (args with {placeholders}, text the one-line message must hold)
     ("audit list --db {root}/missing.sqlite", "no such audit log"),
     ("audit list --db {artifact} --limit 0", "--limit"),
     ("audit list --db {artifact} --since-id -1", "--since-id"),
+    ("dld calibrate {artifact} --n-calibration -1", "n_calibration must be an integer >= 1"),   # issue 37
+    ("dld calibrate {artifact} --n-calibration 0", "n_calibration must be an integer >= 1"),
+    ("evaluate-detector {artifact} --n-calibration -1 --n 5", "n_calibration must be an integer >= 1"),
 ]
 
 

@@ -31,6 +31,7 @@ from ..dld.encoders import EncoderDecoder
 from ..dld.training import EncoderValidation, TrainingLog
 from ..models import TappedModel, create_model
 from .cache import StageTimer, any_complete_stage, build_seconds, ensure_stage, run_wall_time, settings_key
+from ..validation import check_count
 from .registry import register_pipeline
 
 if TYPE_CHECKING:  # `training` itself is imported lazily, where it is used
@@ -375,6 +376,7 @@ def _load_splits(dataset: str, data_dir: str | None, _cache: str) -> Splits:
 
 def calibration_split(test: ImageDataset, n_calibration: int = 750, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
     """(calibration, evaluation): a seeded random n_calibration of the test set, never evaluated on, and the rest."""
+    check_count("n_calibration", n_calibration)   # a negative count would be a Python slice from the end
     if len(test) <= n_calibration:
         raise ValueError(f"test split has {len(test)} images; need more than n_calibration={n_calibration}")
     order = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
