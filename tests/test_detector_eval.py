@@ -83,9 +83,18 @@ def test_a_user_detector_gets_every_attack_that_applies_and_a_report(tmp_path: P
     assert not any("vanishes" in w for w in ev.warnings if w.startswith("softmax"))
     check = ev.results["budget_check"]["softmax"]
     assert check["robustness_both"] <= min(check["robustness"], check["robustness_doubled"])
+    # paired on the same images: each detector against F alone, the first detector against the second
+    alone = set(ev.results["classifier_alone_broken_images"])
+    pairs = {(r["first"], r["second"]): r for r in ev.results["paired"]}
+    assert set(pairs) == {("softmax", "F alone"), ("flat", "F alone"), ("softmax", "flat")}
+    here = set(res["all_attacks"]["broken_images"])
+    vs_f = pairs[("softmax", "F alone")]
+    assert (vs_f["broken_only_first"], vs_f["broken_only_second"]) == (len(here - alone), len(alone - here))
+    assert vs_f["robustness_second"] == pytest.approx(1 - len(alone) / len(y)) and 0 < vs_f["mcnemar_p"] <= 1
     out = ev.write(tmp_path / "eval")
     text = (out / "report.md").read_text()
     assert "## Versions and budgets" in text and "## Budget check" in text and "WARNING: flat" in text
+    assert "## Paired on the same images (exact McNemar)" in text
     assert all(v in text for v in VERSIONS)
     assert json.loads((out / "results.json").read_text())["budget"]["steps"] == 3
     assert (out / "robustness_vs_eps.png").is_file() and (out / "roc.png").is_file()

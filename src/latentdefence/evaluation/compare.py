@@ -78,6 +78,41 @@ def _pair_with_first_run(rows: list[dict[str, Any]], first_label: str) -> None:
                              "mcnemar_p": mcnemar_p_value(len(here - there), len(there - here))}
 
 
+def paired_within_run(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Exact McNemar tests on one run's images: each detector's worst case against F alone (PGD and the cascade), and
+    the first detector (DLD in the DLD runs) against each other detector; needs the per-image outcomes."""
+    alone = results.get("classifier_alone_broken_images")
+    broken = {name: det["all_attacks"].get("broken_images") for name, det in results["detectors"].items()}
+    pairs = [(name, "F alone") for name in broken] + [(first, other) for first in list(broken)[:1]
+                                                       for other in list(broken)[1:]]
+    outcomes = {**broken, "F alone": alone}
+    rows = []
+    for a, b in pairs:
+        if outcomes[a] is None or outcomes[b] is None:
+            continue
+        only_a, only_b = set(outcomes[a]) - set(outcomes[b]), set(outcomes[b]) - set(outcomes[a])
+        n = results["classifier_alone"]["n"]
+        rows.append({"first": a, "second": b, "robustness_first": 1 - len(outcomes[a]) / n,
+                     "robustness_second": 1 - len(outcomes[b]) / n, "broken_only_first": len(only_a),
+                     "broken_only_second": len(only_b), "mcnemar_p": mcnemar_p_value(len(only_a), len(only_b))})
+    return rows
+
+
+def paired_lines(results: Mapping[str, Any]) -> list[str]:
+    """Markdown: the within-run paired tests (`paired_within_run`), or nothing when the run has none."""
+    rows = results.get("paired") or []
+    if not rows:
+        return []
+    lines = ["## Paired on the same images (exact McNemar)", "",
+             "Worst case over all attacks per image; F alone: broken by PGD or the cascade. p < 0.05 is a measured "
+             "difference; otherwise there is no measurable difference at this n.", "",
+             "| first | second | robustness first / second | broken only by first's attacks / only second's | "
+             "McNemar p |", "|---|---|---|---|---|"]
+    lines += [f"| {r['first']} | {r['second']} | {100 * r['robustness_first']:.1f}% / {100 * r['robustness_second']:.1f}% "
+              f"| {r['broken_only_first']} / {r['broken_only_second']} | {r['mcnemar_p']:.2g} |" for r in rows]
+    return lines + [""]
+
+
 def _classifier_alone(res: Mapping[str, Any]) -> dict[str, Any]:
     """F's robustness under the run's AutoAttack-style cascade (the lowest after any stage)."""
     alone = res["classifier_alone"]

@@ -33,6 +33,7 @@ from ..detectors.base import Detection, evaded
 from ..dld import CentroidAttack, DeepLatentDefence, ensemble_pgd
 from ..dld.encoders import EncoderDecoder
 from ..experiments.cache import StageTimer
+from .compare import paired_lines, paired_within_run
 from .detection import detection_metrics, verdicts, worst_case
 from .metrics import wilson_interval
 
@@ -187,6 +188,8 @@ def evaluate_detectors(detectors: Mapping[str, Any], images: torch.Tensor, label
                                                target_fpr)
             results["detectors"][n]["skipped"] = skipped[n]
         results["classifier_alone"] = {"autoattack_robust_accuracy_after": robust_after, "n": len(labels)}
+        results["classifier_alone_broken_images"] = _broken_on_classifier(detectors, labels, sets)
+        results["paired"] = paired_within_run(results)
     with timer.timed("sanity_checks"):
         checked = list(detectors) if sanity is None else sanity          # () checks none
         results["sanity"] = {n: _sanity(detectors[n], n, images, labels, threat_model, b, sets[n], results,
@@ -298,6 +301,18 @@ def _attack_all(detectors: Mapping[str, Any], images: torch.Tensor, labels: torc
                 sets[name][kind] = in_batches(lambda x, y, s: attack(det, x, y, starts=s).images, images, labels,
                                               starts, batch_size=b.batch_size)
     return sets, robust_after, skipped
+
+
+def _broken_on_classifier(detectors: Mapping[str, Any], labels: torch.Tensor,
+                          sets: Mapping[str, Mapping[str, torch.Tensor]]) -> list[int]:
+    """Images F alone gets wrong under PGD or the cascade (the attacks every detector's run shares), by index."""
+    from .metrics import batched_predict
+
+    classifier, shared = next(iter(detectors.values())).classifier, next(iter(sets.values()))
+    broken = torch.zeros(len(labels), dtype=torch.bool)
+    for kind in ("pgd", "autoattack"):
+        broken |= batched_predict(classifier, shared[kind]) != labels.cpu()
+    return torch.nonzero(broken).flatten().tolist()
 
 
 def _autoattack(attack: AutoAttack, classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -535,7 +550,7 @@ def report(results: Mapping[str, Any], *, title: str | None = None, notes: Seque
     aa = results["classifier_alone"]["autoattack_robust_accuracy_after"]
     lines += ["## F alone, AutoAttack-style cascade", "", "| after | robust accuracy |", "|---|---|"]
     lines += [f"| {k} | {_pct(v)} |" for k, v in aa.items()]
-    lines += [""] + _sanity_lines(results) + _budget_check_lines(results) + _budget_lines(results)
+    lines += [""] + paired_lines(results) + _sanity_lines(results) + _budget_check_lines(results) + _budget_lines(results)
     if results.get("wall_time_s"):
         lines += ["Wall time (s): " + ", ".join(f"{k} {v}" for k, v in results["wall_time_s"].items())
                   + f"; total {sum(results['wall_time_s'].values()):.0f} s.", ""]
