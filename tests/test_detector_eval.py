@@ -98,6 +98,7 @@ def test_a_user_detector_gets_every_attack_that_applies_and_a_report(tmp_path: P
     assert all(v in text for v in VERSIONS)
     assert json.loads((out / "results.json").read_text())["budget"]["steps"] == 3
     assert (out / "robustness_vs_eps.png").is_file() and (out / "roc.png").is_file()
+    assert (out / "worst_case_vs_fpr.png").is_file()
 
 
 def test_l2_threat_model_skips_the_linf_only_attacks() -> None:

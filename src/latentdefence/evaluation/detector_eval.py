@@ -646,5 +646,32 @@ def _figures(out: Path, results: Mapping[str, Any]) -> None:
         if len(ax.lines) > 1:
             ax.legend(fontsize=7, loc="lower right")
     save_figure(fig, out / "roc.png", tight_layout=True)
+    _worst_case_vs_fpr(out, results)
+
+
+def _worst_case_vs_fpr(out: Path, results: Mapping[str, Any]) -> None:
+    """worst_case_vs_fpr.png: each detector's worst case (95% CI) at the calibrated threshold and re-judged at each
+    SR@FPR operating point (the same kept iterates, not re-attacked there), beside F alone."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, res in results["detectors"].items():
+        w = res["all_attacks"]
+        points = sorted([(float(f), 1 - r, w["sr_at_fpr_ci"][f]) for f, r in w["sr_at_fpr"].items()]
+                        + [(res["clean"]["calibration_fpr"], w["robustness"],
+                            (1 - w["robustness_ci"][1], 1 - w["robustness_ci"][0]))])
+        x = [100 * max(p[0], 1e-4) for p in points]
+        y = [100 * p[1] for p in points]
+        err = [[100 * max(0.0, p[1] - (1 - p[2][1])) for p in points], [100 * max(0.0, 1 - p[2][0] - p[1])
+                                                                        for p in points]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"F + {name}")
+    broken = results.get("classifier_alone_broken_images")
+    alone = 1 - len(broken) / results["n"] if broken is not None else \
+        min(results["classifier_alone"]["autoattack_robust_accuracy_after"].values())
+    ax.axhline(100 * alone, ls="--", color="grey", label="F alone (PGD and the cascade)")
+    ax.set(xscale="log", xlabel="clean false-positive rate on the calibration images (%)",
+           ylabel="worst-case robustness (%)", title=f"Against attackers who know the detector (n {results['n']})")
+    ax.legend(fontsize=7)
+    save_figure(fig, out / "worst_case_vs_fpr.png", tight_layout=True)
 
 
