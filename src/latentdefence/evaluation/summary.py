@@ -31,6 +31,27 @@ LAD_ROWS = [
 ]
 
 
+# CIFAR-10 rows: the paper has no CIFAR-10 column; its SVHN one (a different dataset) is shown, labelled, for scale
+CIFAR_ROWS = [
+    ("FGSM: robustness", ("table1", "fgsm", "robustness"), 0.9459),
+    ("PGD: robustness", ("table1", "pgd", "robustness"), 0.7969),
+    ("CW-L2: robustness", ("table1", "cw", "robustness"), 0.9941),
+    ("adaptive: robustness", ("table1", "adaptive", "robustness"), 0.5132),
+    ("PGD: base accuracy (F alone)", ("table1", "pgd", "base_accuracy"), 0.2259),
+    ("FGSM: ROC AUC", ("table1", "fgsm", "roc_auc"), 0.971),
+    ("PGD: ROC AUC", ("table1", "pgd", "roc_auc"), 0.906),
+    ("adaptive: ROC AUC", ("table1", "adaptive", "roc_auc"), 0.811),
+    ("clean false-positive rate", ("fpr",), 0.1002),
+]
+CIFAR = "CIFAR-10 (JPEG copy)"
+
+
+def eps_label(eps: float) -> str:
+    """An L-inf radius as people write it: 8/255 for natural images, 0.3 otherwise."""
+    ticks = eps * 255
+    return f"{round(ticks)}/255" if abs(ticks - round(ticks)) < 1e-4 and eps < 0.1 else f"{eps:g}"
+
+
 # detector key in dld-mnist-adaptive's results.json -> (README name, the paper's robustness under its own attacks)
 ADAPTIVE_ROWS = {"dld": ("DLD", "95.62% (adaptive)"), "dknn": ("Deep k-NN", "—"), "mahalanobis": ("Mahalanobis", "—"),
                  "lid": ("LID", "—")}
@@ -112,23 +133,52 @@ def results_table(results_dir: Path) -> str:
     if variants.is_file():
         lines += _classifier_variant_rows(json.loads(variants.read_text()),
                                           f"`{variants.parent.relative_to(results_dir.parent.parent)}`")
+    lines += _cifar_rows(results_dir)
     if len(lines) == 2:
         lines.append("| (no committed results yet) | | | | |")
     return "\n".join(lines)
 
 
-def _adaptive_rows(res: dict[str, Any], source: str) -> list[str]:
+def _adaptive_rows(res: dict[str, Any], source: str, dataset: str = "", paper: dict[str, str] | None = None
+                   ) -> list[str]:
     """Per detector: robustness under the paper's attacks -> under every attack we have (per-image worst case)."""
-    eps = res["settings"]["attacks"]["eps"]
+    eps, on = eps_label(res["settings"]["attacks"]["eps"]), f"{dataset}, " if dataset else ""
     rows = []
     for key, det in res["detectors"].items():
-        name, paper = ADAPTIVE_ROWS.get(key, (key, "—"))
+        name, claim = ADAPTIVE_ROWS.get(key, (key, "—"))
+        claim = (paper or {}).get(key, claim)
         w0, w1 = det["paper_attacks"], det["all_attacks"]
-        rows.append(f"| {name} on F, eps {eps:g}: robustness, paper's attacks -> all our attacks (worst case) | {paper} | "
-                    f"{100 * w0['robustness']:.2f}% -> {100 * w1['robustness']:.2f}% | {w1['n']} | {source} |")
+        rows.append(f"| {name} on F, {on}eps {eps}: robustness, paper's attacks -> all our attacks (worst case) | "
+                    f"{claim} | {100 * w0['robustness']:.2f}% -> {100 * w1['robustness']:.2f}% | {w1['n']} | {source} |")
     aa = res["classifier_alone"]
-    rows.append(f"| F alone, eps {eps:g}: robust accuracy, AutoAttack-style cascade (APGD-CE, APGD-T, Square) | — | "
+    rows.append(f"| F alone, {on}eps {eps}: robust accuracy, AutoAttack-style cascade (APGD-CE, APGD-T, Square) | — | "
                 f"{100 * aa['autoattack_robust_accuracy_after']['square']:.2f}% | {aa['n']} | {source} |")
+    for pair in res.get("paired", []):
+        if pair["first"] == "dld":
+            rows.append(f"| DLD minus {ADAPTIVE_ROWS.get(pair['second'], (pair['second'],))[0]}, {on}eps {eps}: "
+                        f"worst-case robustness (pp; exact McNemar p on the same images) | — | "
+                        f"{100 * (pair['robustness_first'] - pair['robustness_second']):+.2f} (p {pair['mcnemar_p']:.2g})"
+                        f" | {aa['n']} | {source} |")
+    return rows
+
+
+def _cifar_rows(results_dir: Path) -> list[str]:
+    """DLD's Table I on CIFAR-10 (the paper's SVHN column beside it, labelled) and its adaptive evaluation."""
+    rows: list[str] = []
+    table1 = results_dir / "dld-cifar10-table1" / "results.json"
+    if table1.is_file():
+        res = json.loads(table1.read_text())
+        source = f"`{table1.parent.relative_to(results_dir.parent.parent)}`"
+        eps = eps_label(res["settings"]["attacks"]["eps"])
+        for label, path, paper in CIFAR_ROWS:
+            n = res["table1"][path[1]]["n"] if path[0] == "table1" else res.get("dataset_sizes", {}).get("clean_eval", "")
+            rows.append(f"| DLD Table I on {CIFAR}, eps {eps}, {label} | SVHN: {_fmt(paper, path[-1])} | "
+                        f"{_fmt_ci(res, path)} | {n} | {source} |")
+    adaptive = results_dir / "dld-cifar10-adaptive" / "results.json"
+    if adaptive.is_file():
+        rows += _adaptive_rows(json.loads(adaptive.read_text()),
+                               f"`{adaptive.parent.relative_to(results_dir.parent.parent)}`", CIFAR,
+                               {"dld": "SVHN: 51.32% (adaptive)"})
     return rows
 
 
