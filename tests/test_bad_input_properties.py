@@ -358,6 +358,17 @@ CLI_CASES = [  # (args with {placeholders}, text the one-line message must hold)
     ("dld calibrate {artifact} --n-calibration -1", "n_calibration must be an integer >= 1"),   # issue 37
     ("dld calibrate {artifact} --n-calibration 0", "n_calibration must be an integer >= 1"),
     ("evaluate-detector {artifact} --n-calibration -1 --n 5", "n_calibration must be an integer >= 1"),
+    # issue 37: an output that would destroy an input, or cannot be written, is refused before the work
+    ("dld detect {artifact} {x255} --out {artifact}", "is an input of this command"),
+    ("attack run {ckpt} --out {ckpt}.safetensors", "is an input of this command"),
+    ("attack run {ckpt} --out {ckpt}.json", "is an input of this command"),
+    ("export-classifier {artifact} --out {artifact}", "is an input of this command"),
+    ("evaluate-detector {artifact} --out {artifact}", "is an input of this command"),
+    ("attack run {ckpt} --out {root}", "is an existing directory"),
+    ("attack run {ckpt} --out {artifact}/sub/a.safetensors", "is not a folder this process can write to"),
+    ("evaluate-detector {artifact} --out {x255}", "is an existing file; give a folder"),
+    ("audit export --db {artifact} --out {artifact}", "is an input of this command"),
+    ("train --out {x255} --epochs 1", "is an existing file; give a folder"),
 ]
 
 

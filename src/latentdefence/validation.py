@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields, is_dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
@@ -180,3 +182,41 @@ def _check_scalar(key: str, name: str, value: numbers.Real) -> None:
 def model_dtype(model: torch.nn.Module) -> torch.dtype | None:
     """The floating dtype of the model's weights (images are converted to it), None without weights."""
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+
+
+OutputKind = Literal["file", "folder", "checkpoint"]
+
+
+def _same_file_forms(path: Path, kind: str) -> set[Path]:
+    """Every file a path stands for: a checkpoint stem is `stem.safetensors` and `stem.json` too."""
+    path = path.expanduser().resolve()
+    forms = {path}
+    if kind == "checkpoint" or path.suffix in (".safetensors", ".json"):
+        stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+        forms |= {stem, stem.with_suffix(".safetensors"), stem.with_suffix(".json")}
+    return forms
+
+
+def check_output(path: Any, kind: OutputKind = "file", inputs: Sequence[Any] = (), name: str = "--out") -> Path:
+    """An output path checked before any work (issue 37): not one of the command's `inputs` (resolved, a checkpoint
+    stem and its files alike), not an existing directory where a file is written (nor a file where a folder is),
+    and in a folder this process may write (the nearest existing ancestor)."""
+    out = Path(path).expanduser()
+    mine = _same_file_forms(out, kind)
+    for source in inputs:
+        if source is not None and mine & _same_file_forms(Path(source), "checkpoint"):
+            raise InputValidationError(name, f"{out} is an input of this command ({source}); writing it would "
+                                       "destroy what it reads: choose another path")
+    written = [out] if kind != "checkpoint" else [Path(f"{out.with_suffix('') if out.suffix == '.safetensors' else out}"
+                                                       f"{ext}") for ext in (".safetensors", ".json")]
+    if kind == "folder" and out.exists() and not out.is_dir():
+        raise InputValidationError(name, f"{out} is an existing file; give a folder")
+    if kind != "folder" and any(p.is_dir() for p in written):
+        raise InputValidationError(name, f"{next(p for p in written if p.is_dir())} is an existing directory; give a "
+                                   "file path")
+    ancestor = out.resolve() if kind == "folder" else out.resolve().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputValidationError(name, f"{out}: {ancestor} is not a folder this process can write to")
+    return out

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import typer
 
+from ..validation import check_output
 from .errors import cli_errors
 
 app = typer.Typer(help="Run an attack on a trained checkpoint and save the adversarial set.", no_args_is_help=True)
@@ -69,6 +70,7 @@ def run(
 ) -> None:
     """Attack the first LIMIT images of a split; print success rate, robust accuracy, mean norm; save the set."""
     with cli_errors():
+        check_output(out, "file", [checkpoint])
         import torch
 
         from .._io import sha256_file

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from ..validation import check_output
 from .errors import cli_errors
 
 if TYPE_CHECKING:
@@ -47,6 +48,9 @@ def export(db: Path = DB, out: Path = typer.Option(..., help="JSON Lines file, o
                                                   "`images` (N, C, H, W), `ids` (N,)).")) -> None:
     """Export every flagged record (and, if kept, its image); files are written atomically."""
     with cli_errors():
+        check_output(out, "file", [db, images])
+        if images is not None:
+            check_output(images, "file", [db, out], name="--images")
         import torch
 
         from .._io import atomic_path, save_tensors

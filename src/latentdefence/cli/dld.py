@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from ..validation import check_output
 from .errors import cli_errors
 
 app = typer.Typer(help="Deep Latent Defence: fit encoders + latent k-NN, calibrate, detect, reproduce Tables I-II.",
@@ -23,6 +24,7 @@ def fit(checkpoint: Path = typer.Argument(..., help="Classifier checkpoint (from
         max_train: Optional[int] = typer.Option(None, help="Train encoders on the first N images only.")) -> None:
     """Train one adversarial encoder-decoder per tap and index the pruned training embeddings."""
     with cli_errors():
+        check_output(out, "file", [checkpoint])
         from ..data import load_dataset
         from ..dld import DeepLatentDefence, EncoderTrainConfig
         from ..training import load_checkpoint
@@ -58,6 +60,8 @@ def detect(detector: Path, images: Path = typer.Argument(..., help="safetensors 
            out: Optional[Path] = typer.Option(None, help="Write per-image results as JSON here.")) -> None:
     """Classify and flag each image; print how many were flagged."""
     with cli_errors():
+        if out is not None:
+            check_output(out, "file", [detector, images])
         from .._io import load_tensors, write_json
         from ..dld import DeepLatentDefence
 
@@ -75,6 +79,7 @@ def evaluate(profile: str = typer.Option("cpu", help="smoke | demo | cpu | paper
              classifier_checkpoint: Optional[str] = typer.Option(None, help="Use this classifier instead of training one.")) -> None:
     """Reproduce Tables I-II and Fig. 3: results.json, report.md and figures in OUT."""
     with cli_errors():
+        check_output(out, "folder", [classifier_checkpoint])
         from dataclasses import replace
 
         from ..experiments.dld import dld_config, run_dld
@@ -92,6 +97,7 @@ def compare(detectors: list[str] = typer.Argument(..., help="NAME=PATH detector 
             out: Path = typer.Option(Path("runs/dld-compare"), help="Folder for results.json and report.md.")) -> None:
     """ROC AUCs of several detectors on the same attacked test images, each against the first by DeLong's paired test."""
     with cli_errors():
+        check_output(out / "results.json", "file", [d.split("=", 1)[-1] for d in detectors])
         import torch
 
         from ..attacks import create_attack

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from ..validation import check_output
 from .errors import cli_errors
 
 
@@ -34,6 +35,7 @@ def evaluate_detector(
 ) -> None:
     """Evaluate a detector like an attacker would: per-image worst case over every attack, sanity-check warnings."""
     with cli_errors():
+        check_output(out, "folder", [artifact])
         from ..evaluation import ThreatModel
         from ..experiments.dld_adaptive import evaluate_dld_artifact
 
@@ -52,6 +54,7 @@ def compare_evaluations(
 ) -> None:
     """One table and figure of detector variants, refused unless the runs share budget, images and classifier."""
     with cli_errors():
+        check_output(out / "results.json", "file", [Path(run.split("=", 1)[-1]) / "results.json" for run in runs])
         from ..evaluation.compare import compare_runs, load_run, write_comparison
 
         pairs = [run.split("=", 1) for run in runs]

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..validation import check_output
 from .errors import cli_errors
 
 
@@ -35,6 +36,7 @@ def reproduce(
         return
     with cli_errors():
         target = out or Path("runs") / f"{experiment}-{profile}"
+        check_output(target, "folder", [classifier])
         run_experiment(experiment, profile, target, data_dir, classifier, set_)
         typer.echo((target / "report.md").read_text())
         typer.echo(f"results: {target / 'results.json'}")

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..validation import check_output
 from .errors import cli_errors
 
 
@@ -75,6 +76,7 @@ def export_classifier(
 ) -> None:
     """Write the guarded classifier alone as a plain checkpoint, for users who do not want the detector."""
     with cli_errors():
+        check_output(out, "checkpoint", [artifact])
         from ..serving import GuardedClassifier
 
         typer.echo(f"wrote {GuardedClassifier.load(artifact).export_classifier(out)}")

@@ -8,6 +8,7 @@ from typing import Optional, cast
 
 import typer
 
+from ..validation import check_output
 from .errors import cli_errors
 
 
@@ -40,6 +41,7 @@ def train(
 ) -> None:
     """Train a classifier (clean or adversarially), resumable from OUT/last, saving OUT/final."""
     with cli_errors():
+        check_output(out, "folder")
         from .._seed import seed_everything
         from ..data import load_dataset
         from ..models import create_model
@@ -75,6 +77,8 @@ def evaluate(
 ) -> None:
     """Clean and PGD (L-inf) accuracy of checkpoints on the test split, each against the first (McNemar)."""
     with cli_errors():
+        if out is not None:
+            check_output(out / "results.json", "file", checkpoints)
         import torch
 
         from ..attacks import PGD
