@@ -87,3 +87,28 @@ def test_design_example_adds_an_attack_and_a_detector_the_registries_serve() -> 
     assert type(create_attack("sign-noise", eps=0.1)).__name__ == "SignNoise" and "max-softmax" in list_detectors()
     result = namespace["result"]
     assert result.images.shape == (8, 1, 8, 8) and bool((result.norms <= 0.1 + 1e-6).all())
+
+
+def test_cifar10_rows_label_the_jpeg_copy_and_the_papers_svhn_column(tmp_path: Path) -> None:
+    results = tmp_path / "docs" / "results"
+    (results / "dld-cifar10-table1").mkdir(parents=True)
+    row = {"base_accuracy": 0.4, "robustness": 0.6, "robustness_ci": [0.55, 0.65], "roc_auc": 0.8, "n": 500}
+    table1 = {"fpr": 0.1, "settings": {"attacks": {"eps": 8 / 255}}, "dataset_sizes": {"clean_eval": 2000},
+              "table1": {k: row for k in ("fgsm", "pgd", "cw", "adaptive")}}
+    (results / "dld-cifar10-table1" / "results.json").write_text(json.dumps(table1))
+    (results / "dld-cifar10-adaptive").mkdir()
+    worst = {"robustness": 0.3, "n": 200}
+    adaptive = {"settings": {"attacks": {"eps": 8 / 255}},
+                "detectors": {"dld": {"paper_attacks": {"robustness": 0.4}, "all_attacks": worst}},
+                "classifier_alone": {"n": 200, "autoattack_robust_accuracy_after": {"square": 0.28}},
+                "paired": [{"first": "dld", "second": "F alone", "robustness_first": 0.3, "robustness_second": 0.28,
+                            "mcnemar_p": 0.25}]}
+    (results / "dld-cifar10-adaptive" / "results.json").write_text(json.dumps(adaptive))
+    table = results_table(results)
+    assert ("| DLD Table I on CIFAR-10 (JPEG copy), eps 8/255, PGD: robustness | SVHN: 79.69% | "
+            "60.00% [55.0, 65.0] | 500 |") in table
+    assert "| DLD Table I on CIFAR-10 (JPEG copy), eps 8/255, clean false-positive rate | SVHN: 10.02% |" in table
+    assert ("| DLD on F, CIFAR-10 (JPEG copy), eps 8/255: robustness, paper's attacks -> all our attacks (worst case) "
+            "| SVHN: 51.32% (adaptive) | 40.00% -> 30.00% | 200 |") in table
+    assert "| DLD minus F alone, CIFAR-10 (JPEG copy), eps 8/255: worst-case robustness (pp; exact McNemar p on the " \
+           "same images) | — | +2.00 (p 0.25) | 200 |" in table
