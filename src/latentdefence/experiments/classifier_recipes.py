@@ -8,14 +8,13 @@ per second. `reproduce cifar10-recipes --profile cpu` writes `docs/results/cifar
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .._io import atomic_path, environment_info, git_revision, read_json, save_figure, write_json
+from .._io import atomic_path, environment_info, git_revision, save_figure, write_json
 from ..attacks import PGD
 from ..data import load_dataset
 from ..evaluation.metrics import accuracy, robust_accuracy, wilson_interval
@@ -105,14 +104,11 @@ def _row(config: RecipeConfig, recipe: Recipe, train: Any, held_out: Any) -> dic
     cfg = replace(recipe.train, epochs=config.epochs, seed=config.seed)
     settings = {"dataset": config.dataset, "arch": recipe.arch, "width": recipe.width, "n_train": len(train),
                 "train": cfg.key_settings()}
-
-    def build(d: Path) -> None:
-        start = time.perf_counter()
-        train_classifier(create_model(recipe.arch, width=recipe.width), train, cfg, checkpoint_dir=d)
-        write_json(d / "train_seconds.json", {"seconds": round(time.perf_counter() - start, 1)})
-    path = ensure_stage("classifier-recipe", settings, build)
-    model = load_checkpoint(path / "final")[0].eval()
-    train_s = float(read_json(path / "train_seconds.json")["seconds"])
+    path = ensure_stage("classifier-recipe", settings, lambda d: train_classifier(
+        create_model(recipe.arch, width=recipe.width), train, cfg, checkpoint_dir=d))
+    model, meta = load_checkpoint(path / "final")
+    model.eval()
+    train_s = sum(float(epoch["seconds"]) for epoch in meta["history"])   # per epoch, so a resumed run counts whole
     x, y = held_out.images, held_out.labels
     clean = accuracy(model, x, y)
     pgd = robust_accuracy(model, x, y, PGD(EPS, 2.5 * EPS / config.eval_steps, config.eval_steps))
@@ -151,8 +147,9 @@ def _report(path: Path, config: RecipeConfig, results: dict[str, Any]) -> None:
              f"Every row: {config.epochs} epochs on the first {config.n_train} training images, seed {config.seed}, "
              f"eps 8/255; judged on the last {config.n_eval} training images (held out, not the test split): clean "
              f"and PGD-{config.eval_steps} (step 2.5 eps / {config.eval_steps}, no restart) accuracy with Wilson 95% "
-             f"intervals. Train time on {results['environment']['torch_threads']} torch thread(s) of this machine, "
-             f"git {results['git_revision']}.", "",
+             f"intervals. Train time: the sum of the epochs' times on {results['environment']['torch_threads']} torch "
+             f"thread(s) of this 2-core machine, which other jobs shared (compare rows by their accuracy; "
+             f"`benchmarks/train.py` times a model alone). git {results['git_revision']}.", "",
              f"| # | recipe | model (width) | weights | clean [95% CI] | PGD-{config.eval_steps} [95% CI] | train time | "
              "images/s |", "|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(results["rows"], 1):
