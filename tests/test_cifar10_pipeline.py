@@ -121,3 +121,21 @@ def test_an_rgb_32x32_detector_serves_with_its_own_input_shape(tmp_path: Path) -
         Image.fromarray(pixels[..., 0], "L").save(buf, format="PNG")
         refused = client.post("/v1/predict", content=buf.getvalue(), headers={"content-type": "image/png"})
         assert refused.status_code == 422 and "the model expects 3" in refused.text
+
+
+@requires_cifar10
+@pytest.mark.slow
+def test_recipe_screening_smoke_judges_every_row_on_held_out_training_images(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LATENTDEFENCE_RUNS", str(tmp_path / "runs"))
+    results = run_experiment("cifar10-recipes", "smoke", tmp_path / "out")
+    rows = results["rows"]
+    assert [r["arch"] for r in rows] == ["dld_svhn", "dld_svhn", "preact_resnet18", "preact_resnet18"]
+    for r in rows:
+        lo, hi = r["clean_ci"]
+        assert r["n_eval"] == 64 and lo <= r["clean_accuracy"] <= hi and r["pgd_accuracy"] <= r["clean_accuracy"]
+        assert r["trained"] == (lo > 0.15) and r["train_seconds"] > 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "CIFAR-10 (JPEG copy)" in report and (tmp_path / "out" / "recipes.png").is_file()
+    again = run_experiment("cifar10-recipes", "smoke", tmp_path / "again")     # judged once, then read back
+    assert [r["pgd_accuracy"] for r in again["rows"]] == [r["pgd_accuracy"] for r in rows]

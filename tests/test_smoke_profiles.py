@@ -51,14 +51,15 @@ def _leaves(obj: Any, path: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def _inert(config: Any, path: str) -> bool:
-    """The PGD training steps of a classifier that is not PGD-trained are never run."""
+    """The PGD training steps of a classifier that is not PGD-trained are never run (every such classifier, where a
+    path runs through a tuple of rows)."""
     if not path.endswith(".steps"):
         return False
-    node = config
+    nodes = [config]
     for part in path.split(".")[:-1]:
-        node = getattr(node, part)
-    mode = getattr(node, "adversarial", None)  # a classifier's training mode ("none", "fgsm_rs", "pgd")
-    return isinstance(mode, str) and mode != "pgd"
+        nodes = [getattr(n, part) for node in nodes for n in (node if isinstance(node, (list, tuple)) else [node])]
+    modes = [getattr(node, "adversarial", None) for node in nodes]   # a classifier's training mode
+    return all(isinstance(mode, str) and mode != "pgd" for mode in modes)
 
 
 def _too_big(config: Any) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .._io import atomic_path, environment_info, git_revision, save_figure, write_json
+from .._io import atomic_path, environment_info, git_revision, read_json, save_figure, write_json
 from ..attacks import PGD
 from ..data import load_dataset
 from ..evaluation.metrics import accuracy, robust_accuracy, wilson_interval
@@ -37,7 +37,7 @@ class Recipe:
 
 
 def _fgsm_rs(**kw: Any) -> TrainConfig:
-    return TrainConfig(adversarial="fgsm_rs", eps=EPS, steps=1, batch_size=128, **kw)
+    return TrainConfig(adversarial="fgsm_rs", eps=EPS, steps=1, batch_size=128, epochs=4, **kw)
 
 
 SGD_ONECYCLE: dict[str, Any] = {"optimizer": "sgd", "lr": 0.2, "schedule": "onecycle", "weight_decay": 5e-4}
@@ -60,7 +60,7 @@ class RecipeConfig:
     profile: str = "cpu"
     dataset: str = "cifar10"
     data_dir: str | None = None
-    epochs: int = 4
+    epochs: int = 4                  # every row's (its TrainConfig says the same: `recipes_config`)
     n_train: int = 20_000
     n_eval: int = 1000               # the last n_eval training images, held out from every row's training
     eval_steps: int = 20
@@ -74,8 +74,8 @@ def recipes_config(profile: str, dataset: str, data_dir: str | None, checkpoint:
         raise ValueError("the recipe screening trains its own classifiers; it takes no --classifier")
     if profile == "smoke":
         return RecipeConfig(profile, dataset, data_dir, epochs=1, n_train=256, n_eval=64, eval_steps=2,
-                            recipes=tuple(replace(r, width=0.125 if r.arch == "preact_resnet18" else 0.25)
-                                          for r in RECIPES))
+                            recipes=tuple(replace(r, width=0.125 if r.arch == "preact_resnet18" else 0.25,
+                                                  train=replace(r.train, epochs=1)) for r in RECIPES))
     if profile in ("cpu", "paper"):
         return RecipeConfig(profile, dataset, data_dir)
     raise ValueError(f"cifar10-recipes has profiles smoke and cpu, got {profile!r}")
@@ -109,14 +109,19 @@ def _row(config: RecipeConfig, recipe: Recipe, train: Any, held_out: Any) -> dic
     model, meta = load_checkpoint(path / "final")
     model.eval()
     train_s = sum(float(epoch["seconds"]) for epoch in meta["history"])   # per epoch, so a resumed run counts whole
-    x, y = held_out.images, held_out.labels
-    clean = accuracy(model, x, y)
-    pgd = robust_accuracy(model, x, y, PGD(EPS, 2.5 * EPS / config.eval_steps, config.eval_steps))
-    n = len(y)
+    judged = path / f"eval-{settings_key({'n': len(held_out), 'steps': config.eval_steps, 'seed': config.seed})}.json"
+    if not judged.is_file():   # the judgement is kept beside the weights: a report re-made later costs nothing
+        x, y = held_out.images, held_out.labels
+        write_json(judged, {"clean": accuracy(model, x, y), "pgd": robust_accuracy(
+            model, x, y, PGD(EPS, 2.5 * EPS / config.eval_steps, config.eval_steps))})
+    clean, pgd = (float(read_json(judged)[k]) for k in ("clean", "pgd"))
+    n = len(held_out)
+    clean_ci = wilson_interval(round(clean * n), n)
     return {"name": recipe.name, "arch": recipe.arch, "width": recipe.width,
             "weights": sum(p.numel() for p in model.parameters()), "train": asdict(cfg),
-            "clean_accuracy": clean, "clean_ci": wilson_interval(round(clean * n), n),
+            "clean_accuracy": clean, "clean_ci": clean_ci,
             "pgd_accuracy": pgd, "pgd_ci": wilson_interval(round(pgd * n), n), "n_eval": n,
+            "trained": clean_ci[0] > 1 / model.num_classes + 0.05,   # above chance, or the row is not used
             "train_seconds": train_s, "images_per_second": config.epochs * len(train) / train_s,
             "stage": path.name, "key": settings_key(settings)}
 
@@ -150,11 +155,14 @@ def _report(path: Path, config: RecipeConfig, results: dict[str, Any]) -> None:
              f"intervals. Train time: the sum of the epochs' times on {results['environment']['torch_threads']} torch "
              f"thread(s) of this 2-core machine, which other jobs shared (compare rows by their accuracy; "
              f"`benchmarks/train.py` times a model alone). git {results['git_revision']}.", "",
+             "A row whose clean accuracy is not clearly above chance (its interval's lower end within 5 points of 1/K) "
+             "did not train: it is marked and not used.", "",
              f"| # | recipe | model (width) | weights | clean [95% CI] | PGD-{config.eval_steps} [95% CI] | train time | "
              "images/s |", "|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(results["rows"], 1):
         (clo, chi), (plo, phi) = r["clean_ci"], r["pgd_ci"]
-        lines.append(f"| {i} | {r['name']} | {r['arch']} ({r['width']:g}) | {r['weights'] / 1e6:.2f}M | {100 * r['clean_accuracy']:.1f} "
+        mark = "" if r["trained"] else " **(did not train: not used)**"
+        lines.append(f"| {i} | {r['name']}{mark} | {r['arch']} ({r['width']:g}) | {r['weights'] / 1e6:.2f}M | {100 * r['clean_accuracy']:.1f} "
                      f"[{100 * clo:.1f}, {100 * chi:.1f}] | {100 * r['pgd_accuracy']:.1f} [{100 * plo:.1f}, "
                      f"{100 * phi:.1f}] | {r['train_seconds']:.0f} s | {r['images_per_second']:.0f} |")
     with atomic_path(path) as tmp:
