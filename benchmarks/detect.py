@@ -6,8 +6,8 @@ Target: guarded inference (F + all encoders + k-NN + scoring) costs <= 1.5x F al
 
 Without --detector the encoders are untrained and the indexes hold clustered synthetic embeddings
 (10 Gaussian classes, as a trained latent space looks) of the size of pruned MNIST: timings depend on
-sizes, not on trained weights. With --detector a saved artifact is timed, loaded once per backend, on uniform noise and (for an MNIST
-artifact) on MNIST test images: exhaustive search costs the same on any input, the pruned "torch" search less
+sizes, not on trained weights. With --detector a saved artifact is timed, loaded once per backend, on uniform noise and (for an MNIST or
+CIFAR-10 artifact) on that dataset's test images (CIFAR-10 from $LATENTDEFENCE_DATA_DIR): exhaustive search costs the same on any input, the pruned "torch" search less
 the nearer inputs lie to the indexed data. Each backend's guarded/F ratio is printed, and whether its
 neighbours equal the first backend's on the timed batch.
 """
@@ -101,12 +101,14 @@ def main() -> None:
     lines, results = [f"torch threads {torch.get_num_threads()}, git {git_revision()}"], {}
     load_before = os.getloadavg()
     first: dict[str, dict[str, torch.Tensor]] = {}
-    inputs = {"noise": torch.rand(args.batch, *create_model("dld_mnist").input_shape)}
+    inputs: dict[str, torch.Tensor] = {}
     for backend in args.backends:
         det = (DeepLatentDefence.load(args.detector, knn_backend=backend) if args.detector
                else synthetic_detector(args.train, backend, args.algorithm))
-        if getattr(det, "metadata_", {}).get("dataset") == "mnist" and "mnist" not in inputs:
-            inputs["mnist"] = load_dataset("mnist").test.images[:args.batch]
+        inputs.setdefault("noise", torch.rand(args.batch, *det.classifier.input_shape))   # the detector's own shape
+        dataset = getattr(det, "metadata_", {}).get("dataset")
+        if dataset in ("mnist", "cifar10") and dataset not in inputs:   # cifar10: LATENTDEFENCE_DATA_DIR
+            inputs[dataset] = load_dataset(dataset).test.images[:args.batch]
         for name, x in inputs.items():
             r = guarded_ratio(det, x)
             found = {tap: idx for tap, (idx, _) in det.neighbours(x).items()}
