@@ -78,6 +78,11 @@ def test_cli_attacks_a_checkpoint(tmp_path: Path) -> None:
     res = runner.invoke(app, ["run", str(tmp_path / "ck"), "--attack", "jsma", "--limit", "2", "--targeted",
                               "--gamma", "0.02", "--out", str(tmp_path / "j.safetensors")])
     assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["run", str(tmp_path / "ck"), "--attack", "autoattack", "--steps", "2", "--limit", "4",
+                              "--n-target-classes", "2", "--queries", "5", "--out", str(tmp_path / "aa.safetensors")])
+    assert res.exit_code == 0, res.output
+    attack = load_adversarial_set(tmp_path / "aa.safetensors").attack
+    assert attack["attack"] == "AutoAttack" and attack["n_target_classes"] == 2 and attack["square_queries"] == 5
     for args, message in [(["run", str(tmp_path / "nope"), "--out", str(out)], "no such checkpoint"),
                           (["run", str(tmp_path / "ck"), "--attack", "foo", "--out", str(out)], "unknown attack"),
                           (["run", str(tmp_path / "ck"), "--attack", "jsma", "--out", str(out)], "targeted"),

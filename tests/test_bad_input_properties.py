@@ -334,6 +334,8 @@ CLI_CASES = [  # (args with {placeholders}, text the one-line message must hold)
     ("attack run {ckpt} --out {root}/a.safetensors --restarts 0", "restarts"),
     ("attack run {ckpt} --out {root}/a.safetensors --limit 0", "--limit"),
     ("attack run {ckpt} --out {root}/a.safetensors --batch-size 0", "--batch-size"),
+    ("attack run {ckpt} --out {root}/a.safetensors --attack autoattack --queries 0", "square_queries"),
+    ("attack run {ckpt} --out {root}/a.safetensors --attack apgdt --n-target-classes 0", "n_target_classes"),
     ("evaluate {ckpt} --limit 0", "--limit"),
     ("evaluate {ckpt} --limit -3", "--limit"),
     ("evaluate {ckpt} --steps 0", "--steps"),

@@ -14,13 +14,14 @@ from .errors import cli_errors
 
 app = typer.Typer(help="Run an attack on a trained checkpoint and save the adversarial set.", no_args_is_help=True)
 
-ATTACKS = ("fgsm", "pgd", "cw", "jsma", "apgd-ce", "apgd-dlr", "apgdt")
+ATTACKS = ("fgsm", "pgd", "cw", "jsma", "apgd-ce", "apgd-dlr", "apgdt", "square", "autoattack")
 
 
 def build_attack(name: str, *, eps: float, norm: str, steps: Optional[int], step_size: Optional[float],
                  restarts: int, targeted: bool, early_stop: bool, confidence: float, initial_const: float,
                  search_steps: int, lr: float, theta: float, gamma: float, seed: int,
-                 channels_last: bool) -> Any:
+                 channels_last: bool, n_target_classes: Optional[int] = None,
+                 queries: Optional[int] = None) -> Any:
     """The attack object a command line describes (threat-model flags only; no maths here)."""
     import torch
 
@@ -35,7 +36,8 @@ def build_attack(name: str, *, eps: float, norm: str, steps: Optional[int], step
     flags = {"eps": eps, "norm": norm, "steps": steps, "step_size": step_size, "restarts": restarts,
              "targeted": targeted, "early_stop": early_stop, "confidence": confidence, "initial_const": initial_const,
              "binary_search_steps": search_steps, "lr": lr, "theta": theta, "gamma": gamma,
-             "generator": torch.Generator().manual_seed(seed), "channels_last": channels_last}
+             "generator": torch.Generator().manual_seed(seed), "channels_last": channels_last,
+             "n_target_classes": n_target_classes, "square_queries": queries, "queries": queries}
     takes = A.attack_entry(name).parameters()
     return A.create_attack(name, **{k: v for k, v in flags.items() if k in takes and v is not None})
 
@@ -43,7 +45,8 @@ def build_attack(name: str, *, eps: float, norm: str, steps: Optional[int], step
 @app.command("run")
 def run(
     checkpoint: Path = typer.Argument(..., help="Checkpoint written by `latentdefence train` (with or without .safetensors)."),
-    attack: str = typer.Option("pgd", help="fgsm | pgd | cw | jsma | apgd-ce | apgd-dlr | apgdt"),
+    attack: str = typer.Option("pgd", help="fgsm | pgd | cw | jsma | apgd-ce | apgd-dlr | apgdt | square | "
+                               "autoattack (APGD-CE, APGD-T, Square on what stays robust)"),
     out: Path = typer.Option(..., help="Where to write the adversarial set (.safetensors)."),
     dataset: str = typer.Option("mnist", help="mnist (embedded) | mnist-idx | svhn | cifar10 | folder | celeba-smile"),
     data_dir: Optional[Path] = typer.Option(None, help="Folder with the dataset's files (not for embedded mnist)."),
@@ -62,6 +65,8 @@ def run(
     initial_const: float = typer.Option(1e-3, help="CW initial c."),
     search_steps: int = typer.Option(9, help="CW binary-search steps over c."),
     lr: float = typer.Option(1e-2, help="CW Adam learning rate."),
+    n_target_classes: Optional[int] = typer.Option(None, help="apgdt / autoattack: target classes (default 9)."),
+    queries: Optional[int] = typer.Option(None, help="square / autoattack: Square's queries (default 5000)."),
     theta: float = typer.Option(1.0, help="JSMA change per feature."),
     gamma: float = typer.Option(0.1, help="JSMA max fraction of features changed."),
     channels_last: bool = typer.Option(False, help="Run conv weights channels_last (faster for dld_* on CPU)."),
@@ -89,7 +94,8 @@ def run(
         adversary = build_attack(attack, eps=eps, norm=norm, steps=steps, step_size=step_size, restarts=restarts,
                                  targeted=targeted, early_stop=early_stop, confidence=confidence,
                                  initial_const=initial_const, search_steps=search_steps, lr=lr, theta=theta,
-                                 gamma=gamma, seed=seed, channels_last=channels_last)
+                                 gamma=gamma, seed=seed, channels_last=channels_last,
+                                 n_target_classes=n_target_classes, queries=queries)
         model, meta = load_checkpoint(weights)
         data = getattr(load_dataset(dataset, data_dir), split)
         images, labels = data.images[:limit], data.labels[:limit]
