@@ -81,6 +81,22 @@ def test_calibration_refuses_a_target_its_images_cannot_keep_and_reports_its_pro
     assert lo <= report["calibration_fpr"] <= 0.1 < hi
 
 
+def test_a_k_nn_detector_that_can_flag_nothing_says_so_when_calibrated(setup) -> None:
+    """Issue 36: on CIFAR-10 the paper's recipe left 15% of clean images at Eq. 8's maximum (every neighbour
+    disagreeing), so a 10% threshold sat at the top and flagged nothing, silently. Now a warning names it."""
+    from latentdefence.detectors import DeepKNN
+
+    model, train, cal, _ = setup
+    one_class = ImageDataset(train.images, torch.full_like(train.labels, 2), "blobs", "train")  # neighbours all say 2
+    det = DeepKNN(model, ("layer1", "layer2"), k=5).fit(one_class)
+    assert det.max_score() == 10.0
+    with pytest.warns(RuntimeWarning, match=r"DeepKNN can flag nothing: .*% of the calibration images already score "
+                                            r"the maximal 10"):
+        det.calibrate(cal, target_fpr=0.1)
+    assert det.calibration_report()["can_flag"] is False and not det.predict(cal.images).is_adversarial.any()
+    assert FACTORIES["dknn"](model).fit(train).calibrate(cal, target_fpr=0.1).calibration_report()["can_flag"]
+
+
 def test_the_conformal_bound_holds_on_held_out_scores_over_many_small_calibrations() -> None:
     """Over 4,000 seeded draws of 20 calibration scores, the held-out FP averages at most the reported bound."""
     from latentdefence.detectors.base import calibrate_threshold

@@ -9,6 +9,7 @@ that know it), and registers itself with `register_detector`; the contract tests
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -142,7 +143,18 @@ class ConformalDetector(ABC):
         self.calibration_scores_ = scores
         self.threshold_ = calibrate_threshold(scores, target_fpr)
         self.target_fpr_ = target_fpr
+        top = self.max_score()
+        if top is not None and self.threshold_ >= top:   # ties at the top: a detector that can flag nothing
+            at_top = float((scores >= top).float().mean())
+            warnings.warn(f"{type(self).__name__} can flag nothing: {100 * at_top:.1f}% of the calibration images "
+                          f"already score the maximal {top:g} (more than the target {100 * target_fpr:g}%), so the "
+                          "threshold sits at the top; its latent spaces do not separate the classes (raise k for "
+                          "a finer score, or train the encoders longer)", RuntimeWarning, stacklevel=2)
         return self
+
+    def max_score(self) -> float | None:
+        """The largest score this detector can give (a bounded score, such as Eq. 8's), else None."""
+        return None
 
     def calibration_report(self) -> dict[str, Any]:
         """What the calibration promises: the FP rate on its own images with its Wilson 95% interval, and the
@@ -152,7 +164,9 @@ class ConformalDetector(ABC):
         self._check_fitted("threshold_")
         n = len(self.calibration_scores_)
         flagged = int((self.calibration_scores_ > self.threshold_).sum())
+        top = self.max_score()
         return {"n": n, "target_fpr": self.target_fpr_, "calibration_fpr": flagged / n,
+                "can_flag": top is None or self.threshold_ < top,
                 "calibration_fpr_ci": wilson_interval(flagged, n),
                 "held_out_fpr_bound": (math.floor(self.target_fpr_ * n + 1e-9) + 1) / (n + 1)}
 

@@ -56,6 +56,10 @@ class KNNDetector(ConformalDetector):
         """The embedding (B, d) of tap `tap`'s activation that its index searches."""
         raise NotImplementedError
 
+    def max_score(self) -> float | None:
+        """Eq. 8's largest value: every one of the k neighbours in every index disagrees with F."""
+        return float(self.k * len(self.indexes_)) if hasattr(self, "indexes_") else None
+
     def _build_indexes(self, data: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         check_count("k", self.k)
         self.indexes_: dict[str, KNNIndex] = {}
