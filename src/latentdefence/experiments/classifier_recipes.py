@@ -109,11 +109,13 @@ def _row(config: RecipeConfig, recipe: Recipe, train: Any, held_out: Any) -> dic
     model, meta = load_checkpoint(path / "final")
     model.eval()
     train_s = sum(float(epoch["seconds"]) for epoch in meta["history"])   # per epoch, so a resumed run counts whole
-    judged = path / f"eval-{settings_key({'n': len(held_out), 'steps': config.eval_steps, 'seed': config.seed})}.json"
+    key = settings_key({"n": len(held_out), "steps": config.eval_steps, "seed": config.seed, "start": "seeded"})
+    judged = path / f"eval-{key}.json"
     if not judged.is_file():   # the judgement is kept beside the weights: a report re-made later costs nothing
         x, y = held_out.images, held_out.labels
-        write_json(judged, {"clean": accuracy(model, x, y), "pgd": robust_accuracy(
-            model, x, y, PGD(EPS, 2.5 * EPS / config.eval_steps, config.eval_steps))})
+        attack = PGD(EPS, 2.5 * EPS / config.eval_steps, config.eval_steps,
+                     generator=torch.Generator().manual_seed(config.seed))   # the same random start every time
+        write_json(judged, {"clean": accuracy(model, x, y), "pgd": robust_accuracy(model, x, y, attack)})
     clean, pgd = (float(read_json(judged)[k]) for k in ("clean", "pgd"))
     n = len(held_out)
     clean_ci = wilson_interval(round(clean * n), n)
