@@ -82,7 +82,7 @@ def test_calibration_refuses_a_target_its_images_cannot_keep_and_reports_its_pro
 
 
 def test_a_k_nn_detector_that_can_flag_nothing_says_so_when_calibrated(setup) -> None:
-    """Issue 36: on CIFAR-10 the paper's recipe left 15% of clean images at Eq. 8's maximum (every neighbour
+    """Issue 36: on CIFAR-10 the paper's recipe left 11.6% of the calibration images at Eq. 8's maximum (every neighbour
     disagreeing), so a 10% threshold sat at the top and flagged nothing, silently. Now a warning names it."""
     from latentdefence.detectors import DeepKNN
 

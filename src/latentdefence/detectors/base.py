@@ -138,6 +138,7 @@ class ConformalDetector(ABC):
         check_number("target_fpr", target_fpr, low=0.0, high=1.0, high_open=True)
         if not isinstance(calibration, ImageDataset):
             raise InputTypeError("calibration", f"must be an ImageDataset of clean images, got {type(calibration).__name__}")
+        self.check_images(calibration.images)            # bad images are named first, then what n can promise
         check_attainable_fpr(target_fpr, len(calibration))
         _, scores, _ = self.nonconformity(calibration.images)
         self.calibration_scores_ = scores
