@@ -191,7 +191,7 @@ def _same_file_forms(path: Path, kind: str) -> set[Path]:
     """Every file a path stands for: a checkpoint stem is `stem.safetensors` and `stem.json` too."""
     path = path.expanduser().resolve()
     forms = {path}
-    if kind == "checkpoint" or path.suffix in (".safetensors", ".json"):
+    if (kind == "checkpoint" and path.suffix == "") or path.suffix in (".safetensors", ".json"):
         stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
         forms |= {stem, stem.with_suffix(".safetensors"), stem.with_suffix(".json")}
     return forms
