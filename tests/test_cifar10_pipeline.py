@@ -17,6 +17,13 @@ from latentdefence.training.augment import crop_flip
 from shared_data import requires_cifar10
 
 
+@pytest.fixture()
+def out_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private stage cache (LATENTDEFENCE_RUNS) and the folder a run writes to."""
+    monkeypatch.setenv("LATENTDEFENCE_RUNS", str(tmp_path / "runs"))
+    return tmp_path / "out"
+
+
 def test_crop_flip_keeps_every_image_a_shifted_possibly_mirrored_copy_of_itself() -> None:
     images = torch.rand(64, 3, 8, 8)
     out = crop_flip(images, torch.Generator().manual_seed(0), pad=2)
@@ -71,16 +78,14 @@ def test_paper_profile_is_wong_et_al_preact_resnet18() -> None:
 
 @requires_cifar10
 @pytest.mark.slow
-def test_dld_cifar10_smoke_run_labels_the_jpeg_copy_and_the_svhn_column(tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LATENTDEFENCE_RUNS", str(tmp_path / "runs"))
-    results = run_experiment("dld-cifar10-table1", "smoke", tmp_path / "out")
+def test_dld_cifar10_smoke_run_labels_the_jpeg_copy_and_the_svhn_column(out_dir: Path) -> None:
+    results = run_experiment("dld-cifar10-table1", "smoke", out_dir)
     assert results["data"]["lossy"] is True and len(results["data"]["sha256"]) == 2
     assert results["dataset_sizes"]["calibration"] == 100 and set(results["table1"]) == {"fgsm", "pgd", "cw",
                                                                                           "adaptive"}
-    report = (tmp_path / "out" / "report.md").read_text()
+    report = (out_dir / "report.md").read_text()
     assert "CIFAR10 (JPEG copy)" in report and "SVHN column (a different dataset" in report
-    assert (tmp_path / "out" / "detector.safetensors").is_file()
+    assert (out_dir / "detector.safetensors").is_file()
 
 
 def test_an_rgb_32x32_detector_serves_with_its_own_input_shape(tmp_path: Path) -> None:
@@ -125,17 +130,15 @@ def test_an_rgb_32x32_detector_serves_with_its_own_input_shape(tmp_path: Path) -
 
 @requires_cifar10
 @pytest.mark.slow
-def test_recipe_screening_smoke_judges_every_row_on_held_out_training_images(tmp_path: Path,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LATENTDEFENCE_RUNS", str(tmp_path / "runs"))
-    results = run_experiment("cifar10-recipes", "smoke", tmp_path / "out")
+def test_recipe_screening_smoke_judges_every_row_on_held_out_training_images(out_dir: Path) -> None:
+    results = run_experiment("cifar10-recipes", "smoke", out_dir)
     rows = results["rows"]
     assert [r["arch"] for r in rows] == ["dld_svhn", "dld_svhn", "preact_resnet18", "preact_resnet18"]
     for r in rows:
         lo, hi = r["clean_ci"]
         assert r["n_eval"] == 64 and lo <= r["clean_accuracy"] <= hi and r["pgd_accuracy"] <= r["clean_accuracy"]
         assert r["trained"] == (lo > 0.15) and r["train_seconds"] > 0
-    report = (tmp_path / "out" / "report.md").read_text()
-    assert "CIFAR-10 (JPEG copy)" in report and (tmp_path / "out" / "recipes.png").is_file()
-    again = run_experiment("cifar10-recipes", "smoke", tmp_path / "again")     # judged once, then read back
+    report = (out_dir / "report.md").read_text()
+    assert "CIFAR-10 (JPEG copy)" in report and (out_dir / "recipes.png").is_file()
+    again = run_experiment("cifar10-recipes", "smoke", out_dir.parent / "again")     # judged once, then read back
     assert [r["pgd_accuracy"] for r in again["rows"]] == [r["pgd_accuracy"] for r in rows]
