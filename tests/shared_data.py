@@ -11,5 +11,4 @@ CIFAR10_JPEG = SHARED_DATA / "cifar10-jpeg"
 
 requires_cifar10 = pytest.mark.skipif(
     not (CIFAR10_JPEG / "train.tar").is_file(),
-    reason=f"CIFAR-10 is not on this machine: {CIFAR10_JPEG} (the shared JPEG copy) is absent; point "
-           "LATENTDEFENCE_DATA_DIR at a folder holding cifar-10-batches-py to run this test")
+    reason=f"CIFAR-10 is not on this machine: {CIFAR10_JPEG} (the shared JPEG copy these tests read) is absent")
