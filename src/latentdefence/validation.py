@@ -207,8 +207,7 @@ def check_output(path: Any, kind: OutputKind = "file", inputs: Sequence[Any] = (
         if source is not None and mine & _same_file_forms(Path(source), "checkpoint"):
             raise InputValidationError(name, f"{out} is an input of this command ({source}); writing it would "
                                        "destroy what it reads: choose another path")
-    written = [out] if kind != "checkpoint" else [Path(f"{out.with_suffix('') if out.suffix == '.safetensors' else out}"
-                                                       f"{ext}") for ext in (".safetensors", ".json")]
+    written = [p for p in mine if p.suffix in (".safetensors", ".json")] if kind == "checkpoint" else [out]
     if kind == "folder" and out.exists() and not out.is_dir():
         raise InputValidationError(name, f"{out} is an existing file; give a folder")
     if kind != "folder" and any(p.is_dir() for p in written):
