@@ -27,10 +27,13 @@ def test_smoke_run_records_its_detector_and_sets_fpr_thresholds_on_calibration_i
     assert dld["all_attacks"]["robustness"] <= min(row["robustness"] for row in dld["attacks"].values())
     assert dld["paper_attacks"]["attacks"] == ["pgd", "adaptive_paper"]
     assert (tmp_path / "a" / "report.md").is_file() and (tmp_path / "a" / "robustness_vs_eps.png").is_file()
+    assert res["built_from_scratch"] and res["fresh_clone_wall_time_s"] == res["total_wall_time_s"] > 0
+    assert res["data"] == load_dataset("mnist").provenance   # the source files' digests travel with the numbers
     artifact = next((tmp_path / "runs").rglob("detector-*.safetensors"))
     res2 = run_experiment("dld-mnist-adaptive", "smoke", tmp_path / "b",
                           overrides=[*small, f"detector_artifact={artifact}"])
     source = res2["detector_source"]
+    assert not res2["built_from_scratch"] and res2["fresh_clone_wall_time_s"] is None
     assert source["kind"] == "artifact" and source["path"] == str(artifact) and len(source["sha256"]) == 64
     saved = json.loads((tmp_path / "b" / "results.json").read_text())
     assert saved["settings"]["detector_artifact"] == str(artifact)

@@ -31,9 +31,9 @@ from ..dld import DeepLatentDefence, load_encoders
 from ..dld.encoders import EncoderDecoder
 from ..evaluation.detector_eval import Budget, DetectorEvaluation, ThreatModel, evaluate_detector, evaluate_detectors
 from ..models import TappedModel
-from .cache import StageTimer, ensure_stage
-from .dld import (DLDExperimentConfig, calibration_split, dld_classifier, dld_config, dld_data, dld_detector,
-                  dld_encoders)
+from .cache import StageTimer, any_complete_stage, ensure_stage, run_wall_time
+from .dld import (DLDExperimentConfig, calibration_split, dataset_splits, dld_classifier, dld_config, dld_data,
+                  dld_detector, dld_encoders)
 from .registry import register_pipeline
 
 COMMITTED_CLASSIFIER = "docs/results/dld-mnist-table1/classifier"
@@ -155,6 +155,7 @@ def run_dld_adaptive(config: DLDAdaptiveConfig, out_dir: str | Path, cache_root:
     """Every detector under every attack (`evaluate_detectors`); writes results.json, report.md and figures."""
     timer = StageTimer()
     revision, cpu_start = git_revision(), time.process_time()
+    started, from_scratch = time.perf_counter(), not any_complete_stage(cache_root)
     a = config.attacks
     with timer.timed("data"):
         train, cal, clean = dld_data(config.dld)
@@ -178,8 +179,10 @@ def run_dld_adaptive(config: DLDAdaptiveConfig, out_dir: str | Path, cache_root:
     extra = {"masking": results["sanity"]["dld"], "settings": asdict(config), "seed": config.seed,
              "git_revision": revision, "detector_source": source, "environment": environment_info(),
              "wall_time_s": wall, "cpu_time_s": round(time.process_time() - cpu_start, 1),
+             **run_wall_time(started, from_scratch),
              "dataset_sizes": {"train": len(train), "calibration": len(cal), "clean_eval": len(clean),
-                               "attacked": len(data)}}
+                               "attacked": len(data)},
+             "data": dataset_splits(config.dld.dataset, config.dld.data_dir).provenance}
     notes = [f"The same classifier for every detector; thresholds calibrated on {config.dld.n_calibration} held-out "
              f"clean test images (target FPR {100 * config.dld.target_fpr:g}%). DLD source: {source['kind']} "
              f"{source.get('path') or source.get('encoders_dir')}. git {revision}. Budgets: the {config.profile} "
