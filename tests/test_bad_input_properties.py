@@ -7,6 +7,7 @@ Every distinct bad input tried is recorded in TRIED; the module prints the count
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from typer.testing import CliRunner
 import toy_blobs
 from guard_artifact import artifact  # noqa: F401 (shared fixture)
 from guard_artifact import blobs as guard_blobs
-from latentdefence._io import load_tensors, save_tensors
+from latentdefence._io import ArtifactIntegrityError, load_tensors, save_tensors
 from latentdefence.attacks import APGD, FGSM, JSMA, PGD, AutoAttack, CarliniWagnerL2, Square
 from latentdefence.cli import app as cli_app
 from latentdefence.data.base import ImageDataset
@@ -30,6 +31,7 @@ from latentdefence.dld import CentroidAttack, DeepLatentDefence
 from latentdefence.experiments.dld import dld_config
 from latentdefence.experiments.overrides import apply_overrides
 from latentdefence.serving import AuditLog, GuardedClassifier
+from latentdefence.training import load_checkpoint
 from latentdefence.validation import InputValidationError, check_settings
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
@@ -233,6 +235,159 @@ def test_bad_artifact_fields_are_rejected_at_load_time(artifact: Path, tmp_path_
     assert message.startswith(f"{path}: {argument}"), message
     message = rejection(lambda: GuardedClassifier.load(path), f"guard artifact {field}={value!r}")
     assert message.startswith(f"{path}: {argument}"), message
+
+
+# -- issue 37: artifacts that prove they are whole ------------------------------------------------------------
+def _raw(path: Path) -> tuple[dict[str, Any], bytes]:
+    """A safetensors file's header (JSON) and its data bytes, for edits that bypass `save_tensors`."""
+    blob = path.read_bytes()
+    size = int.from_bytes(blob[:8], "little")
+    return json.loads(blob[8:8 + size]), blob[8 + size:]
+
+
+def _write_raw(path: Path, header: dict[str, Any], data: bytes) -> None:
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+
+
+def _edit_metadata(header: dict[str, Any], data: bytes) -> tuple[dict[str, Any], bytes]:
+    meta = json.loads(header["__metadata__"]["json"])
+    meta["threshold"] = meta["threshold"] + 1
+    header["__metadata__"]["json"] = json.dumps(meta)
+    return header, data
+
+
+def _flip_index_byte(header: dict[str, Any], data: bytes) -> tuple[dict[str, Any], bytes]:
+    start = header["index.conv1.embeddings"]["data_offsets"][0]
+    return header, data[:start] + bytes([data[start] ^ 0x40]) + data[start + 1:]
+
+
+def _redeclare_scores(header: dict[str, Any], data: bytes) -> tuple[dict[str, Any], bytes]:
+    entry = header["calibration_scores"]
+    narrow = {"F64": "F32", "I64": "I32"}[entry["dtype"]]    # same bytes read as twice as many narrower values
+    header["calibration_scores"] = {**entry, "dtype": narrow, "shape": [2 * entry["shape"][0]]}
+    return header, data
+
+
+def _drop_digest(header: dict[str, Any], data: bytes) -> tuple[dict[str, Any], bytes]:
+    del header["__metadata__"]["latentdefence.integrity"]
+    return header, data
+
+
+RAW_EDITS = {"metadata field 'threshold'": _edit_metadata, "tensor 'index.conv1.embeddings'": _flip_index_byte,
+             "tensor 'calibration_scores'": _redeclare_scores}
+
+
+@pytest.mark.parametrize("named", sorted(RAW_EDITS))
+def test_an_artifact_edited_on_disk_is_refused_naming_what_changed(artifact: Path, tmp_path: Path,
+                                                                   named: str) -> None:
+    """Issue 37: a threshold raised, an index byte flipped, the scores' dtype re-declared in the header: each loaded
+    and served before; the digests written with the file now name the changed entry."""
+    path = tmp_path / "edited.safetensors"
+    _write_raw(path, *RAW_EDITS[named](*_raw(artifact)))
+    TRIED.add(f"raw edit {named}")
+    for load in (DeepLatentDefence.load, GuardedClassifier.load):
+        with pytest.raises(ArtifactIntegrityError, match=f"edited or damaged since it was written: {named} differ"):
+            load(path)
+
+
+def test_an_artifact_without_digests_loads_with_a_warning_that_says_so(artifact: Path, tmp_path: Path) -> None:
+    path = tmp_path / "legacy.safetensors"
+    _write_raw(path, *_drop_digest(*_raw(artifact)))
+    with pytest.warns(UserWarning, match="no content digests"):
+        assert DeepLatentDefence.load(path).threshold_ == DeepLatentDefence.load(artifact).threshold_
+
+
+def _swap_taps(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    for part in ("embeddings", "labels"):
+        a, b = f"index.conv1.{part}", f"index.conv2.{part}"
+        tensors[a], tensors[b] = tensors[b], tensors[a]
+
+
+def _shift_labels(offset: int) -> Callable[[dict[str, Any], dict[str, torch.Tensor]], None]:
+    def edit(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        labels = tensors["index.conv2.labels"]
+        tensors["index.conv2.labels"] = torch.where(labels == labels.max(), labels + offset, labels) if offset > 0 \
+            else torch.where(labels == 0, labels + offset, labels)
+    return edit
+
+
+def _nan_weight(prefix: str) -> Callable[[dict[str, Any], dict[str, torch.Tensor]], None]:
+    def edit(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        key = next(k for k, v in tensors.items() if k.startswith(prefix) and v.is_floating_point())
+        tensors[key] = tensors[key].clone().view(-1).index_fill(0, torch.tensor([0]), math.nan).view_as(tensors[key])
+    return edit
+
+
+def _set(path: tuple[str, ...], value: Any) -> Callable[[dict[str, Any], dict[str, torch.Tensor]], None]:
+    def edit(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        node = meta
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value(node[path[-1]]) if callable(value) else value
+    return edit
+
+
+def _both(*edits: Callable[[dict[str, Any], dict[str, torch.Tensor]], None]
+          ) -> Callable[[dict[str, Any], dict[str, torch.Tensor]], None]:
+    def edit(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        for change in edits:
+            change(meta, tensors)
+    return edit
+
+
+def _scores_as_float32(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    tensors["calibration_scores"] = tensors["calibration_scores"].double().view(torch.float32).clone()
+
+
+# (edit, the argument the refusal must name): issue 37's list, each re-digested as an editor who knows the format
+# would, so only the consistency checks stand between it and a served detector
+CONSISTENCY = {
+    "threshold 1e9": (_set(("threshold",), 1e9), "metadata fields 'threshold' and 'target_fpr'"),
+    "threshold -1": (_set(("threshold",), -1.0), "metadata fields 'threshold' and 'target_fpr'"),
+    "target_fpr 0.9": (_set(("target_fpr",), 0.9), "metadata fields 'threshold' and 'target_fpr'"),
+    "k 1": (_set(("params", "k"), 1), "metadata field 'params.k'"),
+    "k 50": (_set(("params", "k"), 50), "metadata field 'params.k'"),
+    "k 100 (more than indexed)": (_set(("params", "k"), 100), "tensor 'index.conv1.labels'"),
+    "k 1, calibration record gone": (_both(_set(("params", "k"), 1), _set(("calibration",), None)),
+                                     "tensor 'calibration_scores'"),
+    "label = classes": (_shift_labels(1), "tensor 'index.conv2.labels'"),
+    "label -1": (_shift_labels(-1), "tensor 'index.conv2.labels'"),
+    "taps' indexes swapped": (_swap_taps, "tensor 'index.conv1.labels'"),
+    "pruned count": (_set(("pruned", "conv1"), lambda v: v + 1), "metadata field 'pruned'"),
+    "scores re-declared float32": (_scores_as_float32, "tensor 'calibration_scores'"),
+    "NaN classifier weight": (_nan_weight("classifier."), "tensor 'classifier."),
+    "NaN encoder weight": (_nan_weight("encoder."), "tensor 'encoder."),
+    "NaN index embedding": (_nan_weight("index."), "tensor 'index."),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(CONSISTENCY))
+def test_an_inconsistent_artifact_is_refused_by_name_even_with_fresh_digests(artifact: Path, tmp_path: Path,
+                                                                             edit: str) -> None:
+    tensors, meta = load_tensors(artifact)
+    change, argument = CONSISTENCY[edit]
+    change(meta, tensors)
+    path = tmp_path / "inconsistent.safetensors"
+    save_tensors(path, tensors, meta)
+    for load in (DeepLatentDefence.load, GuardedClassifier.load):
+        message = rejection(lambda: load(path), f"artifact consistency {edit}")
+        assert message.startswith(f"{path}: {argument}"), message
+
+
+def test_a_checkpoint_with_a_nan_weight_or_a_foreign_sidecar_is_refused(artifact: Path, tmp_path: Path) -> None:
+    weights = GuardedClassifier.load(artifact).export_classifier(tmp_path / "f")
+    tensors, meta = load_tensors(weights)
+    _nan_weight("model.")(meta, tensors)
+    save_tensors(weights, tensors, meta)
+    message = rejection(lambda: load_checkpoint(weights), "checkpoint NaN weight")
+    assert message.startswith(f"{weights}: tensor 'model.") and "NaN" in message, message
+    sidecar = weights.with_suffix(".json")
+    edited = {**json.loads(sidecar.read_text()), "arch": "dld_svhn"}
+    sidecar.write_text(json.dumps(edited))
+    message = rejection(lambda: load_checkpoint(weights), "checkpoint sidecar arch")
+    assert message.startswith(f"{sidecar}: field 'arch'"), message
 
 
 def test_loading_a_directory_says_so(tmp_path: Path) -> None:

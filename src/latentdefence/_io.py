@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -99,15 +100,17 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 def save_tensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor],
                  metadata: Mapping[str, Any] | None = None) -> None:
-    """Save tensors as safetensors (no pickle) with JSON metadata, atomically."""
-    meta = {"json": json.dumps(metadata or {}, default=_json_default)}
+    """Save tensors as safetensors (no pickle) with JSON metadata and their content digests, atomically."""
+    text = json.dumps(metadata or {}, default=_json_default)
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta = {"json": text, INTEGRITY_KEY: json.dumps(content_digests(flat, json.loads(text)))}
     with atomic_path(path) as tmp:
         save_file(flat, str(tmp), metadata=meta)
 
 
 def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Load a safetensors file written by `save_tensors`: (tensors, metadata)."""
+    """Load a safetensors file written by `save_tensors`: (tensors, metadata), refused when any tensor or metadata
+    field differs from the digests written with it (`ArtifactIntegrityError`, naming each one)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -117,10 +120,49 @@ def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
         raise FileNotFoundError(f"{path}: no such file")
     try:
         with safe_open(str(path), framework="pt") as fh:
-            meta = json.loads((fh.metadata() or {}).get("json", "{}"))
-        return load_file(str(path)), meta
+            header = fh.metadata() or {}
+        meta = json.loads(header.get("json", "{}"))
+        tensors = load_file(str(path))
+        recorded = json.loads(header[INTEGRITY_KEY]) if INTEGRITY_KEY in header else None
     except Exception as err:  # safetensors raises its own error types for truncation/corruption
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+    if recorded is None:
+        warnings.warn(f"{path}: no content digests (written before latentdefence recorded them), so edits to it "
+                      "cannot be detected; save it again to add them", UserWarning, stacklevel=2)
+    else:
+        verify_digests(path, recorded, content_digests(tensors, meta))
+    return tensors, meta
+
+
+INTEGRITY_KEY = "latentdefence.integrity"
+
+
+class ArtifactIntegrityError(ValueError):
+    """An artifact whose content differs from the digests written with it: edited or damaged since it was saved."""
+
+
+def content_digests(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """sha256 of every tensor (its dtype, shape and bytes) and of every top-level metadata field (canonical JSON)."""
+    return {"tensors": {name: tensor_digest(t) for name, t in sorted(tensors.items())},
+            "metadata": {key: hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+                         for key, value in sorted(metadata.items())}}
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """sha256 of a tensor's dtype, shape and raw bytes (so a header that re-declares a dtype changes it too)."""
+    digest = hashlib.sha256(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def verify_digests(path: str | os.PathLike[str], recorded: Mapping[str, Any], actual: Mapping[str, Any]) -> None:
+    """Refuse, naming every tensor and metadata field that was changed, added or removed since the file was written."""
+    changed = [f"{label} {name!r}" for kind, label in (("tensors", "tensor"), ("metadata", "metadata field"))
+               for name in sorted(set(recorded.get(kind, {})) | set(actual[kind]))
+               if recorded.get(kind, {}).get(name) != actual[kind].get(name)]
+    if changed:
+        raise ArtifactIntegrityError(f"{path}: edited or damaged since it was written: {', '.join(changed)} "
+                                     "differ from the digests saved with it")
 
 
 def git_revision(cwd: str | os.PathLike[str] | None = None) -> str:

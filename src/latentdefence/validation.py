@@ -132,6 +132,16 @@ def artifact_field(path: Any, meta: Mapping[str, Any], key: str, kind: type | tu
     return value
 
 
+def check_finite_tensors(path: Any, tensors: Mapping[str, torch.Tensor], prefix: str = "") -> None:
+    """Every floating tensor under `prefix` in the artifact at `path` finite: a NaN weight is the artifact's fault,
+    named here, not the input images' at the first prediction."""
+    for key, value in tensors.items():
+        if key.startswith(prefix) and value.is_floating_point() and not torch.isfinite(value).all():
+            bad = int((~torch.isfinite(value)).sum())
+            raise InputValidationError(f"{path}: tensor {key!r}", f"holds {bad} NaN or infinite value(s); the artifact "
+                                       "is damaged (or was saved from a diverged model)")
+
+
 # -- experiment configs --------------------------------------------------------------------------------------
 _COUNTS = ("steps", "epochs", "restarts", "batch_size", "per_class", "candidates", "queries", "every", "samples",
            "targets", "max_train", "latent_dim", "limit", "n_calibration", "n_clean", "n_masking", "kernel_size")

@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from . import attack, audit, data, dld, evaluate_detector, lad, reproduce, serve, train
+from . import attack, audit, data, dld, evaluate_detector, lad, reproduce, serve, sign, train
 
 app = typer.Typer(help="Latent-space defences for image classifiers (DLD, LAD): train, attack, defend, measure.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -19,6 +19,7 @@ train.register(app)
 reproduce.register(app)
 evaluate_detector.register(app)
 serve.register(app)
+sign.register(app)
 
 
 @app.callback()

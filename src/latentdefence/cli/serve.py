@@ -41,6 +41,8 @@ def serve(
     alarm_false_alarm_rate: float = typer.Option(1e-6, help="Alarm false alarms per clean input (at most)."),
     model_name: Optional[str] = typer.Option(None, help="Model name in the Open Inference Protocol "
                                              "(/v2/models/NAME); default: the artifact's file name stem."),
+    require_signature: Optional[Path] = typer.Option(None, help="Ed25519 public key (PEM): serve the artifact only "
+                                                     "if `latentdefence sign` signed it with the matching key."),
 ) -> None:
     """Serve a guarded classifier over HTTP: POST /v1/predict, GET /v1/model, GET /healthz (OpenAPI at /docs)."""
     with cli_errors():
@@ -66,7 +68,8 @@ def serve(
                              max_images=max_images, max_batch=max_batch, max_wait_ms=max_wait_ms,
                              model_name=model_name or artifact.stem, access=access,
                              alarm=AlarmConfig(shift=alarm_shift, false_alarm_rate=alarm_false_alarm_rate))
-        app = create_app(GuardedClassifier.load(artifact, knn_backend=knn_backend), config)
+        guard = GuardedClassifier.load(artifact, knn_backend=knn_backend, public_key=require_signature)
+        app = create_app(guard, config)
     uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")
 
 

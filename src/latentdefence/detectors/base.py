@@ -21,8 +21,8 @@ from torch import nn
 
 from ..data.base import ImageDataset
 from ..models import TappedModel, create_model
-from ..validation import (InputTypeError, InputValidationError, artifact_field, check_images, check_labels,
-                          check_number, model_dtype)
+from ..validation import (InputTypeError, InputValidationError, artifact_field, check_finite_tensors, check_images,
+                          check_labels, check_number, model_dtype)
 
 
 def calibrate_threshold(scores: torch.Tensor, target_fpr: float) -> float:
@@ -219,6 +219,7 @@ class ConformalDetector(ABC):
             if not arch.get("arch"):
                 raise ValueError(f"{path}: no classifier architecture recorded; pass classifier=")
             classifier = create_model(arch["arch"], **arch.get("arch_kwargs", {}))
+        check_finite_tensors(path, tensors, "classifier.")
         try:
             classifier.load_state_dict(strip_prefix(tensors, "classifier."))
         except RuntimeError as err:
@@ -227,7 +228,8 @@ class ConformalDetector(ABC):
 
     def _restore_calibration(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, object],
                              path: str | Path = "artifact") -> None:
-        """The saved threshold, target FPR and calibration scores, each checked: a NaN threshold flags nothing."""
+        """The saved threshold, target FPR and calibration scores, each checked and checked against each other:
+        the scores within what this detector can give, the threshold the one they give at the target FPR."""
         threshold = meta.get("threshold")
         if threshold is None:
             return
@@ -238,6 +240,16 @@ class ConformalDetector(ABC):
         if scores is None or scores.ndim != 1 or len(scores) == 0 or not torch.isfinite(scores.double()).all():
             raise InputValidationError(f"{path}: tensor 'calibration_scores'",
                                        "must be a non-empty, finite 1-D tensor in a calibrated artifact")
+        top = self.max_score()
+        if top is not None and not 0 <= float(scores.min()) <= float(scores.max()) <= top:
+            raise InputValidationError(f"{path}: tensor 'calibration_scores'",
+                                       f"holds scores in [{float(scores.min()):g}, {float(scores.max()):g}], outside the "
+                                       f"[0, {top:g}] this detector can give: its scores or its settings were edited")
+        expected = calibrate_threshold(scores, self.target_fpr_)
+        if self.threshold_ != expected:
+            raise InputValidationError(f"{path}: metadata fields 'threshold' and 'target_fpr'",
+                                       f"disagree with the calibration scores: threshold {self.threshold_:g} is not "
+                                       f"{expected:g}, the one they give at target_fpr {self.target_fpr_:g}")
         self.calibration_scores_ = scores
 
 

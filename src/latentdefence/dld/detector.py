@@ -29,8 +29,8 @@ from ..data.base import ImageDataset
 from ..detectors.base import ConformalDetector, Detection, check_classes, state_for
 from ..detectors.registry import register_detector
 from ..models import TapModules, TappedModel, create_model
-from ..validation import (InputTypeError, InputValidationError, artifact_field, check_count, check_images, check_labels,
-                          check_number)
+from ..validation import (InputTypeError, InputValidationError, artifact_field, check_count, check_finite_tensors,
+                          check_images, check_labels, check_number)
 from .encoders import EncoderDecoder, make_encoder
 from .knn import KNNIndex
 from .nonconformity import nonconformity, soft_nonconformity
@@ -245,7 +245,9 @@ class DeepLatentDefence(KNNDetector):
             tensors[f"index.{tap}.embeddings"] = self.indexes_[tap].embeddings
             tensors[f"index.{tap}.labels"] = self.indexes_[tap].labels
         meta.update({"format": FORMAT, "params": self.params, "encoders": self.encoder_specs_,
-                     "pruned": self.pruned_,
+                     "pruned": self.pruned_, "indexed": {tap: len(index) for tap, index in self.indexes_.items()},
+                     "calibration": ({"k": self.k, "n": len(self.calibration_scores_)}
+                                     if hasattr(self, "threshold_") else None),
                      "metadata": {**getattr(self, "metadata_", {}), **(metadata or {}), "git_revision": git_revision()}})
         save_tensors(path, tensors, meta)
 
@@ -277,10 +279,10 @@ class DeepLatentDefence(KNNDetector):
         device = next(classifier.parameters()).device
         det.encoders_ = TapModules({tap: _encoder(path, tap, spec, tensors).to(device)
                                     for tap, spec in specs.items()}).eval()
-        det._build_indexes({tap: (_tensor(path, tensors, f"index.{tap}.embeddings"),
-                                  _tensor(path, tensors, f"index.{tap}.labels")) for tap in specs})
         det.pruned_ = artifact_field(path, meta, "pruned", Mapping)
+        det._build_indexes(_indexes(path, tensors, meta, list(specs), classifier.num_classes, det.latent_dim, det.k))
         det.metadata_ = dict(meta.get("metadata") or {})  # absent from artifacts written before it existed
+        _check_calibrated_with(path, meta.get("calibration"), det.k, tensors.get("calibration_scores"))
         det._restore_calibration(tensors, meta, path)
         return det
 
@@ -306,6 +308,55 @@ def _check_params(path: str | Path, params: Mapping[str, Any], specs: Mapping[st
             raise InputValidationError(f"{field} 'params.taps'", str(err.args[0])) from None
     if not specs or set(specs) != set(taps):
         raise InputValidationError(f"{field} 'encoders'", f"must hold one encoder per tap {list(taps)}, got {list(specs)}")
+
+
+def _indexes(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], taps: list[str],
+             num_classes: int, latent_dim: int, k: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each tap's indexed embeddings and labels, checked against the rest of the artifact before any search: finite
+    (latent_dim)-wide embeddings, one label in [0, classes) each, at least k of them, as many as recorded ("indexed",
+    or for older artifacts: indexed + pruned the same training-set size for every tap)."""
+    check_finite_tensors(path, tensors, "encoder.")
+    check_finite_tensors(path, tensors, "index.")
+    recorded, pruned = meta.get("indexed"), meta["pruned"]
+    if set(pruned) != set(taps) or not all(isinstance(v, int) and v >= 0 for v in pruned.values()):
+        raise InputValidationError(f"{path}: metadata field 'pruned'", f"must give a count >= 0 for each tap {taps}, "
+                                   f"got {dict(pruned)}")
+    data = {}
+    for tap in taps:
+        z, y = _tensor(path, tensors, f"index.{tap}.embeddings"), _tensor(path, tensors, f"index.{tap}.labels")
+        name = f"{path}: tensor 'index.{tap}.labels'"
+        if z.ndim != 2 or z.shape[1] != latent_dim:
+            raise InputValidationError(f"{path}: tensor 'index.{tap}.embeddings'",
+                                       f"must be (N, {latent_dim}) for latent_dim {latent_dim}, got {tuple(z.shape)}")
+        if y.dtype != torch.int64 or y.shape != (len(z),):
+            raise InputValidationError(name, f"must be int64 ({len(z)},), got {y.dtype} {tuple(y.shape)}")
+        if len(y) and not 0 <= int(y.min()) <= int(y.max()) < num_classes:
+            raise InputValidationError(name, f"holds labels in [{int(y.min())}, {int(y.max())}], outside the "
+                                       f"classifier's {num_classes} classes")
+        if isinstance(recorded, Mapping) and recorded.get(tap) != len(y):
+            raise InputValidationError(name, f"holds {len(y)} points but the artifact recorded {recorded.get(tap)} for "
+                                       f"tap {tap!r}: the index was edited or swapped with another tap's")
+        if len(y) < k:
+            raise InputValidationError(name, f"holds {len(y)} points, fewer than k={k}")
+        data[tap] = (z, y)
+    totals = {tap: len(data[tap][1]) + int(pruned[tap]) for tap in data}
+    if len(set(totals.values())) > 1:
+        raise InputValidationError(f"{path}: metadata field 'pruned'", f"contradicts the indexes: indexed + pruned "
+                                   f"should be the one training-set size for every tap, got {totals}")
+    return data
+
+
+def _check_calibrated_with(path: str | Path, recorded: Any, k: int, scores: torch.Tensor | None) -> None:
+    """The k and calibration-set size the scores were computed with (recorded since artifacts carry digests) are the
+    loaded detector's: scores from another k put the threshold on another scale."""
+    if not isinstance(recorded, Mapping) or scores is None:
+        return
+    if recorded.get("n") != scores.numel():
+        raise InputValidationError(f"{path}: tensor 'calibration_scores'", f"holds {scores.numel()} scores but the "
+                                   f"calibration recorded {recorded.get('n')}: the scores (or their dtype) were edited")
+    if recorded.get("k") != k:
+        raise InputValidationError(f"{path}: metadata field 'params.k'", f"is {k} but the calibration scores were "
+                                   f"computed with k={recorded.get('k')}: k was edited")
 
 
 def _tensor(path: str | Path, tensors: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:

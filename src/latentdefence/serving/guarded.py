@@ -70,10 +70,22 @@ class GuardedClassifier:
         self.source = source
 
     @classmethod
-    def load(cls, path: str | Path, knn_backend: str | None = None,
-             classifier: TappedModel | None = None) -> "GuardedClassifier":
-        """Load a calibrated detector artifact (`DeepLatentDefence.save`); `knn_backend` overrides the saved one."""
-        return cls(DeepLatentDefence.load(path, classifier=classifier, knn_backend=knn_backend), str(path))
+    def load(cls, path: str | Path, knn_backend: str | None = None, classifier: TappedModel | None = None,
+             public_key: str | Path | None = None) -> "GuardedClassifier":
+        """Load a calibrated detector artifact (`DeepLatentDefence.save`); `knn_backend` overrides the saved one.
+
+        With `public_key`, only an artifact signed by that key (`signing.sign_artifact`) loads, and only if the
+        file is still the signed one after loading (so it cannot be swapped between the check and the read).
+        """
+        if public_key is None:
+            return cls(DeepLatentDefence.load(path, classifier=classifier, knn_backend=knn_backend), str(path))
+        from ..signing import SignatureError, verify_artifact
+
+        signed = verify_artifact(path, public_key)
+        guard = cls(DeepLatentDefence.load(path, classifier=classifier, knn_backend=knn_backend), str(path))
+        if sha256_file(path) != signed:
+            raise SignatureError(str(path), "changed while it was being loaded; refusing it")
+        return guard
 
     @property
     def classifier(self) -> TappedModel:

@@ -9,6 +9,7 @@ import torch
 
 from .._io import environment_info, git_revision, load_tensors, read_json, save_tensors, sha256_file, write_json
 from ..models import TappedModel, create_model
+from ..validation import InputValidationError, check_finite_tensors
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
@@ -53,7 +54,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     meta = read_json(sidecar)
     if not meta.get("arch"):
         raise ValueError(f"{sidecar}: no 'arch' recorded; cannot rebuild the model by name")
-    tensors, _ = load_tensors(weights)
+    tensors, stored = load_tensors(weights)
+    for key in ("arch", "arch_kwargs"):   # the sidecar carries no digest: it must agree with the weights' header
+        if key in stored and stored[key] != meta.get(key, {}):
+            raise InputValidationError(f"{sidecar}: field {key!r}", f"is {meta.get(key)!r} but {weights.name} was saved "
+                                       f"for {stored[key]!r}: the sidecar was edited or belongs to other weights")
+    check_finite_tensors(weights, tensors)
     model = create_model(meta["arch"], **meta.get("arch_kwargs", {}))
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
