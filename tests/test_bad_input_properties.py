@@ -18,6 +18,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import toy_blobs
@@ -475,6 +476,8 @@ def files(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     for name, images in (("x255", clean * 255), ("shifted", clean - 0.5), ("nan", clean.clone().fill_(math.nan))):
         out[name] = root / f"{name}.safetensors"
         save_tensors(out[name], {"images": images})
+    out["noimages"] = root / "noimages.safetensors"
+    save_file({"pixels": clean}, str(out["noimages"]))      # a user's own file, written without latentdefence
     return out
 
 
@@ -504,6 +507,7 @@ CLI_CASES = [  # (args with {placeholders}, text the one-line message must hold)
     ("dld detect {artifact} {shifted}", "images must lie in [0, 1]"),
     ("dld detect {artifact} {nan}", "images contain NaN"),
     ("dld detect {root} {x255}", "is a directory"),
+    ("dld detect {artifact} {noimages}", "noimages.safetensors holds no 'images' tensor (it holds 'pixels')"),
     ("reproduce dld-mnist-table1 --profile smoke --out {root}/r --set target_fpr=5", "target_fpr"),
     ("reproduce dld-mnist-table1 --profile smoke --out {root}/r --set k=0", "k must be"),
     ("reproduce dld-mnist-table1 --profile smoke --out {root}/r --set attacks.pgd_steps=0", "attacks.pgd_steps"),

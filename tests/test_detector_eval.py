@@ -11,8 +11,10 @@ import torch
 from test_attacks_fixtures import one_thread, synthetic, tiny_model  # noqa: F401 (autouse)
 from torch import nn
 
+from latentdefence.data.base import ImageDataset
 from latentdefence.dld import calibrate_threshold
 from latentdefence.evaluation import VERSIONS, Budget, ThreatModel, evaluate_detector, evaluate_detectors
+from latentdefence.validation import InputValidationError
 
 TINY = Budget(pgd_steps=3, steps=3, restarts=1, n_targets=1, check_every=1, autoattack_steps=3,
               autoattack_targets=2, square_queries=10, n_sanity=8, eps_sweep=(1.0, 4.0), batch_size=32)
@@ -147,8 +149,49 @@ def test_bad_inputs_are_named() -> None:
     with pytest.raises(TypeError, match="lacks \\['predict'\\]"):
         evaluate_detector(object.__new__(type("D", (), {"classifier": None})), x, y, ThreatModel(),
                           calibration=cal)
-    with pytest.raises(ValueError, match="calibration images are needed"):
+    with pytest.raises(ValueError, match="calibration must be a non-empty batch"):
         evaluate_detector(det, x, y, ThreatModel(), calibration=cal[:0])
+
+
+BEFORE_ANY_ATTACK = {  # issue 37: each used to fail only after every attack ran, or never
+    "calibration ImageDataset": (lambda x, y, cal: {"calibration": ImageDataset(cal, torch.zeros(len(cal)).long())},
+                                 "calibration must be a tensor of clean images (M, C, H, W), got ImageDataset "
+                                 "(pass its .images)"),
+    "calibration 0-255": (lambda x, y, cal: {"calibration": cal * 255}, "calibration must lie in [0, 1]"),
+    "fprs 5%": (lambda x, y, cal: {"fprs": (5.0,)}, "fprs must be in (0, 1)"),
+    "fprs nan": (lambda x, y, cal: {"fprs": (0.05, float("nan"))}, "fprs must be finite"),
+    "fprs a number": (lambda x, y, cal: {"fprs": 0.05}, "fprs must be a non-empty sequence"),
+    "fprs empty": (lambda x, y, cal: {"fprs": ()}, "fprs must be a non-empty sequence"),
+    "target_fpr 1": (lambda x, y, cal: {"target_fpr": 1.0}, "target_fpr must be in [0, 1)"),
+    "labels int32": (lambda x, y, cal: {"labels": y.int()}, "labels must be"),
+    "clean labels short": (lambda x, y, cal: {"clean": (x, y[:3])}, "clean labels must be"),
+    "images NaN": (lambda x, y, cal: {"images": x.clone().fill_(float("nan"))}, "images contain NaN"),
+    "sanity unknown": (lambda x, y, cal: {"sanity": ("dld",)}, "sanity names ['dld'], which are not among"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BEFORE_ANY_ATTACK))
+def test_every_argument_is_checked_before_the_first_attack(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from latentdefence.evaluation import detector_eval
+
+    x, y, cal = data()
+    det = SoftmaxDetector(tiny_model()).calibrate(cal)
+    monkeypatch.setattr(detector_eval, "_attack_all", lambda *a, **k: pytest.fail("an attack ran"))
+    change, expected = BEFORE_ANY_ATTACK[case]
+    args = {"images": x, "labels": y, "calibration": cal, **change(x, y, cal)}
+    images, labels = args.pop("images"), args.pop("labels")
+    with pytest.raises(InputValidationError) as info:
+        evaluate_detectors({"mine": det}, images, labels, ThreatModel(), budget=TINY, **args)
+    assert str(info.value).startswith(expected), str(info.value)
+
+
+def test_operating_points_the_calibration_cannot_keep_are_warned_about() -> None:
+    x, y, cal = data()
+    det = SoftmaxDetector(tiny_model()).calibrate(cal)
+    ev = evaluate_detector(det, x[:4], y[:4], ThreatModel(), budget=TINY, calibration=cal, sanity=(),
+                           fprs=(0.01, 0.05), attacks=("selective",))
+    assert any(w.startswith("fprs 0.01 cannot be kept with 64 calibration image(s)") for w in ev.results["warnings"])
+    assert not any(w.startswith("fprs 0.05") for w in ev.results["warnings"])
 
 
 def test_versions_grow_and_the_budget_check_doubles_every_attack() -> None:

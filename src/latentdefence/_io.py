@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .validation import InputValidationError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -126,12 +128,22 @@ def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
         recorded = json.loads(header[INTEGRITY_KEY]) if INTEGRITY_KEY in header else None
     except Exception as err:  # safetensors raises its own error types for truncation/corruption
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
-    if recorded is None:
+    if recorded is None and "json" in header:   # ours, from before digests (a user's own file has no "json")
         warnings.warn(f"{path}: no content digests (written before latentdefence recorded them), so edits to it "
                       "cannot be detected; save it again to add them", UserWarning, stacklevel=2)
-    else:
+    elif recorded is not None:
         verify_digests(path, recorded, content_digests(tensors, meta))
     return tensors, meta
+
+
+def load_tensor(path: str | os.PathLike[str], key: str) -> torch.Tensor:
+    """One named tensor of a safetensors file (e.g. a user's `images`); a file without it is named, with what it has."""
+    tensors, _ = load_tensors(path)
+    if key not in tensors:
+        held = ", ".join(repr(k) for k in sorted(tensors)[:8]) or "no tensors"
+        raise InputValidationError(f"{path}", f"holds no {key!r} tensor (it holds {held}); save the images under "
+                                   f"the name {key!r}")
+    return tensors[key]
 
 
 INTEGRITY_KEY = "latentdefence.integrity"

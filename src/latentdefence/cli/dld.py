@@ -62,10 +62,11 @@ def detect(detector: Path, images: Path = typer.Argument(..., help="safetensors 
     with cli_errors():
         if out is not None:
             check_output(out, "file", [detector, images])
-        from .._io import load_tensors, write_json
+        from .._io import load_tensor, write_json
         from ..dld import DeepLatentDefence
 
-        result = DeepLatentDefence.load(detector).predict(load_tensors(images)[0]["images"])
+        pixels = load_tensor(images, "images")
+        result = DeepLatentDefence.load(detector).predict(pixels)
         rows = {"predicted": result.predicted, "is_adversarial": result.is_adversarial,
                 "credibility": result.credibility, "nonconformity": result.nonconformity}
         if out:

@@ -38,13 +38,13 @@ def calibrate_threshold(scores: torch.Tensor, target_fpr: float) -> float:
     return float(ordered[allowed])
 
 
-def check_attainable_fpr(target_fpr: float, n: int) -> None:
+def check_attainable_fpr(target_fpr: float, n: int, name: str = "target_fpr") -> None:
     """Refuse a target no calibration set of n clean images can keep: a conformal threshold promises at best
     1 / (n + 1) false positives on new clean inputs (issue 37: 10 images at target 0.001 gave 8% held out)."""
     if n < 1 or target_fpr * (n + 1) < 1 - 1e-9:
         need = "no finite calibration set can promise 0" if target_fpr <= 0 else \
             f"use at least {math.ceil(1 / target_fpr - 1 - 1e-9)} calibration images"
-        raise InputValidationError("target_fpr", f"{target_fpr:g} cannot be kept with {n} calibration image(s): the "
+        raise InputValidationError(name, f"{target_fpr:g} cannot be kept with {n} calibration image(s): the "
                                    f"least false-positive rate they can promise is 1/(n+1) = {1 / (n + 1):.4g}; {need} "
                                    f"or a target >= {1 / (n + 1):.4g}")
 

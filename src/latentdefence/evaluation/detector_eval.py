@@ -29,13 +29,14 @@ from .._seed import seed_everything
 from ..attacks import PGD, AutoAttack, create_attack
 from ..attacks.base import attack_in_batches, in_batches
 from ..attacks.detector_aware import DetectorAttack
-from ..detectors.base import Detection, evaded
+from ..detectors.base import Detection, check_attainable_fpr, evaded
 from ..dld import CentroidAttack, DeepLatentDefence, ensemble_pgd
 from ..dld.encoders import EncoderDecoder
 from ..experiments.cache import StageTimer
 from .compare import paired_lines, paired_within_run
 from .detection import detection_metrics, verdicts, worst_case
 from .metrics import wilson_interval
+from ..validation import InputTypeError, InputValidationError, check_images, check_labels, check_number
 
 GRADIENT_ATTACKS = ("guide_points", "selective", "orthogonal")   # detector-aware, gradient-based
 ON_F_ALONE = ("pgd", "autoattack")                                 # know F only (transfer to the detector)
@@ -165,16 +166,14 @@ def evaluate_detectors(detectors: Mapping[str, Any], images: torch.Tensor, label
     if not detectors:
         raise ValueError("no detectors to evaluate")
     _check_contract(detectors)
-    if images.ndim != 4 or labels.shape != (len(images),):
-        raise ValueError(f"images must be (N, C, H, W) and labels (N,); got {tuple(images.shape)}, "
-                         f"{tuple(labels.shape)}")
-    if len(calibration) == 0:
-        raise ValueError("calibration images are needed: the SR@FPR thresholds come from them alone")
+    images, labels, calibration, clean = _check_arguments(
+        next(iter(detectors.values())).classifier, images, labels, calibration, clean, fprs, target_fpr,
+        {"encoders": encoders or {}, "sanity": sanity or ()}, detectors)
     b = budget or VERSIONS[version]
     unknown = sorted(set(attacks or ()) - set(DETECTOR_ATTACKS))
     if unknown:
         raise ValueError(f"unknown detector-aware attacks {unknown}; choose from {list(DETECTOR_ATTACKS)}")
-    clean_images, clean_labels = clean if clean is not None else (images, labels)
+    clean_images, clean_labels = clean
     timer, generator, revision = StageTimer(), seed_everything(seed), git_revision()  # the code that runs
     sets, robust_after, skipped = _attack_all(detectors, images, labels, threat_model, b, encoders or {}, generator,
                                               timer, attacks)
@@ -182,7 +181,7 @@ def evaluate_detectors(detectors: Mapping[str, Any], images: torch.Tensor, label
         cal = {n: verdicts(d, calibration) for n, d in detectors.items()}
         results: dict[str, Any] = {"threat_model": asdict(threat_model), "version": version,
                                    "budget": asdict(b), "versions": {k: asdict(v) for k, v in VERSIONS.items()},
-                                   "detectors": {}, "warnings": []}
+                                   "detectors": {}, "warnings": _unkept_fprs(fprs, len(calibration))}
         for n, det in detectors.items():
             results["detectors"][n] = _metrics(det, labels, clean_images, clean_labels, cal[n], sets[n], fprs,
                                                target_fpr)
@@ -194,7 +193,7 @@ def evaluate_detectors(detectors: Mapping[str, Any], images: torch.Tensor, label
         checked = list(detectors) if sanity is None else sanity          # () checks none
         results["sanity"] = {n: _sanity(detectors[n], n, images, labels, threat_model, b, sets[n], results,
                                         transfer_source, generator) for n in checked}
-    results["warnings"] = [w for s in results["sanity"].values() for w in s["warnings"]]
+    results["warnings"] += [w for s in results["sanity"].values() for w in s["warnings"]]
     if budget_check:
         with timer.timed("budget_check"):
             twice, _, _ = _attack_all(detectors, images, labels, threat_model, b.doubled(), encoders or {},
@@ -218,6 +217,55 @@ def _check_contract(detectors: Mapping[str, Any]) -> None:
     other = [n for n, d in detectors.items() if d.classifier is not first]
     if other:
         raise ValueError(f"detectors {other} guard another classifier than the first; evaluate them separately")
+
+
+def _unkept_fprs(fprs: Sequence[float], n: int) -> list[str]:
+    """A warning per operating point n calibration images cannot promise (below 1/(n+1)): its threshold sits at the
+    top calibration score, so its row is not a rate at that FP."""
+    unkept = []
+    for fpr in fprs:
+        try:
+            check_attainable_fpr(fpr, n, "fprs")
+        except InputValidationError as err:
+            unkept.append(str(err))
+    return unkept
+
+
+def _check_arguments(classifier: nn.Module, images: Any, labels: Any, calibration: Any,
+                     clean: tuple[torch.Tensor, torch.Tensor] | None, fprs: Sequence[float], target_fpr: float | None,
+                     named: Mapping[str, Any], detectors: Mapping[str, Any]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Every argument checked by name before the first attack (an evaluation can take hours; a bad `fprs` or a
+    calibration `ImageDataset` found afterwards wastes them): images, labels, calibration and clean images of F's
+    input shape, each operating point one the calibration set can keep, names that are detectors'."""
+    shape = getattr(classifier, "input_shape", None)
+    images = check_images(images, shape=shape)
+    labels = check_labels(labels, len(images), getattr(classifier, "num_classes", None))
+    if not isinstance(calibration, torch.Tensor):
+        raise InputTypeError("calibration", f"must be a tensor of clean images (M, C, H, W), got "
+                             f"{type(calibration).__name__}" + (" (pass its .images)" if hasattr(calibration, "images")
+                                                               else ""))
+    calibration = check_images(calibration, "calibration", shape=shape)
+    if clean is None:
+        clean = (images, labels)
+    elif not isinstance(clean, tuple) or len(clean) != 2:
+        raise InputTypeError("clean", f"must be a tuple (images, labels), got {type(clean).__name__}")
+    else:
+        clean_images = check_images(clean[0], "clean images", shape=shape)
+        clean = (clean_images, check_labels(clean[1], len(clean_images), getattr(classifier, "num_classes", None),
+                                            name="clean labels"))
+    if isinstance(fprs, (str, bytes)) or not isinstance(fprs, Sequence) or not fprs:
+        raise InputTypeError("fprs", f"must be a non-empty sequence of false-positive rates, got {fprs!r}")
+    for fpr in fprs:
+        check_number("fprs", fpr, low=0.0, high=1.0, low_open=True, high_open=True)
+    if target_fpr is not None:
+        check_number("target_fpr", target_fpr, low=0.0, high=1.0, high_open=True)
+    for argument, names in named.items():
+        unknown = sorted(set(names) - set(detectors))
+        if unknown:
+            raise InputValidationError(argument, f"names {unknown}, which are not among the detectors "
+                                       f"{list(detectors)}")
+    return images, labels, calibration, clean
 
 
 # -- attacks --------------------------------------------------------------------------------------
@@ -522,9 +570,10 @@ def report(results: Mapping[str, Any], *, title: str | None = None, notes: Seque
              "SR = undetected success rate (misclassified and not flagged); SR@FPR thresholds come from the clean "
              "calibration images only. Intervals: Wilson 95%.", ""]
     if results["warnings"]:
-        lines += ["**Sanity-check warnings:**", "", *[f"* WARNING: {w}" for w in results["warnings"]], ""]
+        lines += ["**Warnings (operating points and sanity checks):**", "", *[f"* WARNING: {w}" for w in results["warnings"]], ""]
     else:
-        lines += ["Sanity checks: no warnings (details below).", ""]
+        lines += ["No warnings: every operating point is one the calibration set can keep, and the sanity checks "
+                  "found nothing (details below).", ""]
     for name, res in results["detectors"].items():
         threshold = "none recorded" if res["threshold"] is None else f"{res['threshold']:g}"
         lines += [f"## {name}", "", f"Clean FP {_pct(res['clean']['fpr'])}% (n {res['clean']['n']}), threshold "
