@@ -201,3 +201,33 @@ def test_apgd_takes_a_registered_loss_name_and_names_the_choices_otherwise(bad: 
     with pytest.raises(ValueError, match="one of 'ce', 'dlr'"):
         APGD(eps=0.1, loss=cross_entropy)  # a callable is not a name
 
+
+
+@pytest.mark.parametrize("key", sorted(FACTORIES))
+def test_every_attack_passes_at_most_batch_size_rows_at_a_time(key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 37: PGD called directly on 20,000 images allocated every iterate at once. Each attack now runs in
+    batches of `batch_size`, results in the input order: the rows `run` sees never exceed it."""
+    targeted = _MODES[key][0]
+    attack = FACTORIES[key](targeted)
+    attack.batch_size = 3
+    model, (x, y) = tiny_model(), tiny_batch(7)
+    seen: list[int] = []
+    run = type(attack).run
+    monkeypatch.setattr(type(attack), "run", lambda self, m, images, goal: seen.append(len(images)) or run(
+        self, m, images, goal))
+    result = attack(model, x, y, targets_for(y) if targeted else None)
+    assert seen and max(seen) <= 3 and sum(seen) >= len(x)
+    assert result.images.shape == x.shape and result.success.shape == y.shape
+    with torch.no_grad():
+        assert torch.equal(result.predictions, model(result.images).argmax(1))
+    attack.batch_size = 0
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        attack(model, x, y, targets_for(y) if targeted else None)
+
+
+def test_a_deterministic_attack_gives_the_same_images_in_batches_as_in_one_pass() -> None:
+    model, (x, y) = tiny_model(), tiny_batch(10)
+    whole = FGSM(0.1)(model, x, y)
+    batched = FGSM(0.1)
+    batched.batch_size = 4
+    assert torch.equal(batched(model, x, y).images, whole.images)

@@ -212,3 +212,16 @@ def test_every_registered_detector_attack_returns_evasions_dld_confirms(name, ti
 def test_the_registry_holds_the_detector_aware_attacks() -> None:
     assert {"selective", "orthogonal", "guide_points", "detector_square"} <= set(list_attacks(on="detector"))
     assert isinstance(create_attack("selective", eps=0.1), SelectivePGD)
+
+
+@pytest.mark.parametrize("name", list_attacks(on="detector"))
+def test_every_detector_attack_batches_large_calls(name, tiny_dld) -> None:
+    """Issue 37: detector-aware attacks run in batches of `batch_size` too; success is still the detector's own."""
+    det, test = tiny_dld
+    attack = create_attack(name, **{**attack_entry(name).examples[0], "eps": 0.4})
+    attack.batch_size = 5
+    x, y = test.images[:12], test.labels[:12]
+    result = attack(det, x, y)
+    out = det.predict(result.images)
+    assert result.images.shape == x.shape
+    assert torch.equal(result.success, (out.predicted != y) & ~out.is_adversarial)

@@ -254,6 +254,7 @@ class Attack:
     targeted: bool = False
     channels_last: bool = False
     clip: bool = True  # outputs clipped to [0, 1]; PGD/FGSM take clip=False to leave the box (cleverhans' default)
+    batch_size: int = 1024  # images per pass: a larger call is attacked in batches (set it on the instance)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -285,6 +286,22 @@ class Attack:
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                  targets: torch.Tensor | None = None) -> AttackResult:
         images = check_inputs(images, labels, targets, self.targeted, model)
+        return self._in_batches(lambda x, y, t: self._attack(model, x, y, t), images, labels, targets)
+
+    def _in_batches(self, attack: Callable[..., AttackResult], images: torch.Tensor,
+                    *aligned: torch.Tensor | None) -> AttackResult:
+        """`attack(images, *aligned)` over rows of at most `batch_size`, results concatenated on the inputs' device:
+        a 20,000-image call holds one batch of iterates and gradients at a time, not all of them."""
+        size = check_count("batch_size", self.batch_size)
+        if len(images) <= size:
+            return attack(images, *aligned)
+        parts = [attack(images[i:i + size], *(None if a is None else a[i:i + size] for a in aligned))
+                 for i in range(0, len(images), size)]
+        return AttackResult(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(AttackResult)))
+
+    def _attack(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                targets: torch.Tensor | None) -> AttackResult:
+        """One batch of checked inputs: `run`, then the clip, F's predictions, success and norms."""
         goal = targets if self.targeted else labels
         assert goal is not None
         if images.shape[0] == 0:

@@ -91,6 +91,11 @@ class DetectorAttack(Attack):
             empty = torch.zeros(0, device=images.device)
             return AttackResult(images.detach().clone(), empty.bool(), empty, labels.clone())
         starts = None if starts is None else project(starts.detach(), images, self.eps, self.norm)
+        return self._in_batches(lambda x, y, s: self._evade_batch(detector, x, y, s), images, labels, starts)
+
+    def _evade_batch(self, detector: Detector, images: torch.Tensor, labels: torch.Tensor,
+                     starts: torch.Tensor | None) -> AttackResult:
+        """One batch: keep-best over `evade`, the starts judged first."""
         with frozen_eval(detector.classifier):
             best = KeepBest(detector, images, labels)
             if starts is not None:
