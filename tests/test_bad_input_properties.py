@@ -530,6 +530,12 @@ CLI_CASES = [  # (args with {placeholders}, text the one-line message must hold)
     ("evaluate-detector {artifact} --out {x255}", "is an existing file; give a folder"),
     ("audit export --db {artifact} --out {artifact}", "is an input of this command"),
     ("train --out {x255} --epochs 1", "is an existing file; give a folder"),
+    ("lad train-generator --classifier {ckpt} --out {ckpt}.safetensors", "is an input of this command"),
+    ("lad boundary --classifier {ckpt} --out {root}", "is an existing directory"),
+    ("lad generate --classifier {ckpt} --generator {x255} --boundaries {shifted} --out {shifted}",
+     "is an input of this command"),
+    ("lad finetune --classifier {ckpt} --generated {x255} --out {ckpt}", "is an input of this command"),
+    ("lad finetune --classifier {ckpt} --generated {x255} --out {artifact}/sub/f", "is not a folder this process"),
 ]
 
 
@@ -541,6 +547,30 @@ def test_cli_rejects_bad_options_in_one_line(files: dict[str, Path], args: str, 
     assert result.exit_code == 2, result.output
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.output
     assert not (files["root"] / "r").exists()                      # reproduce stopped before writing anything
+
+
+def test_a_multi_file_output_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    """Issue 37: outputs of several files are staged in a temp folder and published after the work; a run that
+    dies leaves the folder as it was (here: the old report untouched, no new file, no temp folder left)."""
+    from latentdefence._io import staged_folder
+
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "report.md").write_text("old run")
+    TRIED.add("multi-file output, run dies midway")
+    with pytest.raises(RuntimeError, match="died"):
+        with staged_folder(out) as staging:
+            (staging / "results.json").write_text("{}")
+            (staging / "report.md").write_text("new run")
+            raise RuntimeError("the run died after two of its files")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+    assert [p.name for p in out.iterdir()] == ["report.md"] and (out / "report.md").read_text() == "old run"
+    with staged_folder(out) as staging:
+        (staging / "figs").mkdir()
+        (staging / "figs" / "a.png").write_bytes(b"png")
+        (staging / "report.md").write_text("new run")
+    assert (out / "report.md").read_text() == "new run" and (out / "figs" / "a.png").read_bytes() == b"png"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
 
 
 def test_toy_detector_rejects_bad_k_when_fitting() -> None:

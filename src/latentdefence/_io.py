@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 import warnings
@@ -34,6 +35,25 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staged_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temp folder beside `path` for a multi-file output; when the block succeeds its files move into `path` (each
+    by an atomic rename, all after the work), when it fails it is removed: a run that dies leaves `path` as it was,
+    never half of the new run's files beside the old run's."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        path.mkdir(exist_ok=True)
+        for src in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            dest = path / src.relative_to(tmp)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 120, tight_layout: bool = False) -> None:

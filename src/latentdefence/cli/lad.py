@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from ..validation import check_output
 from .errors import cli_errors
 
 app = typer.Typer(help="Latent Adversarial Defence: generator, boundaries, generation, fine-tuning, evaluation.",
@@ -36,6 +37,7 @@ def train_generator_cmd(
 ) -> None:
     """Fit G (Eq. 2) from the classifier's latents to images; print train/test reconstruction MSE."""
     with cli_errors():
+        check_output(out, "file", [classifier])
         from ..data import load_dataset
         from ..lad.generator import (GeneratorConfig, create_generator, extract_latents, reconstruction_mse,
                                      save_generator, train_generator)
@@ -68,6 +70,7 @@ def boundary_cmd(
 ) -> None:
     """Fit attention-SVM boundaries toward every class on a few labelled test latents."""
     with cli_errors():
+        check_output(out, "file", [classifier])
         import torch
 
         from ..data import load_dataset
@@ -98,6 +101,7 @@ def generate_cmd(
 ) -> None:
     """z' = z + eps * beta * d, x_hat = G(z') from test images the boundaries never saw; print Fig. 5's rates."""
     with cli_errors():
+        check_output(out, "file", [classifier, generator, boundaries])
         import torch
 
         from ..data import load_dataset
@@ -131,6 +135,7 @@ def finetune_cmd(
 ) -> None:
     """Adversarially fine-tune with Eq. 4 on clean training batches + generated images (original labels)."""
     with cli_errors():
+        check_output(out, "checkpoint", [classifier, generated])
         from ..data import load_dataset
         from ..lad.finetune import FinetuneConfig, finetune
         from ..lad.generation import GeneratedSet

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._io import atomic_path, environment_info, git_revision, save_figure, write_json
+from .._io import environment_info, git_revision, save_figure, staged_folder, write_json
 from .._seed import seed_everything
 from ..attacks import PGD, AutoAttack, create_attack
 from ..attacks.base import attack_in_batches, in_batches
@@ -117,14 +117,12 @@ class DetectorEvaluation:
     def write(self, out_dir: str | Path, *, title: str | None = None, notes: Sequence[str] = (),
               extra: Mapping[str, Any] | None = None) -> Path:
         """results.json (with `extra` merged in), report.md (`notes` under the title) and figures; returns out_dir."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         results = {**self.results, **(extra or {})}
-        _figures(out, results)
-        write_json(out / "results.json", results)
-        with atomic_path(out / "report.md") as tmp:
-            tmp.write_text(report(results, title=title, notes=notes))
-        return out
+        with staged_folder(out_dir) as staging:        # the figures, results and report appear together
+            _figures(staging, results)
+            write_json(staging / "results.json", results)
+            (staging / "report.md").write_text(report(results, title=title, notes=notes))
+        return Path(out_dir)
 
     @property
     def warnings(self) -> list[str]:

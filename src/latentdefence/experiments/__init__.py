@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._io import staged_folder
 from ..data.base import default_data_dir
 from ..validation import check_settings
 from .overrides import apply_overrides
@@ -111,6 +112,7 @@ def run_experiment(name: str, profile: str, out_dir: str | Path, data_dir: str |
     if exp.needs_data_dir and data_dir is None and default_data_dir() is None:
         raise ValueError(f"{name} needs --data-dir pointing at your copy of {exp.dataset.upper()} "
                          f"(see docs/data.md), or LATENTDEFENCE_DATA_DIR; it cannot be downloaded here")
-    results = get_pipeline(exp.pipeline).run(config, out_dir)
+    with staged_folder(out_dir) as staging:     # all of the run's files appear together, or none do
+        results = get_pipeline(exp.pipeline).run(config, staging)
     results.setdefault("experiment", name)
     return results
