@@ -69,7 +69,10 @@ def bad_images(draw: st.DrawFn, shape: tuple[int, int, int] = SHAPE) -> tuple[st
     n = draw(st.integers(1, 3))
     x = torch.rand(n, *shape, generator=torch.Generator().manual_seed(draw(st.integers(0, 2**16))))
     kind = draw(st.sampled_from(["scale", "shift", "nonfinite", "integer", "rank", "empty", "channels", "size",
-                                 "not a tensor"]))
+                                 "storage", "not a tensor"]))
+    if kind == "storage":      # issue 37: these reached torch's own errors
+        layout = draw(st.sampled_from(["sparse_coo", "meta"]))
+        return f"{kind} {layout} n={n}", x.to_sparse() if layout == "sparse_coo" else x.to("meta")
     if kind == "scale":
         factor = draw(st.floats(1.5, 255.0))
         return f"{kind} x{factor} n={n}", x * factor + 0.5
@@ -580,3 +583,12 @@ def test_toy_detector_rejects_bad_k_when_fitting() -> None:
         TRIED.add(f"fit k={k!r}")
         with pytest.raises(InputValidationError, match="^k must be"):
             det.fit(train)
+
+
+@pytest.mark.parametrize("layout", ["sparse_coo", "meta"])
+def test_labels_in_another_storage_are_named(detector: DeepLatentDefence, layout: str) -> None:
+    x = guard_blobs(3, 5).images
+    labels = torch.tensor([0, 1, 2])
+    bad = labels.to_sparse() if layout == "sparse_coo" else labels.to("meta")
+    message = rejection(lambda: PGD(0.1, steps=2)(detector.classifier, x, bad), f"labels {layout}")
+    assert message.startswith("labels"), message

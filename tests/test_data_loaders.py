@@ -326,3 +326,13 @@ def test_cli_info_prepare_and_errors(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "train_32x32.mat: missing" in result.stderr
     result = runner.invoke(app, ["info", "--dataset", "cifar", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2 and "unknown dataset 'cifar'" in result.stderr
+
+
+@pytest.mark.parametrize("label", [3.7, float("nan"), float("inf")])
+def test_svhn_labels_that_are_not_whole_numbers_are_refused_not_truncated(tmp_path: Path, label: float) -> None:
+    """Issue 37: a label of 3.7 loaded as class 3."""
+    scipy.io.savemat(str(tmp_path / "train_32x32.mat"),
+                     {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": np.array([[1.0], [label]])})
+    write_svhn_mat(tmp_path / "test_32x32.mat", [1])
+    with pytest.raises(DatasetFileError, match=r"train_32x32\.mat: labels must be whole numbers 1\.\.10"):
+        load_svhn(tmp_path)

@@ -41,6 +41,7 @@ def check_images(images: Any, name: str = "images", *, shape: Sequence[int] | No
     """
     if not isinstance(images, torch.Tensor):
         raise InputTypeError(name, f"must be a torch.Tensor, got {type(images).__name__}")
+    _check_storage(images, name)
     if not images.is_floating_point():
         raise InputTypeError(name, f"must be floating point pixels in [0, 1], got dtype {images.dtype}")
     want = "(N, C, H, W)" if shape is None else f"(N, {', '.join(map(str, shape))})"
@@ -68,8 +69,21 @@ def check_images(images: Any, name: str = "images", *, shape: Sequence[int] | No
     return images if dtype is None or images.dtype == dtype else images.to(dtype)
 
 
+def _check_storage(tensor: torch.Tensor, name: str) -> None:
+    """A dense tensor with data: a sparse or quantized layout, or a `meta` tensor (shape without values), would reach
+    torch's own errors deep inside a model."""
+    if tensor.layout != torch.strided:
+        raise InputTypeError(name, f"must be a dense tensor, got layout {tensor.layout} (call .to_dense() first)")
+    if tensor.is_meta:
+        raise InputTypeError(name, "is a 'meta' tensor: it has a shape but no values")
+    if tensor.is_quantized:
+        raise InputTypeError(name, f"must not be quantized, got dtype {tensor.dtype} (call .dequantize() first)")
+
+
 def check_labels(labels: Any, n: int, num_classes: int | None = None, name: str = "labels") -> torch.Tensor:
     """`labels` as int64 (n,) class indices in [0, num_classes)."""
+    if isinstance(labels, torch.Tensor):
+        _check_storage(labels, name)
     if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
         raise InputTypeError(name, f"must be an int64 tensor of shape ({n},), got "
                                    f"{getattr(labels, 'dtype', type(labels).__name__)}")

@@ -27,7 +27,12 @@ def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     n = x.shape[3]
     if y.shape not in ((n, 1), (n,)):
         raise DatasetFileError(f"{path}: y has shape {y.shape}, expected ({n}, 1) to match X")
-    y = y.reshape(n).astype(np.int64)
+    y = y.reshape(n)
+    if n and (not np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.complexfloating)
+              or not np.isfinite(y).all() or (y != np.round(y)).any()):
+        bad = y[~np.isfinite(y) | (y != np.round(y))][:3] if np.issubdtype(y.dtype, np.floating) else y.dtype
+        raise DatasetFileError(f"{path}: labels must be whole numbers 1..10, got {bad} (never rounded or truncated)")
+    y = y.astype(np.int64)
     if n and (y.min() < 1 or y.max() > 10):
         raise DatasetFileError(f"{path}: labels span {y.min()}..{y.max()}, expected 1..10 (10 means digit 0)")
     images = np.ascontiguousarray(x.transpose(3, 2, 0, 1))  # (H, W, C, N) -> (N, C, H, W)
