@@ -592,3 +592,18 @@ def test_labels_in_another_storage_are_named(detector: DeepLatentDefence, layout
     bad = labels.to_sparse() if layout == "sparse_coo" else labels.to("meta")
     message = rejection(lambda: PGD(0.1, steps=2)(detector.classifier, x, bad), f"labels {layout}")
     assert message.startswith("labels"), message
+
+
+def test_audit_export_without_stored_images_writes_neither_file(tmp_path: Path) -> None:
+    """Issue 37: `audit export --images` on a log without images used to write the records, then fail."""
+    path = tmp_path / "audit.sqlite"
+    log = AuditLog(path)                     # keep_images off: records only
+    log.record(torch.rand(1, 1, 4, 4), torch.tensor([1]), torch.tensor([3.0]), torch.tensor([0.1]),
+               {"t": torch.ones(1)}, 2.0, "m")
+    log.close()
+    TRIED.add("audit export --images without images")
+    out, images = tmp_path / "records.jsonl", tmp_path / "images.safetensors"
+    result = CliRunner().invoke(cli_app, ["audit", "export", "--db", str(path), "--out", str(out),
+                                          "--images", str(images)])
+    assert result.exit_code == 2 and "holds no images" in result.output, result.output
+    assert not out.exists() and not images.exists()

@@ -57,13 +57,13 @@ def export(db: Path = DB, out: Path = typer.Option(..., help="JSON Lines file, o
 
         log = _open(db)
         records = list(log.records())
+        stored = log.images([r.id for r in records]) if images is not None else {}
+        if images is not None and not stored:     # refused before either file is written
+            raise ValueError(f"{db} holds no images (serve --keep-images stores them)")
         with atomic_path(out) as tmp:
             tmp.write_text("".join(json.dumps(r.as_dict()) + "\n" for r in records))
         message = f"wrote {len(records)} records to {out}"
         if images is not None:
-            stored = log.images([r.id for r in records])
-            if not stored:
-                raise ValueError(f"{db} holds no images (serve --keep-images stores them)")
             ids = sorted(stored)
             save_tensors(images, {"images": torch.stack([stored[i] for i in ids]), "ids": torch.tensor(ids)},
                          {"source": str(db)})
