@@ -62,7 +62,7 @@ def test_results_table_reads_numbers_from_results_json(tmp_path: Path) -> None:
 def test_results_table_has_a_row_per_attacked_detector(tmp_path: Path) -> None:
     folder = tmp_path / "docs" / "results" / "dld-mnist-adaptive"
     folder.mkdir(parents=True)
-    worst = {"n": 500}
+    worst = {"n": 500, "robustness_ci": [0.05, 0.95]}
     res = {"settings": {"attacks": {"eps": 0.3}},
            "detectors": {"dld": {"paper_attacks": {**worst, "robustness": 0.932}, "all_attacks": {**worst, "robustness": 0.41}},
                          "lid": {"paper_attacks": {**worst, "robustness": 0.8}, "all_attacks": {**worst, "robustness": 0.1}}},
@@ -70,9 +70,10 @@ def test_results_table_has_a_row_per_attacked_detector(tmp_path: Path) -> None:
     (folder / "results.json").write_text(json.dumps(res))
     table = results_table(tmp_path / "docs" / "results")
     assert ("| DLD on F, eps 0.3: robustness, paper's attacks -> all our attacks (worst case) | 95.62% (adaptive) | "
-            "93.20% -> 41.00% | 500 |") in table
-    assert "| LID on F, eps 0.3: robustness, paper's attacks -> all our attacks (worst case) | — | 80.00% -> 10.00% |" in table
-    assert "AutoAttack-style cascade (APGD-CE, APGD-T, Square) | — | 88.00% | 500 |" in table
+            "93.20% [5.0, 95.0] -> 41.00% [5.0, 95.0] | 500 |") in table
+    assert ("| LID on F, eps 0.3: robustness, paper's attacks -> all our attacks (worst case) | — | 80.00% [5.0, 95.0] -> "
+            "10.00% [5.0, 95.0] |") in table
+    assert "AutoAttack-style cascade (APGD-CE, APGD-T, Square) | — | 88.00% [84.9, 90.6] | 500 |" in table   # Wilson
 
 
 def test_design_example_adds_an_attack_and_a_detector_the_registries_serve() -> None:
@@ -97,9 +98,10 @@ def test_cifar10_rows_label_the_jpeg_copy_and_the_papers_svhn_column(tmp_path: P
               "table1": {k: row for k in ("fgsm", "pgd", "cw", "adaptive")}}
     (results / "dld-cifar10-table1" / "results.json").write_text(json.dumps(table1))
     (results / "dld-cifar10-adaptive").mkdir()
-    worst = {"robustness": 0.3, "n": 200}
+    worst = {"robustness": 0.3, "n": 200, "robustness_ci": [0.24, 0.37]}
     adaptive = {"settings": {"attacks": {"eps": 8 / 255}},
-                "detectors": {"dld": {"paper_attacks": {"robustness": 0.4}, "all_attacks": worst}},
+                "detectors": {"dld": {"paper_attacks": {"robustness": 0.4, "robustness_ci": [0.33, 0.47]},
+                                      "all_attacks": worst}},
                 "classifier_alone": {"n": 200, "autoattack_robust_accuracy_after": {"square": 0.28}},
                 "paired": [{"first": "dld", "second": "F alone", "robustness_first": 0.3, "robustness_second": 0.28,
                             "mcnemar_p": 0.25}]}
@@ -109,6 +111,6 @@ def test_cifar10_rows_label_the_jpeg_copy_and_the_papers_svhn_column(tmp_path: P
             "60.00% [55.0, 65.0] | 500 |") in table
     assert "| DLD Table I on CIFAR-10 (JPEG copy), eps 8/255, clean false-positive rate | SVHN: 10.02% |" in table
     assert ("| DLD on F, CIFAR-10 (JPEG copy), eps 8/255: robustness, paper's attacks -> all our attacks (worst case) "
-            "| SVHN: 51.32% (adaptive) | 40.00% -> 30.00% | 200 |") in table
+            "| SVHN: 51.32% (adaptive) | 40.00% [33.0, 47.0] -> 30.00% [24.0, 37.0] | 200 |") in table
     assert "| DLD minus F alone, CIFAR-10 (JPEG copy), eps 8/255: worst-case robustness (pp; exact McNemar p on the " \
            "same images) | — | +2.00 (p 0.25) | 200 |" in table

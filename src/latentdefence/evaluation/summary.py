@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .metrics import wilson_interval
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 # (label, path into results.json, paper value as a fraction; an AUC stays as is)
@@ -149,10 +151,12 @@ def _adaptive_rows(res: dict[str, Any], source: str, dataset: str = "", paper: d
         claim = (paper or {}).get(key, claim)
         w0, w1 = det["paper_attacks"], det["all_attacks"]
         rows.append(f"| {name} on F, {on}eps {eps}: robustness, paper's attacks -> all our attacks (worst case) | "
-                    f"{claim} | {100 * w0['robustness']:.2f}% -> {100 * w1['robustness']:.2f}% | {w1['n']} | {source} |")
+                    f"{claim} | {_rate_ci(w0['robustness'], w0['robustness_ci'])} -> "
+                    f"{_rate_ci(w1['robustness'], w1['robustness_ci'])} | {w1['n']} | {source} |")
     aa = res["classifier_alone"]
+    robust = aa["autoattack_robust_accuracy_after"]["square"]
     rows.append(f"| F alone, {on}eps {eps}: robust accuracy, AutoAttack-style cascade (APGD-CE, APGD-T, Square) | — | "
-                f"{100 * aa['autoattack_robust_accuracy_after']['square']:.2f}% | {aa['n']} | {source} |")
+                f"{_rate_ci(robust, wilson_interval(round(robust * aa['n']), aa['n']))} | {aa['n']} | {source} |")
     for pair in res.get("paired", []):
         if pair["first"] == "dld":
             rows.append(f"| DLD minus {ADAPTIVE_ROWS.get(pair['second'], (pair['second'],))[0]}, {on}eps {eps}: "
@@ -160,6 +164,11 @@ def _adaptive_rows(res: dict[str, Any], source: str, dataset: str = "", paper: d
                         f"{100 * (pair['robustness_first'] - pair['robustness_second']):+.2f} (p {pair['mcnemar_p']:.2g})"
                         f" | {aa['n']} | {source} |")
     return rows
+
+
+def _rate_ci(rate: float, ci: Any) -> str:
+    """A rate in percent with its 95% interval: "25.00% [17.6, 34.2]"."""
+    return f"{100 * rate:.2f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
 def _cifar_rows(results_dir: Path) -> list[str]:
