@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -125,18 +125,6 @@ def test_a_subset_of_the_detector_aware_attacks_runs_and_the_rest_are_named_as_s
     assert ev.results["sanity"] == {}                                           # sanity=() checks none
     with pytest.raises(ValueError, match="unknown detector-aware attacks \\['nope'\\]"):
         evaluate_detector(det, x, y, ThreatModel(), budget=TINY, calibration=cal, attacks=("nope",))
-
-
-def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = next(b for b in readme.split("```python")[1:] if "evaluate_detector(" in b).split("```")[0]
-    x, y, cal = data()
-    monkeypatch.setitem(VERSIONS, "quick", replace(TINY, n_sanity=4))      # the example's version, at test size
-    monkeypatch.chdir(tmp_path)
-    scope = {"detector": SoftmaxDetector(tiny_model()).calibrate(cal), "images": x[:6], "labels": y[:6],
-             "calibration_images": cal}
-    exec(block, scope)  # noqa: S102 - our own README
-    assert (tmp_path / "runs" / "evaluation" / "report.md").is_file()
 
 
 def test_bad_inputs_are_named() -> None:

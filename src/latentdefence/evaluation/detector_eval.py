@@ -707,7 +707,7 @@ def _worst_case_vs_fpr(out: Path, results: Mapping[str, Any]) -> None:
         points = sorted([(float(f), 1 - r, w["sr_at_fpr_ci"][f]) for f, r in w["sr_at_fpr"].items()]
                         + [(res["clean"]["calibration_fpr"], w["robustness"],
                             (1 - w["robustness_ci"][1], 1 - w["robustness_ci"][0]))])
-        x = [100 * max(p[0], 1e-4) for p in points]
+        x = [100 * p[0] for p in points]
         y = [100 * p[1] for p in points]
         err = [[100 * max(0.0, p[1] - (1 - p[2][1])) for p in points], [100 * max(0.0, 1 - p[2][0] - p[1])
                                                                         for p in points]]
@@ -716,7 +716,8 @@ def _worst_case_vs_fpr(out: Path, results: Mapping[str, Any]) -> None:
     alone = 1 - len(broken) / results["n"] if broken is not None else \
         min(results["classifier_alone"]["autoattack_robust_accuracy_after"].values())
     ax.axhline(100 * alone, ls="--", color="grey", label="F alone (PGD and the cascade)")
-    ax.set(xscale="log", xlabel="clean false-positive rate on the calibration images (%)",
+    ax.set_xscale("symlog", linthresh=1.0)          # linear below 1%: a threshold that flags nothing sits at 0
+    ax.set(xlabel="clean false-positive rate on the calibration images (%)",
            ylabel="worst-case robustness (%)", title=f"Against attackers who know the detector (n {results['n']})")
     ax.legend(fontsize=7)
     save_figure(fig, out / "worst_case_vs_fpr.png", tight_layout=True)
