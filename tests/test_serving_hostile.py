@@ -149,6 +149,71 @@ def test_npy_header_with_an_unclosed_bracket_is_a_400() -> None:
     assert err.value.status == 400
 
 
+def _npy_claiming(shape: tuple[int, ...], dtype: str = "<f8", body: int = 3000) -> bytes:
+    """A .npy file whose header claims `shape` of `dtype` over `body` bytes of data."""
+    header = repr({"descr": dtype, "fortran_order": False, "shape": shape}).encode()
+    header += b" " * (-(10 + len(header) + 1) % 64) + b"\n"      # data aligned to 64 bytes, as numpy writes
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(body)
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose IHDR claims width x height (CRC fixed up), followed by no real pixel data."""
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+            + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND")))
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    """A small JPEG whose SOF0 header is rewritten to claim width x height."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("kind, data", [
+    ("npy (10**7, 1, 28, 28) float64 over 3 KB", _npy_claiming((10**7, 1, 28, 28))),
+    ("npy 6 GB claim", _npy_claiming((10**6, 1, 28, 28), "<f8")),
+    ("npy one byte short", _npy_claiming((2, 1, 28, 28), "<f4", 2 * 784 * 4 - 1)),
+    ("png 20000 x 20000", _png_claiming(20000, 20000)),
+    ("jpeg 65000 x 65000", _jpeg_claiming(65000, 65000)),
+])
+def test_decoders_refuse_headers_that_lie_about_sizes_before_allocating(kind: str, data: bytes) -> None:
+    """Issue 38: each of these was a 500 (Pillow's DecompressionBombError, numpy's MemoryError after trying to
+    allocate the claimed size); now a 4xx naming the claim, with nothing allocated."""
+    import tracemalloc
+
+    decode = decode_npy if kind.startswith("npy") else (lambda d: decode_image(d, SHAPE))
+    tracemalloc.start()
+    with pytest.raises(InputError) as err:
+        decode(data)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert 400 <= err.value.status < 500 and str(err.value)
+    assert peak < 50 * 2**20, f"{kind}: {peak / 2**20:.0f} MiB allocated before refusing"
+
+
+def test_a_v2_shape_whose_element_count_overflows_int64_is_a_400() -> None:
+    body = json.dumps({"inputs": [{"name": "images", "shape": [2**60 + 1, 1, 28, 28], "datatype": "FP32",
+                                   "data": [0.0] * 784}]}).encode()
+    with pytest.raises(InputError) as err:
+        parse_request(body, None, SHAPE, ["label"])
+    assert err.value.status == 400 and "784" in str(err.value)
+
+
+@pytest.mark.parametrize("header", [b"Basic \xc3\xa9", b"Basic ###", b"Basic", b"Bearer", b"\xff\xfe"])
+def test_a_malformed_authorization_header_is_no_key(header: bytes) -> None:
+    """Issue 38: `Basic \\xc3\\xa9` raised inside b64decode, a 500 before any key was checked."""
+    from latentdefence.serving.auth import presented_key
+
+    assert presented_key({b"authorization": header}) in (None, "")
+
+
 JSON_VALUES = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers() | st.text(max_size=5),
                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
                                                                                        max_size=3), max_leaves=30)

@@ -9,7 +9,6 @@ other route takes the API key or the admin key.
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -66,7 +65,7 @@ def presented_key(headers: dict[bytes, bytes]) -> str | None:
     if scheme.lower() == "basic":
         try:
             return base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
-        except (binascii.Error, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError):   # binascii.Error, and non-ASCII in the header: no key, a 401
             return None
     return None
 

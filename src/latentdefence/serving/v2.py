@@ -9,6 +9,7 @@ flag, credibility, summed and per-layer non-conformity, and the audit id. Errors
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -127,7 +128,7 @@ def _input(tensor: Any, binary: bytes, shape: Sequence[int]) -> torch.Tensor:
 
 
 def _data(tensor: dict[str, Any], binary: bytes, dtype: np.dtype, dims: list[int]) -> np.ndarray:
-    count = int(np.prod(dims))
+    count = math.prod(dims)          # Python integers: a claimed [2**60 + 1, ...] must not wrap around
     size = (tensor.get("parameters") or {}).get("binary_data_size") if isinstance(tensor.get("parameters"), dict) \
         else None
     if size is not None:
