@@ -99,3 +99,42 @@ def test_clean_traffic_is_quiet_and_a_few_percent_pgd_raise_the_alarm(artifact: 
     alarms = AuditLog(tmp_path / "mixed.sqlite").alarms()
     assert len(alarms) == state["alarms"] and alarms[0]["statistic"] >= alarms[0]["threshold"]
     assert alarms[0]["p0"] == state["p0"] == pytest.approx(null_rate(0.0, 150))
+
+
+def test_request_metrics_have_a_closed_label_set_and_count_disconnects_apart() -> None:
+    """Issue 38: made-up HTTP methods grew /metrics without bound (5,000 of them: 21 KB -> 962 KB), and clients that
+    hung up were counted as server errors (500)."""
+    import asyncio
+
+    from starlette.requests import ClientDisconnect
+
+    from latentdefence.serving.metrics import ServiceMetrics
+
+    metrics = ServiceMetrics(k=10, calibrated_fpr=0.02, alarm=FlagRateCUSUM(0.02, 0.07))
+
+    async def answers(scope, receive, send) -> None:   # noqa: ANN001 - ASGI
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def hangs_up(scope, receive, send) -> None:  # noqa: ANN001 - ASGI
+        raise ClientDisconnect()
+
+    async def sink(message: object) -> None:
+        return None
+
+    def call(app, method: str) -> None:  # noqa: ANN001
+        scope = {"type": "http", "method": method, "path": "/nowhere"}
+        asyncio.run(metrics.middleware(app)(scope, None, sink))
+
+    for i in range(50):
+        call(answers, f"MADEUP{i}")
+    call(answers, "GET")
+    with pytest.raises(ClientDisconnect):
+        call(hangs_up, "POST")
+    samples = {tuple(sorted(s.labels.items())): s.value for m in metrics.registry.collect()
+               if m.name == "latentdefence_requests" for s in m.samples if s.name.endswith("_total")}
+    methods = {dict(k)["method"] for k in samples}
+    assert methods == {"other", "GET", "POST"}
+    assert samples[(("method", "other"), ("route", "unmatched"), ("status", "200"))] == 50
+    assert samples[(("method", "POST"), ("route", "unmatched"), ("status", "client_disconnect"))] == 1
+    assert not any(dict(k)["status"] == "500" for k in samples)

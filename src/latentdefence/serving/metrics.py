@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from .alarm import FlagRateCUSUM
@@ -72,22 +73,29 @@ class ServiceMetrics:
             if scope["type"] != "http":
                 await app(scope, receive, send)
                 return
-            start, status = time.perf_counter(), 500
+            start, status = time.perf_counter(), "500"
 
             async def sending(message: MutableMapping[str, Any]) -> None:
                 nonlocal status
                 if message["type"] == "http.response.start":
-                    status = int(message["status"])
+                    status = str(int(message["status"]))
                 await send(message)
 
             try:
                 await app(scope, receive, sending)
+            except ClientDisconnect:      # the client left before the answer: not a server error
+                status = "client_disconnect"
+                raise
             finally:
                 route = _route_of(scope)
-                self.requests.labels(route, scope["method"], str(status)).inc()
+                method = scope["method"] if scope["method"] in HTTP_METHODS else "other"   # a closed label set
+                self.requests.labels(route, method, status).inc()
                 self.latency.labels(route).observe(time.perf_counter() - start)
 
         return counted
+
+
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 
 
 def _route_of(scope: MutableMapping[str, Any]) -> str:
