@@ -138,3 +138,46 @@ def test_request_metrics_have_a_closed_label_set_and_count_disconnects_apart() -
     assert samples[(("method", "other"), ("route", "unmatched"), ("status", "200"))] == 50
     assert samples[(("method", "POST"), ("route", "unmatched"), ("status", "client_disconnect"))] == 1
     assert not any(dict(k)["status"] == "500" for k in samples)
+
+
+def test_a_steady_rate_near_the_boundary_raises_the_alarm_once_or_twice_not_every_few_dozen_inputs() -> None:
+    """Issue 38: without hysteresis a steady 4% flag rate (p0 2%, p1 7%) raised a new alarm every few dozen
+    inputs; re-arming only below half the threshold raises it at most twice in 20,000."""
+    stream = _stream(0.04, 20_000, 1)
+    flapping = FlagRateCUSUM(0.02, 0.07, rearm=0.999999)              # the old behaviour: clear as soon as S < h
+    steady = FlagRateCUSUM(0.02, 0.07)
+    old = sum(flapping.update(chunk) for chunk in _chunks(stream, 64))
+    new = sum(steady.update(chunk) for chunk in _chunks(stream, 64))
+    assert old >= 20 and 1 <= new <= 2 and steady.alarms == new
+
+
+def test_the_statistic_has_a_ceiling_and_an_operator_can_reset_it() -> None:
+    alarm = FlagRateCUSUM(0.02, 0.07)
+    assert alarm.update([True] * 2000) == 1                            # hostile traffic: raised once
+    assert alarm.statistic == pytest.approx(2 * alarm.threshold)       # capped (was 2,505 uncapped)
+    cleared_after = next(i for i in range(1, 10_000) if alarm.update([False]) == 0 and not alarm.in_alarm)
+    assert cleared_after < 500                                         # ~ (2h - h/2) / 0.052 clean inputs
+    alarm.update([True] * 2000)
+    alarm.reset()
+    assert alarm.statistic == 0.0 and not alarm.in_alarm and alarm.state()["alarms"] == 2
+    with pytest.raises(ValueError, match="rearm"):
+        FlagRateCUSUM(0.02, 0.07, rearm=1.0)
+
+
+def test_two_raises_in_one_batch_are_two(tmp_path: Path) -> None:
+    alarm = FlagRateCUSUM(0.02, 0.07)
+    batch = [True] * 400 + [False] * 600 + [True] * 400               # raise, clear below h/2, raise again
+    assert alarm.update(batch) == 2 and alarm.alarms == 2
+
+
+def test_an_operator_resets_a_raised_alarm_through_the_admin_route(artifact: Path, pgd: torch.Tensor,
+                                                                   tmp_path: Path) -> None:
+    with TestClient(create_app(GuardedClassifier.load(artifact), ServeConfig(audit_db=tmp_path / "a.sqlite"))) as client:
+        buf = io.BytesIO()
+        np.save(buf, pgd[:64].numpy())
+        assert client.post("/v1/predict", content=buf.getvalue(),
+                           headers={"content-type": "application/x-npy"}).status_code == 200
+        assert client.get("/v1/model").json()["alarm"]["in_alarm"]
+        after = client.post("/v1/audit/alarms/reset").json()
+        assert not after["in_alarm"] and after["statistic"] == 0.0 and after["alarms"] >= 1
+        assert not client.get("/v1/model").json()["alarm"]["in_alarm"]

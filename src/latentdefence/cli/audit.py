@@ -69,3 +69,23 @@ def export(db: Path = DB, out: Path = typer.Option(..., help="JSON Lines file, o
                          {"source": str(db)})
             message += f" and {len(ids)} images to {images}"
         typer.echo(message)
+
+
+@app.command("reset-alarm")
+def reset_alarm(url: str = typer.Option("http://127.0.0.1:8000", help="The running server's base URL."),
+                admin_key: Optional[str] = typer.Option(None, envvar="LATENTDEFENCE_ADMIN_KEY", show_default=False,
+                                                        help="The server's admin key (prefer the env variable).")
+                ) -> None:
+    """Clear a running server's flag-rate alarm (POST /v1/audit/alarms/reset); prints the alarm state after."""
+    with cli_errors():
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(f"{url.rstrip('/')}/v1/audit/alarms/reset", method="POST", data=b"",
+                                         headers={"x-api-key": admin_key} if admin_key else {})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:   # noqa: S310 - the operator's own URL
+                typer.echo(response.read().decode())
+        except urllib.error.HTTPError as err:
+            raise ValueError(f"{url}: the server answered {err.code} ({err.read().decode(errors='replace')[:200]})") \
+                from None

@@ -189,7 +189,7 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
         for i, record_id in zip(flagged.tolist(), ids):
             audit_ids[i] = record_id
         metrics.observe_batch(out.is_adversarial, out.per_layer)
-        if alarm.update(out.is_adversarial.tolist()):
+        for _ in range(alarm.update(out.is_adversarial.tolist())):     # one audit row per raise
             log.warning("flag-rate alarm raised: %s", alarm.state())
             audit.record_alarm(alarm.state(), model_id)
         return [{**row, "sha256": image_sha256(images[i]), "audit_id": audit_ids[i]}
@@ -273,6 +273,13 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
     async def audit_alarms() -> list[dict[str, Any]]:
         """Raised flag-rate alarms, oldest first, with the CUSUM's state when each was raised."""
         return await run_in_threadpool(audit.alarms)
+
+    @app.post("/v1/audit/alarms/reset")
+    async def reset_alarm() -> dict[str, Any]:
+        """Clear the flag-rate alarm and its statistic (an operator's decision; admin key); the state after."""
+        alarm.reset()
+        log.warning("flag-rate alarm reset by an operator")
+        return alarm.state()
 
     @app.get("/v1/audit/{record}/image", response_class=Response, responses={404: {"model": ErrorBody}})
     async def audit_image(record: int = PathParam(ge=0, le=SQLITE_MAX)) -> Response:
