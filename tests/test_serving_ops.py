@@ -29,6 +29,7 @@ tritonhttp = pytest.importorskip("tritonclient.http", reason="tritonclient[http]
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 MODEL, MAX_IMAGES = "guard", 16
+MAX_BODY = 8 * 2**20                                           # serve's default --max-body-bytes
 # tritonclient adds to the headers dict it is given: each call gets a copy
 USER, ADMIN = {"x-api-key": "user-key-123"}, {"authorization": "Bearer admin-key-456"}
 user = httpx.Client(headers=USER, timeout=30)                  # what a client with the API key sends
@@ -73,8 +74,12 @@ def test_triton_client_sees_a_live_ready_model_with_its_metadata(server: tuple[s
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready(MODEL, headers=dict(USER))
     meta = client.get_model_metadata(MODEL, headers=dict(USER))
-    assert meta["name"] == MODEL and {i["datatype"] for i in meta["inputs"]} == {"FP32", "UINT8"}
-    assert all(i["shape"] == [-1, 1, 28, 28] for i in meta["inputs"])
+    assert meta["name"] == MODEL and [(i["name"], i["datatype"]) for i in meta["inputs"]] == [("images", "FP32")]
+    assert meta["inputs"][0]["shape"] == [-1, 1, 28, 28] and meta["inputs"][0]["parameters"]["also_accepts"] == ["UINT8"]
+    # issue 38: version "1" is advertised, so its versioned routes answer (they were 404)
+    assert meta["versions"] == ["1"] and client.is_model_ready(MODEL, model_version="1", headers=dict(USER))
+    assert client.get_model_metadata(MODEL, model_version="1", headers=dict(USER)) == meta
+    assert not client.is_model_ready(MODEL, model_version="2", headers=dict(USER))
     outputs = {o["name"]: o for o in meta["outputs"]}
     assert outputs["probabilities"]["shape"] == [-1, 3] and outputs["is_adversarial"]["datatype"] == "BOOL"
     assert {"nonconformity_conv1", "nonconformity_conv2", "label", "credibility"} <= set(outputs)
@@ -129,6 +134,27 @@ V2_BAD = [
     ("not json", b"{inputs", "not valid JSON"),
     ("too many", _tensor([MAX_IMAGES + 1, 1, 28, 28]), f"the limit is {MAX_IMAGES}"),
 ]
+
+
+def test_v2_versioned_infer_and_every_v2_error_in_the_protocols_shape(server: tuple[str, Path]) -> None:
+    """Issue 38: 401/403, 413, unknown paths and 422 answered `{"detail": ...}` on /v2, which tritonclient cannot
+    decode; every /v2 error is `{"error": "..."}` now, and the versioned infer route answers."""
+    url = server[0]
+    ok = user.post(f"{url}/v2/models/{MODEL}/versions/1/infer", content=json.dumps(_tensor([1, 1, 28, 28])).encode(),
+                   headers={"content-type": "application/json"})
+    assert ok.status_code == 200 and ok.json()["model_name"] == MODEL
+    answers = {
+        "no key": httpx.get(f"{url}/v2/models/{MODEL}", timeout=30),
+        "wrong key": httpx.get(f"{url}/v2/models/{MODEL}", headers={"x-api-key": "wrong"}, timeout=30),
+        "unknown path": user.get(f"{url}/v2/models/{MODEL}/nothing"),
+        "unknown version": user.get(f"{url}/v2/models/{MODEL}/versions/7"),
+        "too large": user.post(f"{url}/v2/models/{MODEL}/infer", content=b"x" * (MAX_BODY + 1),
+                               headers={"content-type": "application/json"}),
+        "wrong method": user.delete(f"{url}/v2/models/{MODEL}"),
+    }
+    for case, response in answers.items():
+        assert response.status_code >= 400 and set(response.json()) == {"error"}, (case, response.text)
+        assert isinstance(response.json()["error"], str) and response.json()["error"], case
 
 
 @pytest.mark.parametrize("name, body, message", V2_BAD, ids=[b[0] for b in V2_BAD])
@@ -228,7 +254,8 @@ def test_every_route_wants_its_key_missing_wrong_and_right(server: tuple[str, Pa
             assert send({}) == 200, path
             continue
         missing = httpx.request(method, f"{url}{path}", timeout=30)
-        assert missing.status_code == 401 and "API key is required" in missing.json()["detail"], path
+        body_key = "error" if path.startswith("/v2") else "detail"          # the protocol's error shape on /v2
+        assert missing.status_code == 401 and "API key is required" in missing.json()[body_key], path
         assert missing.headers["www-authenticate"].startswith("Basic"), path
         assert send({"x-api-key": "wrong"}) == 403 and send({"authorization": "Bearer user-key-12"}) == 403, path
         with_user_key = send(USER)

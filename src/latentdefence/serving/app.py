@@ -18,12 +18,15 @@ from typing import Any
 
 import torch
 from fastapi import FastAPI, Query, Request, Response
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .alarm import AlarmConfig, FlagRateCUSUM, null_rate
 from .audit import AuditLog, image_sha256
@@ -34,6 +37,7 @@ from .inputs import (ACCEPTED_TYPES, IMAGE_TYPES, JSON_TYPE, MULTIPART_TYPE, NPY
                      decode_npy, media_type)
 from .metrics import ServiceMetrics
 from .review import png, render, to_csv
+from .v2 import error_json
 from .v2 import router as v2_router
 
 log = logging.getLogger(__name__)
@@ -151,7 +155,7 @@ class BodyLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             status, detail = (413, self._too_large(int(length))) if length.isdigit() else (400, "bad Content-Length")
-            await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
+            await error_json(scope["path"], detail, status)(scope, receive, send)
             return
         received = 0
 
@@ -219,7 +223,18 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
 
     @app.exception_handler(InputError)
     async def _input_error(request: Request, err: InputError) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, status_code=err.status)
+        return error_json(request.url.path, str(err), err.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:   # 404, 405: unknown paths
+        return error_json(request.url.path, str(err.detail), err.status_code, dict(err.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        if request.url.path.startswith("/v2"):             # the protocol wants a string; FastAPI's list elsewhere
+            return error_json(request.url.path, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                                          for e in err.errors()), 400)
+        return await request_validation_exception_handler(request, err)
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> dict[str, Any]:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.responses import JSONResponse
+from .v2 import error_json
 
 OPEN_PATHS = ("/healthz", "/v2/health/live", "/v2/health/ready")
 ADMIN_PREFIXES = ("/metrics", "/review", "/v1/audit")
@@ -91,8 +91,8 @@ class RequireKey:
             if not matches(key, allowed):
                 status, detail = (401, "an API key is required (Authorization: Bearer KEY or X-API-Key: KEY)") \
                     if key is None else (403, "wrong API key for this route")
-                response = JSONResponse({"detail": detail}, status_code=status,
-                                        headers={"WWW-Authenticate": 'Basic realm="latentdefence"'})
+                response = error_json(scope["path"], detail, status,
+                                      {"WWW-Authenticate": 'Basic realm="latentdefence"'})
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -23,6 +23,8 @@ from starlette.concurrency import run_in_threadpool
 from .guarded import InputError
 
 INPUT = "images"
+PREFIX = "/v2"
+VERSION = "1"          # the one version of the served model
 HEADER_LENGTH = "inference-header-content-length"
 INPUT_TYPES: dict[str, np.dtype] = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
 OUTPUT_TYPES = {"BOOL": np.dtype("?"), "INT64": np.dtype("<i8"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
@@ -56,8 +58,10 @@ def outputs(taps: Sequence[str]) -> list[Output]:
 def metadata(name: str, shape: Sequence[int], num_classes: int, taps: Sequence[str]) -> dict[str, Any]:
     """GET /v2/models/{name}: inputs and outputs with datatypes and shapes (-1: the batch dimension)."""
     dims = {"probabilities": [-1, num_classes]}
-    return {"name": name, "versions": ["1"], "platform": "latentdefence-dld",
-            "inputs": [{"name": INPUT, "datatype": dt, "shape": [-1, *shape]} for dt in INPUT_TYPES],
+    return {"name": name, "versions": [VERSION], "platform": "latentdefence-dld",
+            # one entry per input name (the protocol's metadata_tensor has one datatype): FP32; UINT8 is accepted too
+            "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, *shape],
+                        "parameters": {"also_accepts": [dt for dt in INPUT_TYPES if dt != "FP32"]}}],
             "outputs": [{"name": o.name, "datatype": o.datatype, "shape": dims.get(o.name, [-1])}
                         for o in outputs(taps)]}
 
@@ -204,17 +208,28 @@ _V2_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "no such model"}, 413: {"description": "body or image count over the server's limit"}}
 
 
+def error_json(path: str, message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error answer in the protocol's shape on /v2 (`{"error": "..."}`, what tritonclient decodes), FastAPI's
+    `{"detail": "..."}` elsewhere: the one place middlewares and handlers build error bodies."""
+    key = "error" if path == PREFIX or path.startswith(PREFIX + "/") else "detail"
+    return JSONResponse({key: message}, status_code=status, headers=headers)
+
+
 def router(name: str, shape: Sequence[int], num_classes: int, taps: Sequence[str], max_images: int,
            check: Callable[[torch.Tensor], torch.Tensor],
            submit: Callable[[torch.Tensor], Awaitable[list[dict[str, Any]]]]) -> APIRouter:
     """The /v2 routes for model `name`: health, server and model metadata, infer (through `submit`)."""
-    api = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"])
+    api = APIRouter(prefix=PREFIX, tags=["Open Inference Protocol (v2)"])
     card = metadata(name, shape, num_classes, taps)
     names = [o.name for o in outputs(taps)]
 
-    def model_or_404(model: str) -> JSONResponse | None:
-        return None if model == name else JSONResponse({"error": f"unknown model {model!r}; this server serves "
-                                                                 f"{name!r}"}, status_code=404)
+    def model_or_404(model: str, version: str = VERSION) -> JSONResponse | None:
+        if model != name:
+            return JSONResponse({"error": f"unknown model {model!r}; this server serves {name!r}"}, status_code=404)
+        if version != VERSION:
+            return JSONResponse({"error": f"unknown version {version!r} of model {name!r}; it has version "
+                                          f"{VERSION!r}"}, status_code=404)
+        return None
 
     @api.get("")
     async def server_metadata() -> dict[str, Any]:
@@ -236,15 +251,30 @@ def router(name: str, shape: Sequence[int], num_classes: int, taps: Sequence[str
         """Inputs and outputs of the model, with datatypes and shapes."""
         return model_or_404(model) or card
 
+    @api.get("/models/{model}/versions/{version}", responses=_V2_ERRORS)
+    async def model_version_metadata(model: str, version: str) -> Any:
+        """The same, for the model's one version ("1")."""
+        return model_or_404(model, version) or card
+
     @api.get("/models/{model}/ready", responses=_V2_ERRORS)
     async def model_ready(model: str) -> Any:
         """200 when `model` is served and ready."""
         return model_or_404(model) or {"name": name, "ready": True}
 
+    @api.get("/models/{model}/versions/{version}/ready", responses=_V2_ERRORS)
+    async def model_version_ready(model: str, version: str) -> Any:
+        """The same, for the model's one version ("1")."""
+        return model_or_404(model, version) or {"name": name, "ready": True}
+
     @api.post("/models/{model}/infer", responses=_V2_ERRORS, openapi_extra=_INFER_BODY)
     async def infer(model: str, request: Request) -> Response:
         """Classify and screen a batch of images given as a tensor `images` (FP32 or UINT8, NCHW)."""
-        missing = model_or_404(model)
+        return await infer_version(model, VERSION, request)
+
+    @api.post("/models/{model}/versions/{version}/infer", responses=_V2_ERRORS, openapi_extra=_INFER_BODY)
+    async def infer_version(model: str, version: str, request: Request) -> Response:
+        """The same, for the model's one version ("1")."""
+        missing = model_or_404(model, version)
         if missing:
             return missing
         try:
