@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 import torch
 from guard_artifact import artifact, guard, images  # noqa: F401 (shared fixtures)
 from PIL import Image
+from shared_data import OIP_SPEC, requires_oip_spec
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
@@ -368,3 +370,38 @@ def test_review_console_in_headless_chromium(server: tuple[str, Path], images: d
         assert f"label={label}" in chrome.find_element(By.ID, "csv").get_attribute("href")
     finally:
         chrome.quit()
+
+
+# -- conformance with the protocol's own OpenAPI document (../shared/specs) -----------------------------------
+def _spec_validator(schema: str) -> Any:
+    import jsonschema
+    import yaml
+
+    spec = yaml.safe_load(OIP_SPEC.read_text())
+    return jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{schema}", "components": spec["components"]})
+
+
+@requires_oip_spec
+def test_every_v2_answer_validates_against_the_protocols_own_schemas(server: tuple[str, Path]) -> None:
+    """Each /v2 route's success and error bodies, checked against the published spec's component schemas."""
+    url = server[0]
+    infer = json.dumps(_tensor([2, 1, 28, 28])).encode()
+    answers = [
+        ("metadata_server_response", 200, user.get(f"{url}/v2")),
+        ("metadata_model_response", 200, user.get(f"{url}/v2/models/{MODEL}")),
+        ("metadata_model_response", 200, user.get(f"{url}/v2/models/{MODEL}/versions/1")),
+        ("metadata_model_error_response", 404, user.get(f"{url}/v2/models/other")),
+        ("metadata_model_error_response", 404, user.get(f"{url}/v2/models/{MODEL}/versions/9")),
+        ("inference_response", 200, user.post(f"{url}/v2/models/{MODEL}/infer", content=infer)),
+        ("inference_response", 200, user.post(f"{url}/v2/models/{MODEL}/versions/1/infer", content=infer)),
+        ("inference_error_response", 400, user.post(f"{url}/v2/models/{MODEL}/infer", content=b"{inputs")),
+        ("inference_error_response", 401, httpx.post(f"{url}/v2/models/{MODEL}/infer", content=infer, timeout=30)),
+        ("inference_error_response", 404, user.post(f"{url}/v2/models/other/infer", content=infer)),
+    ]
+    for schema, status, response in answers:
+        assert response.status_code == status, (schema, response.text)
+        errors = [e.message for e in _spec_validator(schema).iter_errors(response.json())]
+        assert not errors, (schema, response.request.url, errors)
+    for ready in (f"{url}/v2/health/live", f"{url}/v2/health/ready", f"{url}/v2/models/{MODEL}/ready",
+                  f"{url}/v2/models/{MODEL}/versions/1/ready"):
+        assert user.get(ready).status_code == 200, ready
