@@ -1,5 +1,6 @@
-"""Regenerate the README's results table from docs/results/*/results.json and the docs' excerpts of report tables
-(run after committing results); --check only says whether they are current."""
+"""Regenerate the results tables from docs/results/*/results.json (the README's headline rows, every row in
+docs/results/README.md) and the docs' excerpts of report tables (run after committing results); --check only says
+whether they are current."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 if __name__ == "__main__":
     check = "--check" in sys.argv
-    stale = [] if update_readme(ROOT / "README.md", ROOT / "docs" / "results", check=check) else ["README.md"]
+    results = ROOT / "docs" / "results"
+    stale = [] if update_readme(ROOT / "README.md", results, check=check, headline=True) else ["README.md"]
+    stale += [] if update_readme(results / "README.md", results, check=check) else ["docs/results/README.md"]
     stale += [doc.name for doc in sorted((ROOT / "docs").glob("*.md")) if not sync_excerpts(doc, ROOT, check=check)]
     if stale:
         sys.exit(f"out of date: {', '.join(stale)}; run python scripts/update_readme.py")

@@ -13,8 +13,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_readme_results_table_matches_committed_results() -> None:
-    assert update_readme(ROOT / "README.md", ROOT / "docs" / "results", check=True), \
+    results = ROOT / "docs" / "results"
+    assert update_readme(ROOT / "README.md", results, check=True, headline=True), \
         "README.md's results table is out of date: run python scripts/update_readme.py"
+    assert update_readme(results / "README.md", results, check=True), \
+        "docs/results/README.md's results table is out of date: run python scripts/update_readme.py"
+
+
+def test_the_readme_shows_the_headline_rows_and_the_full_table_has_every_row() -> None:
+    readme = (ROOT / "README.md").read_text()
+    full = (ROOT / "docs" / "results" / "README.md").read_text()
+    rows = [line for line in readme.split("<!-- results:start -->")[1].splitlines() if line.startswith("| ")]
+    assert 8 <= len(rows) - 1 <= 15                               # a short table a newcomer reads (header aside)
+    assert all(row in full for row in rows) and full.count("\n| ") > readme.count("\n| ")
 
 
 def test_docs_tables_match_the_committed_reports() -> None:

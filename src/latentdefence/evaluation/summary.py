@@ -222,14 +222,30 @@ def _classifier_variant_rows(res: dict[str, Any], source: str) -> list[str]:
     return rows
 
 
-def update_readme(readme: Path, results_dir: Path, check: bool = False) -> bool:
-    """Rewrite the block between the markers; with check=True only report whether it is current."""
+# The rows the README shows: the current releases' answers (every row: docs/results/README.md).
+HEADLINE = ("DLD Table I, PGD eps 0.3: robustness", "DLD clean false-positive rate", "DLD on F, eps 0.3:",
+            "F alone, eps 0.3:", "LAD Table II, PGD re-run against each model",
+            "LAD Table II, Adv. LeNet minus the same-budget reconstruction control",
+            "DLD Table I on CIFAR-10 (JPEG copy), eps 8/255, PGD: robustness", "DLD on F, CIFAR-10", "Deep k-NN on F, CIFAR-10",
+            "F alone, CIFAR-10", "DLD minus F alone, CIFAR-10", "DLD minus Deep k-NN, CIFAR-10")
+
+
+def headline_table(results_dir: Path) -> str:
+    """The README's short table: the `HEADLINE` rows of `results_table`, in its order."""
+    lines = results_table(results_dir).splitlines()
+    return "\n".join(lines[:2] + [row for row in lines[2:] if row.startswith(tuple(f"| {h}" for h in HEADLINE))])
+
+
+def update_readme(readme: Path, results_dir: Path, check: bool = False, headline: bool = False) -> bool:
+    """Rewrite the block between the markers with every row (or the `headline` ones); with check=True only report
+    whether it is current."""
     text = readme.read_text()
     if START not in text or END not in text:
         raise ValueError(f"{readme}: markers {START} / {END} not found")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    new = f"{head}{START}\n{results_table(results_dir)}\n{END}{tail}"
+    table = headline_table(results_dir) if headline else results_table(results_dir)
+    new = f"{head}{START}\n{table}\n{END}{tail}"
     if check:
         return new == text
     readme.write_text(new)
