@@ -50,3 +50,21 @@ def test_the_quickstart_example_is_the_readmes() -> None:
     for call in ("as_tapped(", 'taps=["2", "5"]', "input_shape=(1, 28, 28)", "nn.Linear(32 * 7 * 7, 10)",
                  "train_classifier(", "GuardedClassifier.load(", "classifier=", "evaluate_detector(", ".calibrate("):
         assert call in block and call in example, call
+
+
+@pytest.mark.slow
+def test_the_quickstart_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`examples/guard_your_model.py` end to end on a few hundred images (its main(), as `python` would run it)."""
+    import importlib.util
+
+    full = latentdefence.data.load_dataset("mnist")
+    small = Splits(full.train.head(300), full.test.head(1000), provenance=full.provenance)
+    spec = importlib.util.spec_from_file_location("guard_your_model", ROOT / "examples" / "guard_your_model.py")
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.setattr(example, "load_dataset", lambda name, *a, **k: small)
+    monkeypatch.setitem(VERSIONS, "quick", TINY)
+    torch.set_num_threads(1)
+    example.main(n_train=300, n_eval=20, out=str(tmp_path / "mine.safetensors"))
+    assert (tmp_path / "mine.safetensors").is_file()
