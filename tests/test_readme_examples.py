@@ -27,7 +27,7 @@ def python_blocks(text: str) -> list[str]:
 @pytest.mark.slow
 def test_every_readme_python_block_runs_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     full = latentdefence.data.load_dataset("mnist")
-    small = Splits(full.train.head(300), full.test.head(1000), provenance=full.provenance)
+    small = Splits(full.train.head(256), full.test.head(900), provenance=full.provenance)
     monkeypatch.setattr(latentdefence.data, "load_dataset", lambda name, *a, **k: small)
     monkeypatch.setitem(VERSIONS, "quick", TINY)
     monkeypatch.chdir(tmp_path)
