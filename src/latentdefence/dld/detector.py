@@ -280,7 +280,8 @@ class DeepLatentDefence(KNNDetector):
         det.encoders_ = TapModules({tap: _encoder(path, tap, spec, tensors).to(device)
                                     for tap, spec in specs.items()}).eval()
         det.pruned_ = artifact_field(path, meta, "pruned", Mapping)
-        det._build_indexes(_indexes(path, tensors, meta, list(specs), classifier.num_classes, det.latent_dim, det.k))
+        det._build_indexes(_indexes(path, tensors, meta.get("indexed"), det.pruned_, list(specs),
+                                    classifier.num_classes, det.latent_dim, det.k))
         det.metadata_ = dict(meta.get("metadata") or {})  # absent from artifacts written before it existed
         _check_calibrated_with(path, meta.get("calibration"), det.k, tensors.get("calibration_scores"))
         det._restore_calibration(tensors, meta, path)
@@ -310,14 +311,13 @@ def _check_params(path: str | Path, params: Mapping[str, Any], specs: Mapping[st
         raise InputValidationError(f"{field} 'encoders'", f"must hold one encoder per tap {list(taps)}, got {list(specs)}")
 
 
-def _indexes(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], taps: list[str],
-             num_classes: int, latent_dim: int, k: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _indexes(path: str | Path, tensors: Mapping[str, torch.Tensor], recorded: Any, pruned: Mapping[str, Any],
+             taps: list[str], num_classes: int, latent_dim: int, k: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Each tap's indexed embeddings and labels, checked against the rest of the artifact before any search: finite
     (latent_dim)-wide embeddings, one label in [0, classes) each, at least k of them, as many as recorded ("indexed",
     or for older artifacts: indexed + pruned the same training-set size for every tap)."""
     check_finite_tensors(path, tensors, "encoder.")
     check_finite_tensors(path, tensors, "index.")
-    recorded, pruned = meta.get("indexed"), meta["pruned"]
     if set(pruned) != set(taps) or not all(isinstance(v, int) and v >= 0 for v in pruned.values()):
         raise InputValidationError(f"{path}: metadata field 'pruned'", f"must give a count >= 0 for each tap {taps}, "
                                    f"got {dict(pruned)}")

@@ -76,7 +76,7 @@ def _fmt_ci(res: Any, path: tuple[str, ...]) -> str:
     if not ci:
         return _fmt(value, key)
     lo, hi = ci
-    return f"{value:.3f} [{lo:.3f}, {hi:.3f}]" if key == "roc_auc" else f"{100 * value:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return f"{value:.3f} [{lo:.3f}, {hi:.3f}]" if key == "roc_auc" else _rate_ci(value, ci)
 
 
 def results_table(results_dir: Path) -> str:
@@ -199,10 +199,9 @@ def _hardening_rows(res: dict[str, Any], source: str) -> list[str]:
     rows = []
     for key, det in res["detectors"].items():
         w, fp = det["all_attacks"], det["clean"]["fpr"]
-        lo, hi = w["robustness_ci"]
         rows.append(f"| {HARDENING_ROWS.get(key, key)} on F, eps {res['threat_model']['eps']:g}, clean FP "
-                    f"{100 * fp:.2f}%: worst case over all attacks | 95.62% (adaptive) | {100 * w['robustness']:.2f}% "
-                    f"[{100 * lo:.1f}, {100 * hi:.1f}] | {w['n']} | {source} |")
+                    f"{100 * fp:.2f}%: worst case over all attacks | 95.62% (adaptive) | "
+                    f"{_rate_ci(w['robustness'], w['robustness_ci'])} | {w['n']} | {source} |")
     return rows
 
 
@@ -214,11 +213,10 @@ def _classifier_variant_rows(res: dict[str, Any], source: str) -> list[str]:
     for r in res["rows"]:
         if r["detector"] != "dld" or r["run"] == first:
             continue
-        lo, hi = r["robustness_ci"]
         alone = res["classifier_alone"][r["run"]]["robustness"]
         rows.append(f"| DLD on the {r['run']}, eps {eps:g}, clean FP {100 * r['clean_fpr']:.2f}%: worst case over all "
                     f"attacks (F alone under the cascade: {100 * alone:.2f}%) | 95.62% (adaptive) | "
-                    f"{100 * r['robustness']:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}] | {res['n']} | {source} |")
+                    f"{_rate_ci(r['robustness'], r['robustness_ci'])} | {res['n']} | {source} |")
     return rows
 
 
