@@ -6,6 +6,7 @@ import logging
 
 import typer
 
+from .._progress import log_handler
 from . import attack, audit, data, dld, evaluate_detector, lad, reproduce, serve, sign, train
 
 app = typer.Typer(help="Latent-space defences for image classifiers (DLD, LAD): train, attack, defend, measure.",
@@ -24,7 +25,7 @@ sign.register(app)
 
 @app.callback()
 def _configure(verbose: bool = typer.Option(True, help="Log per-epoch and per-stage summaries to stderr.")) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[log_handler()])
 
 
 @app.command("models")

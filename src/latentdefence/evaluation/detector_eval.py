@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._progress import steps, track
 from .._io import environment_info, git_revision, save_figure, staged_folder, write_json
 from .._seed import seed_everything
 from ..attacks import PGD, AutoAttack, create_attack
@@ -322,31 +323,46 @@ def _attack_all(detectors: Mapping[str, Any], images: torch.Tensor, labels: torc
     """(adversarial images per detector and attack, F's robust accuracy after each cascade stage, skipped attacks);
     `only`: the detector-aware attacks to run (None: every one that applies)."""
     classifier = next(iter(detectors.values())).classifier
-    with timer.timed("attack_pgd"):
-        pgd = _pgd(threat, b, generator)
-        shared = {"pgd": attack_in_batches(classifier, pgd, images, labels, batch_size=b.batch_size).images}
-    with timer.timed("attack_autoattack"):
-        aa = AutoAttack(threat.eps, b.autoattack_steps, n_target_classes=b.autoattack_targets,
-                        square_queries=b.square_queries, restarts=b.autoattack_restarts, norm=threat.norm,
-                        generator=generator)
-        shared["autoattack"], robust_after = _autoattack(aa, classifier, images, labels, b.batch_size)
-    sets, skipped = {}, {}
+    plan, skipped = {}, {}
     for name, det in detectors.items():
-        sets[name] = dict(shared)
         kinds, skipped[name] = applicable(det, threat, name in encoders)
         if only is not None:
             skipped[name].update({k: "not in this run's attacks" for k in kinds if k not in only})
             kinds = [k for k in kinds if k in only]
-        for kind in kinds:
-            with timer.timed(f"attack_{kind}" if kind == "adaptive_paper" else f"attack_{kind}_{name}"):
-                if kind == "adaptive_paper":
-                    sets[name][kind] = paper_adaptive(det, encoders[name], images, labels, threat.eps, b, generator)
-                    continue
-                attack = detector_attack(kind, threat, b, generator)
-                starts = shared["autoattack"] if kind == "selective" else None   # F already fooled: only hide it
-                sets[name][kind] = in_batches(lambda x, y, s: attack(det, x, y, starts=s).images, images, labels,
-                                              starts, batch_size=b.batch_size)
+        plan[name] = kinds
+    with steps("attack stages", 2 + sum(map(len, plan.values()))) as stage_done:
+        with timer.timed("attack_pgd"):
+            pgd = _pgd(threat, b, generator)
+            shared = {"pgd": attack_in_batches(classifier, pgd, images, labels, batch_size=b.batch_size,
+                                               desc="pgd on F").images}
+        stage_done("pgd on F")
+        with timer.timed("attack_autoattack"):
+            aa = AutoAttack(threat.eps, b.autoattack_steps, n_target_classes=b.autoattack_targets,
+                            square_queries=b.square_queries, restarts=b.autoattack_restarts, norm=threat.norm,
+                            generator=generator)
+            shared["autoattack"], robust_after = _autoattack(aa, classifier, images, labels, b.batch_size)
+        stage_done("autoattack on F")
+        sets: dict[str, dict[str, torch.Tensor]] = {}
+        for name, det in detectors.items():
+            sets[name] = dict(shared)
+            for kind in plan[name]:
+                with timer.timed(f"attack_{kind}" if kind == "adaptive_paper" else f"attack_{kind}_{name}"):
+                    sets[name][kind] = _detector_aware(kind, name, det, encoders, images, labels, shared, threat,
+                                                       b, generator)
+                stage_done(f"{kind} on {name}")
     return sets, robust_after, skipped
+
+
+def _detector_aware(kind: str, name: str, det: Any, encoders: Mapping[str, Mapping[str, EncoderDecoder]],
+                    images: torch.Tensor, labels: torch.Tensor, shared: Mapping[str, torch.Tensor],
+                    threat: ThreatModel, b: Budget, generator: torch.Generator) -> torch.Tensor:
+    """Adversarial images of one detector-aware attack on detector `name`."""
+    if kind == "adaptive_paper":
+        return paper_adaptive(det, encoders[name], images, labels, threat.eps, b, generator)
+    attack = detector_attack(kind, threat, b, generator)
+    starts = shared["autoattack"] if kind == "selective" else None   # F already fooled: only hide it
+    return in_batches(lambda x, y, s: attack(det, x, y, starts=s).images, images, labels, starts,
+                      batch_size=b.batch_size, desc=f"{kind} on {name}")
 
 
 def _broken_on_classifier(detectors: Mapping[str, Any], labels: torch.Tensor,
@@ -366,7 +382,7 @@ def _autoattack(attack: AutoAttack, classifier: nn.Module, images: torch.Tensor,
     """The cascade in batches; robust accuracy after each stage over all images."""
     adv: list[torch.Tensor] = []
     robust: dict[str, float] = {}
-    for i in range(0, len(images), batch_size):
+    for i in track(range(0, len(images), batch_size), "autoattack on F"):
         result, after = attack.evaluate(classifier, images[i:i + batch_size], labels[i:i + batch_size])
         adv.append(result.images)
         for stage, value in after.items():
@@ -381,13 +397,13 @@ def paper_adaptive(det: DeepLatentDefence, encoders: Mapping[str, EncoderDecoder
     step = (b.pgd_step or 2.5 / b.adaptive_steps) * eps
     first = in_batches(lambda x, y: ensemble_pgd(det.classifier, dict(encoders), x, y, eps=eps, step_size=step,
                                                  steps=b.adaptive_steps, generator=generator).images,
-                       images, labels, batch_size=b.batch_size)
+                       images, labels, batch_size=b.batch_size, desc="ensemble pgd (paper's adaptive)")
     enc, centroids = {t: ed.encoder for t, ed in encoders.items()}, det.centroids()
     best, best_robust = first, float("inf")
     for alpha2 in b.alpha2:
         attack = CentroidAttack(eps=eps, alpha1=b.alpha1, alpha2=alpha2, steps=b.centroid_steps, step_size=step)
         adv = in_batches(lambda x, y, start: attack(det.classifier, enc, centroids, x, start, y).images,
-                         images, labels, first, batch_size=b.batch_size)
+                         images, labels, first, batch_size=b.batch_size, desc=f"centroid attack, alpha2 {alpha2:g}")
         robust = _robustness(verdicts(det, adv), labels)
         if robust < best_robust:
             best, best_robust = adv, robust
