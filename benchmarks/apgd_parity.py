@@ -1,6 +1,6 @@
 """Parity on F alone: our APGD-CE / APGD-T against torchattacks' at AutoAttack's standard budget.
 
-    OMP_NUM_THREADS=1 python benchmarks/apgd_parity.py [--n 200] [--eps 0.3] [--out docs/results/apgd-parity]
+    OMP_NUM_THREADS=1 python benchmarks/apgd_parity.py [--n 200] [--eps 0.3] [--out docs/results/archive/apgd-parity]
 
 On the committed classifier (`docs/results/dld-mnist-table1/classifier`) and the first `--n` MNIST test images:
 APGD-CE (100 steps, 1 restart), then APGD-T (100 steps, 9 target classes) on the images APGD-CE left robust
@@ -96,7 +96,7 @@ def main() -> None:
                   "Robust accuracy (%, Wilson 95% interval):", "",
                   "| after | ours | torchattacks | difference (pp) |", "|---|---|---|---|", *rows, "", times + ".", "",
                   "Command: `OMP_NUM_THREADS=1 python benchmarks/apgd_parity.py --n 200 "
-                  "--out docs/results/apgd-parity`.",
+                  "--out docs/results/archive/apgd-parity`.",
                   ""]
         with atomic_path(args.out / "report.md") as tmp:
             tmp.write_text("\n".join(report))

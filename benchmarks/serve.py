@@ -1,7 +1,7 @@
 """Load on the guarded HTTP service (`latentdefence serve`) against in-process `GuardedClassifier.predict`, one run.
 
 Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/serve.py [--requests 3000] [--clients 8] [--batches 16]
-     [--artifact PATH] [--knn-backend sklearn|faiss|faiss-hnsw] [--out docs/results/serve-benchmark]
+     [--artifact PATH] [--knn-backend sklearn|faiss|faiss-hnsw] [--out docs/results/archive/serve-benchmark]
 Targets: zero 5xx, audit records == flagged responses exactly, and guarded predictions/s of the server at
 batch 64 >= 0.8x of in-process `GuardedClassifier.predict` on the same images (loopback only, bounded).
 

@@ -118,7 +118,7 @@ def test_a_classifier_comparison_gives_the_readme_one_row_per_other_f(tmp_path: 
                                                         "autoattack_robust_accuracy_after": after})
     results = tmp_path / "docs" / "results"
     comparison = compare_runs({"cpu profile": load_run(COMMITTED), "longer F": load_run(other)}, same_classifier=False)
-    write_comparison(comparison, results / "dld-mnist-f-variants")
+    write_comparison(comparison, results / "archive" / "dld-mnist-f-variants")
     table = results_table(results)
     dld = committed["detectors"]["dld"]["all_attacks"]["robustness"]
     assert "| DLD on the longer F, eps 0.3" in table and f"| {100 * dld:.2f}% [" in table

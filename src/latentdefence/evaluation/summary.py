@@ -11,6 +11,7 @@ from typing import Any
 from .metrics import wilson_interval
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+ARCHIVE = "archive"   # docs/results/archive/: earlier releases, variants, comparisons and benchmarks
 
 # (label, path into results.json, paper value as a fraction; an AUC stays as is)
 DLD_ROWS = [
@@ -127,11 +128,11 @@ def results_table(results_dir: Path) -> str:
     if adaptive.is_file():
         lines += _adaptive_rows(json.loads(adaptive.read_text()),
                                 f"`{adaptive.parent.relative_to(results_dir.parent.parent)}`")
-    hardening = results_dir / "dld-mnist-hardening" / "results.json"
+    hardening = results_dir / ARCHIVE / "dld-mnist-hardening" / "results.json"
     if hardening.is_file():
         lines += _hardening_rows(json.loads(hardening.read_text()),
                                  f"`{hardening.parent.relative_to(results_dir.parent.parent)}`")
-    variants = results_dir / "dld-mnist-f-variants" / "results.json"
+    variants = results_dir / ARCHIVE / "dld-mnist-f-variants" / "results.json"
     if variants.is_file():
         lines += _classifier_variant_rows(json.loads(variants.read_text()),
                                           f"`{variants.parent.relative_to(results_dir.parent.parent)}`")

@@ -3,7 +3,7 @@
 Each row trains F from scratch on the first `n_train` training images (same seed, same images, same epochs) and is
 judged on `n_eval` held-out training images (never the test split, which the DLD runs evaluate on): clean accuracy
 and PGD-`eval_steps` accuracy at the training radius, each with its Wilson 95% interval, plus wall time and images
-per second. `reproduce cifar10-recipes --profile cpu` writes `docs/results/cifar10-recipes`.
+per second. `reproduce cifar10-recipes --profile cpu` writes `docs/results/archive/cifar10-recipes`.
 """
 
 from __future__ import annotations

@@ -191,12 +191,12 @@ SIX_TAPS = ("layer1.1", "layer1", "layer2.1", "layer2", "layer3.1", "layer3")
 def _cpu(base: DLDExperimentConfig) -> DLDExperimentConfig:
     """<= 1 h on 2 cores (MNIST): PGD-7 classifier (8 epochs, eps ramped over 2, the learning rate annealed to 0
     over the last 2: as robust as 12 constant-rate epochs, `docs/dld.md`); six taps, each conv block before and
-    after its max-pool (`docs/results/dld-mnist-detector-comparison-*`: +0.03 / +0.05 paired AUC on FGSM / PGD-40
+    after its max-pool (`docs/results/archive/dld-mnist-detector-comparison-*`: +0.03 / +0.05 paired AUC on FGSM / PGD-40
     over the paper's three); encoders on 20k images trained on
     PGD-10 and FGSM examples against F crafted once per F (cached stages shared by every encoder), batch 32 for 3
     epochs (1,875 Adam steps each) with a cosine learning rate, the state kept that does best on 2,000 held-out
     training images; FGSM on every evaluation image and the slow attacks on subsets (Wilson intervals).
-    `docs/results/dld-mnist-ablation` measured each of these choices against the earlier on-the-fly PGD-3 recipe."""
+    `docs/results/archive/dld-mnist-ablation` measured each of these choices against the earlier on-the-fly PGD-3 recipe."""
     n = {"fgsm": None, "pgd": 500, "cw": 100, "adaptive": 500}
     if base.dataset == "cifar10":
         return _cpu_cifar10(base, n)
@@ -210,7 +210,7 @@ def _cpu(base: DLDExperimentConfig) -> DLDExperimentConfig:
 
 
 def _cpu_cifar10(base: DLDExperimentConfig, n: dict[str, int | None]) -> DLDExperimentConfig:
-    """<= 90 min on 2 cores: F is PreAct ResNet-18 at a quarter width (0.7M weights; `docs/results/cifar10-recipes`)
+    """<= 90 min on 2 cores: F is PreAct ResNet-18 at a quarter width (0.7M weights; `docs/results/archive/cifar10-recipes`)
     with the paper profile's FGSM-RS recipe for 10 epochs on 45k images (5k held out guard against catastrophic
     overfitting); the MNIST cpu encoder recipe; FGSM on 2,000 evaluation images, the slow attacks on subsets."""
     return replace(base, profile="cpu", n_clean=2000,

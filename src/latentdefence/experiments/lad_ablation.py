@@ -333,7 +333,7 @@ def render_ablation(report: dict[str, Any]) -> str:
              "fine-tuning set the original LeNet misclassifies.", "",
              f"Original LeNet: clean {100 * base['clean']['accuracy']:.2f}%.", "",
              f"Command: `latentdefence reproduce lad-{s['dataset']}-ablation --profile {report['profile']}` "
-             "(`--out docs/results/lad-mnist-ablation` for the committed copy).", ""]
+             "(`--out docs/results/archive/lad-mnist-ablation` for the committed copy).", ""]
     lines += _table(report["rows"], base, with_set=True)
     weak = report["attack_strength"]
     lines += ["", f"## Attack strength: FGSM/PGD at eps {weak['eps']:g}", "",
