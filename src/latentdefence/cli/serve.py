@@ -41,6 +41,11 @@ def serve(
     alarm_false_alarm_rate: float = typer.Option(1e-6, help="Alarm false alarms per clean input (at most)."),
     model_name: Optional[str] = typer.Option(None, help="Model name in the Open Inference Protocol "
                                              "(/v2/models/NAME); default: the artifact's file name stem."),
+    header_timeout: float = typer.Option(10.0, help="Seconds a client has to send a request's head (line and "
+                                         "headers); slower connections are closed."),
+    body_timeout: float = typer.Option(30.0, help="Seconds a client has to send a request's body; slower: 408."),
+    keep_alive: float = typer.Option(5.0, help="Seconds an idle kept-alive connection stays open."),
+    max_connections: int = typer.Option(512, help="Connections or requests in flight at once; more get 503."),
     require_signature: Optional[Path] = typer.Option(None, help="Ed25519 public key (PEM): serve the artifact only "
                                                      "if `latentdefence sign` signed it with the matching key."),
 ) -> None:
@@ -53,6 +58,7 @@ def serve(
         from ..serving.alarm import AlarmConfig
         from ..serving.app import ServeConfig, create_app
         from ..serving.auth import AccessConfig, check_binding
+        from ..serving.connections import ConnectionLimits
         from ..validation import check_count, check_number
 
         check_count("--port", port, 1, 65535)   # before the model loads, not in asyncio afterwards
@@ -60,6 +66,10 @@ def serve(
                             ("--max-batch", max_batch), ("--threads", 1 if threads is None else threads)):
             check_count(name, value)
         check_number("--max-wait-ms", max_wait_ms, low=0.0)
+        check_count("--max-connections", max_connections)
+        for name, seconds in (("--header-timeout", header_timeout), ("--body-timeout", body_timeout),
+                              ("--keep-alive", keep_alive)):
+            check_number(name, seconds, low=0.0, low_open=True)
         access = AccessConfig(api_key=api_key, admin_key=admin_key)
         check_binding(host, access, insecure)
         if threads:
@@ -67,10 +77,12 @@ def serve(
         config = ServeConfig(audit_db=audit_db, keep_images=keep_images, max_body_bytes=max_body_bytes,
                              max_images=max_images, max_batch=max_batch, max_wait_ms=max_wait_ms,
                              model_name=model_name or artifact.stem, access=access,
+                             connections=ConnectionLimits(header_timeout, body_timeout, keep_alive, max_connections),
                              alarm=AlarmConfig(shift=alarm_shift, false_alarm_rate=alarm_false_alarm_rate))
         guard = GuardedClassifier.load(artifact, knn_backend=knn_backend, public_key=require_signature)
         app = create_app(guard, config)
-    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")
+    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info",
+                **config.connections.uvicorn_settings())
 
 
 def export_classifier(

@@ -32,6 +32,7 @@ from .alarm import AlarmConfig, FlagRateCUSUM, null_rate
 from .audit import AuditLog, image_sha256
 from .auth import AccessConfig, RequireKey
 from .batching import MicroBatcher
+from .connections import BodyDeadline, ConnectionLimits
 from .guarded import GuardedClassifier, InputError
 from .inputs import (ACCEPTED_TYPES, IMAGE_TYPES, JSON_TYPE, MULTIPART_TYPE, NPY_TYPE, decode_image, decode_json,
                      decode_npy, media_type)
@@ -58,6 +59,7 @@ class ServeConfig:
     model_name: str = "guard"              # the model's name in the Open Inference Protocol (/v2/models/NAME)
     alarm: AlarmConfig = AlarmConfig()     # the flag-rate alarm (alarm.py)
     access: AccessConfig = AccessConfig()  # API keys (auth.py)
+    connections: ConnectionLimits = ConnectionLimits()   # timeouts and the connection cap (connections.py)
 
 
 class Neighbours(BaseModel):
@@ -217,6 +219,7 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
                               "carries the detector's verdict; flagged inputs are recorded in an audit log.",
                   lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(BodyDeadline, seconds=config.connections.body_timeout_s)
     app.add_middleware(RequireKey, access=config.access)
     app.add_middleware(metrics.middleware)              # outermost: counts refused requests too
     app.state.batcher, app.state.audit, app.state.alarm = batcher, audit, alarm
