@@ -1,12 +1,12 @@
-.PHONY: setup browser-deps demo test bench
+.PHONY: setup system-deps demo test bench
 VENV ?= .venv
 BIN := $(VENV)/bin
 
 setup:
 	@bash scripts/setup.sh
 
-browser-deps:
-	@LATENTDEFENCE_BROWSER=1 bash scripts/setup.sh
+system-deps:
+	@LATENTDEFENCE_SYSTEM_DEPS=1 bash scripts/setup.sh
 
 demo: setup
 	$(BIN)/latentdefence demo

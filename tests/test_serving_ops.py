@@ -330,7 +330,7 @@ def _chrome() -> "webdriver.Chrome":
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (test extra) is not installed")
     browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (browser and driver):
-        pytest.skip("chromium and chromium-driver are not installed (make browser-deps installs them)")
+        pytest.skip("chromium and chromium-driver are not installed (make system-deps installs them)")
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
