@@ -10,7 +10,6 @@ from typing import Any
 
 from .metrics import wilson_interval
 
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 ARCHIVE = "archive"   # docs/results/archive/: earlier releases, variants, comparisons and benchmarks
 
 # (label, path into results.json, paper value as a fraction; an AUC stays as is)
@@ -235,16 +234,22 @@ def headline_table(results_dir: Path) -> str:
     return "\n".join(lines[:2] + [row for row in lines[2:] if row.startswith(tuple(f"| {h}" for h in HEADLINE))])
 
 
+def replace_block(text: str, name: str, body: str, where: Path | str = "text") -> str:
+    """`text` with the lines between `<!-- NAME:start -->` and `<!-- NAME:end -->` replaced by `body`."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"{where}: markers {start} / {end} not found once each, in that order")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
 def update_readme(readme: Path, results_dir: Path, check: bool = False, headline: bool = False) -> bool:
     """Rewrite the block between the markers with every row (or the `headline` ones); with check=True only report
     whether it is current."""
     text = readme.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{readme}: markers {START} / {END} not found")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
     table = headline_table(results_dir) if headline else results_table(results_dir)
-    new = f"{head}{START}\n{table}\n{END}{tail}"
+    new = replace_block(text, "results", table, readme)
     if check:
         return new == text
     readme.write_text(new)
