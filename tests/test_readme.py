@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from latentdefence.evaluation.summary import EXCERPT, results_table, sync_excerpts, update_readme
+from latentdefence.evaluation.catalog import (QUESTIONS, CatalogError, read_catalog, render_index, results_folders,
+                                              update_index)
+from latentdefence.evaluation.summary import EXCERPT, headline_table, results_table, sync_excerpts, update_readme
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
 
 
 def test_readme_results_table_matches_committed_results() -> None:
@@ -125,3 +129,112 @@ def test_cifar10_rows_label_the_jpeg_copy_and_the_papers_svhn_column(tmp_path: P
             "| SVHN: 51.32% (adaptive) | 40.00% [33.0, 47.0] -> 30.00% [24.0, 37.0] | 200 |") in table
     assert "| DLD minus F alone, CIFAR-10 (JPEG copy), eps 8/255: worst-case robustness (pp; exact McNemar p on the " \
            "same images) | — | +2.00 (p 0.25) | 200 |" in table
+
+
+def test_results_index_is_generated_from_the_catalog() -> None:
+    assert update_index(RESULTS / "README.md", RESULTS / "catalog.toml", RESULTS, check=True), \
+        "docs/results/README.md's index is out of date with catalog.toml: run python scripts/update_readme.py"
+
+
+def test_every_results_folder_has_exactly_one_catalog_entry_and_every_entry_a_folder() -> None:
+    entries = read_catalog(RESULTS / "catalog.toml", RESULTS)          # raises naming the first problem
+    paths = [e.path for e in entries]
+    on_disk = results_folders(RESULTS)
+    assert len(paths) == len(set(paths)) and set(paths) == set(on_disk)
+    releases = {e.path for e in entries if e.question == "release"}
+    assert {p for p in on_disk if "/" not in p} == releases
+    assert all(p.startswith("archive/") for p in on_disk if p not in releases)
+    assert {e.question for e in entries} <= set(QUESTIONS)
+
+
+def test_the_readme_headline_rows_come_from_the_current_releases() -> None:
+    releases = {f"docs/results/{e.path}" for e in read_catalog(RESULTS / "catalog.toml") if e.question == "release"}
+    sources = set(re.findall(r"\| `(docs/results/[^`]+)` \|$", headline_table(RESULTS), re.M))
+    assert sources and sources <= releases
+
+
+def _named_paths(text: str) -> list[str]:
+    """Every docs/results/... path a document names, with `{a,b}` spelled out and trailing punctuation dropped."""
+    found = []
+    for match in re.finditer(r"docs/results/[A-Za-z0-9_./*{},<>-]*", text):
+        path = match.group(0).rstrip(".,")
+        path = path.split("<", 1)[0]                                # docs/results/<experiment>/...: the folder only
+        brace = re.search(r"\{([^{}]*)\}", path)
+        found += [path[:brace.start()] + part + path[brace.end():] for part in brace[1].split(",")] if brace else [path]
+    return found
+
+
+def test_every_results_path_the_docs_name_exists() -> None:
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    missing = []
+    for doc in docs:
+        text = doc.read_text()
+        for path in _named_paths(text):
+            # a path, a glob (`-*`) or a file stem (`.../classifier` for classifier.{safetensors,json})
+            if not (list(ROOT.glob(path)) or list(ROOT.glob(path.rstrip("/") + ".*"))):
+                missing.append(f"{doc.name}: {path}")
+        for link in re.findall(r"\]\(((?:docs/)?results/[^)\s#]+)\)", text):   # markdown links and images
+            if not (doc.parent / link).exists():
+                missing.append(f"{doc.name}: {link}")
+    assert not missing, f"named but not there: {missing}"
+
+
+def test_docs_results_readme_names_the_current_dld_result_first() -> None:
+    head = (RESULTS / "README.md").read_text().splitlines()[:15]
+    for folder in ("dld-mnist-table1", "dld-mnist-adaptive"):
+        line = next((ln for ln in head if f"[`{folder}/`]" in ln), "")
+        assert "current DLD result" in line, f"{folder} is not named as the current DLD result in the first 15 lines"
+
+
+def _catalog(tmp_path: Path, *entries: dict[str, str]) -> Path:
+    for name in ("dld-x", "archive/dld-y"):
+        (tmp_path / "results" / name).mkdir(parents=True, exist_ok=True)
+    lines = []
+    for entry in entries:
+        lines += ["[[folder]]", *(f"{k} = {json.dumps(v)}" for k, v in entry.items()), ""]
+    catalog = tmp_path / "results" / "catalog.toml"
+    catalog.write_text("\n".join(lines))
+    return catalog
+
+
+GOOD = ({"path": "dld-x", "question": "release", "about": "The current X.", "command": "latentdefence reproduce x",
+         "provenance": "git `abc1234`, 12 s."},
+        {"path": "archive/dld-y", "question": "which k / taps", "about": "k = 30.", "command": "latentdefence y | cat",
+         "provenance": "git `def5678`."})
+
+
+def test_a_good_catalog_renders_the_releases_first_then_one_table_per_question(tmp_path: Path) -> None:
+    catalog = _catalog(tmp_path, *GOOD)
+    entries = read_catalog(catalog, catalog.parent)
+    index = render_index(entries)
+    assert index.splitlines()[2] == "- [`dld-x/`](dld-x/): The current X."
+    assert f"## {QUESTIONS['which k / taps']}" in index and f"## {QUESTIONS['LAD']}" not in index
+    row = "| [`archive/dld-y/`](archive/dld-y/) ([provenance](#archivedld-y)) | k = 30. | `latentdefence y \\| cat` |"
+    assert row in index                                             # a | in a command does not split the cell
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"question": "which colour"}, r"entry 2 \(archive/dld-y\): unknown question 'which colour'"),
+    ({"command": None}, r"entry 2 \(archive/dld-y\): missing field 'command'"),
+    ({"about": ""}, r"entry 2 \(archive/dld-y\): field 'about' must be a non-empty string"),
+    ({"colour": "red"}, r"entry 2 \(archive/dld-y\): unknown field\(s\) 'colour'"),
+    ({"path": "archive/dld-z"}, r"entry 2 \(archive/dld-z\): no such folder results/archive/dld-z"),
+    ({"path": "dld-x", "question": "release"}, r"entry 2 \(dld-x\): listed twice \(first as entry 1\)"),
+    ({"path": "dld-y"}, r"entry 2 \(dld-y\): only a release lives at the top level"),
+    ({"question": "release"}, r"entry 2 \(archive/dld-y\): a release lives at the top level"),
+    ({"command": "two\nlines"}, r"entry 2 \(archive/dld-y\): 'command' must be one line"),
+])
+def test_a_bad_catalog_entry_is_refused_by_name(tmp_path: Path, change: dict[str, str | None], message: str) -> None:
+    bad = {k: v for k, v in {**GOOD[1], **change}.items() if v is not None}
+    catalog = _catalog(tmp_path, GOOD[0], bad)
+    with pytest.raises(CatalogError, match=message):
+        read_catalog(catalog, catalog.parent)
+
+
+def test_a_folder_without_an_entry_is_named(tmp_path: Path) -> None:
+    catalog = _catalog(tmp_path, *GOOD)
+    (catalog.parent / "archive" / "dld-new").mkdir()
+    with pytest.raises(CatalogError, match=r"folder\(s\) with no entry: archive/dld-new"):
+        read_catalog(catalog, catalog.parent)
+    with pytest.raises(CatalogError, match="no such folder"):
+        read_catalog(_catalog(tmp_path, *GOOD, {**GOOD[1], "path": "archive/dld-gone"}), catalog.parent)
