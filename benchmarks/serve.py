@@ -41,7 +41,7 @@ from latentdefence.data import load_dataset  # noqa: E402
 from latentdefence.dld import DeepLatentDefence, EncoderTrainConfig  # noqa: E402
 from latentdefence.experiments.cache import ensure_stage  # noqa: E402
 from latentdefence.experiments.dld import calibration_split  # noqa: E402
-from latentdefence.serving import AuditLog, GuardedClassifier  # noqa: E402
+from latentdefence.serving import GuardedClassifier, SQLiteAuditLog  # noqa: E402
 from latentdefence.serving.process import start_server  # noqa: E402
 from latentdefence.training import load_checkpoint  # noqa: E402
 
@@ -287,7 +287,7 @@ def main() -> None:
 
 def audit_commit_ms(folder: Path, image: torch.Tensor, repeats: int = 20) -> float:
     """Median ms of one durable audit commit (one record, WAL + synchronous=FULL) in `folder`'s file system."""
-    log = AuditLog(folder / "commit-probe.sqlite")
+    log = SQLiteAuditLog(folder / "commit-probe.sqlite")
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

@@ -6,12 +6,15 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-# Tests that need a real program from Debian: the review console's browser test (chromium, chromium-driver) and
-# the alerting rules' test (promtool, in prometheus). Installed only when asked (LATENTDEFENCE_SYSTEM_DEPS=1, as
-# `make system-deps` and CI do); without them those tests skip, saying why.
-if [ "${LATENTDEFENCE_SYSTEM_DEPS:-0}" = 1 ] && ! { command -v chromedriver && command -v promtool; } >/dev/null; then
+# Tests that need a real program from Debian: the review console's browser test (chromium, chromium-driver), the
+# alerting rules' test (promtool, in prometheus) and the shared audit store's (a PostgreSQL server the tests start).
+# Installed only when asked (LATENTDEFENCE_SYSTEM_DEPS=1, as `make system-deps` and CI do); without them those
+# tests skip, saying why.
+if [ "${LATENTDEFENCE_SYSTEM_DEPS:-0}" = 1 ] && ! { command -v chromedriver && command -v promtool \
+    && ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1; then
   sudo=$([ "$(id -u)" = 0 ] || echo sudo)
-  $sudo apt-get update -q && $sudo apt-get install -y -q --no-install-recommends chromium chromium-driver prometheus
+  $sudo apt-get update -q && $sudo apt-get install -y -q --no-install-recommends chromium chromium-driver prometheus \
+    postgresql
 fi
 stamp="$VENV/.latentdefence-setup"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)

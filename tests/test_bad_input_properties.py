@@ -31,7 +31,7 @@ from latentdefence.data.base import ImageDataset
 from latentdefence.dld import CentroidAttack, DeepLatentDefence
 from latentdefence.experiments.dld import dld_config
 from latentdefence.experiments.overrides import apply_overrides
-from latentdefence.serving import AuditLog, GuardedClassifier
+from latentdefence.serving import GuardedClassifier, SQLiteAuditLog
 from latentdefence.training import load_checkpoint
 from latentdefence.validation import InputValidationError, check_settings
 
@@ -443,13 +443,13 @@ def test_a_foreign_database_is_refused_untouched(tmp_path_factory: pytest.TempPa
         db.executescript(FOREIGN[kind] + f"PRAGMA user_version={version};")
     db.close()
     before = path.read_bytes()
-    message = rejection(lambda: AuditLog(path, read_only=True), f"audit db {kind} v{version}")
+    message = rejection(lambda: SQLiteAuditLog(path, read_only=True), f"audit db {kind} v{version}")
     assert message.startswith(str(path)), message
     TRIED.add(f"audit list db {kind} v{version}")
     result = CliRunner().invoke(cli_app, ["audit", "list", "--db", str(path)])
     assert result.exit_code == 2 and "not a latentdefence audit log" in result.output
     if kind != "empty database" or version:
-        message = rejection(lambda: AuditLog(path), f"audit writer {kind} v{version}")
+        message = rejection(lambda: SQLiteAuditLog(path), f"audit writer {kind} v{version}")
         assert message.startswith(str(path)), message
     assert path.read_bytes() == before                              # not a byte changed, journal mode included
     assert not path.with_name(path.name + "-wal").exists()
@@ -457,12 +457,12 @@ def test_a_foreign_database_is_refused_untouched(tmp_path_factory: pytest.TempPa
 
 def test_our_own_log_still_lists_read_only(tmp_path: Path) -> None:
     path = tmp_path / "audit.sqlite"
-    log = AuditLog(path)
+    log = SQLiteAuditLog(path)
     x = torch.rand(2, 1, 4, 4)
     log.record(x, torch.tensor([1, 2]), torch.tensor([3.0, 4.0]), torch.tensor([0.1, 0.2]), {"t": torch.ones(2)},
                2.0, "m")
     log.close()
-    reader = AuditLog(path, read_only=True)
+    reader = SQLiteAuditLog(path, read_only=True)
     assert [r.predicted for r in reader.records()] == [1, 2]
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         reader._db.execute("DELETE FROM flagged")
@@ -597,7 +597,7 @@ def test_labels_in_another_storage_are_named(detector: DeepLatentDefence, layout
 def test_audit_export_without_stored_images_writes_neither_file(tmp_path: Path) -> None:
     """Issue 37: `audit export --images` on a log without images used to write the records, then fail."""
     path = tmp_path / "audit.sqlite"
-    log = AuditLog(path)                     # keep_images off: records only
+    log = SQLiteAuditLog(path)                     # keep_images off: records only
     log.record(torch.rand(1, 1, 4, 4), torch.tensor([1]), torch.tensor([3.0]), torch.tensor([0.1]),
                {"t": torch.ones(1)}, 2.0, "m")
     log.close()

@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from latentdefence._io import load_tensors, save_tensors
 from latentdefence.cli import app as cli_app
 from latentdefence.dld import DeepLatentDefence
-from latentdefence.serving import AuditLog, GuardedClassifier, InputError, MicroBatcher, image_sha256
+from latentdefence.serving import GuardedClassifier, InputError, MicroBatcher, SQLiteAuditLog, image_sha256
 from latentdefence.serving.batching import Batched
 from latentdefence.serving.process import launch_server, wait_until_healthy
 from latentdefence.training import load_checkpoint
@@ -98,7 +98,7 @@ def test_knn_backend_is_chosen_at_load_and_old_artifacts_without_metadata_load(
 
 
 def test_audit_log_round_trip_and_corrupt_file(tmp_path: Path) -> None:
-    log = AuditLog(tmp_path / "a.sqlite", keep_images=True)
+    log = SQLiteAuditLog(tmp_path / "a.sqlite", keep_images=True)
     x = torch.rand(3, 1, 4, 4)
     ids = log.record(x, torch.tensor([0, 1, 2]), torch.tensor([7, 8, 9]), torch.tensor([0.1, 0.2, 0.3]),
                      {"l1": torch.tensor([3, 4, 5]), "l2": torch.tensor([4, 4, 4])}, 6.0, "m")
@@ -110,7 +110,7 @@ def test_audit_log_round_trip_and_corrupt_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.sqlite"
     bad.write_bytes(b"this is not a database" * 100)
     with pytest.raises(ValueError, match="not a usable audit database"):
-        AuditLog(bad)
+        SQLiteAuditLog(bad)
 
 
 def test_batcher_coalesces_concurrent_requests_and_keeps_order() -> None:

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from guard_artifact import artifact, blobs  # noqa: F401 (shared fixtures)
 
 from latentdefence.attacks import PGD
-from latentdefence.serving import AuditLog, GuardedClassifier
+from latentdefence.serving import GuardedClassifier, SQLiteAuditLog
 from latentdefence.serving.alarm import AlarmConfig, FlagRateCUSUM, null_rate
 from latentdefence.serving.app import ServeConfig, create_app
 
@@ -88,7 +88,7 @@ def test_clean_traffic_is_quiet_and_a_few_percent_pgd_raise_the_alarm(artifact: 
     clean = blobs(1200, 20).images
     state, text = _serve(artifact, tmp_path / "clean.sqlite", clean)
     assert state["observed"] == 1200 and state["alarms"] == 0 and not state["in_alarm"]
-    assert "latentdefence_alarm_active 0.0" in text and AuditLog(tmp_path / "clean.sqlite").alarms() == []
+    assert "latentdefence_alarm_active 0.0" in text and SQLiteAuditLog(tmp_path / "clean.sqlite").alarms() == []
 
     mixed = clean.clone()
     where = torch.randperm(len(mixed), generator=torch.Generator().manual_seed(1))[:60]      # 5% PGD
@@ -96,7 +96,7 @@ def test_clean_traffic_is_quiet_and_a_few_percent_pgd_raise_the_alarm(artifact: 
     state, text = _serve(artifact, tmp_path / "mixed.sqlite", mixed)
     assert state["alarms"] >= 1 and state["flagged"] >= 60
     assert f"latentdefence_alarm_raised {float(state['alarms'])}" in text
-    alarms = AuditLog(tmp_path / "mixed.sqlite").alarms()
+    alarms = SQLiteAuditLog(tmp_path / "mixed.sqlite").alarms()
     assert len(alarms) == state["alarms"] and alarms[0]["statistic"] >= alarms[0]["threshold"]
     assert alarms[0]["p0"] == state["p0"] == pytest.approx(null_rate(0.0, 150))
 

@@ -1,4 +1,5 @@
-"""`latentdefence audit list|export`: what the service flagged, from its SQLite audit log."""
+"""`latentdefence audit list|export|prune|reset-alarm`: what the service flagged, from its audit log (a SQLite file
+or the PostgreSQL database its replicas share)."""
 
 from __future__ import annotations
 
@@ -15,19 +16,20 @@ if TYPE_CHECKING:
     from ..serving import AuditLog
 
 app = typer.Typer(help="List and export the inputs a guarded service flagged.", no_args_is_help=True)
-DB = typer.Option(Path("latentdefence-audit.sqlite"), "--db", help="Audit log written by `latentdefence serve`.")
+DB = typer.Option("latentdefence-audit.sqlite", "--db", help="Audit log written by `latentdefence serve`: a SQLite "
+                  "file or a postgresql:// URL.")
 
 
-def _open(db: Path) -> "AuditLog":
-    from ..serving import AuditLog
+def _open(db: str, read_only: bool = True) -> "AuditLog":
+    from ..serving import open_audit_log
 
-    if not db.is_file():
+    if not db.startswith(("postgresql://", "postgres://")) and not Path(db).is_file():
         raise FileNotFoundError(f"{db}: no such audit log (pass --db; `serve --audit-db` sets where it is written)")
-    return AuditLog(db, read_only=True)
+    return open_audit_log(db, read_only=read_only)
 
 
 @app.command("list")
-def list_(db: Path = DB, limit: int = typer.Option(20, help="Show at most N records."),
+def list_(db: str = DB, limit: int = typer.Option(20, help="Show at most N records."),
           since_id: int = typer.Option(0, help="Only records with a larger id.")) -> None:
     """Print flagged records, oldest first: id, time, predicted class, non-conformity, credibility, hash."""
     with cli_errors():
@@ -36,21 +38,21 @@ def list_(db: Path = DB, limit: int = typer.Option(20, help="Show at most N reco
         check_count("--limit", limit)
         check_count("--since-id", since_id, minimum=0)
         log = _open(db)
-        typer.echo(f"{log.count()} flagged inputs in {db}")
+        typer.echo(f"{log.count()} flagged inputs in {log.location}")
         for r in log.records(limit, since_id):
             typer.echo(f"{r.id:6d}  {r.time}  class {r.predicted}  score {r.nonconformity:g} "
                        f"(threshold {r.threshold:g})  credibility {r.credibility:.4f}  {r.sha256[:16]}")
 
 
 @app.command("export")
-def export(db: Path = DB, out: Path = typer.Option(..., help="JSON Lines file, one record per line."),
+def export(db: str = DB, out: Path = typer.Option(..., help="JSON Lines file, one record per line."),
            images: Optional[Path] = typer.Option(None, help="Also write the stored images here (.safetensors: "
                                                   "`images` (N, C, H, W), `ids` (N,)).")) -> None:
     """Export every flagged record (and, if kept, its image); files are written atomically."""
     with cli_errors():
-        check_output(out, "file", [db, images])
+        check_output(out, "file", [Path(db), images])
         if images is not None:
-            check_output(images, "file", [db, out], name="--images")
+            check_output(images, "file", [Path(db), out], name="--images")
         import torch
 
         from .._io import atomic_path, save_tensors
@@ -59,16 +61,33 @@ def export(db: Path = DB, out: Path = typer.Option(..., help="JSON Lines file, o
         records = list(log.records())
         stored = log.images([r.id for r in records]) if images is not None else {}
         if images is not None and not stored:     # refused before either file is written
-            raise ValueError(f"{db} holds no images (serve --keep-images stores them)")
+            raise ValueError(f"{log.location} holds no images (serve --keep-images stores them)")
         with atomic_path(out) as tmp:
             tmp.write_text("".join(json.dumps(r.as_dict()) + "\n" for r in records))
         message = f"wrote {len(records)} records to {out}"
         if images is not None:
             ids = sorted(stored)
             save_tensors(images, {"images": torch.stack([stored[i] for i in ids]), "ids": torch.tensor(ids)},
-                         {"source": str(db)})
+                         {"source": log.location})
             message += f" and {len(ids)} images to {images}"
         typer.echo(message)
+
+
+@app.command("prune")
+def prune(db: str = DB, older_than: str = typer.Option(..., help="Delete records and alarms older than this: "
+                                                         "30d, 12h, 90m or 3600s.")) -> None:
+    """Retention: delete flagged records and alarms older than --older-than (run it from cron)."""
+    with cli_errors():
+        from ..serving.audit import parse_duration
+
+        age = parse_duration(older_than)        # a bad duration is refused before the log is opened
+        log = _open(db, read_only=False)
+        try:
+            removed = log.prune(age)
+            typer.echo(f"deleted {removed} flagged records older than {older_than} from {log.location}; "
+                       f"{log.count()} remain")
+        finally:
+            log.close()
 
 
 @app.command("reset-alarm")

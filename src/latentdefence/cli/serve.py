@@ -21,7 +21,8 @@ def serve(
     artifact: Path = typer.Argument(..., help="Calibrated detector artifact (DeepLatentDefence.save)."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind; the default serves this machine only."),
     port: int = typer.Option(8000, help="TCP port."),
-    audit_db: Path = typer.Option(Path("latentdefence-audit.sqlite"), help="SQLite audit log of flagged inputs."),
+    audit_db: str = typer.Option("latentdefence-audit.sqlite", help="Audit log of flagged inputs: a SQLite file, "
+                                 "or postgresql://USER@HOST/DB shared by several replicas."),
     keep_images: bool = typer.Option(False, help="Also store each flagged input's pixels in the audit log."),
     knn_backend: Optional[str] = typer.Option(None, help="Override the artifact's k-NN backend: sklearn | faiss | "
                                               "faiss-hnsw (approximate, faster)."),

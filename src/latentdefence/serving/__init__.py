@@ -8,9 +8,9 @@ out = guard.predict(images)      # .label .probabilities .is_adversarial .credib
 The service: `latentdefence serve guard.safetensors` (docs/serving.md); `serving.app.create_app` builds it in Python.
 """
 
-from .audit import AuditLog, FlaggedRecord, image_sha256
+from .audit import AuditLog, FlaggedRecord, PostgresAuditLog, SQLiteAuditLog, image_sha256, open_audit_log
 from .batching import MicroBatcher
 from .guarded import GuardedClassifier, GuardedPrediction, InputError
 
 __all__ = ["AuditLog", "FlaggedRecord", "GuardedClassifier", "GuardedPrediction", "InputError", "MicroBatcher",
-           "image_sha256"]
+           "PostgresAuditLog", "SQLiteAuditLog", "image_sha256", "open_audit_log"]

@@ -29,7 +29,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .alarm import AlarmConfig, FlagRateCUSUM, null_rate
-from .audit import AuditLog, image_sha256
+from .audit import AuditLog, image_sha256, open_audit_log
 from .auth import AccessConfig, RequireKey
 from .batching import MicroBatcher
 from .connections import BodyDeadline, ConnectionLimits
@@ -50,7 +50,7 @@ SQLITE_MAX = 2**63 - 1                     # the largest integer SQLite stores: 
 class ServeConfig:
     """Settings of the service (`latentdefence serve` flags map onto these)."""
 
-    audit_db: Path = DEFAULT_AUDIT_DB      # SQLite file of flagged inputs
+    audit_db: str | Path = DEFAULT_AUDIT_DB   # SQLite file of flagged inputs, or a postgresql:// URL (replicas)
     keep_images: bool = False              # also store each flagged input's pixels in the audit log
     max_body_bytes: int = 8 * 2**20        # larger bodies get 413 (a 256-image JSON batch of 28x28 is ~4 MB)
     max_images: int = 256                  # images per request
@@ -180,7 +180,7 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
     card = {**guard.info(), "limits": {"max_body_bytes": config.max_body_bytes, "max_images": config.max_images,
                                        "max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms}}
     threshold, model_id = float(guard.detector.threshold_), card["artifact_sha256"] or str(guard.source)
-    audit = AuditLog(config.audit_db, keep_images=config.keep_images)
+    audit = open_audit_log(config.audit_db, keep_images=config.keep_images)
     alarm = FlagRateCUSUM.from_config(config.alarm, null_rate(card["calibration_fpr"], card["calibration_size"]))
     metrics = ServiceMetrics(guard.detector.k, card["calibration_fpr"], alarm)
 
@@ -207,7 +207,7 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await batcher.start()
         log.info("serving %s (%s, threshold %g), audit log %s", guard.source, card["architecture"], threshold,
-                 config.audit_db)
+                 audit.location)
         try:
             yield
         finally:
