@@ -14,11 +14,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from fastapi import FastAPI, Query, Request, Response
-from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
@@ -44,6 +43,13 @@ from .v2 import router as v2_router
 log = logging.getLogger(__name__)
 DEFAULT_AUDIT_DB = Path("latentdefence-audit.sqlite")
 SQLITE_MAX = 2**63 - 1                     # the largest integer SQLite stores: larger ids/labels are a 422
+_DAY = (r"([1-9][0-9]{3}-((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)"
+        r"|02-(0[1-9]|1[0-9]|2[0-8]))"
+        r"|[1-9][0-9](0[48]|[2468][048]|[13579][26])-02-29|([2468][048]|[13579][26])00-02-29)")   # leap days
+TIME_PATTERN = (rf"^$|^{_DAY}([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{{1,6}})?)?"
+                r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)?$")   # every ISO 8601 time the audit query reads
+_TIME = Query(None, pattern=TIME_PATTERN,
+              description="ISO 8601 date or date-time, UTC if it has no offset; empty: no bound")
 
 
 @dataclass(frozen=True)
@@ -138,7 +144,8 @@ _REQUEST_BODY = {"requestBody": {"required": True, "content": {
                           "(C, H, W) or (N, C, H, W) in [0, 1]; no pickles"}},
     MULTIPART_TYPE: {"schema": {"type": "object", "description": "a batch: one PNG/JPEG file per part, in order",
                                 "properties": {"files": {"type": "array",
-                                                         "items": {"type": "string", "format": "binary"}}}}},
+                                                         "items": {"type": "string", "format": "binary"}}}},
+                     "encoding": {"files": {"contentType": "image/png, image/jpeg"}}},
 }}}
 
 
@@ -234,10 +241,9 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
-        if request.url.path.startswith("/v2"):             # the protocol wants a string; FastAPI's list elsewhere
-            return error_json(request.url.path, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                                          for e in err.errors()), 400)
-        return await request_validation_exception_handler(request, err)
+        """One error shape on every route: a string naming each bad field (400 on /v2, as the protocol says)."""
+        message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        return error_json(request.url.path, message, 400 if request.url.path.startswith("/v2") else 422)
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> dict[str, Any]:
@@ -274,13 +280,15 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
             f"infer;dur={1e3 * out.run_s:.2f};desc=\"batch of {out.batch_images}\"")
         return {"predictions": out.results}
 
-    @app.get("/v1/audit", responses={400: {"model": ErrorBody, "description": "bad time or format"}})
-    async def audit_records(since: str | None = None, until: str | None = None,
+    @app.get("/v1/audit", responses={
+        200: {"description": "the records (JSON; CSV with format=csv)",
+              "content": {"application/json": {}, "text/csv": {"schema": {"type": "string"}}}},
+        400: {"model": ErrorBody, "description": "a time that is not ISO 8601"}})
+    async def audit_records(since: str | None = _TIME, until: str | None = _TIME,
                             label: int | None = Query(None, ge=0, le=SQLITE_MAX),
-                            limit: int = Query(100, ge=1, le=10_000), format: str = "json") -> Response:
+                            limit: int = Query(100, ge=1, le=10_000),
+                            format: Literal["json", "csv"] = "json") -> Response:
         """Flagged inputs, newest first, filtered by time (ISO 8601, UTC) and F's class; `format=csv` for CSV."""
-        if format not in ("json", "csv"):
-            raise InputError(f"format must be json or csv, got {format!r}", status=400)
         records = await run_in_threadpool(_query, audit, since, until, label, limit)
         if format == "csv":
             return Response(to_csv(records), media_type="text/csv",
@@ -307,25 +315,47 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
             raise InputError(f"no stored image for audit record {record} (serve --keep-images stores them)", 404)
         return Response(png(stored[record]), media_type="image/png")
 
-    @app.get("/review", response_class=HTMLResponse)
-    async def review(since: str | None = None, until: str | None = None, label: str | None = None,
-                     limit: int = Query(100, ge=1, le=1000)) -> HTMLResponse:
+    @app.get("/review", response_class=HTMLResponse,
+             responses={400: {"model": ErrorBody, "description": "a time that is not ISO 8601"}})
+    async def review(since: str | None = _TIME, until: str | None = _TIME,
+                     label: str | None = Query(None, pattern=r"^[0-9]{0,18}$",
+                                               description="F's class; empty: every class"),
+                     limit: str = Query("100", pattern=r"^(|[1-9][0-9]{0,2}|1000)$",
+                                        description="at most this many records, 1-1000; empty: 100")) -> HTMLResponse:
         """The review console: flagged inputs with their image, F's label, neighbours' labels per layer, scores."""
-        wanted = int(label) if label and label.strip().isdigit() and int(label) <= SQLITE_MAX else None
-        if label and wanted is None:
-            raise InputError(f"label must be a class number, got {label!r}", status=400)
-        records = await run_in_threadpool(_query, audit, since, until, wanted, limit)
+        wanted, most = int(label) if label else None, int(limit) if limit else 100
+        records = await run_in_threadpool(_query, audit, since, until, wanted, most)
         images = await run_in_threadpool(audit.images, [r.id for r in records])
-        page = render(records, images, {"since": since, "until": until, "label": label, "limit": limit},
+        page = render(records, images, {"since": since, "until": until, "label": label, "limit": most},
                       alarm.state(), await run_in_threadpool(audit.alarms), await run_in_threadpool(audit.count))
         return HTMLResponse(page)
 
     async def submit(images: torch.Tensor) -> list[dict[str, Any]]:
         return (await batcher.submit(images)).results
 
+    app.openapi = lambda: _string_errors(FastAPI.openapi(app))   # type: ignore[method-assign]
     app.include_router(v2_router(config.model_name, guard.input_shape, card["num_classes"], card["taps"],
                                  config.max_images, guard.check_images, submit))
     return app
+
+
+def _string_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document as the service answers: a 422 is `{"detail": string}` (FastAPI documents its own
+    list shape), and /v2 answers bad requests with 400 `{"error": string}`, never 422."""
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            if path.startswith("/v2"):
+                responses.pop("422", None)
+                continue
+            for status, response in responses.items():
+                if status >= "400":             # errors are JSON even where the route answers HTML or CSV
+                    response["content"] = error
+    schemas = schema.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    return schema
 
 
 def _query(audit: AuditLog, since: str | None, until: str | None, label: int | None, limit: int) -> list[Any]:
