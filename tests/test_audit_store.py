@@ -187,6 +187,8 @@ def test_replicas_writing_at_once_lose_nothing_and_each_console_reads_them_all(
     for url in urls:                                                         # any replica's console sees them all
         listed = httpx.get(f"{url}/v1/audit", params={"limit": 10_000}, timeout=30).json()
         assert {r["id"] for r in listed} == set(ids)
+    assert httpx.post(f"{urls[0]}/v1/audit/{ids[0]}/verdict", json={"verdict": "confirmed"}, timeout=30).is_success
+    assert "latentdefence_audit_confirmed 1.0" in httpx.get(f"{urls[2]}/metrics", timeout=30).text   # another replica
     listed_by_cli = subprocess.run([str(Path(sys.executable).with_name("latentdefence")), "audit", "list", "--db",
                                     db, "--limit", "1"], capture_output=True, text=True, timeout=120)
     assert f"{len(ids)} flagged inputs in {db}" in listed_by_cli.stdout, listed_by_cli.stderr

@@ -316,7 +316,7 @@ def test_review_page_filters_and_exports(server: tuple[str, Path], images: dict[
     only = admin.get(f"{url}/review", params={"label": label}).text
     assert f'data-label="{label}"' in only and all(f'data-label="{c}"' not in only for c in range(3) if c != label)
     future = admin.get(f"{url}/review", params={"since": "2999-01-01T00:00:00"}).text
-    assert "<td>" not in future.split('id="flagged"')[1].split("</tr>", 1)[1]
+    assert "<td>" not in future.split('id="flagged"')[1].split("</table>")[0].split("</tr>", 1)[1]
     bad_time = admin.get(f"{url}/review", params={"since": "yesterday"})      # the schema's pattern refuses it
     assert bad_time.status_code == 422 and bad_time.json()["detail"].startswith("query.since: String should match")
     assert admin.get(f"{url}/review", params={"since": "", "label": "", "limit": ""}).status_code == 200  # a cleared form
@@ -373,8 +373,55 @@ def test_review_console_in_headless_chromium(server: tuple[str, Path], images: d
                                                                                                "tr.record")}
         assert labels == {str(label)} and f"label={label}" in chrome.current_url
         assert f"label={label}" in chrome.find_element(By.ID, "csv").get_attribute("href")
+        first = chrome.find_elements(By.CSS_SELECTOR, "tr.record")[0].get_attribute("id").removeprefix("record-")
+        chrome.find_element(By.ID, f"confirmed-{first}").click()            # an operator confirms an attack
+        WebDriverWait(chrome, 15).until(lambda d: "confirmed" in d.find_element(By.ID, f"record-{first}")
+                                        .get_attribute("class"))
+        assert f"label={label}" in chrome.current_url                         # back on the same filtered page
+        assert "confirmed attack" in chrome.find_element(By.ID, f"record-{first}").text
+        assert {r["id"]: r["verdict"] for r in admin.get(f"{url}/v1/audit", params={"limit": 10_000}).json()}[
+            int(first)] == "confirmed"
     finally:
         chrome.quit()
+
+
+def test_operators_mark_verdicts_page_through_records_and_see_them_counted(
+        server: tuple[str, Path], images: dict[str, torch.Tensor]) -> None:
+    """Verdicts by API and by the console's form (303 back to the page; refused from another origin), counted in
+    /metrics and exported; pages of older records; majority class and readable times on the console."""
+    url = server[0]
+    rows = user.post(f"{url}/v1/predict", json={"images": images["flagged"][:5].tolist()}).json()["predictions"]
+    ids = [r["audit_id"] for r in rows]
+
+    def counts() -> dict[str, float]:
+        families = text_string_to_metric_families(admin.get(f"{url}/metrics").text)
+        return {f.name: f.samples[0].value for f in families if f.name.startswith("latentdefence_audit_")}
+    before = counts()
+    assert admin.post(f"{url}/v1/audit/{ids[0]}/verdict", json={"verdict": "false_positive"}).json() == {
+        "id": ids[0], "verdict": "false_positive"}
+    assert admin.post(f"{url}/v1/audit/{ids[1]}/verdict", json={"verdict": "confirmed"}).status_code == 200
+    assert admin.post(f"{url}/v1/audit/{ids[1]}/verdict", json={"verdict": "maybe"}).status_code == 422
+    assert admin.post(f"{url}/v1/audit/999999/verdict", json={"verdict": "confirmed"}).status_code == 404
+    assert user.post(f"{url}/v1/audit/{ids[1]}/verdict", json={"verdict": None}).status_code == 403   # admin only
+    after = counts()
+    assert after["latentdefence_audit_false_positives"] == before["latentdefence_audit_false_positives"] + 1
+    assert after["latentdefence_audit_confirmed"] == before["latentdefence_audit_confirmed"] + 1
+    form = admin.post(f"{url}/review/{ids[2]}/verdict", data={"verdict": "confirmed", "back": "?label=1"},
+                      follow_redirects=False)
+    assert form.status_code == 303 and form.headers["location"] == f"/review?label=1#record-{ids[2]}"
+    forged = admin.post(f"{url}/review/{ids[3]}/verdict", data={"verdict": "confirmed"},
+                        headers={"origin": "http://evil.example"}, follow_redirects=False)
+    assert forged.status_code == 403 and "another origin" in forged.json()["detail"]
+    exported = {int(r["id"]): r["verdict"] for r in csv.DictReader(io.StringIO(
+        admin.get(f"{url}/v1/audit", params={"format": "csv", "limit": 10_000}).text))}
+    assert exported[ids[0]] == "false_positive" and exported[ids[2]] == "confirmed" and exported[ids[3]] == ""
+    page = admin.get(f"{url}/review", params={"limit": 2}).text               # newest two, then a link to older
+    assert page.count('class="record') == 2 and f'id="record-{ids[4]}"' in page
+    older = re.search(r'id="older" href="([^"]+)"', page).group(1).replace("&amp;", "&")
+    second = admin.get(f"{url}{older}").text
+    assert f'id="record-{ids[2]}"' in second and f'id="record-{ids[4]}"' not in second
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", page)
+    assert re.search(r'<span class="(agree|disagree)">\d</span> \(\d+ of \d+: ', page)
 
 
 # -- conformance with the protocol's own OpenAPI document (../shared/specs) -----------------------------------

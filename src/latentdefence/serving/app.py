@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from fastapi import FastAPI, Query, Request, Response
+from fastapi import FastAPI, Form, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
@@ -127,6 +127,12 @@ class ErrorBody(BaseModel):
     detail: str
 
 
+class Verdict(BaseModel):
+    """An operator's review of a flagged input."""
+
+    verdict: Literal["confirmed", "false_positive"] | None   # null clears it
+
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text} for code, text in [
         (400, "empty body, not an image, invalid JSON or .npy, damaged file"),
@@ -190,6 +196,7 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
     audit = open_audit_log(config.audit_db, keep_images=config.keep_images)
     alarm = FlagRateCUSUM.from_config(config.alarm, null_rate(card["calibration_fpr"], card["calibration_size"]))
     metrics = ServiceMetrics(guard.detector.k, card["calibration_fpr"], alarm)
+    metrics.track_verdicts(audit.verdict_counts)
 
     def infer(images: torch.Tensor) -> list[dict[str, Any]]:
         """One guarded forward pass; flagged inputs are durably recorded before the results are returned."""
@@ -287,9 +294,11 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
     async def audit_records(since: str | None = _TIME, until: str | None = _TIME,
                             label: int | None = Query(None, ge=0, le=SQLITE_MAX),
                             limit: int = Query(100, ge=1, le=10_000),
+                            before: int | None = Query(None, ge=1, le=SQLITE_MAX, description="only ids below this "
+                                                       "(the next page)"),
                             format: Literal["json", "csv"] = "json") -> Response:
         """Flagged inputs, newest first, filtered by time (ISO 8601, UTC) and F's class; `format=csv` for CSV."""
-        records = await run_in_threadpool(_query, audit, since, until, label, limit)
+        records = await run_in_threadpool(_query, audit, since, until, label, limit, before)
         if format == "csv":
             return Response(to_csv(records), media_type="text/csv",
                             headers={"content-disposition": 'attachment; filename="flagged.csv"'})
@@ -307,6 +316,27 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
         log.warning("flag-rate alarm reset by an operator")
         return alarm.state()
 
+    @app.post("/v1/audit/{record}/verdict", responses={400: {"model": ErrorBody, "description": "not JSON"},
+                                                       404: {"model": ErrorBody}})
+    async def verdict(body: Verdict, record: int = PathParam(ge=0, le=SQLITE_MAX)) -> dict[str, Any]:
+        """An operator's review of audit record `record`: confirmed (an attack), false_positive, or null (none)."""
+        if not await run_in_threadpool(audit.set_verdict, record, body.verdict):
+            raise InputError(f"no audit record {record}", 404)
+        return {"id": record, "verdict": body.verdict}
+
+    @app.post("/review/{record}/verdict", response_class=RedirectResponse, status_code=303,
+              responses={403: {"model": ErrorBody}, 404: {"model": ErrorBody}})
+    async def review_verdict(request: Request, record: int = PathParam(ge=0, le=SQLITE_MAX),
+                             verdict: str = Form("", pattern="^(confirmed|false_positive)?$",
+                                                 description="empty: clear the verdict"),
+                             back: str = Form("", pattern=r"^[^\r\n]{0,2000}$")) -> RedirectResponse:
+        """The console's buttons (a plain HTML form): store the review, then back to the same page."""
+        _same_origin(request)
+        if not await run_in_threadpool(audit.set_verdict, record, verdict or None):
+            raise InputError(f"no audit record {record}", 404)
+        query = back if back.startswith("?") else ""
+        return RedirectResponse(f"/review{query}#record-{record}", status_code=303)
+
     @app.get("/v1/audit/{record}/image", response_class=Response, responses={404: {"model": ErrorBody}})
     async def audit_image(record: int = PathParam(ge=0, le=SQLITE_MAX)) -> Response:
         """The stored input of audit record `record` as PNG (only with serve --keep-images)."""
@@ -321,12 +351,16 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
                      label: str | None = Query(None, pattern=r"^[0-9]{0,18}$",
                                                description="F's class; empty: every class"),
                      limit: str = Query("100", pattern=r"^(|[1-9][0-9]{0,2}|1000)$",
-                                        description="at most this many records, 1-1000; empty: 100")) -> HTMLResponse:
-        """The review console: flagged inputs with their image, F's label, neighbours' labels per layer, scores."""
+                                        description="at most this many records, 1-1000; empty: 100"),
+                     before: int | None = Query(None, ge=1, le=SQLITE_MAX, description="only ids below this "
+                                                "(the next page)")) -> HTMLResponse:
+        """The review console: flagged inputs with their image, what F said and what the neighbours say per
+        layer, an operator's verdict buttons, pages of older records, the alarm's history."""
         wanted, most = int(label) if label else None, int(limit) if limit else 100
-        records = await run_in_threadpool(_query, audit, since, until, wanted, most)
+        records = await run_in_threadpool(_query, audit, since, until, wanted, most, before)
         images = await run_in_threadpool(audit.images, [r.id for r in records])
-        page = render(records, images, {"since": since, "until": until, "label": label, "limit": most},
+        page = render(records, images, {"since": since, "until": until, "label": label, "limit": most,
+                                        "before": before},
                       alarm.state(), await run_in_threadpool(audit.alarms), await run_in_threadpool(audit.count))
         return HTMLResponse(page)
 
@@ -358,10 +392,18 @@ def _string_errors(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def _query(audit: AuditLog, since: str | None, until: str | None, label: int | None, limit: int) -> list[Any]:
+def _same_origin(request: Request) -> None:
+    """Refuse a form posted from another site (a browser may send cached credentials with it: CSRF)."""
+    origin = request.headers.get("origin")
+    if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
+        raise InputError(f"a review from another origin ({origin!r}) is refused", status=403)
+
+
+def _query(audit: AuditLog, since: str | None, until: str | None, label: int | None, limit: int,
+           before: int | None = None) -> list[Any]:
     """`AuditLog.query` with a bad time as a 400; an empty field (an HTML form's) filters nothing."""
     try:
-        return audit.query(since or None, until or None, label, limit)
+        return audit.query(since or None, until or None, label, limit, before)
     except ValueError as err:
         raise InputError(str(err), status=400) from err
 

@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS flagged (
     model TEXT NOT NULL,             -- sha256 of the detector artifact that judged it
     shape TEXT NOT NULL,             -- JSON [C, H, W]
     image BLOB,                      -- float32 pixels when images are kept, else NULL
-    neighbours TEXT                  -- JSON {tap: {"indices": [k], "labels": [k]}}: the evidence, nearest first
+    neighbours TEXT,                 -- JSON {tap: {"indices": [k], "labels": [k]}}: the evidence, nearest first
+    verdict TEXT                     -- an operator's review: 'confirmed' (an attack) or 'false_positive'; NULL: none
 );
 CREATE TABLE IF NOT EXISTS alarms (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -50,7 +51,8 @@ CREATE TABLE IF NOT EXISTS alarms (
 );
 """
 COLUMNS = ("id", "time", "sha256", "predicted", "nonconformity", "credibility", "threshold", "per_layer",
-           "model", "shape", "neighbours")
+           "model", "shape", "neighbours", "verdict")
+VERDICTS = ("confirmed", "false_positive")   # what an operator can say of a flagged input
 USER_VERSION = 0x4C444131   # "LDA1" in PRAGMA user_version: this file is a latentdefence audit log, format 1
 # flagged's columns in logs written before the format marker: without, then with the k-NN evidence
 LEGACY_COLUMNS = (("id", "time", "sha256", "predicted", "nonconformity", "credibility", "threshold", "per_layer",
@@ -65,8 +67,9 @@ CREATE TABLE IF NOT EXISTS flagged (
     id BIGSERIAL PRIMARY KEY, time TEXT NOT NULL, sha256 TEXT NOT NULL, predicted BIGINT NOT NULL,
     nonconformity DOUBLE PRECISION NOT NULL, credibility DOUBLE PRECISION NOT NULL,
     threshold DOUBLE PRECISION NOT NULL, per_layer TEXT NOT NULL, model TEXT NOT NULL, shape TEXT NOT NULL,
-    image BYTEA, neighbours TEXT
+    image BYTEA, neighbours TEXT, verdict TEXT
 );
+ALTER TABLE flagged ADD COLUMN IF NOT EXISTS verdict TEXT;
 CREATE INDEX IF NOT EXISTS flagged_time ON flagged (time);
 CREATE TABLE IF NOT EXISTS alarms (
     id BIGSERIAL PRIMARY KEY, time TEXT NOT NULL, model TEXT NOT NULL, state TEXT NOT NULL
@@ -107,6 +110,7 @@ class FlaggedRecord:
     model: str
     shape: list[int]
     neighbours: dict[str, dict[str, list[int]]] | None = None   # absent from logs written before it existed
+    verdict: str | None = None                                  # an operator's review (VERDICTS), if any
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in COLUMNS}
@@ -200,10 +204,11 @@ class AuditLog(ABC):
         return out
 
     def query(self, since: str | None = None, until: str | None = None, label: int | None = None,
-              limit: int = 100) -> list[FlaggedRecord]:
-        """Newest first: records flagged in [since, until] (ISO 8601 times, UTC if no offset) with F's `label`."""
-        where: list[str] = ["1 = 1"]
-        args: list[str | int] = []
+              limit: int = 100, before: int | None = None) -> list[FlaggedRecord]:
+        """Newest first: records flagged in [since, until] (ISO 8601 times, UTC if no offset) with F's `label`;
+        `before`: only ids below it (the next page)."""
+        where: list[str] = ["1 = 1"] if before is None else ["id < ?"]
+        args: list[str | int] = [] if before is None else [before]
         for op, value in ((">=", since), ("<=", until)):
             if value is not None:
                 where.append(f"time {op} ?")
@@ -222,6 +227,22 @@ class AuditLog(ABC):
                 if row and row[1] is not None:
                     out[i] = torch.frombuffer(bytearray(row[1]), dtype=torch.float32).reshape(json.loads(row[0]))
         return out
+
+    def set_verdict(self, record: int, verdict: str | None) -> bool:
+        """Store an operator's review of record `record` (one of VERDICTS, or None to clear it); False: no such id."""
+        if verdict is not None and verdict not in VERDICTS:
+            raise InputValidationError("verdict", f"must be one of {VERDICTS} or null, got {verdict!r}")
+        with self._lock, self._transaction():
+            return bool(self._execute("UPDATE flagged SET verdict = ? WHERE id = ?", (verdict, record)).rowcount)
+
+    def verdict_counts(self) -> dict[str, int]:
+        """How many records each verdict has (every replica's, on a shared store)."""
+        with self._lock:
+            if "verdict" not in self._columns():    # a read-only log from before verdicts
+                return dict.fromkeys(VERDICTS, 0)
+            rows = dict(self._execute("SELECT verdict, COUNT(*) FROM flagged WHERE verdict IS NOT NULL "
+                                      "GROUP BY verdict").fetchall())
+        return {v: int(rows.get(v, 0)) for v in VERDICTS}
 
     def prune(self, older_than: timedelta) -> int:
         """Delete records and alarms older than `older_than` (retention); how many records went."""
@@ -263,8 +284,9 @@ class SQLiteAuditLog(AuditLog):
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.executescript(SCHEMA)
-                if "neighbours" not in self._columns():
-                    self._db.execute("ALTER TABLE flagged ADD COLUMN neighbours TEXT")     # a log from before
+                for column in ("neighbours", "verdict"):                                  # a log from before
+                    if column not in self._columns():
+                        self._db.execute(f"ALTER TABLE flagged ADD COLUMN {column} TEXT")
                 self._db.execute(f"PRAGMA user_version={USER_VERSION}")
         except sqlite3.DatabaseError as err:
             raise InputValidationError(str(self.path), f"is not a usable audit database ({err})") from err

@@ -7,7 +7,7 @@ flag rate against the calibrated false-positive rate, per-layer non-conformity, 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 import torch
@@ -54,6 +54,13 @@ class ServiceMetrics:
                 ("alarm_raised", "Times the flag rate alarm was raised since start", lambda: float(alarm.alarms)),
                 ("alarm_null_rate", "Flag rate p0 of clean traffic the alarm tests against", lambda: alarm.p0)]:
             Gauge(f"{PREFIX}_{name}", text, registry=r).set_function(read)
+
+    def track_verdicts(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Operators' reviews of flagged inputs, read from the audit store at each scrape (every replica's)."""
+        Gauge(f"{PREFIX}_audit_confirmed", "Flagged inputs an operator confirmed as attacks (audit store)",
+              registry=self.registry).set_function(lambda: counts()["confirmed"])
+        Gauge(f"{PREFIX}_audit_false_positives", "Flagged inputs an operator marked as false positives (audit store)",
+              registry=self.registry).set_function(lambda: counts()["false_positive"])
 
     def observe_batch(self, flags: torch.Tensor, per_layer: dict[str, torch.Tensor]) -> None:
         """One guarded forward pass: flags (B,) bool and per-layer scores (B,)."""
