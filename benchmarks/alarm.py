@@ -1,12 +1,14 @@
 """Detection delay and false alarms of the flag-rate alarm (`serving.alarm.FlagRateCUSUM`), one run.
 
-Run: .venv/bin/python benchmarks/alarm.py [--runs 100] [--clean 200000]
+Run: .venv/bin/python benchmarks/alarm.py [--runs 100] [--clean 200000] [--only delay|operator]
 Streams are Bernoulli flags: clean traffic is flagged at the calibrated FPR p0; from the change point
 on, a fraction `attack` of the traffic is adversarial and the detector flags it with probability
 `recall` (1.0: the detector sees every adversarial input; 0.5: half). Prints, per setting, the median
 and 90th percentile of the delay (inputs from the change to the alarm) against the h / KL(p1 || p0)
 approximation (Lorden's asymptotic delay were the alternative p1 the true rate), and the false alarms
-over `--clean` clean inputs (Lorden's bound: at most clean * rate expected).
+over `--clean` clean inputs (Lorden's bound: at most clean * rate expected). Then what an operator lives with,
+against the alarm as first shipped (re-armed the moment S fell below h, no ceiling): raises in 20,000 inputs at a
+steady flag rate near the boundary (flapping), and clean inputs needed to clear after hostile traffic.
 """
 
 from __future__ import annotations
@@ -34,11 +36,53 @@ def kl(p1: float, p0: float) -> float:
     return p1 * math.log(p1 / p0) + (1 - p1) * math.log((1 - p1) / (1 - p0))
 
 
+FIRST_SHIPPED = AlarmConfig(rearm=0.999999, ceiling=1e12)     # no hysteresis, no ceiling: the alarm as first shipped
+
+
+def raises(p0: float, rate: float, config: AlarmConfig, seed: int, n: int = 20_000) -> int:
+    """Alarms raised over `n` inputs flagged at a steady `rate`."""
+    alarm = FlagRateCUSUM.from_config(config, p0)
+    return sum(alarm.update([flag]) for flag in
+               (torch.rand(n, generator=torch.Generator().manual_seed(seed)) < rate).tolist())
+
+
+def to_clear(p0: float, config: AlarmConfig, seed: int, hostile: int = 5000, rate: float = 0.2) -> int | None:
+    """Clean inputs (flagged at p0) until the alarm clears after `hostile` inputs flagged at `rate`."""
+    alarm = FlagRateCUSUM.from_config(config, p0)
+    gen = torch.Generator().manual_seed(seed)
+    alarm.update((torch.rand(hostile, generator=gen) < rate).tolist())
+    for step, flag in enumerate((torch.rand(200_000, generator=gen) < p0).tolist(), 1):
+        alarm.update([flag])
+        if not alarm.in_alarm:
+            return step
+    return None
+
+
+def operator_view(runs: int) -> None:
+    """Flapping and clearing, the shipped alarm against the first one."""
+    print(f"\n{'p0':>6} {'flag rate':>9} {'raises in 20k (now)':>20} {'(first shipped)':>16}")
+    for p0, rate in ((0.02, 0.03), (0.02, 0.04), (0.02, 0.05), (0.05, 0.08)):
+        now = [raises(p0, rate, AlarmConfig(), seed) for seed in range(runs)]
+        before = [raises(p0, rate, FIRST_SHIPPED, seed) for seed in range(runs)]
+        print(f"{p0:6.3f} {rate:9.3f} {statistics.mean(now):20.1f} {statistics.mean(before):16.1f}")
+    print(f"\n{'p0':>6} {'clean inputs to clear after 5,000 at 20% (median, now)':>56} {'(first shipped)':>16}")
+    for p0 in (0.02, 0.05):
+        now = [to_clear(p0, AlarmConfig(), seed) for seed in range(runs)]
+        before = [to_clear(p0, FIRST_SHIPPED, seed) for seed in range(runs)]
+        print(f"{p0:6.3f} {statistics.median(d for d in now if d is not None):56.0f} "
+              f"{statistics.median(d for d in before if d is not None):16.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--clean", type=int, default=200_000)
+    parser.add_argument("--only", choices=("delay", "operator"), default=None)
     args = parser.parse_args()
+    if args.only != "delay":
+        operator_view(args.runs)
+    if args.only == "operator":
+        return
     config = AlarmConfig()
     print(f"alarm: shift {config.shift}, false-alarm rate {config.false_alarm_rate:g} per input "
           f"(h = {-math.log(config.false_alarm_rate):.2f})")
