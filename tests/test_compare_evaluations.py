@@ -144,3 +144,21 @@ def test_runs_that_record_broken_images_are_paired_by_mcnemar(tmp_path: Path) ->
     assert not any("versus_first" in r for r in comparison["rows"] if r["run"] in ("a", "old"))
     report = (write_comparison(comparison, tmp_path / "out") / "report.md").read_text()
     assert "McNemar" in report and "| b | dld | 2 | 20 |" in report
+
+
+def test_defences_on_different_classifiers_are_paired_as_wholes_and_each_against_its_own_f(tmp_path: Path) -> None:
+    """The same images (checked), another F: McNemar compares F + detector against F + detector; each run's own
+    detector-vs-F-alone test is carried into the report."""
+    base = json.loads((COMMITTED / "results.json").read_text())
+    dets = {k: {**v, "all_attacks": {**v["all_attacks"], "broken_images": list(range(5))}}
+            for k, v in base["detectors"].items()}
+    within = [{"first": "dld", "second": "F alone", "robustness_first": 0.99, "robustness_second": 0.9,
+               "broken_only_first": 0, "broken_only_second": 45, "mcnemar_p": 5.7e-14}]
+    other = _copy(tmp_path, "other", detectors=dets, paired=within,
+                  classifier_alone={**base["classifier_alone"], "autoattack_robust_accuracy_after": {"square": 0.9}})
+    comparison = compare_runs({"release": load_run(COMMITTED), "other F": load_run(other)}, same_classifier=False)
+    dld = next(r for r in comparison["rows"] if r["run"] == "other F" and r["detector"] == "dld")
+    released = set(base["detectors"]["dld"]["all_attacks"]["broken_images"])
+    assert dld["versus_first"]["broken_only_in_first"] == len(released - set(range(5)))
+    report = (write_comparison(comparison, tmp_path / "out") / "report.md").read_text()
+    assert "F and detector together" in report and "| other F | dld | F alone | 99.00 / 90.00 | 0 / 45 |" in report

@@ -56,18 +56,19 @@ def compare_runs(runs: Mapping[str, Mapping[str, Any]], same_classifier: bool = 
                          "strongest": worst["strongest"], "sr_at_fpr": worst["sr_at_fpr"],
                          "sr_at_fpr_ci": worst["sr_at_fpr_ci"], "params": _params(res, name),
                          "git_revision": res.get("git_revision"), "broken_images": worst.get("broken_images")})
-    if same_classifier:
-        _pair_with_first_run(rows, first_label)
+    _pair_with_first_run(rows, first_label)
     alone = {label: _classifier_alone(res) for label, res in runs.items()}
     return {"runs": list(runs), "rows": rows, "fprs": _shared_fprs(rows), "n": first["n"],
             "threat_model": first["threat_model"],
             "version": first.get("version"), "budget": first["budget"], "same_classifier": same_classifier,
-            "classifier_alone": alone[first_label] if same_classifier else alone}
+            "classifier_alone": alone[first_label] if same_classifier else alone,
+            "within_runs": {label: res["paired"] for label, res in runs.items() if res.get("paired")}}
 
 
 def _pair_with_first_run(rows: list[dict[str, Any]], first_label: str) -> None:
     """Each later row against the first run's row of the same detector, by an exact McNemar test on the per-image
-    worst case (same F and images), when both runs recorded which images were broken."""
+    worst case (the same images, checked), when both runs recorded which images were broken. On different
+    classifiers the pair compares whole defences, F and detector together."""
     reference = {r["detector"]: r for r in rows if r["run"] == first_label and r["broken_images"] is not None}
     for r in rows:
         ref = reference.get(r["detector"])
@@ -184,11 +185,20 @@ def comparison_report(comparison: Mapping[str, Any]) -> str:
     paired = [r for r in comparison["rows"] if "versus_first" in r]
     if paired:
         first = comparison["runs"][0]
-        lines += ["", f"Paired against `{first}` (the same detector, the same images): images broken in the worst case "
-                  "by one run only, and the exact McNemar test; p < 0.05 is a measured difference.", "",
+        whole = "" if comparison.get("same_classifier", True) else "; each run on its own F, so F and detector together"
+        lines += ["", f"Paired against `{first}` (the same detector, the same images{whole}): images broken in the "
+                  "worst case by one run only, and the exact McNemar test; p < 0.05 is a measured difference.", "",
                   f"| run | detector | broken only here | broken only in {first} | McNemar p |", "|---|---|---|---|---|"]
         lines += [f"| {r['run']} | {r['detector']} | {r['versus_first']['broken_only_here']} | "
                   f"{r['versus_first']['broken_only_in_first']} | {r['versus_first']['mcnemar_p']:.2g} |" for r in paired]
+    within = comparison.get("within_runs", {})
+    if within:
+        lines += ["", "Within each run that recorded them (same F, same images): each detector against F alone, "
+                  "exact McNemar.", "", "| run | first | second | robustness first / second | broken only by first's "
+                  "attacks / only second's | McNemar p |", "|---|---|---|---|---|---|"]
+        lines += [f"| {label} | {r['first']} | {r['second']} | {100 * r['robustness_first']:.2f} / "
+                  f"{100 * r['robustness_second']:.2f} | {r['broken_only_first']} / {r['broken_only_second']} | "
+                  f"{r['mcnemar_p']:.2g} |" for label, pairs in within.items() for r in pairs]
     return "\n".join(lines) + "\n"
 
 
