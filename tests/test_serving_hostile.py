@@ -77,14 +77,14 @@ def test_schemathesis_finds_no_5xx_on_any_route(server: str) -> None:
     assert failures == []
 
 
-def test_schemathesis_all_checks_find_nothing_wrong_with_the_services_own_schema(server: str) -> None:
+def test_schemathesis_all_checks_find_nothing_wrong_with_the_services_own_schema(server: str, tmp_path: Path) -> None:
     """`st run --checks all` (every phase, fixed seed): responses match the documented statuses, content types and
     schemas; schema-valid requests are accepted, schema-violating ones refused (one documented exception:
     tests/schemathesis.toml)."""
     st = Path(sys.executable).with_name("st")
     done = subprocess.run([str(st), "--config-file", str(Path(__file__).with_name("schemathesis.toml")), "run",
                            f"{server}/openapi.json", "--checks", "all", "--max-examples", "30", "--seed", "1",
-                           "--no-color"], capture_output=True, text=True, timeout=600)
+                           "--no-color"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert re.search(r"\b(\d{3,}) generated, \1 passed", done.stdout), done.stdout[-3000:]
 

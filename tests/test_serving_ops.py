@@ -460,13 +460,13 @@ def test_every_v2_answer_validates_against_the_protocols_own_schemas(server: tup
 
 
 @requires_oip_spec
-def test_schemathesis_all_checks_with_the_protocols_own_document_find_nothing(server: tuple[str, Path]) -> None:
+def test_schemathesis_all_checks_with_the_protocols_own_document_find_nothing(server: tuple[str, Path], tmp_path: Path) -> None:
     """`st run --checks all` driven by the published spec (not our schema) against the live server, with the key;
     one documented exception for the infer operations (tests/oip-schemathesis.toml)."""
     st = Path(sys.executable).with_name("st")
     done = subprocess.run([str(st), "--config-file", str(Path(__file__).with_name("oip-schemathesis.toml")), "run",
                            str(OIP_SPEC), "--url", server[0], "--header", f"x-api-key: {USER['x-api-key']}",
                            "--checks", "all", "--max-examples", "30", "--seed", "1", "--no-color"],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert re.search(r"\b(\d{3,}) generated, \1 passed", done.stdout), done.stdout[-3000:]
