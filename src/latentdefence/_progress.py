@@ -77,6 +77,7 @@ def steps(description: str, total: int) -> Iterator[Callable[[str], None]]:
     nested = _on_screen.get() is not None
     with make_progress() as progress:
         task = progress.add_task(description, total=total, status="")
+        progress.refresh()                  # drawn now, however short the work: not only at the next 10 Hz tick
         try:
             yield lambda status: advance(progress, task, status)
         finally:
@@ -88,6 +89,7 @@ def advance(progress: Progress, task: TaskID, status: str) -> None:
     """Advance a bar one step; off a terminal (no bar drawn), log every tenth of it instead."""
     progress.update(task, advance=1, status=status)
     if not progress.disable:
+        progress.refresh()
         return
     info = next(t for t in progress.tasks if t.id == task)
     done, total = int(info.completed), info.total
