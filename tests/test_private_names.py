@@ -1,6 +1,6 @@
 """No module of the package reaches into another's private names: what modules share is public and documented.
 
-Private *modules* (``_io``, ``_registry``, ``_progress``, ``_seed``) are the package's own shared helpers and may be
+Private *modules* (``_io``, ``_registry``, ``_progress``, ``_seed``, ``_timing``) are the package's own shared helpers and may be
 imported as modules; ``from x import _name`` of a function, class or constant, or ``module._name`` on an imported
 module, is what this test forbids.
 """

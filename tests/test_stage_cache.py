@@ -6,7 +6,8 @@ import logging
 
 import pytest
 
-from latentdefence.experiments.cache import StageTimer, ensure_stage, is_complete, settings_key
+from latentdefence._timing import StageTimer
+from latentdefence.experiments.cache import ensure_stage, is_complete, settings_key
 
 
 def test_completed_stage_is_not_rebuilt(tmp_path):
@@ -35,7 +36,7 @@ def test_interrupted_stage_reruns(tmp_path):
 
 def test_stage_timer_accumulates_and_logs(caplog):
     timer = StageTimer()
-    with caplog.at_level(logging.INFO, logger="latentdefence.experiments.cache"):
+    with caplog.at_level(logging.INFO, logger="latentdefence.stages"):
         with timer.timed("encoders"):
             pass
         with timer.timed("encoders"):

@@ -33,7 +33,7 @@ from ..attacks.detector_aware import DetectorAttack
 from ..detectors.base import Detection, check_attainable_fpr, evaded
 from ..dld import CentroidAttack, DeepLatentDefence, ensemble_pgd
 from ..dld.encoders import EncoderDecoder
-from ..experiments.cache import StageTimer
+from .._timing import StageTimer
 from .compare import paired_lines, paired_within_run
 from .detection import detection_metrics, verdicts, worst_case
 from .metrics import wilson_interval

@@ -109,22 +109,3 @@ def build_seconds(path: Path) -> float | None:
     """Wall time the completed stage in `path` took to build (None for markers that predate it)."""
     value = json.loads((path / _MARKER).read_text()).get("build_seconds")
     return float(value) if value is not None else None
-
-
-class StageTimer:
-    """Wall time per stage, for results.json (a stage timed twice accumulates), logged as each stage ends."""
-
-    def __init__(self) -> None:
-        self.wall_time_s: dict[str, float] = {}
-
-    @contextmanager
-    def timed(self, name: str) -> Iterator[None]:
-        """Add the block's wall time to stage `name`."""
-        start = time.perf_counter()
-        log.info("stage %s: started", name)
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter() - start
-            self.wall_time_s[name] = round(self.wall_time_s.get(name, 0.0) + elapsed, 2)
-            log.info("stage %s: finished in %.1f s", name, elapsed)

@@ -30,7 +30,8 @@ from ..dld.diagnostics import encoder_diagnostics
 from ..dld.encoders import EncoderDecoder
 from ..dld.training import EncoderValidation, TrainingLog
 from ..models import TappedModel, create_model
-from .cache import StageTimer, any_complete_stage, build_seconds, ensure_stage, run_wall_time, settings_key
+from .._timing import StageTimer
+from .cache import any_complete_stage, build_seconds, ensure_stage, run_wall_time, settings_key
 from ..validation import check_count
 from .registry import register_pipeline
 

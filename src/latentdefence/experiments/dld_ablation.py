@@ -17,7 +17,8 @@ from typing import Any
 from .._io import atomic_path, environment_info, git_revision, read_json, write_json
 from ..dld.diagnostics import encoder_diagnostics
 from .._seed import seed_everything
-from .cache import StageTimer, build_seconds
+from .._timing import StageTimer
+from .cache import build_seconds
 from .dld import (PAPER, CleanReference, DLDExperimentConfig, attack_row, dld_classifier, dld_config, dld_data, dld_detector,
                   dld_encoders, grey_box_set)
 from .overrides import apply_overrides

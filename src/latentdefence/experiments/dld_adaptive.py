@@ -31,7 +31,8 @@ from ..dld import DeepLatentDefence, load_encoders
 from ..dld.encoders import EncoderDecoder
 from ..evaluation.detector_eval import Budget, DetectorEvaluation, ThreatModel, evaluate_detector, evaluate_detectors
 from ..models import TappedModel
-from .cache import StageTimer, any_complete_stage, ensure_stage, run_wall_time
+from .._timing import StageTimer
+from .cache import any_complete_stage, ensure_stage, run_wall_time
 from .dld import (DLDExperimentConfig, calibration_split, dataset_splits, dld_classifier, dld_config, dld_data,
                   dld_detector, dld_encoders)
 from .registry import register_pipeline

@@ -27,7 +27,8 @@ from ..dld.encoders import EncoderDecoder
 from ..dld.hardening import HardeningConfig, HardeningRound, harden
 from ..evaluation.detector_eval import ThreatModel, evaluate_detectors
 from ..evaluation.metrics import wilson_interval
-from .cache import StageTimer, ensure_stage
+from .._timing import StageTimer
+from .cache import ensure_stage
 from .dld import calibration_split
 from .dld_adaptive import AdaptiveSettings, adaptive_config
 from .registry import register_pipeline

@@ -40,7 +40,8 @@ from ..lad.generator import (GeneratorConfig, LatentGenerator, create_generator,
                              latent_head, load_generator, reconstruction_mse, save_generator, train_generator)
 from ..models import TappedModel, create_model
 from ..training import TrainConfig, load_checkpoint, save_checkpoint, train_classifier
-from .cache import StageTimer, build_seconds, default_cache_root, ensure_stage
+from .._timing import StageTimer
+from .cache import build_seconds, default_cache_root, ensure_stage
 from .registry import register_pipeline
 
 PROFILES = ("smoke", "cpu", "paper")
