@@ -307,3 +307,13 @@ def test_the_contract_and_the_metrics_import_without_dld_or_the_attacks() -> Non
     from latentdefence.dld import evaluate
     from latentdefence.evaluation import detection
     assert evaluate.roc_auc is detection.roc_auc and evaluate.attack_metrics is detection.attack_metrics
+
+
+def test_a_detector_without_fit_cannot_be_built() -> None:
+    """`fit` is part of the contract every caller relies on, so a subclass that forgets it fails at once."""
+    class ScoresOnly(ConformalDetector):
+        def nonconformity(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+            return images.new_zeros(len(images)).long(), images.new_zeros(len(images)), {}
+
+    with pytest.raises(TypeError, match="fit"):
+        ScoresOnly()

@@ -121,13 +121,17 @@ _Self = TypeVar("_Self", bound="ConformalDetector")
 class ConformalDetector(ABC):
     """The contract every detector shares (DLD and the baselines in `latentdefence.detectors`).
 
-    A subclass implements ``nonconformity(images) -> (F's predictions (N,), score (N,), per-layer scores)``
-    with higher scores more suspicious; this class turns it into a threshold calibrated on held-out clean
-    data, conformal credibility, ``predict``, ``score_samples`` and ``decision_function``, and the parts of
+    A subclass implements ``fit(train)`` and ``nonconformity(images) -> (F's predictions (N,), score (N,),
+    per-layer scores)`` with higher scores more suspicious; this class turns it into a threshold calibrated on clean
+    held-out data, conformal credibility, ``predict``, ``score_samples`` and ``decision_function``, and the parts of
     an artifact every detector shares (F's weights and registry name, the calibration).
     """
 
     classifier: TappedModel
+
+    @abstractmethod
+    def fit(self: _Self, train: ImageDataset) -> _Self:
+        """Learn what clean training data looks like to this detector (indexes, class statistics, ...)."""
 
     @abstractmethod
     def nonconformity(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
