@@ -1,6 +1,7 @@
 """Regenerate the results tables from the committed results.json files (the README's headline rows, every row in
 docs/results/README.md), docs/results/README.md's index and provenance from docs/results/catalog.toml, and the docs'
-excerpts of report tables (run after committing results); --check only says whether they are current."""
+excerpts of report tables and docs/leaderboard.md (run after committing results); --check only says whether they
+are current."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 from latentdefence.evaluation.catalog import update_index
+from latentdefence.evaluation.leaderboard import update_leaderboard
 from latentdefence.evaluation.summary import sync_excerpts, update_readme
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,5 +22,6 @@ if __name__ == "__main__":
     index = update_index(results / "README.md", results / "catalog.toml", results, check=check) and index
     stale += [] if index else ["docs/results/README.md"]
     stale += [doc.name for doc in sorted((ROOT / "docs").glob("*.md")) if not sync_excerpts(doc, ROOT, check=check)]
+    stale += [] if update_leaderboard(results, ROOT / "docs" / "leaderboard.md", check=check) else ["docs/leaderboard.md"]
     if stale:
         sys.exit(f"out of date: {', '.join(stale)}; run python scripts/update_readme.py")

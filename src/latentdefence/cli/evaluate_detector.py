@@ -14,9 +14,10 @@ from .errors import cli_errors
 
 
 def register(app: typer.Typer) -> None:
-    """Add `evaluate-detector` and `compare-evaluations` to the main app."""
+    """Add `evaluate-detector`, `compare-evaluations` and `leaderboard` to the main app."""
     app.command("evaluate-detector")(evaluate_detector)
     app.command("compare-evaluations")(compare_evaluations)
+    app.command("leaderboard")(leaderboard)
 
 
 def evaluate_detector(
@@ -66,3 +67,16 @@ def compare_evaluations(
             raise ValueError(f"each run needs its own label, got {', '.join(labels)}")
         comparison = compare_runs({label: load_run(folder) for label, folder in pairs}, not different_classifiers)
         typer.echo((write_comparison(comparison, out) / "report.md").read_text())
+
+
+def leaderboard(
+    results: Path = typer.Option(Path("docs/results"), help="Folder with catalog.toml and the results folders."),
+    out: Path = typer.Option(Path("docs/leaderboard.md"), help="The page (its figure, leaderboard.png, beside it)."),
+) -> None:
+    """Rank every registered detector's committed release evaluation per dataset, F alone as the floor."""
+    with cli_errors():
+        check_output(out, "file", [results / "catalog.toml"])
+        from ..evaluation.leaderboard import write_leaderboard
+
+        write_leaderboard(results, out)
+        typer.echo(f"wrote {out} and {out.with_name('leaderboard.png')}")
