@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from latentdefence.detectors.registry import list_detectors
-from latentdefence.evaluation.leaderboard import collect, render, update_leaderboard
+from latentdefence.evaluation.leaderboard import collect, library_detectors, render, update_leaderboard
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -43,6 +43,7 @@ def test_a_new_detectors_release_evaluation_appears_with_no_edit_elsewhere(tmp_p
     (results / "catalog.toml").write_text('[[folder]]\npath = "mine-mnist-adaptive"\nquestion = "release"\n'
                                           'about = "My detector."\ncommand = "latentdefence evaluate-detector mine"\n'
                                           'provenance = "Here."\n')
-    page = render(collect(results, tmp_path / "docs" / "leaderboard.md"), list_detectors())
+    page = render(collect(results, tmp_path / "docs" / "leaderboard.md"), library_detectors())
     assert "| 1 | mine | 99.90 [" in page and "[`mine-mnist-adaptive`](results/mine-mnist-adaptive/)" in page
-    assert f"without a committed evaluation: {', '.join(list_detectors())}." in page
+    assert f"without a committed evaluation: {', '.join(library_detectors())}." in page
+    assert set(library_detectors()) <= set(list_detectors()) and "dld" in library_detectors()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_path, save_figure
-from ..detectors.registry import list_detectors
+from ..detectors.registry import detector_entry, list_detectors
 from .catalog import RELEASE, read_catalog
 
 DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10 (JPEG copy)"}
@@ -69,6 +69,12 @@ def collect(results_dir: Path, page: Path) -> list[Board]:
     return boards
 
 
+def library_detectors() -> list[str]:
+    """The detectors this package registers (a session may add its own, e.g. the README's example; they are ranked
+    when a release evaluates them, but the page does not depend on what else the process registered)."""
+    return [name for name in list_detectors() if detector_entry(name).factory.__module__.startswith("latentdefence.")]
+
+
 def _eps(threat: dict[str, Any]) -> str:
     eps = float(threat["eps"])
     return f"{threat['norm']} eps {round(eps * 255)}/255" if eps < 0.1 else f"{threat['norm']} eps {eps:g}"
@@ -100,7 +106,7 @@ def render(boards: Sequence[Board], registered: Sequence[str]) -> str:
                   + " | ".join("—" for _ in board.fprs) + " | cascade |", ""]
     evaluated = {r["detector"] for board in boards for r in board.rows}
     missing = [name for name in registered if name not in evaluated]
-    lines += [f"Registered detectors without a committed evaluation: {', '.join(missing) if missing else 'none'}.", "",
+    lines += [f"Detectors latentdefence registers without a committed evaluation: {', '.join(missing) if missing else 'none'}.", "",
               "![worst case per detector and dataset](leaderboard.png)", "",
               "## Add your own detector", "",
               "Write one class with `classifier`, `fit(train)`, `nonconformity(images)` (a subclass of "
@@ -136,7 +142,7 @@ def _figure(boards: Sequence[Board], path: Path) -> None:
 def write_leaderboard(results_dir: Path, out: Path) -> str:
     """Write the page to `out` and its figure beside it (leaderboard.png); the page's text."""
     boards = collect(results_dir, out)
-    text = render(boards, list_detectors())
+    text = render(boards, library_detectors())
     _figure(boards, out.with_name("leaderboard.png"))
     with atomic_path(out) as tmp:
         tmp.write_text(text)
@@ -147,7 +153,7 @@ def update_leaderboard(results_dir: Path, page: Path, check: bool = False) -> bo
     """Whether `page` is what the committed evaluations generate; unless `check`, rewrite it (and its figure)
     when it is not."""
     current = page.read_text() if page.is_file() else None
-    if current == render(collect(results_dir, page), list_detectors()):
+    if current == render(collect(results_dir, page), library_detectors()):
         return True
     if not check:
         write_leaderboard(results_dir, page)
