@@ -231,3 +231,25 @@ def test_a_deterministic_attack_gives_the_same_images_in_batches_as_in_one_pass(
     batched = FGSM(0.1)
     batched.batch_size = 4
     assert torch.equal(batched(model, x, y).images, whole.images)
+
+
+def test_the_cli_offers_every_registered_attack_and_only_those(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`attack run` and `attack list` read the registry (no hand-kept list): a newly registered attack is offered,
+    an unknown name is refused with the registered ones named."""
+    from typer.testing import CliRunner
+
+    from latentdefence.attacks import FGSM, list_attacks, register_attack
+    from latentdefence.attacks.registry import _ATTACKS  # noqa: PLC2701 - the test restores what it registers
+    from latentdefence.cli import app
+    from latentdefence.cli.attack import build_attack
+
+    monkeypatch.setattr(_ATTACKS, "_entries", dict(_ATTACKS._entries))
+    register_attack("one-step-test")(FGSM)
+    listed = CliRunner().invoke(app, ["attack", "list"]).output
+    assert all(f"  {name} " in listed for name in list_attacks())
+    flags = dict(eps=0.1, norm="linf", steps=None, step_size=None, restarts=1, targeted=False, early_stop=False,
+                 confidence=0.0, initial_const=1e-3, search_steps=1, lr=0.01, theta=1.0, gamma=0.1, seed=0,
+                 channels_last=False)
+    assert isinstance(build_attack("one-step-test", **flags), FGSM)
+    with pytest.raises(ValueError, match="unknown attack 'nope'; choose one of .*one-step-test"):
+        build_attack("nope", **flags)

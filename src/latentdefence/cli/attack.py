@@ -14,9 +14,6 @@ from .errors import cli_errors
 
 app = typer.Typer(help="Run an attack on a trained checkpoint and save the adversarial set.", no_args_is_help=True)
 
-ATTACKS = ("fgsm", "pgd", "cw", "jsma", "apgd-ce", "apgd-dlr", "apgdt", "square", "autoattack")
-
-
 def build_attack(name: str, *, eps: float, norm: str, steps: Optional[int], step_size: Optional[float],
                  restarts: int, targeted: bool, early_stop: bool, confidence: float, initial_const: float,
                  search_steps: int, lr: float, theta: float, gamma: float, seed: int,
@@ -27,8 +24,9 @@ def build_attack(name: str, *, eps: float, norm: str, steps: Optional[int], step
 
     from .. import attacks as A
 
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
+    if name not in A.list_attacks("model"):      # the registry decides: a newly registered attack is offered here too
+        raise ValueError(f"unknown attack {name!r}; choose one of {', '.join(A.list_attacks('model'))} "
+                         "(latentdefence attack list)")
     if name == "jsma" and not targeted:
         raise ValueError("jsma is a targeted attack: pass --targeted (targets = (label + --target-shift) mod K)")
     if name == "apgdt" and targeted:
@@ -42,11 +40,23 @@ def build_attack(name: str, *, eps: float, norm: str, steps: Optional[int], step
     return A.create_attack(name, **{k: v for k, v in flags.items() if k in takes and v is not None})
 
 
+@app.command("list")
+def list_() -> None:
+    """The registered attacks: those `attack run` takes (on F), then those on F and a detector (evaluate-detector)."""
+    from .. import attacks as A
+
+    for on, title in (("model", "on F (attack run --attack NAME)"), ("detector", "on F and a detector")):
+        typer.echo(f"{title}:")
+        for name in A.list_attacks(on):
+            doc = (A.attack_entry(name).factory.__doc__ or "").strip().splitlines()
+            typer.echo(f"  {name:16s} {doc[0] if doc else ''}")
+
+
 @app.command("run")
 def run(
     checkpoint: Path = typer.Argument(..., help="Checkpoint written by `latentdefence train` (with or without .safetensors)."),
-    attack: str = typer.Option("pgd", help="fgsm | pgd | cw | jsma | apgd-ce | apgd-dlr | apgdt | square | "
-                               "autoattack (APGD-CE, APGD-T, Square on what stays robust)"),
+    attack: str = typer.Option("pgd", help="A registered attack on F (`latentdefence attack list`), e.g. fgsm, pgd, "
+                               "cw, autoattack (APGD-CE, APGD-T, Square on what stays robust)."),
     out: Path = typer.Option(..., help="Where to write the adversarial set (.safetensors)."),
     dataset: str = typer.Option("mnist", help="mnist (embedded) | mnist-idx | svhn | cifar10 | folder | celeba-smile"),
     data_dir: Optional[Path] = typer.Option(None, help="Folder with the dataset's files (not for embedded mnist)."),
