@@ -156,6 +156,22 @@ def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
     return tensors, meta
 
 
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON metadata of a `save_tensors` file from its header alone (no tensor read, not verified: enough to
+    tell what kind of artifact it is; `load_tensors` verifies everything)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+        meta = json.loads(header.get("json", "{}"))
+    except Exception as err:  # safetensors raises its own error types for truncation/corruption
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: its metadata is not a JSON object")
+    return meta
+
+
 def load_tensor(path: str | os.PathLike[str], key: str) -> torch.Tensor:
     """One named tensor of a safetensors file (e.g. a user's `images`); a file without it is named, with what it has."""
     tensors, _ = load_tensors(path)

@@ -18,7 +18,8 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
-    artifact: Path = typer.Argument(..., help="Calibrated detector artifact (DeepLatentDefence.save)."),
+    artifact: Path = typer.Argument(..., help="Calibrated detector artifact of any registered detector "
+                                    "(DeepLatentDefence.save, DeepKNN.save, ...)."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind; the default serves this machine only."),
     port: int = typer.Option(8000, help="TCP port."),
     audit_db: str = typer.Option("latentdefence-audit.sqlite", help="Audit log of flagged inputs: a SQLite file, "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .._registry import Registry
@@ -49,3 +50,21 @@ def detector_entry(name: str) -> DetectorEntry:
 def list_detectors() -> list[str]:
     """Registered detector names, sorted."""
     return _DETECTORS.names()
+
+
+def load_artifact(path: str | Path, classifier: Any = None, **options: Any) -> tuple[str, Any]:
+    """(registry name, calibrated detector) from any registered detector's saved artifact: the class its metadata
+    names (`"detector"`), or whose `ARTIFACT_FORMAT` it carries, loads it; `options` go to that class's `load`."""
+    from .._io import read_metadata
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such detector artifact")
+    meta = read_metadata(path)
+    for name in list_detectors():
+        cls: Any = detector_entry(name).factory     # a registered class with a `load` classmethod
+        if meta.get("detector", object()) == getattr(cls, "__name__", None) or \
+                meta.get("format", object()) == getattr(cls, "ARTIFACT_FORMAT", None):
+            return name, cls.load(path, classifier=classifier, **options)
+    raise ValueError(f"{path}: not the artifact of a registered detector (format {meta.get('format')!r}, detector "
+                     f"{meta.get('detector')!r}; registered: {', '.join(list_detectors())})")

@@ -181,6 +181,8 @@ class DeepLatentDefence(KNNDetector):
     A classifier built by ``create_model`` records its registry name, so ``load`` can rebuild it.
     """
 
+    ARTIFACT_FORMAT = FORMAT                 # what `detectors.registry.load_artifact` recognises it by
+
     metadata_: dict[str, Any]    # what a loaded artifact carried; absent on a detector fitted here
 
     def __init__(self, classifier: TappedModel, taps: Sequence[str] = ("layer1", "layer2", "layer3"), *,

@@ -103,9 +103,10 @@ class ModelCard(BaseModel):
     num_classes: int
     dataset: Any                           # as the artifact's metadata records them (free-form), else null
     threat_model: Any
+    kind: str                              # the detector's registry name (dld, dknn, mahalanobis, lid, ...)
     taps: list[str]
-    k: int
-    knn_backend: str
+    k: int | None                          # neighbours per layer (k-NN detectors), else null
+    knn_backend: str | None
     threshold: float
     target_fpr: float | None
     calibration_fpr: float
@@ -195,7 +196,7 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
     threshold, model_id = float(guard.detector.threshold_), card["artifact_sha256"] or str(guard.source)
     audit = open_audit_log(config.audit_db, keep_images=config.keep_images)
     alarm = FlagRateCUSUM.from_config(config.alarm, null_rate(card["calibration_fpr"], card["calibration_size"]))
-    metrics = ServiceMetrics(guard.detector.k, card["calibration_fpr"], alarm)
+    metrics = ServiceMetrics(card["k"], card["calibration_fpr"], alarm)
     metrics.track_verdicts(audit.verdict_counts)
 
     def infer(images: torch.Tensor) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""A classifier guarded by its Deep Latent Defence detector, loaded from one artifact.
+"""A classifier guarded by a calibrated detector (Deep Latent Defence, or any registered one), loaded from one
+artifact.
 
 ```python
 from latentdefence.serving import GuardedClassifier
@@ -16,7 +17,8 @@ from typing import Any
 import torch
 
 from .._io import git_revision, sha256_file
-from ..dld import DeepLatentDefence, Detection
+from ..detectors.base import ConformalDetector, Detection
+from ..detectors.registry import load_artifact
 from ..models import TappedModel
 from ..training import save_checkpoint
 from ..validation import InputValidationError, check_images
@@ -56,36 +58,45 @@ class GuardedPrediction:
 
 
 class GuardedClassifier:
-    """F plus its calibrated DLD detector: every prediction comes with the detector's verdict.
+    """F plus its calibrated detector: every prediction comes with the detector's verdict.
 
     Args:
-        detector: a fitted and calibrated `DeepLatentDefence`.
+        detector: a fitted and calibrated detector (`DeepLatentDefence`, or any registered `ConformalDetector`).
         source: where it was loaded from (reported by `info`).
+        kind: its registry name (reported by `info`; found from the class when not given).
     """
 
-    def __init__(self, detector: DeepLatentDefence, source: str | None = None) -> None:
+    def __init__(self, detector: ConformalDetector, source: str | None = None, kind: str | None = None) -> None:
         if not hasattr(detector, "threshold_"):
             raise ValueError("the detector is not calibrated: call calibrate() before guarding a model with it")
         self.detector = detector
         self.source = source
+        self.kind = kind or type(detector).__name__
 
     @classmethod
     def load(cls, path: str | Path, knn_backend: str | None = None, classifier: TappedModel | None = None,
              public_key: str | Path | None = None) -> "GuardedClassifier":
-        """Load a calibrated detector artifact (`DeepLatentDefence.save`); `knn_backend` overrides the saved one.
+        """Load a calibrated detector artifact of any registered detector (`DeepLatentDefence.save`,
+        `DeepKNN.save`, ...); `knn_backend` overrides a DLD artifact's saved k-NN backend.
 
         With `public_key`, only an artifact signed by that key (`signing.sign_artifact`) loads, and only if the
         file is still the signed one after loading (so it cannot be swapped between the check and the read).
         """
+        options = {} if knn_backend is None else {"knn_backend": knn_backend}
         if public_key is None:
-            return cls(DeepLatentDefence.load(path, classifier=classifier, knn_backend=knn_backend), str(path))
+            return cls(*_load(path, classifier, options))
         from ..signing import SignatureError, verify_artifact
 
         signed = verify_artifact(path, public_key)
-        guard = cls(DeepLatentDefence.load(path, classifier=classifier, knn_backend=knn_backend), str(path))
+        guard = cls(*_load(path, classifier, options))
         if sha256_file(path) != signed:
             raise SignatureError(str(path), "changed while it was being loaded; refusing it")
         return guard
+
+    @property
+    def explains(self) -> bool:
+        """Whether the detector keeps training neighbours to show as evidence (the k-NN detectors)."""
+        return hasattr(self.detector, "predict_explained")
 
     @property
     def classifier(self) -> TappedModel:
@@ -107,25 +118,37 @@ class GuardedClassifier:
 
     def predict(self, images: torch.Tensor) -> GuardedPrediction:
         """Class, probabilities and the detector's verdict for images (N, C, H, W) in [0, 1]."""
-        return self._prediction(self.detector.predict(self.check_images(images)))
+        images = self.check_images(images)
+        return self._prediction(self.detector.predict(images), images)
 
     def predict_with_evidence(self, images: torch.Tensor
                               ) -> tuple[GuardedPrediction, list[dict[str, dict[str, list[int]]]]]:
         """`predict`, and `explain` for the flagged images only (in order), from one forward pass and one k-NN
         search: what the server audits."""
-        det, found = self.detector.predict_explained(self.check_images(images))
+        images = self.check_images(images)
+        if not self.explains:                  # a detector without neighbours: verdicts only
+            det = self.detector.predict(images)
+            return self._prediction(det, images), [{} for _ in det.is_adversarial.nonzero()]
+        det, found = self.detector.predict_explained(images)   # type: ignore[attr-defined]
         flagged = det.is_adversarial.nonzero().flatten()
-        return self._prediction(det), _evidence({tap: (idx[flagged], labels[flagged])
+        return self._prediction(det, images), _evidence({tap: (idx[flagged], labels[flagged])
                                                  for tap, (idx, labels) in found.items()})
 
     def explain(self, images: torch.Tensor) -> list[dict[str, dict[str, list[int]]]]:
-        """Per image, per layer, the k nearest indexed training points: {"indices": [...], "labels": [...]}."""
-        return _evidence(self.detector.neighbours(self.check_images(images)))
+        """Per image, per layer, the k nearest indexed training points: {"indices": [...], "labels": [...]} (empty
+        for a detector that keeps no neighbours)."""
+        images = self.check_images(images)
+        if not self.explains:
+            return [{} for _ in range(len(images))]
+        return _evidence(self.detector.neighbours(images))   # type: ignore[attr-defined]
 
-    @staticmethod
-    def _prediction(det: Detection) -> GuardedPrediction:
-        assert det.probabilities is not None  # DeepLatentDefence.predict always fills them
-        return GuardedPrediction(det.predicted, det.probabilities, det.is_adversarial, det.credibility,
+    def _prediction(self, det: Detection, images: torch.Tensor) -> GuardedPrediction:
+        """The answer of one batch; F's probabilities from its own forward pass where the detector kept none."""
+        probabilities = det.probabilities
+        if probabilities is None:              # detectors scoring features, not logits (Mahalanobis, LID)
+            with torch.no_grad():
+                probabilities = self.classifier(images).softmax(1).cpu()
+        return GuardedPrediction(det.predicted, probabilities, det.is_adversarial, det.credibility,
                                  det.nonconformity, det.per_layer)
 
     def __call__(self, images: torch.Tensor) -> GuardedPrediction:
@@ -142,7 +165,8 @@ class GuardedClassifier:
             "architecture": getattr(self.classifier, "arch", None) or type(self.classifier).__name__,
             "input_shape": list(self.input_shape), "num_classes": int(self.classifier.num_classes),
             "dataset": meta.get("dataset"), "threat_model": meta.get("threat_model"),
-            "taps": list(det.encoders_.keys()), "k": det.k, "knn_backend": det.knn_backend,
+            "kind": self.kind, "taps": _taps(det), "k": getattr(det, "k", None) if self.explains else None,
+            "knn_backend": getattr(det, "knn_backend", None),
             "threshold": det.threshold_, "target_fpr": det.target_fpr_,
             "calibration_fpr": float((cal > det.threshold_).double().mean()), "calibration_size": int(len(cal)),
             "git_revision": meta.get("git_revision"), "metadata": meta, "server_git_revision": git_revision(),
@@ -154,6 +178,27 @@ class GuardedClassifier:
             raise ValueError("the classifier has no registry name; save its state_dict() yourself")
         return save_checkpoint(path, self.classifier, {"exported_from": self.source,
                                                        "detector_threshold": self.detector.threshold_})
+
+
+def _load(path: str | Path, classifier: TappedModel | None, options: dict[str, Any]
+          ) -> tuple[ConformalDetector, str, str]:
+    """(detector, source, registry name) of an artifact; a k-NN option for another detector is named."""
+    try:
+        kind, detector = load_artifact(path, classifier=classifier, **options)
+    except TypeError as err:
+        if options:
+            raise ValueError(f"{path}: {', '.join(options)} applies to DLD artifacts only ({err})") from err
+        raise
+    return detector, str(path), kind
+
+
+def _taps(detector: ConformalDetector) -> list[str]:
+    """The layers the detector reads: DLD's encoders, else the taps it was fitted on."""
+    for name in ("encoders_", "taps_", "taps"):
+        taps = getattr(detector, name, None)
+        if taps:
+            return [str(tap) for tap in (taps.keys() if hasattr(taps, "keys") else taps)]
+    return []
 
 
 def _evidence(found: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> list[dict[str, dict[str, list[int]]]]:

@@ -24,7 +24,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 class ServiceMetrics:
     """The app's metrics; `observe_batch` is called by inference, `middleware` wraps the ASGI app."""
 
-    def __init__(self, k: int, calibrated_fpr: float, alarm: FlagRateCUSUM) -> None:
+    def __init__(self, k: int | None, calibrated_fpr: float, alarm: FlagRateCUSUM) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(f"{PREFIX}_requests", "HTTP requests answered", ["route", "method", "status"],
@@ -36,9 +36,10 @@ class ServiceMetrics:
         self.scored = Counter(f"{PREFIX}_images_scored", "Images the guarded model answered", registry=r)
         self.flagged = Counter(f"{PREFIX}_images_flagged", "Images the detector flagged as adversarial",
                                registry=r)
-        self.layer = Histogram(f"{PREFIX}_layer_nonconformity", "Per-layer non-conformity of scored images (Eq. 8: "
-                               "neighbours of another class than F's)", ["tap"], buckets=tuple(range(k + 1)),
-                               registry=r)
+        self.layer = Histogram(f"{PREFIX}_layer_nonconformity", "Per-layer non-conformity of scored images (k-NN "
+                               "detectors, Eq. 8: neighbours of another class than F's; else the detector's own "
+                               "layer score)", ["tap"], registry=r,
+                               buckets=tuple(range(k + 1)) if k else Histogram.DEFAULT_BUCKETS)
         Gauge(f"{PREFIX}_flag_rate", "Flagged / scored images since start", registry=r).set_function(
             lambda: alarm.flagged / max(alarm.observed, 1))
         Gauge(f"{PREFIX}_calibrated_fpr", "False-positive rate of the detector on its calibration set",
