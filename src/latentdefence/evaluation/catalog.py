@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .summary import ARCHIVE, replace_block
+from .summary import ARCHIVE, replace_block, rewrite
 
 # question -> the heading of its section in the index, in the order the sections appear
 QUESTIONS: dict[str, str] = {
@@ -172,9 +172,4 @@ def update_index(readme: Path, catalog: Path, results_dir: Path, check: bool = F
     entries = read_catalog(catalog, results_dir)
     text = readme.read_text()
     new = replace_block(text, INDEX, render_index(entries), readme)
-    new = replace_block(new, PROVENANCE, render_provenance(entries), readme)
-    if check:
-        return new == text
-    if new != text:
-        readme.write_text(new)
-    return True
+    return rewrite(readme, text, replace_block(new, PROVENANCE, render_provenance(entries), readme), check)

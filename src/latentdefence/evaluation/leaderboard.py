@@ -18,6 +18,7 @@ from typing import Any
 from .._io import atomic_path, save_figure
 from ..detectors.registry import detector_entry, list_detectors
 from .catalog import RELEASE, read_catalog
+from .compare import compare_runs
 
 DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10 (JPEG copy)"}
 
@@ -27,8 +28,8 @@ class Board:
     """One dataset's evaluation: its rows (best first), F alone's robust accuracy, and how it was run."""
 
     dataset: str
-    source: str                          # the results folder, relative to the repository root
-    rows: list[dict[str, Any]]
+    source: str                          # the results folder, relative to the page's folder (its link)
+    rows: list[dict[str, Any]]           # `compare_runs` rows, best worst case first
     classifier_alone: float
     threat_model: dict[str, Any]
     version: str
@@ -38,21 +39,16 @@ class Board:
 
 
 def _board(folder: Path, source: str) -> Board | None:
-    """The board of one results folder, None when it is not a detector-aware evaluation."""
+    """The board of one results folder (its rows as `compare_runs` reads them), None when it is not a
+    detector-aware evaluation."""
     results = json.loads((folder / "results.json").read_text())
     if "detectors" not in results or "classifier_alone" not in results:
         return None
-    fprs = sorted(set.intersection(*(set(d["all_attacks"]["sr_at_fpr"]) for d in results["detectors"].values())),
-                  key=float)
-    rows = sorted(({"detector": name, "robustness": d["all_attacks"]["robustness"],
-                    "ci": d["all_attacks"]["robustness_ci"], "clean_fpr": d["clean"]["fpr"],
-                    "strongest": d["all_attacks"]["strongest"],
-                    "at_fpr": {f: 1 - d["all_attacks"]["sr_at_fpr"][f] for f in fprs}}
-                   for name, d in results["detectors"].items()), key=lambda r: (-r["robustness"], r["detector"]))
+    run = compare_runs({folder.name: results})
+    rows = sorted(run["rows"], key=lambda r: (-r["robustness"], r["detector"]))
     dataset = results.get("settings", {}).get("dld", {}).get("dataset") or folder.name
-    return Board(DATASETS.get(dataset, dataset), source, rows,
-                 min(results["classifier_alone"]["autoattack_robust_accuracy_after"].values()),
-                 results["threat_model"], str(results.get("version")), int(results["n"]), fprs,
+    return Board(DATASETS.get(dataset, dataset), source, rows, run["classifier_alone"]["robustness"],
+                 run["threat_model"], str(run["version"]), int(run["n"]), run["fprs"],
                  str(results.get("git_revision", "unknown"))[:7])
 
 
@@ -99,9 +95,10 @@ def render(boards: Sequence[Board], registered: Sequence[str]) -> str:
                   "|---|---|---|---|" + "---|" * len(board.fprs) + "---|"]
         for r in board.rows:
             rank = 1 + sum(other["robustness"] > r["robustness"] for other in board.rows)
-            at = " | ".join(f"{100 * r['at_fpr'][f]:.2f}" for f in board.fprs)
-            lines.append(f"| {rank} | {r['detector']} | {100 * r['robustness']:.2f} [{100 * r['ci'][0]:.1f}, "
-                         f"{100 * r['ci'][1]:.1f}] | {100 * r['clean_fpr']:.2f} | {at} | {r['strongest']} |")
+            at = " | ".join(f"{100 * (1 - r['sr_at_fpr'][f]):.2f}" for f in board.fprs)
+            lo, hi = r["robustness_ci"]
+            lines.append(f"| {rank} | {r['detector']} | {100 * r['robustness']:.2f} [{100 * lo:.1f}, {100 * hi:.1f}] | "
+                         f"{100 * r['clean_fpr']:.2f} | {at} | {r['strongest']} |")
         lines += [f"| floor | F alone | {100 * board.classifier_alone:.2f} | — | "
                   + " | ".join("—" for _ in board.fprs) + " | cascade |", ""]
     evaluated = {r["detector"] for board in boards for r in board.rows}
@@ -127,11 +124,11 @@ def _figure(boards: Sequence[Board], path: Path) -> None:
     for ax, board in zip(axes[0], boards):
         names = [r["detector"] for r in board.rows]
         values = [100 * r["robustness"] for r in board.rows]
-        errors = [[100 * (r["robustness"] - r["ci"][0]) for r in board.rows],
-                  [100 * (r["ci"][1] - r["robustness"]) for r in board.rows]]
+        errors = [[100 * (r["robustness"] - r["robustness_ci"][0]) for r in board.rows],
+                  [100 * (r["robustness_ci"][1] - r["robustness"]) for r in board.rows]]
         ax.bar(names, values, yerr=errors, capsize=4, color="#4c72b0")
         ax.axhline(100 * board.classifier_alone, color="k", ls="--", lw=1, label="F alone (floor)")
-        top = max(100 * r["ci"][1] for r in board.rows)
+        top = max(100 * r["robustness_ci"][1] for r in board.rows)
         ax.set_ylim(max(0.0, min(values + [100 * board.classifier_alone]) - 10), min(100.0, top + 5))
         ax.set_title(f"{board.dataset}, {_eps(board.threat_model)}")
         ax.set_ylabel("worst-case robustness %")
@@ -143,18 +140,24 @@ def write_leaderboard(results_dir: Path, out: Path) -> str:
     """Write the page to `out` and its figure beside it (leaderboard.png); the page's text."""
     boards = collect(results_dir, out)
     text = render(boards, library_detectors())
-    _figure(boards, out.with_name("leaderboard.png"))
-    with atomic_path(out) as tmp:
-        tmp.write_text(text)
+    _write(boards, text, out)
     return text
 
 
 def update_leaderboard(results_dir: Path, page: Path, check: bool = False) -> bool:
     """Whether `page` is what the committed evaluations generate; unless `check`, rewrite it (and its figure)
     when it is not."""
-    current = page.read_text() if page.is_file() else None
-    if current == render(collect(results_dir, page), library_detectors()):
+    boards = collect(results_dir, page)
+    text = render(boards, library_detectors())
+    if page.is_file() and page.read_text() == text:
         return True
     if not check:
-        write_leaderboard(results_dir, page)
+        _write(boards, text, page)
     return not check
+
+
+def _write(boards: Sequence[Board], text: str, page: Path) -> None:
+    """The figure, then the page, each atomically."""
+    _figure(boards, page.with_name("leaderboard.png"))
+    with atomic_path(page) as tmp:
+        tmp.write_text(text)

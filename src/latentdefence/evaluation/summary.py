@@ -249,10 +249,16 @@ def update_readme(readme: Path, results_dir: Path, check: bool = False, headline
     whether it is current."""
     text = readme.read_text()
     table = headline_table(results_dir) if headline else results_table(results_dir)
-    new = replace_block(text, "results", table, readme)
+    return rewrite(readme, text, replace_block(text, "results", table, readme), check)
+
+
+def rewrite(path: Path, old: str, new: str, check: bool) -> bool:
+    """The generated-file rule: with `check`, whether `path` (holding `old`) is current; else write `new` where it
+    differs, and report it current."""
     if check:
-        return new == text
-    readme.write_text(new)
+        return new == old
+    if new != old:
+        path.write_text(new)
     return True
 
 
@@ -287,9 +293,4 @@ def sync_excerpts(doc: Path, root: Path, check: bool = False) -> bool:
             raise ValueError(f"{doc}: excerpt asks for table {n} of {match['source']}, which has {len(tables)}")
         return match[1] + tables[n - 1] + match[5]
 
-    new = EXCERPT.sub(table, text)
-    if check:
-        return new == text
-    if new != text:
-        doc.write_text(new)
-    return True
+    return rewrite(doc, text, EXCERPT.sub(table, text), check)

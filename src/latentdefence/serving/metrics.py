@@ -7,11 +7,13 @@ flag rate against the calibrated false-positive rate, per-layer non-conformity, 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
@@ -57,11 +59,8 @@ class ServiceMetrics:
             Gauge(f"{PREFIX}_{name}", text, registry=r).set_function(read)
 
     def track_verdicts(self, counts: Callable[[], Mapping[str, int]]) -> None:
-        """Operators' reviews of flagged inputs, read from the audit store at each scrape (every replica's)."""
-        Gauge(f"{PREFIX}_audit_confirmed", "Flagged inputs an operator confirmed as attacks (audit store)",
-              registry=self.registry).set_function(lambda: counts()["confirmed"])
-        Gauge(f"{PREFIX}_audit_false_positives", "Flagged inputs an operator marked as false positives (audit store)",
-              registry=self.registry).set_function(lambda: counts()["false_positive"])
+        """Operators' reviews of flagged inputs, read from the audit store once per scrape (every replica's)."""
+        self.registry.register(_Verdicts(counts))
 
     def observe_batch(self, flags: torch.Tensor, per_layer: dict[str, torch.Tensor]) -> None:
         """One guarded forward pass: flags (B,) bool and per-layer scores (B,)."""
@@ -114,3 +113,19 @@ def _route_of(scope: MutableMapping[str, Any]) -> str:
         route = next((r for r in scope["app"].router.routes if r.matches(scope)[0] == Match.FULL), None) \
             if "app" in scope else None
     return getattr(route, "path", "unmatched")
+
+
+class _Verdicts(Collector):
+    """Both verdict counts from one audit-store query per scrape."""
+
+    GAUGES = (("audit_confirmed", "confirmed", "Flagged inputs an operator confirmed as attacks (audit store)"),
+              ("audit_false_positives", "false_positive",
+               "Flagged inputs an operator marked as false positives (audit store)"))
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts = self.counts()
+        for name, verdict, text in self.GAUGES:
+            yield GaugeMetricFamily(f"{PREFIX}_{name}", text, value=counts[verdict])
