@@ -58,19 +58,31 @@ def to_clear(p0: float, config: AlarmConfig, seed: int, hostile: int = 5000, rat
     return None
 
 
+def mean_ci(values: list[int]) -> str:
+    """Mean with its normal-approximation 95% interval."""
+    mean, half = statistics.mean(values), 1.96 * statistics.stdev(values) / math.sqrt(len(values))
+    return f"{mean:.1f} [{mean - half:.1f}, {mean + half:.1f}]"
+
+
+def median_ci(values: list[int]) -> str:
+    """Median with its distribution-free 95% interval (order statistics, normal approximation of the binomial)."""
+    ranked, n = sorted(values), len(values)
+    lo, hi = int(n / 2 - 0.98 * math.sqrt(n)), int(math.ceil(n / 2 + 0.98 * math.sqrt(n)))
+    return f"{statistics.median(ranked):.0f} [{ranked[max(lo, 0)]}, {ranked[min(hi, n - 1)]}]"
+
+
 def operator_view(runs: int) -> None:
-    """Flapping and clearing, the shipped alarm against the first one."""
-    print(f"\n{'p0':>6} {'flag rate':>9} {'raises in 20k (now)':>20} {'(first shipped)':>16}")
+    """Flapping and clearing, the shipped alarm against the first one (95% intervals over the seeded streams)."""
+    print(f"\n{'p0':>6} {'flag rate':>9} {'raises in 20k, mean (now)':>28} {'(first shipped)':>22}")
     for p0, rate in ((0.02, 0.03), (0.02, 0.04), (0.02, 0.05), (0.05, 0.08)):
         now = [raises(p0, rate, AlarmConfig(), seed) for seed in range(runs)]
         before = [raises(p0, rate, FIRST_SHIPPED, seed) for seed in range(runs)]
-        print(f"{p0:6.3f} {rate:9.3f} {statistics.mean(now):20.1f} {statistics.mean(before):16.1f}")
-    print(f"\n{'p0':>6} {'clean inputs to clear after 5,000 at 20% (median, now)':>56} {'(first shipped)':>16}")
+        print(f"{p0:6.3f} {rate:9.3f} {mean_ci(now):>28} {mean_ci(before):>22}")
+    print(f"\n{'p0':>6} {'clean inputs to clear after 5,000 at 20%, median (now)':>56} {'(first shipped)':>24}")
     for p0 in (0.02, 0.05):
-        now = [to_clear(p0, AlarmConfig(), seed) for seed in range(runs)]
-        before = [to_clear(p0, FIRST_SHIPPED, seed) for seed in range(runs)]
-        print(f"{p0:6.3f} {statistics.median(d for d in now if d is not None):56.0f} "
-              f"{statistics.median(d for d in before if d is not None):16.0f}")
+        now = [d for d in (to_clear(p0, AlarmConfig(), seed) for seed in range(runs)) if d is not None]
+        before = [d for d in (to_clear(p0, FIRST_SHIPPED, seed) for seed in range(runs)) if d is not None]
+        print(f"{p0:6.3f} {median_ci(now):>56} {median_ci(before):>24}")
 
 
 def main() -> None:
