@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from latentdefence.data.base import ImageDataset
 from latentdefence.dld import DeepLatentDefence, EncoderTrainConfig, train_encoder
 from latentdefence.models import create_model
 from latentdefence.serving import GuardedClassifier
@@ -22,10 +23,11 @@ def blobs(n: int, seed: int) -> toy_blobs.ImageDataset:
     return toy_blobs.blobs(n, seed, size=28)
 
 
-def build_artifact(path: Path) -> DeepLatentDefence:
-    """LeNet-5 (3 classes) trained for a few steps, two small encoders, calibrated at 10% FPR; saved to `path`."""
+def build_artifact(path: Path, train: ImageDataset | None = None) -> DeepLatentDefence:
+    """LeNet-5 (3 classes) trained for a few steps on `train` (default: 240 blobs), two small encoders, calibrated at
+    10% FPR; saved to `path`."""
     torch.manual_seed(0)
-    model, train = create_model("lenet5", num_classes=3), blobs(240, 0)
+    model, train = create_model("lenet5", num_classes=3), train if train is not None else blobs(240, 0)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     for _ in range(10):
         opt.zero_grad()

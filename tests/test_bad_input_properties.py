@@ -341,6 +341,15 @@ def _both(*edits: Callable[[dict[str, Any], dict[str, torch.Tensor]], None]
     return edit
 
 
+def _edit_rows(change: Callable[[torch.Tensor], torch.Tensor | None]
+               ) -> Callable[[dict[str, Any], dict[str, torch.Tensor]], None]:
+    def edit(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        rows = change(tensors.pop("index.conv1.rows"))
+        if rows is not None:
+            tensors["index.conv1.rows"] = rows
+    return edit
+
+
 def _scores_as_float32(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
     tensors["calibration_scores"] = tensors["calibration_scores"].double().view(torch.float32).clone()
 
@@ -361,6 +370,11 @@ CONSISTENCY = {
     "taps' indexes swapped": (_swap_taps, "tensor 'index.conv1.labels'"),
     "pruned count": (_set(("pruned", "conv1"), lambda v: v + 1), "metadata field 'pruned'"),
     "scores re-declared float32": (_scores_as_float32, "tensor 'calibration_scores'"),
+    "cited row -1": (_edit_rows(lambda r: torch.where(r == r.max(), -1, r)), "tensor 'index.conv1.rows'"),
+    "cited rows as int64": (_edit_rows(lambda r: r.long()), "tensor 'index.conv1.rows'"),
+    "cited rows one short": (_edit_rows(lambda r: r[1:].clone()), "tensor 'index.conv1.rows'"),
+    "cited rows of a tap gone": (_edit_rows(lambda r: None), "tensor 'index.conv1.rows'"),
+    "cited training set unnamed": (_set(("evidence",), "mnist"), "metadata field 'evidence'"),
     "NaN classifier weight": (_nan_weight("classifier."), "tensor 'classifier."),
     "NaN encoder weight": (_nan_weight("encoder."), "tensor 'encoder."),
     "NaN index embedding": (_nan_weight("index."), "tensor 'index."),

@@ -53,9 +53,10 @@ def test_pruned_embeddings_drop_what_the_inserted_model_misclassifies(trained) -
                          torch.cat([train.labels[:30], flipped.labels[:30]]))
     out = pruned_embeddings(model, eds, mixed, batch_size=16)
     for tap in TAPS:
-        z, y = out[tap]
+        z, y, positions = out[tap]
         assert z.shape[1] == 3 and len(y) <= 30                              # ...so none of them survives
-        assert len(y) >= 25
+        assert len(y) >= 25 and bool((positions < 30).all())                 # the kept ones cite their rows
+        assert torch.equal(mixed.labels[positions], y)
 
 
 @pytest.fixture(scope="module")

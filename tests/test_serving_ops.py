@@ -299,6 +299,7 @@ def test_explain_returns_the_neighbours_behind_each_score_and_the_audit_keeps_th
             evidence = row["neighbours"][tap]
             assert evidence["indices"] == found[tap][0][i].tolist() and len(evidence["labels"]) == guard.detector.k
             assert evidence["labels"] == guard.detector.indexes_[tap].labels[evidence["indices"]].tolist()
+            assert evidence["rows"] == guard.citations[tap][evidence["indices"]].tolist()   # the training images
             # Eq. 8: a layer's score counts the neighbours whose label is not F's
             assert row["per_layer"][tap] == sum(label != row["label"] for label in evidence["labels"])
     records = {r["id"]: r for r in admin.get(f"{url}/v1/audit", params={"limit": 10_000}).json()}

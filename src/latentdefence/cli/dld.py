@@ -1,4 +1,4 @@
-"""`latentdefence dld fit|calibrate|detect|evaluate|compare`: thin commands over `latentdefence.dld`."""
+"""`latentdefence dld fit|calibrate|cite-training|detect|evaluate|compare`: thin commands over `latentdefence.dld`."""
 
 from __future__ import annotations
 
@@ -53,6 +53,26 @@ def calibrate(detector: Path, dataset: str = "mnist", data_dir: Optional[Path] =
         typer.echo(f"threshold {det.threshold_:g}: calibration FP {r['calibration_fpr']:.4f} [{lo:.4f}, {hi:.4f}] "
                    f"(Wilson 95%, n {r['n']}); a new clean input is flagged with probability <= "
                    f"{r['held_out_fpr_bound']:.4f} (conformal bound, target {r['target_fpr']:g})")
+
+
+@app.command("cite-training")
+def cite_training(detector: Path, out: Path = typer.Option(..., help="Detector artifact to write (not DETECTOR)."),
+                  dataset: str = "mnist", data_dir: Optional[Path] = None,
+                  max_train: Optional[int] = typer.Option(None, help="DETECTOR was fitted on the first N training "
+                                                          "images (default: all).")) -> None:
+    """Record which training image each indexed point is, for an artifact written before `fit` did (the review
+    console shows a verdict's neighbours as images); the index is matched to the training set or refused."""
+    with cli_errors():
+        check_output(out, "file", [detector])
+        from ..data import load_split
+        from ..dld import DeepLatentDefence
+
+        det = DeepLatentDefence.load(detector)
+        train = load_split(dataset, "train", data_dir, det.classifier.input_shape[0])
+        det.recover_citations(train.head(max_train))
+        det.save(out)
+        typer.echo(f"wrote {out}: each index cites its {det.evidence_source_['dataset']} "
+                   f"{det.evidence_source_['split']} rows")
 
 
 @app.command()

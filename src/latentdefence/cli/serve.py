@@ -25,6 +25,10 @@ def serve(
     audit_db: str = typer.Option("latentdefence-audit.sqlite", help="Audit log of flagged inputs: a SQLite file, "
                                  "or postgresql://USER@HOST/DB shared by several replicas."),
     keep_images: bool = typer.Option(False, help="Also store each flagged input's pixels in the audit log."),
+    show_neighbours: bool = typer.Option(False, help="Show each flagged input's nearest training images in the "
+                                         "review console (loads the training set the artifact cites)."),
+    data_dir: Optional[str] = typer.Option(None, help="Folder of the cited training set's files (file datasets; "
+                                           "default $LATENTDEFENCE_DATA_DIR)."),
     knn_backend: Optional[str] = typer.Option(None, help="Override the artifact's k-NN backend: sklearn | faiss | "
                                               "faiss-hnsw (approximate, faster)."),
     max_body_bytes: int = typer.Option(8 * 2**20, help="Larger request bodies get 413."),
@@ -76,7 +80,8 @@ def serve(
         check_binding(host, access, insecure)
         if threads:
             torch.set_num_threads(threads)
-        config = ServeConfig(audit_db=audit_db, keep_images=keep_images, max_body_bytes=max_body_bytes,
+        config = ServeConfig(audit_db=audit_db, keep_images=keep_images, show_neighbours=show_neighbours,
+                             data_dir=data_dir, max_body_bytes=max_body_bytes,
                              max_images=max_images, max_batch=max_batch, max_wait_ms=max_wait_ms,
                              model_name=model_name or artifact.stem, access=access,
                              connections=ConnectionLimits(header_timeout, body_timeout, keep_alive, max_connections),

@@ -44,5 +44,15 @@ def load_dataset(name: str, data_dir: Path | None = None, root: Path | None = No
     return FILE_LOADERS[name](Path(data_dir), **kw)
 
 
+def load_split(name: str, split: str, data_dir: Path | None = None, channels: int | None = None) -> ImageDataset:
+    """One split of a dataset by name (what a detector's citations count rows of); a class-folder dataset is read
+    in the mode of `channels` (1: greyscale, else RGB), which its files alone do not fix."""
+    kw: dict[str, Any] = {"mode": "L" if channels == 1 else "RGB"} if name == "folder" else {}
+    splits = load_dataset(name, data_dir, **kw)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    return splits.train if split == "train" else splits.test
+
+
 __all__ = ["DATASETS", "DatasetFileError", "ImageDataset", "Splits", "default_cache_dir", "default_data_dir",
-           "load_celeba_smile", "load_cifar10", "load_dataset", "load_image_folder", "load_idx_mnist", "load_mnist", "load_svhn"]
+           "load_celeba_smile", "load_cifar10", "load_dataset", "load_split", "load_image_folder", "load_idx_mnist", "load_mnist", "load_svhn"]

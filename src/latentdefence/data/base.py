@@ -18,6 +18,7 @@ class ImageDataset:
     labels: torch.Tensor
     name: str = ""
     split: str = ""
+    rows: torch.Tensor | None = None    # each row's position in the named split (None: 0..N-1): evidence references
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
@@ -29,6 +30,9 @@ class ImageDataset:
             raise TypeError(f"{self.name}: images must be float32, got {self.images.dtype}")
         if self.labels.dtype != torch.int64:
             raise TypeError(f"{self.name}: labels must be int64, got {self.labels.dtype}")
+        if self.rows is not None and (self.rows.dtype != torch.int64 or self.rows.shape != self.labels.shape):
+            raise ValueError(f"{self.name}: rows must be int64 (N,) with N={len(self.labels)}, "
+                             f"got {self.rows.dtype} {tuple(self.rows.shape)}")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -38,8 +42,13 @@ class ImageDataset:
         return int(self.labels.max().item()) + 1 if len(self) else 0
 
     def subset(self, index: torch.Tensor | slice) -> "ImageDataset":
-        """A view on some rows, e.g. the calibration split or a documented evaluation subset."""
-        return ImageDataset(self.images[index], self.labels[index], self.name, self.split)
+        """A view on some rows, e.g. the calibration split or a documented evaluation subset; it remembers where
+        its rows sit in the named split."""
+        return ImageDataset(self.images[index], self.labels[index], self.name, self.split, self.source_rows()[index])
+
+    def source_rows(self) -> torch.Tensor:
+        """Each row's position (N,) int64 in the split `name`/`split` names, so a detector can cite training images."""
+        return self.rows if self.rows is not None else torch.arange(len(self))
 
     def head(self, n: int | None) -> "ImageDataset":
         """The first n rows (all when n is None); a negative n is an error, not a Python slice from the end."""

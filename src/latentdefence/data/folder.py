@@ -162,8 +162,8 @@ def load_image_folder(root: Path, classes: Sequence[str] | None = None, mode: st
 
 
 def shuffled(data: ImageDataset, seed: int | None) -> ImageDataset:
-    """`data` in a seeded random order (unchanged when seed is None)."""
+    """`data` in a seeded random order (unchanged when seed is None); the loaded split, so its rows count from 0."""
     if seed is None:
         return data
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
-    return data.subset(order)
+    return ImageDataset(data.images[order], data.labels[order], data.name, data.split)

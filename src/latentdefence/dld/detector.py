@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -51,10 +52,18 @@ class KNNDetector(ConformalDetector):
     knn_backend: str
     knn_algorithm: str
     batch_size: int
+    index_rows_: dict[str, torch.Tensor]     # tap -> training-set row of each indexed point (`cite`)
+    evidence_source_: dict[str, str]         # the training set those rows count: {"dataset", "split"}
 
     def _project(self, tap: str, activation: torch.Tensor) -> torch.Tensor:
         """The embedding (B, d) of tap `tap`'s activation that its index searches."""
         raise NotImplementedError
+
+    def cite(self, train: ImageDataset, positions: Mapping[str, torch.Tensor]) -> None:
+        """Remember which training images each index holds (tap -> rows of `train`'s named split), so a verdict's
+        neighbours can be shown as images (the review console); `positions` are rows of `train`, in index order."""
+        self.index_rows_ = {tap: train.source_rows()[p] for tap, p in positions.items()}
+        self.evidence_source_ = {"dataset": train.name, "split": train.split}
 
     def max_score(self) -> float | None:
         """Eq. 8's largest value: every one of the k neighbours in every index disagrees with F."""
@@ -159,6 +168,23 @@ class KNNDetector(ConformalDetector):
         return out
 
 
+def _in_order(found: torch.Tensor, labels: torch.Tensor, index: KNNIndex, tolerance: float, tap: str) -> torch.Tensor:
+    """Positions (M,) in `found` (N, d) of the index's points, matched in order, greedily, embedding and label alike
+    (two training images with one embedding and label are interchangeable evidence: either may be cited)."""
+    a, b = found.numpy(), index.embeddings.numpy()
+    limit = tolerance * (1 + np.abs(b).max(1))
+    mine, theirs = labels.tolist(), index.labels.tolist()
+    out: list[int] = []
+    for i, row in enumerate(a):
+        j = len(out)
+        if j < len(b) and mine[i] == theirs[j] and np.abs(row - b[j]).max() <= limit[j]:
+            out.append(i)
+    if len(out) < len(b):
+        raise ValueError(f"tap {tap!r}: only {len(out)} of the {len(b)} indexed embeddings match these training "
+                         "images in order: the index was not built from them")
+    return torch.tensor(out, dtype=torch.int64)
+
+
 def _device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
@@ -218,8 +244,22 @@ class DeepLatentDefence(KNNDetector):
         data = pruned_embeddings(self.classifier, eds, train, self.batch_size)
         self.encoders_ = TapModules({tap: eds[tap].encoder for tap in taps}).eval()
         self.encoder_specs_ = {tap: eds[tap].spec() for tap in taps}
-        self._build_indexes(data)
+        self._build_indexes({tap: (z, y) for tap, (z, y, _) in data.items()})
+        self.cite(train, {tap: positions for tap, (_, _, positions) in data.items()})
         self.pruned_ = {tap: len(train) - len(data[tap][1]) for tap in taps}
+        return self
+
+    def recover_citations(self, train: ImageDataset, tolerance: float = 1e-4) -> "DeepLatentDefence":
+        """`cite` for an artifact written before `fit` recorded its rows: each index holds, in order, the embeddings
+        of the training images the pruning kept, so each is matched to the next image of `train` with the same
+        embedding (to `tolerance`, relative); an index that was not built from `train` is refused by name."""
+        self._check_fitted("indexes_")
+        found: dict[str, list[torch.Tensor]] = {tap: [] for tap in self.indexes_}
+        for i in range(0, len(train), self.batch_size):
+            for tap, z in self._forward(train.images[i:i + self.batch_size])[1].items():
+                found[tap].append(z)
+        self.cite(train, {tap: _in_order(torch.cat(found[tap]), train.labels, index, tolerance, tap)
+                          for tap, index in self.indexes_.items()})
         return self
 
     # -- inference -----------------------------------------------------------------------------
@@ -246,6 +286,10 @@ class DeepLatentDefence(KNNDetector):
             tensors.update({f"encoder.{tap}.{k}": v for k, v in enc.state_dict().items()})
             tensors[f"index.{tap}.embeddings"] = self.indexes_[tap].embeddings
             tensors[f"index.{tap}.labels"] = self.indexes_[tap].labels
+            if hasattr(self, "index_rows_"):
+                tensors[f"index.{tap}.rows"] = self.index_rows_[tap].to(torch.int32)
+        if hasattr(self, "index_rows_"):
+            meta["evidence"] = self.evidence_source_
         meta.update({"format": FORMAT, "params": self.params, "encoders": self.encoder_specs_,
                      "pruned": self.pruned_, "indexed": {tap: len(index) for tap, index in self.indexes_.items()},
                      "calibration": ({"k": self.k, "n": len(self.calibration_scores_)}
@@ -284,6 +328,9 @@ class DeepLatentDefence(KNNDetector):
         det.pruned_ = artifact_field(path, meta, "pruned", Mapping)
         det._build_indexes(_indexes(path, tensors, meta.get("indexed"), det.pruned_, list(specs),
                                     classifier.num_classes, det.latent_dim, det.k))
+        rows = _index_rows(path, tensors, meta.get("evidence"), {tap: len(det.indexes_[tap]) for tap in specs})
+        if rows is not None:                                # absent from artifacts written before evidence existed
+            det.index_rows_, det.evidence_source_ = rows
         det.metadata_ = dict(meta.get("metadata") or {})  # absent from artifacts written before it existed
         _check_calibrated_with(path, meta.get("calibration"), det.k, tensors.get("calibration_scores"))
         det._restore_calibration(tensors, meta, path)
@@ -346,6 +393,26 @@ def _indexes(path: str | Path, tensors: Mapping[str, torch.Tensor], recorded: An
         raise InputValidationError(f"{path}: metadata field 'pruned'", f"contradicts the indexes: indexed + pruned "
                                    f"should be the one training-set size for every tap, got {totals}")
     return data
+
+
+def _index_rows(path: str | Path, tensors: Mapping[str, torch.Tensor], source: Any, indexed: Mapping[str, int]
+                ) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+    """Each tap's training-set rows (int64, one per indexed point, >= 0) and the split they cite, checked by name;
+    None for an artifact written before detectors cited their training images."""
+    present = [tap for tap in indexed if f"index.{tap}.rows" in tensors]
+    if not present and source is None:
+        return None
+    if not isinstance(source, Mapping) or not all(isinstance(source.get(f), str) for f in ("dataset", "split")):
+        raise InputValidationError(f"{path}: metadata field 'evidence'", "must name the cited training set as "
+                                   f"{{'dataset': str, 'split': str}}, got {source!r}")
+    out = {}
+    for tap, n in indexed.items():
+        rows = _tensor(path, tensors, f"index.{tap}.rows")
+        if rows.dtype != torch.int32 or rows.shape != (n,) or (n and int(rows.min()) < 0):
+            raise InputValidationError(f"{path}: tensor 'index.{tap}.rows'", f"must be int32 ({n},) rows >= 0 of the "
+                                       f"cited training set, got {rows.dtype} {tuple(rows.shape)}")
+        out[tap] = rows.to(torch.int64)
+    return out, {"dataset": source["dataset"], "split": source["split"]}
 
 
 def _check_calibrated_with(path: str | Path, recorded: Any, k: int, scores: torch.Tensor | None) -> None:

@@ -14,8 +14,9 @@ from .encoders import EncoderDecoder
 
 @torch.no_grad()
 def pruned_embeddings(classifier: TappedModel, encoders: Mapping[str, EncoderDecoder], data: ImageDataset,
-                      batch_size: int = 256) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per tap: (embeddings (M, d), labels (M,)) of the points F with A_N inserted classifies correctly."""
+                      batch_size: int = 256) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per tap: (embeddings (M, d), labels (M,), positions (M,) in `data`) of the points F with A_N inserted
+    classifies correctly; the positions let a detector cite the training images behind a verdict."""
     device = next(classifier.parameters()).device
     parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {tap: [] for tap in encoders}
     with frozen_eval(classifier):
@@ -30,7 +31,7 @@ def pruned_embeddings(classifier: TappedModel, encoders: Mapping[str, EncoderDec
     for tap, chunks in parts.items():
         z, pred = torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
         keep = prune_mask(pred, data.labels)
-        out[tap] = (z[keep], data.labels[keep])
+        out[tap] = (z[keep], data.labels[keep], keep.nonzero().flatten())
     return out
 
 

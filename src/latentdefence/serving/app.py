@@ -36,7 +36,7 @@ from .guarded import GuardedClassifier, InputError
 from .inputs import (ACCEPTED_TYPES, IMAGE_TYPES, JSON_TYPE, MULTIPART_TYPE, NPY_TYPE, decode_image, decode_json,
                      decode_npy, media_type)
 from .metrics import ServiceMetrics
-from .review import png, render, to_csv
+from .review import TrainingImages, png, render, to_csv
 from .v2 import error_json
 from .v2 import router as v2_router
 
@@ -58,6 +58,8 @@ class ServeConfig:
 
     audit_db: str | Path = DEFAULT_AUDIT_DB   # SQLite file of flagged inputs, or a postgresql:// URL (replicas)
     keep_images: bool = False              # also store each flagged input's pixels in the audit log
+    show_neighbours: bool = False          # the console shows the neighbours' training images (loads the cited set)
+    data_dir: str | None = None            # where the cited training set's files are (file datasets only)
     max_body_bytes: int = 8 * 2**20        # larger bodies get 413 (a 256-image JSON batch of 28x28 is ~4 MB)
     max_images: int = 256                  # images per request
     max_batch: int = 64                    # images per coalesced forward pass
@@ -73,6 +75,7 @@ class Neighbours(BaseModel):
 
     indices: list[int]                     # positions in the artifact's index (the pruned training set, in order)
     labels: list[int]                      # their training labels
+    rows: list[int] | None = None          # their rows in the training set the artifact cites (GET /v1/model)
 
 
 class Prediction(BaseModel):
@@ -107,6 +110,7 @@ class ModelCard(BaseModel):
     taps: list[str]
     k: int | None                          # neighbours per layer (k-NN detectors), else null
     knn_backend: str | None
+    cited_training_set: dict[str, str] | None = None   # {"dataset", "split"} the neighbours' rows count, else null
     threshold: float
     target_fpr: float | None
     calibration_fpr: float
@@ -198,6 +202,8 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
     alarm = FlagRateCUSUM.from_config(config.alarm, null_rate(card["calibration_fpr"], card["calibration_size"]))
     metrics = ServiceMetrics(card["k"], card["calibration_fpr"], alarm)
     metrics.track_verdicts(audit.verdict_counts)
+    training = (TrainingImages.load(guard.cited_training_set, guard.citations, config.data_dir, guard.input_shape[0])
+                if config.show_neighbours else None)
 
     def infer(images: torch.Tensor) -> list[dict[str, Any]]:
         """One guarded forward pass; flagged inputs are durably recorded before the results are returned."""
@@ -362,7 +368,8 @@ def create_app(guard: GuardedClassifier, config: ServeConfig = ServeConfig()) ->
         images = await run_in_threadpool(audit.images, [r.id for r in records])
         page = render(records, images, {"since": since, "until": until, "label": label, "limit": most,
                                         "before": before},
-                      alarm.state(), await run_in_threadpool(audit.alarms), await run_in_threadpool(audit.count))
+                      alarm.state(), await run_in_threadpool(audit.alarms), await run_in_threadpool(audit.count),
+                      training)
         return HTMLResponse(page)
 
     async def submit(images: torch.Tensor) -> list[dict[str, Any]]:

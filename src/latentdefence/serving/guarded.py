@@ -10,6 +10,7 @@ out = guard.predict(images)      # .label .probabilities .is_adversarial .credib
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,16 @@ class GuardedClassifier:
         return hasattr(self.detector, "predict_explained")
 
     @property
+    def citations(self) -> dict[str, torch.Tensor] | None:
+        """Per tap, the training-set row of each indexed point, when the detector cites its training images."""
+        return getattr(self.detector, "index_rows_", None)
+
+    @property
+    def cited_training_set(self) -> dict[str, str] | None:
+        """{"dataset", "split"} the citations count rows of (`data.load_dataset` names), else None."""
+        return getattr(self.detector, "evidence_source_", None)
+
+    @property
     def classifier(self) -> TappedModel:
         return self.detector.classifier
 
@@ -132,7 +143,7 @@ class GuardedClassifier:
         det, found = self.detector.predict_explained(images)   # type: ignore[attr-defined]
         flagged = det.is_adversarial.nonzero().flatten()
         return self._prediction(det, images), _evidence({tap: (idx[flagged], labels[flagged])
-                                                 for tap, (idx, labels) in found.items()})
+                                                         for tap, (idx, labels) in found.items()}, self.citations)
 
     def explain(self, images: torch.Tensor) -> list[dict[str, dict[str, list[int]]]]:
         """Per image, per layer, the k nearest indexed training points: {"indices": [...], "labels": [...]} (empty
@@ -140,7 +151,7 @@ class GuardedClassifier:
         images = self.check_images(images)
         if not self.explains:
             return [{} for _ in range(len(images))]
-        return _evidence(self.detector.neighbours(images))   # type: ignore[attr-defined]
+        return _evidence(self.detector.neighbours(images), self.citations)   # type: ignore[attr-defined]
 
     def _prediction(self, det: Detection, images: torch.Tensor) -> GuardedPrediction:
         """The answer of one batch; F's probabilities from its own forward pass where the detector kept none."""
@@ -166,7 +177,7 @@ class GuardedClassifier:
             "input_shape": list(self.input_shape), "num_classes": int(self.classifier.num_classes),
             "dataset": meta.get("dataset"), "threat_model": meta.get("threat_model"),
             "kind": self.kind, "taps": _taps(det), "k": getattr(det, "k", None) if self.explains else None,
-            "knn_backend": getattr(det, "knn_backend", None),
+            "knn_backend": getattr(det, "knn_backend", None), "cited_training_set": self.cited_training_set,
             "threshold": det.threshold_, "target_fpr": det.target_fpr_,
             "calibration_fpr": float((cal > det.threshold_).double().mean()), "calibration_size": int(len(cal)),
             "git_revision": meta.get("git_revision"), "metadata": meta, "server_git_revision": git_revision(),
@@ -201,9 +212,12 @@ def _taps(detector: ConformalDetector) -> list[str]:
     return []
 
 
-def _evidence(found: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> list[dict[str, dict[str, list[int]]]]:
-    """Per-tap (indices (N, k), labels (N, k)) as one {"indices", "labels"} dict per image and tap."""
-    lists = {tap: (idx.tolist(), labels.tolist()) for tap, (idx, labels) in found.items()}
+def _evidence(found: dict[str, tuple[torch.Tensor, torch.Tensor]], rows: Mapping[str, torch.Tensor] | None
+              ) -> list[dict[str, dict[str, list[int]]]]:
+    """Per-tap (indices (N, k), labels (N, k)) as one {"indices", "labels"} dict per image and tap, with "rows" (the
+    neighbours' rows in the cited training set) when the detector cites its training images."""
+    lists = {tap: (idx.tolist(), labels.tolist(), rows[tap][idx].tolist() if rows else None)
+             for tap, (idx, labels) in found.items()}
     count = len(next(iter(lists.values()))[0]) if lists else 0
-    return [{tap: {"indices": idx[i], "labels": labels[i]} for tap, (idx, labels) in lists.items()}
-            for i in range(count)]
+    return [{tap: {"indices": idx[i], "labels": labels[i], **({"rows": cited[i]} if cited is not None else {})}
+             for tap, (idx, labels, cited) in lists.items()} for i in range(count)]

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from html import escape
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -28,7 +29,8 @@ _STYLE = """body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}table{bo
 td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}th{background:#f0f0f0}
 img{image-rendering:pixelated;width:84px;height:84px;border:1px solid #888}.alarm{background:#fdd;padding:6px}
 .quiet{background:#dfd;padding:6px}form{margin:1em 0}code{font-size:13px}.agree{color:#070}.disagree{color:#b00}
-form.verdict{margin:0}tr.confirmed{background:#fee}tr.false_positive{background:#efe}"""
+form.verdict{margin:0}tr.confirmed{background:#fee}tr.false_positive{background:#efe}
+img.neighbours{width:auto;height:28px;border:0;margin:2px 0 6px}"""
 VERDICT_TEXT = {"confirmed": "confirmed attack", "false_positive": "false positive"}
 
 
@@ -38,6 +40,36 @@ def png(image: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array[..., 0] if array.shape[2] == 1 else array).save(buf, "PNG")
     return buf.getvalue()
+
+
+class TrainingImages:
+    """The training split a detector cites, kept as 8-bit pixels, shown as each layer's neighbours in the console."""
+
+    def __init__(self, images: torch.Tensor, name: str) -> None:
+        self.pixels = images.mul(255).round_().to(torch.uint8)    # (N, C, H, W): a quarter of float32's memory
+        self.name = name
+
+    @classmethod
+    def load(cls, source: Mapping[str, str] | None, rows: Mapping[str, torch.Tensor] | None,
+             data_dir: str | None = None, channels: int | None = None) -> "TrainingImages":
+        """The split `source` names ({"dataset", "split"}, `data.load_split` names), checked to hold every cited
+        row; an artifact that cites nothing is refused by name."""
+        if not source or not rows:
+            raise ValueError("the artifact cites no training images (fitted before detectors recorded them, or not a "
+                             "k-NN detector): run `latentdefence dld cite-training` on it first")
+        from ..data import load_split
+
+        split = load_split(source["dataset"], source["split"], Path(data_dir) if data_dir else None, channels)
+        top = max(int(r.max()) for r in rows.values() if len(r))
+        if top >= len(split):
+            raise ValueError(f"the artifact cites row {top} of {source['dataset']} {source['split']}, which holds "
+                             f"{len(split)} images: another copy of the dataset, or an edited artifact")
+        return cls(split.images, f"{source['dataset']} {source['split']}")
+
+    def strip(self, rows: Sequence[int]) -> bytes:
+        """The images at `rows`, side by side, nearest first, as one PNG."""
+        tiles = self.pixels[list(rows)]                                   # (k, C, H, W)
+        return png(torch.cat(list(tiles), dim=2).float().div_(255))
 
 
 def to_csv(records: Sequence[FlaggedRecord]) -> str:
@@ -57,7 +89,8 @@ def readable(time: str) -> str:
 
 
 def render(records: Sequence[FlaggedRecord], images: Mapping[int, torch.Tensor], filters: Mapping[str, Any],
-           alarm: Mapping[str, Any], alarms: Sequence[Mapping[str, Any]], total: int) -> str:
+           alarm: Mapping[str, Any], alarms: Sequence[Mapping[str, Any]], total: int,
+           training: TrainingImages | None = None) -> str:
     """The whole page: alarm banner, filter form, export links, one table row per flagged input, the next page,
     the alarm history."""
     shown = {k: v for k, v in filters.items() if v not in (None, "")}
@@ -71,7 +104,7 @@ def render(records: Sequence[FlaggedRecord], images: Mapping[int, torch.Tensor],
             + '<button type="submit" id="apply">Filter</button></form>')
     export = (f'<p>Export these: <a id="csv" href="/v1/audit?{escape(query + "&" if query else "")}format=csv">CSV</a>'
               f' · <a id="json" href="/v1/audit?{escape(query)}">JSON</a></p>')
-    rows = "".join(_row(r, images.get(r.id), back) for r in records)
+    rows = "".join(_row(r, images.get(r.id), back, training) for r in records)
     older = ""
     if records and len(records) == filters.get("limit"):
         older = (f'<p><a id="older" href="/review?{escape(urlencode({**shown, "before": records[-1].id}))}">'
@@ -115,10 +148,10 @@ def majority(labels: Sequence[int]) -> tuple[int, int]:
     return label, votes
 
 
-def _row(r: FlaggedRecord, image: torch.Tensor | None, back: str) -> str:
+def _row(r: FlaggedRecord, image: torch.Tensor | None, back: str, training: TrainingImages | None) -> str:
     picture = (f'<img alt="input {r.id}" src="data:image/png;base64,{base64.b64encode(png(image)).decode()}">'
                if image is not None else "<i>not kept</i> (serve --keep-images)")
-    layers = "<br>".join(_layer(tap, score, r) for tap, score in r.per_layer.items())
+    layers = "<br>".join(_layer(tap, score, r, training) for tap, score in r.per_layer.items())
     buttons = "".join(f'<button name="verdict" value="{v}" id="{v}-{r.id}">{VERDICT_TEXT[v]}</button> '
                       for v in VERDICT_TEXT if v != r.verdict)
     if r.verdict:
@@ -132,12 +165,18 @@ def _row(r: FlaggedRecord, image: torch.Tensor | None, back: str) -> str:
             f"<td>{verdict}</td></tr>")
 
 
-def _layer(tap: str, score: float, r: FlaggedRecord) -> str:
-    """One layer's evidence: the neighbours' majority class against F's, the votes and the layer's score."""
+def _layer(tap: str, score: float, r: FlaggedRecord, training: TrainingImages | None) -> str:
+    """One layer's evidence: the neighbours' majority class against F's, the votes, the layer's score and, where
+    the training images are at hand, the neighbours themselves."""
     if not r.neighbours or tap not in r.neighbours:
         return f"<code>{escape(tap)}</code>: <i>no evidence stored</i>; score {score:g}"
     labels = r.neighbours[tap]["labels"]
     label, votes = majority(labels)
     agree = "agree" if label == r.predicted else "disagree"
-    return (f'<code>{escape(tap)}</code>: <span class="{agree}">{label}</span> ({votes} of {len(labels)}: '
+    text = (f'<code>{escape(tap)}</code>: <span class="{agree}">{label}</span> ({votes} of {len(labels)}: '
             f'{" ".join(map(str, labels))}); score {score:g}')
+    rows = r.neighbours[tap].get("rows")
+    if training is None or rows is None:
+        return text
+    return (f'{text}<br><img class="neighbours" alt="{escape(training.name)} rows {" ".join(map(str, rows))}" '
+            f'src="data:image/png;base64,{base64.b64encode(training.strip(rows)).decode()}">')
