@@ -21,7 +21,7 @@ from torch import nn
 from latentdefence._io import atomic_path, environment_info, git_revision, write_json
 from latentdefence.attacks import APGD, APGDT
 from latentdefence.data import load_dataset
-from latentdefence.evaluation import wilson_interval
+from latentdefence.stats import wilson_interval
 from latentdefence.training import load_checkpoint
 
 Attack = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]   # (images, labels) -> adversarial images

@@ -28,7 +28,8 @@ os.environ.setdefault("LATENTDEFENCE_PROGRESS", "0")
 
 from latentdefence._io import atomic_path, environment_info, git_revision, write_json  # noqa: E402
 from latentdefence.data import load_dataset  # noqa: E402
-from latentdefence.dld import DeepLatentDefence, KNNIndex, make_encoder  # noqa: E402
+from latentdefence.detectors import KNNIndex  # noqa: E402
+from latentdefence.dld import DeepLatentDefence, make_encoder  # noqa: E402
 from latentdefence.dld.encoders import activation_shape  # noqa: E402
 from latentdefence.models import create_model  # noqa: E402
 

@@ -30,7 +30,8 @@ from detect import best_of  # noqa: E402  (benchmarks/detect.py, beside this fil
 from latentdefence.attacks import FGSM, PGD  # noqa: E402
 from latentdefence.data import load_dataset  # noqa: E402
 from latentdefence.detectors import DeepKNN, LIDDetector, MahalanobisDetector  # noqa: E402
-from latentdefence.dld import ConformalDetector, roc_auc  # noqa: E402
+from latentdefence.detectors import ConformalDetector  # noqa: E402
+from latentdefence.stats import roc_auc  # noqa: E402
 from latentdefence.experiments.dld import calibration_split  # noqa: E402
 from latentdefence.training import load_checkpoint  # noqa: E402
 

@@ -11,8 +11,8 @@ from torch import nn
 from latentdefence.attacks import (PGD, AutoAttack, GuidePointAttack, KeepBest, OrthogonalPGD, SelectivePGD, Square,
                                    attack_entry, create_attack, list_attacks, perturbation_norm)
 from latentdefence.data.base import ImageDataset
-from latentdefence.dld import DeepLatentDefence, Detection, EncoderTrainConfig, KNNIndex, train_encoder
-from latentdefence.dld.nonconformity import nonconformity
+from latentdefence.detectors import Detection, KNNIndex, nonconformity
+from latentdefence.dld import DeepLatentDefence, EncoderTrainConfig, train_encoder
 from test_attacks_fixtures import tiny_batch, tiny_model
 from toy_blobs import blobs, trained_tiny_model
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from latentdefence.dld import DeepLatentDefence, EncoderTrainConfig, train_encoder
-from latentdefence.evaluation.detection import roc_auc
+from latentdefence.stats import roc_auc
 from latentdefence.evaluation.detector_comparison import compare_detectors, delong_paired, write_detector_comparison
 from toy_blobs import blobs, trained_tiny_model
 

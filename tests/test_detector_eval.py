@@ -12,7 +12,7 @@ from test_attacks_fixtures import one_thread, synthetic, tiny_model  # noqa: F40
 from torch import nn
 
 from latentdefence.data.base import ImageDataset
-from latentdefence.dld import calibrate_threshold
+from latentdefence.detectors import calibrate_threshold
 from latentdefence.evaluation import VERSIONS, Budget, ThreatModel, evaluate_detector, evaluate_detectors
 from latentdefence.validation import InputValidationError
 

@@ -12,7 +12,7 @@ from latentdefence.attacks import FGSM, PGD
 from latentdefence.data.base import ImageDataset
 from latentdefence.detectors import (DeepKNN, LIDDetector, LogisticCombiner, MahalanobisDetector,
                                      clean_noisy_adversarial, create_detector, detector_entry, list_detectors)
-from latentdefence.dld import ConformalDetector, KNNDetector, KNNIndex, nonconformity, soft_nonconformity
+from latentdefence.detectors import ConformalDetector, KNNDetector, KNNIndex, nonconformity, soft_nonconformity
 from latentdefence.models import StagedModel
 from toy_blobs import blobs, tiny_model, trained_tiny_model
 
@@ -290,23 +290,6 @@ def test_descending_the_surrogate_lowers_the_exact_score(detector, setup) -> Non
         x = (x.detach() - 0.01 * grad.sign()).clamp(0, 1)
     before, after = detector.nonconformity(x0)[1].float(), detector.nonconformity(x)[1].float()
     assert after.mean() < before.mean() and (after <= before).float().mean() > 0.6
-
-
-def test_the_contract_and_the_metrics_import_without_dld_or_the_attacks() -> None:
-    """One home per contract, no cycle: the detector contract and the detection metrics stand alone."""
-    import subprocess
-    import sys
-
-    def loaded(module: str, prefixes: tuple[str, ...]) -> str:
-        code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.startswith({prefixes!r})))"
-        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-
-    assert loaded("latentdefence.detectors.base", ("latentdefence.dld", "latentdefence.attacks")) == "[]"
-    assert loaded("latentdefence.evaluation.detection", ("latentdefence.dld", "latentdefence.detectors.")) == \
-        "['latentdefence.detectors.base', 'latentdefence.detectors.registry']"
-    from latentdefence.dld import evaluate
-    from latentdefence.evaluation import detection
-    assert evaluate.roc_auc is detection.roc_auc and evaluate.attack_metrics is detection.attack_metrics
 
 
 def test_a_detector_without_fit_cannot_be_built() -> None:

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from latentdefence.data import load_dataset
-from latentdefence.dld import DeepLatentDefence, calibrate_threshold
+from latentdefence.detectors import calibrate_threshold
+from latentdefence.dld import DeepLatentDefence
 from latentdefence.experiments import run_experiment
 from latentdefence.experiments.dld import calibration_split
 

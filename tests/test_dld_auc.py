@@ -8,7 +8,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_curve
 
-from latentdefence.dld.evaluate import auc_interval, max_layer_score, roc_auc, tpr_at_fpr
+from latentdefence.evaluation.detection import max_layer_score, tpr_at_fpr
+from latentdefence.stats import auc_interval, roc_auc
 
 
 def test_auc_interval_contains_the_auc_and_narrows_with_more_samples() -> None:

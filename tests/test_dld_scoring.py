@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latentdefence.dld import KNNIndex, calibrate_threshold, credibility, nonconformity
+from latentdefence.detectors import KNNIndex, calibrate_threshold, credibility, nonconformity
 
 
 def _line_index(backend: str) -> KNNIndex:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentdefence.dld import DeepLatentDefence, KNNIndex
+from latentdefence.detectors import KNNIndex
+from latentdefence.dld import DeepLatentDefence
 from guard_artifact import blobs, build_artifact
 
 

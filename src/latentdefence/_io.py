@@ -259,3 +259,8 @@ def write_comparison_files(out_dir: str | os.PathLike[str], results: Mapping[str
 def default_device() -> torch.device:
     """CUDA when present, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where a module's weights live (its first parameter's device)."""
+    return next(module.parameters()).device

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..data.base import ImageDataset
 from ..models import TappedModel, create_model
+from ..stats import wilson_interval
 from ..validation import (InputTypeError, InputValidationError, artifact_field, check_finite_tensors, check_images,
                           check_labels, check_number, model_dtype)
 
@@ -164,8 +165,6 @@ class ConformalDetector(ABC):
     def calibration_report(self) -> dict[str, Any]:
         """What the calibration promises: the FP rate on its own images with its Wilson 95% interval, and the
         conformal bound on a new exchangeable clean input's flag probability, (floor(target n) + 1) / (n + 1)."""
-        from ..evaluation.metrics import wilson_interval   # evaluation imports the attacks, which import this module
-
         self._check_fitted("threshold_")
         n = len(self.calibration_scores_)
         flagged = int((self.calibration_scores_ > self.threshold_).sum())

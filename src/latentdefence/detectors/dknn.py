@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from ..data.base import ImageDataset
-from ..dld.detector import KNNDetector
-from ..dld.nonconformity import soft_nonconformity
+from .knn_detector import KNNDetector
+from .nonconformity import soft_nonconformity
 from ..models import TappedModel
 from .base import check_classes
 from .artifact import load_detector, save_detector

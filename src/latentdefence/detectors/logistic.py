@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from ..attacks import FGSM, Attack
-from ..attacks.base import frozen_eval
+from ..attacks.base import Attack, frozen_eval
+from ..attacks.pgd import FGSM
 from ..data.base import ImageDataset
-from ..evaluation.detection import roc_auc
+from ..stats import roc_auc
 from ..models import TappedModel
 from .base import ConformalDetector, check_classes
 from .artifact import load_detector, save_detector

@@ -6,8 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..attacks import Attack
-from ..attacks.base import frozen_eval
+from ..attacks.base import Attack, frozen_eval
 from ..data.base import ImageDataset
 from ..models import TappedModel
 from .logistic import LayerScoreDetector

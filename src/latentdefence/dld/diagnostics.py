@@ -10,7 +10,7 @@ import torch
 from ..data.base import ImageDataset
 from ..evaluation.metrics import accuracy
 from ..models import TappedModel
-from .detector import KNNDetector
+from ..detectors.knn_detector import KNNDetector
 from .encoders import EncoderDecoder, InsertedModel
 
 

@@ -1,18 +1,9 @@
 """Metrics, plots and reports shared by every experiment; `evaluate_detector`, the adaptive evaluation of any
-detector (`detector_eval.py`, imported on first use: it needs the attacks and DLD, which need this package)."""
+detector (`detector_eval.py`)."""
 
-from typing import Any
+from .detector_eval import (VERSIONS, Budget, DetectorEvaluation, PaperAttack, ThreatModel, evaluate_detector,
+                            evaluate_detectors, register_paper_attack)
+from .metrics import accuracy, batched_predict, robust_accuracy
 
-from .metrics import accuracy, batched_predict, robust_accuracy, wilson_interval
-
-_LAZY = ("Budget", "DetectorEvaluation", "ThreatModel", "VERSIONS", "evaluate_detector", "evaluate_detectors")
-
-__all__ = ["accuracy", "batched_predict", "robust_accuracy", "wilson_interval", *_LAZY]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from . import detector_eval
-
-        return getattr(detector_eval, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["Budget", "DetectorEvaluation", "PaperAttack", "ThreatModel", "VERSIONS", "accuracy", "batched_predict",
+           "evaluate_detector", "evaluate_detectors", "register_paper_attack", "robust_accuracy"]

@@ -13,7 +13,8 @@ from torch import nn
 
 from .._io import write_comparison_files
 from ..attacks.base import Attack, attack_in_batches
-from .metrics import batched_predict, wilson_interval
+from ..stats import wilson_interval
+from .metrics import batched_predict
 
 
 def mcnemar_p_value(only_first: int, only_second: int) -> float:

@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_curve
 
 from ..detectors.base import Detection, Detector, calibrate_threshold, evaded
-from .metrics import wilson_interval
+from ..stats import auc_interval, roc_auc, scores_with_labels, wilson_interval
 
 @dataclass(frozen=True)
 class AttackMetrics:
@@ -90,25 +90,6 @@ def attack_metrics(labels: torch.Tensor, predicted: torch.Tensor, flagged: torch
                          true_positive_rate_ci=wilson_interval(tp, int(wrong.sum())))
 
 
-def roc_auc(positive_scores: torch.Tensor, negative_scores: torch.Tensor) -> float:
-    """ROC AUC (scikit-learn); NaN when either class is empty (e.g. no misclassified examples)."""
-    if len(positive_scores) == 0 or len(negative_scores) == 0:
-        return float("nan")
-    y, s = _stack(positive_scores, negative_scores)
-    return float(roc_auc_score(y, s))
-
-
-def auc_interval(auc: float, n_positive: int, n_negative: int, z: float = 1.96) -> tuple[float, float]:
-    """Hanley & McNeil's (1982) 95% interval for a ROC AUC from its positive and negative counts."""
-    if not np.isfinite(auc) or n_positive == 0 or n_negative == 0:
-        return (float("nan"), float("nan"))
-    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
-    var = (auc * (1 - auc) + (n_positive - 1) * (q1 - auc * auc) + (n_negative - 1) * (q2 - auc * auc)) / (
-        n_positive * n_negative)
-    half = z * float(np.sqrt(max(var, 0.0)))
-    return (max(0.0, auc - half), min(1.0, auc + half))
-
-
 def tpr_at_fpr(positive_scores: torch.Tensor, negative_scores: torch.Tensor, fpr: float) -> float:
     """The ROC point at exactly false-positive rate `fpr`: a randomised threshold test whose ties at the threshold
     are flagged with the probability that makes the negatives' rate exactly `fpr`; returns its expected TP rate
@@ -140,7 +121,7 @@ def max_layer_score(per_layer: Mapping[str, torch.Tensor], calibration: Mapping[
 
 def roc_points(positive_scores: torch.Tensor, negative_scores: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(false positive rates, true positive rates) for plotting a ROC curve."""
-    y, s = _stack(positive_scores, negative_scores)
+    y, s = scores_with_labels(positive_scores, negative_scores)
     fpr, tpr, _ = roc_curve(y, s)
     return fpr, tpr
 
@@ -167,12 +148,6 @@ def cumulative_layers(taps: Sequence[str], calibration: Mapping[str, torch.Tenso
 
 def _sum(per_layer: Mapping[str, torch.Tensor], taps: Sequence[str]) -> torch.Tensor:
     return torch.stack([per_layer[t] for t in taps]).sum(0)
-
-
-def _stack(pos: torch.Tensor, neg: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    y = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
-    s = torch.cat([pos.to(torch.float64), neg.to(torch.float64)]).numpy()
-    return y, s
 
 
 def _rate(count: torch.Tensor | int, n: int) -> float:

@@ -16,7 +16,7 @@ import torch
 
 from .._io import write_comparison_files
 from ..detectors.base import ConformalDetector
-from .detection import auc_interval, roc_auc
+from ..stats import auc_interval, roc_auc
 
 
 def _placements(scores: torch.Tensor, against: torch.Tensor) -> torch.Tensor:

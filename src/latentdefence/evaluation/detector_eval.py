@@ -11,12 +11,14 @@ writes results.json, report.md and figures.
 A detector needs only `classifier` (F) and `predict(images)` returning `.predicted`, `.is_adversarial` and
 `.nonconformity` (higher = more suspicious; `.per_layer` optional). Attacks that need more run only where the
 detector has it: `surrogate_score(images, classes)` for selective / orthogonal PGD; `latents`, `indexes_` and
-`k` for guide-point soft k-NN; a `DeepLatentDefence` with its encoder-decoders for the paper's adaptive attack.
+`k` for guide-point soft k-NN. A paper's own attack on its own detector registers here from the paper's package
+(`register_paper_attack`; DLD's Section V-B attack, with its encoder-decoders, from `latentdefence.dld`), so this
+module knows no paper.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,17 +28,16 @@ from torch import nn
 
 from .._progress import steps, track
 from .._io import environment_info, git_revision, save_figure, staged_folder, write_json
+from .._registry import Registry
 from .._seed import seed_everything
 from ..attacks import PGD, AutoAttack, create_attack
 from ..attacks.base import attack_in_batches, in_batches
 from ..attacks.detector_aware import DetectorAttack
 from ..detectors.base import Detection, check_attainable_fpr, evaded
-from ..dld import CentroidAttack, DeepLatentDefence, ensemble_pgd
-from ..dld.encoders import EncoderDecoder
 from .._timing import StageTimer
 from .compare import paired_lines, paired_within_run
 from .detection import detection_metrics, verdicts, worst_case
-from .metrics import wilson_interval
+from ..stats import wilson_interval
 from ..validation import InputTypeError, InputValidationError, check_images, check_labels, check_number
 
 GRADIENT_ATTACKS = ("guide_points", "selective", "orthogonal")   # detector-aware, gradient-based
@@ -133,7 +134,7 @@ class DetectorEvaluation:
 
 def evaluate_detector(detector: Any, images: torch.Tensor, labels: torch.Tensor, threat_model: ThreatModel,
                       version: str = "standard", *, calibration: torch.Tensor, name: str = "detector",
-                      encoders: Mapping[str, EncoderDecoder] | None = None, **kwargs: Any) -> DetectorEvaluation:
+                      encoders: Mapping[str, nn.Module] | None = None, **kwargs: Any) -> DetectorEvaluation:
     """One detector under every attack that applies to it (see `evaluate_detectors` for the arguments)."""
     return evaluate_detectors({name: detector}, images, labels, threat_model, version, calibration=calibration,
                               encoders={name: encoders} if encoders else None, **kwargs)
@@ -142,7 +143,7 @@ def evaluate_detector(detector: Any, images: torch.Tensor, labels: torch.Tensor,
 def evaluate_detectors(detectors: Mapping[str, Any], images: torch.Tensor, labels: torch.Tensor,
                        threat_model: ThreatModel, version: str = "standard", *, calibration: torch.Tensor,
                        clean: tuple[torch.Tensor, torch.Tensor] | None = None,
-                       encoders: Mapping[str, Mapping[str, EncoderDecoder]] | None = None,
+                       encoders: Mapping[str, Mapping[str, nn.Module]] | None = None,
                        budget: Budget | None = None, sanity: Sequence[str] | None = None, budget_check: bool = False,
                        transfer_source: tuple[str, nn.Module] | None = None, fprs: Sequence[float] = (0.01, 0.05),
                        target_fpr: float | None = None, seed: int = 0,
@@ -268,16 +269,35 @@ def _check_arguments(classifier: nn.Module, images: Any, labels: Any, calibratio
 
 
 # -- attacks --------------------------------------------------------------------------------------
-def applicable(detector: Any, threat: ThreatModel, has_encoders: bool) -> tuple[list[str], dict[str, str]]:
+@dataclass(frozen=True)
+class PaperAttack:
+    """A paper's own attack on its own detector, added to every evaluation once the paper's package is imported."""
+
+    # (detector, threat model, the paper's extra modules for it or None) -> why it does not apply, or None
+    applies: Callable[[Any, ThreatModel, Mapping[str, nn.Module] | None], str | None]
+    # (detector, extras, images, labels, eps, budget, generator) -> adversarial images
+    run: Callable[[Any, Mapping[str, nn.Module], torch.Tensor, torch.Tensor, float, "Budget", torch.Generator],
+                  torch.Tensor]
+
+
+_PAPER_ATTACKS: Registry[PaperAttack] = Registry("paper attack")
+
+
+def register_paper_attack(name: str, attack: PaperAttack) -> None:
+    """Add `attack` as `name` (its stage `attack_NAME`, its rows in results.json) to every detector evaluation."""
+    _PAPER_ATTACKS.add(name, attack)
+
+
+def applicable(detector: Any, threat: ThreatModel, extras: Mapping[str, nn.Module] | None = None
+               ) -> tuple[list[str], dict[str, str]]:
     """(the detector-aware attacks that apply, {attack: why not} for the others)."""
     run, skipped = [], {}
-    if isinstance(detector, DeepLatentDefence) and has_encoders and threat.norm == "linf":
-        run.append("adaptive_paper")
-    elif isinstance(detector, DeepLatentDefence):
-        skipped["adaptive_paper"] = ("L-inf only (sign steps, Eq. 10)" if threat.norm != "linf"
-                                     else "no encoder-decoders given (the paper's attack needs the decoders)")
-    else:
-        skipped["adaptive_paper"] = "DLD only"
+    for name in _PAPER_ATTACKS.names():
+        reason = _PAPER_ATTACKS.get(name).applies(detector, threat, extras)
+        if reason is None:
+            run.append(name)
+        else:
+            skipped[name] = reason
     if all(hasattr(detector, a) for a in ("latents", "indexes_", "k")):
         run.append("guide_points")
     else:
@@ -317,7 +337,7 @@ def _pgd(threat: ThreatModel, b: Budget, generator: torch.Generator, eps: float 
 
 
 def _attack_all(detectors: Mapping[str, Any], images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel,
-                b: Budget, encoders: Mapping[str, Mapping[str, EncoderDecoder]], generator: torch.Generator,
+                b: Budget, encoders: Mapping[str, Mapping[str, nn.Module]], generator: torch.Generator,
                 timer: StageTimer, only: Sequence[str] | None = None
                 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float], dict[str, dict[str, str]]]:
     """(adversarial images per detector and attack, F's robust accuracy after each cascade stage, skipped attacks);
@@ -325,7 +345,7 @@ def _attack_all(detectors: Mapping[str, Any], images: torch.Tensor, labels: torc
     classifier = next(iter(detectors.values())).classifier
     plan, skipped = {}, {}
     for name, det in detectors.items():
-        kinds, skipped[name] = applicable(det, threat, name in encoders)
+        kinds, skipped[name] = applicable(det, threat, encoders.get(name))
         if only is not None:
             skipped[name].update({k: "not in this run's attacks" for k in kinds if k not in only})
             kinds = [k for k in kinds if k in only]
@@ -346,19 +366,19 @@ def _attack_all(detectors: Mapping[str, Any], images: torch.Tensor, labels: torc
         for name, det in detectors.items():
             sets[name] = dict(shared)
             for kind in plan[name]:
-                with timer.timed(f"attack_{kind}" if kind == "adaptive_paper" else f"attack_{kind}_{name}"):
+                with timer.timed(f"attack_{kind}" if kind in _PAPER_ATTACKS.names() else f"attack_{kind}_{name}"):
                     sets[name][kind] = _detector_aware(kind, name, det, encoders, images, labels, shared, threat,
                                                        b, generator)
                 stage_done(f"{kind} on {name}")
     return sets, robust_after, skipped
 
 
-def _detector_aware(kind: str, name: str, det: Any, encoders: Mapping[str, Mapping[str, EncoderDecoder]],
+def _detector_aware(kind: str, name: str, det: Any, encoders: Mapping[str, Mapping[str, nn.Module]],
                     images: torch.Tensor, labels: torch.Tensor, shared: Mapping[str, torch.Tensor],
                     threat: ThreatModel, b: Budget, generator: torch.Generator) -> torch.Tensor:
     """Adversarial images of one detector-aware attack on detector `name`."""
-    if kind == "adaptive_paper":
-        return paper_adaptive(det, encoders[name], images, labels, threat.eps, b, generator)
+    if kind in _PAPER_ATTACKS.names():
+        return _PAPER_ATTACKS.get(kind).run(det, encoders[name], images, labels, threat.eps, b, generator)
     attack = detector_attack(kind, threat, b, generator)
     starts = shared["autoattack"] if kind == "selective" else None   # F already fooled: only hide it
     return in_batches(lambda x, y, s: attack(det, x, y, starts=s).images, images, labels, starts,
@@ -388,26 +408,6 @@ def _autoattack(attack: AutoAttack, classifier: nn.Module, images: torch.Tensor,
         for stage, value in after.items():
             robust[stage] = robust.get(stage, 0.0) + value * len(result.images)
     return torch.cat(adv), {k: v / len(images) for k, v in robust.items()}
-
-
-def paper_adaptive(det: DeepLatentDefence, encoders: Mapping[str, EncoderDecoder], images: torch.Tensor,
-                   labels: torch.Tensor, eps: float, b: Budget, generator: torch.Generator) -> torch.Tensor:
-    """DLD's Section V-B: ensemble PGD (Eq. 9), then Eq. 10 for each alpha2, and the alpha2 with the lowest
-    robustness by the detector's decision (Table I's adaptive row; ties go to the smaller alpha2)."""
-    step = (b.pgd_step or 2.5 / b.adaptive_steps) * eps
-    first = in_batches(lambda x, y: ensemble_pgd(det.classifier, dict(encoders), x, y, eps=eps, step_size=step,
-                                                 steps=b.adaptive_steps, generator=generator).images,
-                       images, labels, batch_size=b.batch_size, desc="ensemble pgd (paper's adaptive)")
-    enc, centroids = {t: ed.encoder for t, ed in encoders.items()}, det.centroids()
-    best, best_robust = first, float("inf")
-    for alpha2 in b.alpha2:
-        attack = CentroidAttack(eps=eps, alpha1=b.alpha1, alpha2=alpha2, steps=b.centroid_steps, step_size=step)
-        adv = in_batches(lambda x, y, start: attack(det.classifier, enc, centroids, x, start, y).images,
-                         images, labels, first, batch_size=b.batch_size, desc=f"centroid attack, alpha2 {alpha2:g}")
-        robust = _robustness(verdicts(det, adv), labels)
-        if robust < best_robust:
-            best, best_robust = adv, robust
-    return best
 
 
 # -- metrics --------------------------------------------------------------------------------------

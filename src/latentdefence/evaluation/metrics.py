@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -30,14 +28,3 @@ def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     """Fraction of images still classified correctly after `attack` (untargeted)."""
     result = attack_in_batches(model, attack, images, labels, batch_size=batch_size)
     return int((result.predictions == labels.cpu()).sum().item()) / max(len(images), 1)
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for a binomial rate (95% by default), sound near 0 and 1."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .metrics import wilson_interval
+from ..stats import wilson_interval
 
 ARCHIVE = "archive"   # docs/results/archive/: earlier releases, variants, comparisons and benchmarks
 

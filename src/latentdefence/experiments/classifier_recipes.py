@@ -17,7 +17,8 @@ import torch
 from .._io import atomic_path, environment_info, git_revision, read_json, save_figure, write_json
 from ..attacks import PGD
 from ..data import load_dataset
-from ..evaluation.metrics import accuracy, robust_accuracy, wilson_interval
+from ..evaluation.metrics import accuracy, robust_accuracy
+from ..stats import wilson_interval
 from ..models import create_model
 from ..training import TrainConfig, load_checkpoint, train_classifier
 from .cache import ensure_stage, settings_key

@@ -23,11 +23,13 @@ from .._seed import seed_everything
 from ..data import load_dataset
 from ..attacks.base import attack_in_batches, in_batches
 from ..data.base import ImageDataset, Splits, default_cache_dir, default_data_dir
-from ..dld import (CentroidAttack, DeepLatentDefence, EncoderTrainConfig, attack_metrics, calibrate_threshold,
-                   clean_metrics,
-                   cumulative_layers, ensemble_pgd, load_encoders, roc_auc, save_encoders, train_encoder)
+from ..detectors import calibrate_threshold
+from ..dld import (CentroidAttack, DeepLatentDefence, EncoderTrainConfig, ensemble_pgd, load_encoders, save_encoders,
+                   train_encoder)
 from ..dld.diagnostics import encoder_diagnostics
 from ..dld.encoders import EncoderDecoder
+from ..evaluation.detection import attack_metrics, clean_metrics, cumulative_layers
+from ..stats import roc_auc
 from ..dld.training import EncoderValidation, TrainingLog
 from ..models import TappedModel, create_model
 from .._timing import StageTimer
@@ -599,7 +601,8 @@ def attack_row(det: DeepLatentDefence, labels: torch.Tensor, scored: tuple[torch
     """Table I metrics plus: the AUC with every adversarial as positive, with correctly classified clean images
     as negatives, its 95% interval, the ROC point at the paper's FP rate, per-layer AUCs and the per-layer
     OR rule (each layer its own threshold, one joint calibrated FP)."""
-    from ..dld.evaluate import auc_interval, max_layer_score, tpr_at_fpr
+    from ..evaluation.detection import max_layer_score, tpr_at_fpr
+    from ..stats import auc_interval
 
     pred, score, per = scored
     wrong = pred != labels
@@ -632,7 +635,7 @@ def _figures(out: Path, det: DeepLatentDefence, clean: ImageDataset, adversarial
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..dld.evaluate import roc_points
+    from ..evaluation.detection import roc_points
 
     _, clean_score, _ = det.nonconformity(clean.images)
     strongest = f"alpha2={results['fig3']['strongest_alpha2']:g}"

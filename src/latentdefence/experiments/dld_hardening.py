@@ -26,7 +26,7 @@ from ..dld import DeepLatentDefence, load_encoders, save_encoders
 from ..dld.encoders import EncoderDecoder
 from ..dld.hardening import HardeningConfig, HardeningRound, harden
 from ..evaluation.detector_eval import ThreatModel, evaluate_detectors
-from ..evaluation.metrics import wilson_interval
+from ..stats import wilson_interval
 from .._timing import StageTimer
 from .cache import ensure_stage
 from .dld import calibration_split

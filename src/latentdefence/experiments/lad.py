@@ -29,7 +29,8 @@ from .._progress import track
 from .._seed import seed_everything
 from ..data import Splits, load_dataset
 from ..data.base import ImageDataset
-from ..evaluation.metrics import accuracy, batched_predict, wilson_interval
+from ..evaluation.metrics import accuracy, batched_predict
+from ..stats import wilson_interval
 from ..lad import plots
 from ..lad.attention_svm import TargetBoundaries, load_boundaries, save_boundaries
 from ..lad.finetune import (FinetuneConfig, LadSplit, eps_label, finetune, finetune_set_statistics, make_split,

@@ -1,13 +1,12 @@
-"""Non-conformity (DLD Eq. 8, after Deep k-NN), threshold calibration and conformal credibility."""
+"""Non-conformity (DLD Eq. 8, after Deep k-NN): the exact vote and its differentiable surrogate."""
 
 from __future__ import annotations
 
 import torch
 
-from ..detectors.base import calibrate_threshold, credibility
 from .knn import KNNIndex
 
-__all__ = ["calibrate_threshold", "credibility", "nonconformity", "soft_nonconformity"]
+__all__ = ["nonconformity", "soft_nonconformity"]
 
 
 def nonconformity(neighbour_labels: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
