@@ -27,6 +27,19 @@ def test_the_registry_holds_dld_and_every_baseline() -> None:
         create_detector("nope", None)
 
 
+def test_registries_find_what_installed_packages_name_by_entry_point() -> None:
+    """No hand-kept module list: DLD (a package above the registry) and the experiment pipelines are found through
+    the entry points pyproject.toml declares, in an interpreter that imported neither."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from latentdefence.detectors import list_detectors; "
+            "from latentdefence.experiments.registry import list_pipelines; "
+            "before = 'latentdefence.dld' in sys.modules; print(before, list_detectors(), list_pipelines())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("False ['dknn', 'dld', 'lid', 'mahalanobis'] ") and "'lad-paper-numbers'" in out
+
+
 @pytest.fixture(scope="module")
 def setup() -> tuple[StagedModel, ImageDataset, ImageDataset, ImageDataset]:
     train = blobs(600, 0)

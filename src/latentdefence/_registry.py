@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from importlib import import_module
+from collections.abc import Callable
+from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Entries by name; `builtins` (module paths) are imported before the first look-up so they register."""
+    """Entries by name; the modules an installed package names under the entry-point `group` are imported before the
+    first look-up, so they register (pyproject.toml: `[project.entry-points."latentdefence.detectors"]`)."""
 
-    def __init__(self, kind: str, builtins: Sequence[str] = ()) -> None:
+    def __init__(self, kind: str, group: str | None = None) -> None:
         self.kind = kind
-        self._builtins = tuple(builtins)
+        self._group = group
         self._entries: dict[str, T] = {}
 
     def add(self, name: str, entry: T) -> T:
@@ -39,6 +40,7 @@ class Registry(Generic[T]):
         return sorted(n for n, e in self._entries.items() if where is None or where(e))
 
     def _load(self) -> None:
-        for module in self._builtins:
-            import_module(module)
-        self._builtins = ()
+        if self._group is not None:
+            group, self._group = self._group, None
+            for entry in entry_points(group=group):
+                entry.load()

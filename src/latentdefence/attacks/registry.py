@@ -32,7 +32,7 @@ class AttackEntry:
         return set(inspect.signature(self.factory).parameters) - set(self.defaults)
 
 
-_ATTACKS: Registry[AttackEntry] = Registry("attack", builtins=("latentdefence.attacks",))
+_ATTACKS: Registry[AttackEntry] = Registry("attack", group="latentdefence.attacks")   # ours: `attacks/__init__`
 
 
 def register_attack(name: str, *, on: str = "model", targeted: tuple[bool, ...] = (False, True),

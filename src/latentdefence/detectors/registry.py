@@ -24,9 +24,7 @@ class DetectorEntry:
     examples: tuple[Mapping[str, Any], ...] = field(default=({},))
 
 
-_DETECTORS: Registry[DetectorEntry] = Registry("detector", builtins=(
-    "latentdefence.detectors.dknn", "latentdefence.detectors.mahalanobis", "latentdefence.detectors.lid",
-    "latentdefence.dld.detector"))
+_DETECTORS: Registry[DetectorEntry] = Registry("detector", group="latentdefence.detectors")
 
 
 def register_detector(name: str, *, examples: tuple[Mapping[str, Any], ...] = ({},)) -> Callable[[F], F]:

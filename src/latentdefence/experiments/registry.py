@@ -26,9 +26,7 @@ class Pipeline:
     run: RunFn
 
 
-_PIPELINES: Registry[Pipeline] = Registry("pipeline", builtins=tuple(
-    f"latentdefence.experiments.{m}" for m in ("dld", "dld_adaptive", "dld_ablation", "dld_hardening", "lad",
-                                               "lad_ablation", "lad_paper_numbers", "classifier_recipes")))
+_PIPELINES: Registry[Pipeline] = Registry("pipeline", group="latentdefence.pipelines")
 
 
 def register_pipeline(name: str, *, config: ConfigFn, run: RunFn) -> Pipeline:
