@@ -23,7 +23,7 @@ from .detector_aware import Detector, DetectorAttack, KeepBest, OrthogonalPGD, S
 from .io import AdversarialSet, load_adversarial_set, save_adversarial_set
 from .jsma import JSMA
 from .pgd import FGSM, PGD
-from .registry import AttackEntry, attack_entry, create_attack, list_attacks, register_attack
+from .registry import AttackEntry, InEvaluation, attack_entry, create_attack, evaluation_attacks, list_attacks, register_attack
 from .soft_knn import GuidePointAttack, soft_inside
 from .square import DetectorSquare, Square
 
@@ -31,4 +31,5 @@ __all__ = ["APGD", "apgd_losses", "register_apgd_loss", "AdversarialSet", "load_
            "dlr_loss", "dlr_targeted_loss", "frozen_eval", "margin", "perturbation_norm", "project",
            "AutoAttack", "Detector", "DetectorAttack", "GuidePointAttack", "KeepBest", "OrthogonalPGD", "SelectivePGD",
            "DetectorSquare", "Square", "ascent_direction", "attack_in_batches", "attack_success", "in_batches", "random_start", "soft_inside",
-           "AttackEntry", "attack_entry", "create_attack", "list_attacks", "register_attack"]
+           "AttackEntry", "InEvaluation", "attack_entry", "create_attack", "evaluation_attacks", "list_attacks",
+           "register_attack"]

@@ -11,6 +11,7 @@ exact decision does not flag it; `KeepBest` holds, per input, the best iterate s
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from torch import nn
 from ..detectors.base import Detector, evaded
 from .base import (Attack, AttackResult, ascent_direction, attack_success, check_inputs, check_iterative, cross_entropy,
                    frozen_eval, madry_step_size, perturbation_norm, project, random_start)
-from .registry import register_attack
+from .registry import InEvaluation, register_attack
 
 
 # (iterates of the open rows (R, C, H, W), their global indices (R,), step) -> gradient to ascend (R, C, H, W)
@@ -168,7 +169,18 @@ class _SurrogatePGD(DetectorAttack):
         raise NotImplementedError
 
 
-@register_attack("selective", on="detector", targeted=(False,), examples=({"eps": 0.1, "steps": 10},))
+def iterative_settings(budget: Any) -> dict[str, Any]:
+    """What a gradient detector attack reads from an evaluation budget: steps, restarts, how often it checks."""
+    return {"steps": budget.steps, "restarts": budget.restarts, "check_every": budget.check_every}
+
+
+def needs_surrogate(detector: Any, threat: Any) -> str | None:
+    """The surrogate attacks need the detector's differentiable `surrogate_score`."""
+    return None if hasattr(detector, "surrogate_score") else "needs `surrogate_score`"
+
+
+@register_attack("selective", on="detector", targeted=(False,), examples=({"eps": 0.1, "steps": 10},),
+                 evaluation=InEvaluation(needs_surrogate, iterative_settings, order=20, starts="autoattack"))
 class SelectivePGD(_SurrogatePGD):
     """Selective PGD: step on F's loss until F is fooled, then on the detector's surrogate only.
 
@@ -192,7 +204,8 @@ class SelectivePGD(_SurrogatePGD):
         return torch.autograd.grad(torch.where(fooled, detector_loss, classifier_loss).sum(), x)[0]
 
 
-@register_attack("orthogonal", on="detector", targeted=(False,), examples=({"eps": 0.1, "steps": 10},))
+@register_attack("orthogonal", on="detector", targeted=(False,), examples=({"eps": 0.1, "steps": 10},),
+                 evaluation=InEvaluation(needs_surrogate, iterative_settings, order=30))
 class OrthogonalPGD(_SurrogatePGD):
     """Orthogonal PGD: each step follows one loss's gradient with its component along the other's removed.
 

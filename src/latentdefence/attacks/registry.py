@@ -18,6 +18,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
+class InEvaluation:
+    """How a detector attack joins every detector evaluation (`evaluation.evaluate_detectors`), ART's estimator
+    requirements in one place: whether it applies, how it reads the evaluation's budget, where it starts."""
+
+    applies: Callable[[Any, Any], str | None]            # (detector, threat model) -> why it cannot run, or None
+    settings: Callable[[Any], Mapping[str, Any]]         # the evaluation's Budget -> keyword settings (not eps, norm)
+    label: str | None = None                             # its name in results.json (default: the registry name)
+    order: int = 100                                     # evaluation order (each attack draws from one generator)
+    gradient: bool = True                                # gradient-based (the sanity checks' strongest is among these)
+    starts: str | None = None                            # an earlier attack's images it starts from ("autoattack")
+
+
+@dataclass(frozen=True)
 class AttackEntry:
     """How to build a registered attack and how to test it."""
 
@@ -26,6 +39,7 @@ class AttackEntry:
     on: str = "model"                                    # "model" or "detector"
     targeted: tuple[bool, ...] = (False, True)           # threat models offered: untargeted, targeted
     examples: tuple[Mapping[str, Any], ...] = ({},)      # small settings for the contract tests
+    evaluation: InEvaluation | None = None               # detector attacks: how every detector evaluation runs it
 
     def parameters(self) -> set[str]:
         """The keyword settings `create_attack` accepts for this attack."""
@@ -36,13 +50,17 @@ _ATTACKS: Registry[AttackEntry] = Registry("attack", group="latentdefence.attack
 
 
 def register_attack(name: str, *, on: str = "model", targeted: tuple[bool, ...] = (False, True),
-                    examples: tuple[Mapping[str, Any], ...] = ({},), **defaults: Any) -> Callable[[F], F]:
-    """Class decorator: `create_attack(name, **kw)` builds `cls(**defaults, **kw)`; stack it for variants."""
+                    examples: tuple[Mapping[str, Any], ...] = ({},), evaluation: InEvaluation | None = None,
+                    **defaults: Any) -> Callable[[F], F]:
+    """Class decorator: `create_attack(name, **kw)` builds `cls(**defaults, **kw)`; stack it for variants. A detector
+    attack with `evaluation` joins every detector evaluation where it applies."""
     if on not in ("model", "detector"):
         raise ValueError(f"on must be 'model' or 'detector', got {on!r}")
+    if evaluation is not None and on != "detector":
+        raise ValueError(f"attack {name!r}: only detector attacks join detector evaluations (on='detector')")
 
     def add(factory: F) -> F:
-        _ATTACKS.add(name, AttackEntry(factory, dict(defaults), on, targeted, examples))
+        _ATTACKS.add(name, AttackEntry(factory, dict(defaults), on, targeted, examples, evaluation))
         return factory
     return add
 
@@ -65,3 +83,10 @@ def attack_entry(name: str) -> AttackEntry:
 def list_attacks(on: str | None = None) -> list[str]:
     """Registered attack names, sorted; `on="model"` or `"detector"` keeps those called on it."""
     return _ATTACKS.names(None if on is None else lambda e: e.on == on)
+
+
+def evaluation_attacks() -> dict[str, str]:
+    """{label in results: registry name} of the detector attacks every detector evaluation runs, in their order."""
+    entries = [(name, attack_entry(name).evaluation) for name in list_attacks(on="detector")]
+    ordered = sorted(((e.order, e.label or name, name) for name, e in entries if e is not None))
+    return {label: name for _, label, name in ordered}

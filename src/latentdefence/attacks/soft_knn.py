@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from .base import margin
-from .detector_aware import DetectorAttack, KeepBest
-from .registry import register_attack
+from .detector_aware import DetectorAttack, KeepBest, iterative_settings
+from .registry import InEvaluation, register_attack
 
 
 def soft_inside(z: torch.Tensor, points: torch.Tensor, radius: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -19,8 +19,19 @@ def soft_inside(z: torch.Tensor, points: torch.Tensor, radius: torch.Tensor, tem
     return torch.sigmoid((radius - d) / (temperature * radius + 1e-6))
 
 
+def _needs_knn(detector: Any, threat: Any) -> str | None:
+    """Guide points need a k-NN detector's latents, indexes and k."""
+    ok = all(hasattr(detector, a) for a in ("latents", "indexes_", "k"))
+    return None if ok else "needs a k-NN detector (`latents`, `indexes_`, `k`)"
+
+
+def _settings(budget: Any) -> dict[str, Any]:
+    return {**iterative_settings(budget), "n_targets": budget.n_targets, "refresh_every": budget.refresh_every}
+
+
 @register_attack("guide_points", on="detector", targeted=(False,),
-                 examples=({"eps": 0.1, "steps": 10, "n_targets": 2},))
+                 examples=({"eps": 0.1, "steps": 10, "n_targets": 2},),
+                 evaluation=InEvaluation(_needs_knn, _settings, order=10))
 class GuidePointAttack(DetectorAttack):
     """Guide-point soft-kNN attack on any k-NN detector (DLD, Deep k-NN): F to a target class, and in every
     searched latent space the target class's guide points inside the k-NN ball.

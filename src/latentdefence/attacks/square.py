@@ -12,7 +12,7 @@ from torch import nn
 from ..validation import check_count, check_number
 from .base import Attack, margin
 from .detector_aware import DetectorAttack, KeepBest
-from .registry import register_attack
+from .registry import InEvaluation, register_attack
 
 # (candidate images (R, C, H, W), their rows in the batch (R,)) -> loss (R,), success where < 0
 SearchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -108,7 +108,16 @@ class Square(Attack):
         return torch.randint(0, high, (n,), generator=self.generator)
 
 
-@register_attack("detector_square", on="detector", targeted=(False,), examples=({"eps": 0.1, "queries": 20},))
+def _linf_only(detector: Any, threat: Any) -> str | None:
+    return None if threat.norm == "linf" else "our Square is L-inf only"
+
+
+def _square_settings(budget: Any) -> dict[str, Any]:
+    return {"queries": budget.square_queries, "restarts": budget.square_restarts}
+
+
+@register_attack("detector_square", on="detector", targeted=(False,), examples=({"eps": 0.1, "queries": 20},),
+                 evaluation=InEvaluation(_linf_only, _square_settings, label="square", order=40, gradient=False))
 class DetectorSquare(DetectorAttack):
     """Square attack on F + detector: gradient-free, so it is the gradient-masking check of a detector evaluation.
 

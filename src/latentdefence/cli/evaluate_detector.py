@@ -1,5 +1,5 @@
-"""`latentdefence evaluate-detector`: a saved DLD detector under every attack that applies (thin over
-`experiments.dld_adaptive.evaluate_dld_artifact`, i.e. `evaluation.evaluate_detector`); `compare-evaluations`:
+"""`latentdefence evaluate-detector`: a saved detector of any registered kind under every attack that applies (thin
+over `experiments.dld_adaptive.evaluate_artifact`, i.e. `evaluation.evaluate_detector`); `compare-evaluations`:
 several such runs in one table (`evaluation.compare`)."""
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ def register(app: typer.Typer) -> None:
 
 
 def evaluate_detector(
-    artifact: Path = typer.Argument(..., help="DLD detector artifact (DeepLatentDefence.save); encoders.safetensors "
-                                    "beside it enables the paper's adaptive attack."),
+    artifact: Path = typer.Argument(..., help="Detector artifact of any registered detector (DeepLatentDefence.save, "
+                                    "DeepKNN.save, ...); for DLD, encoders.safetensors beside it enables the paper's "
+                                    "adaptive attack."),
     dataset: str = typer.Option("mnist", help="Dataset whose test split is attacked (calibration images held out)."),
     norm: str = typer.Option("linf", help="linf | l2"),
     eps: float = typer.Option(0.3, help="Radius of the threat model's ball."),
@@ -38,9 +39,9 @@ def evaluate_detector(
     with cli_errors():
         check_output(out, "folder", [artifact])
         from ..evaluation import ThreatModel
-        from ..experiments.dld_adaptive import evaluate_dld_artifact
+        from ..experiments.dld_adaptive import evaluate_artifact
 
-        evaluation = evaluate_dld_artifact(artifact, ThreatModel(norm, eps), version, dataset=dataset, n=n,
+        evaluation = evaluate_artifact(artifact, ThreatModel(norm, eps), version, dataset=dataset, n=n,
                                            n_calibration=n_calibration, seed=seed, budget_check=budget_check,
                                            data_dir=data_dir)
         typer.echo((evaluation.write(out) / "report.md").read_text())

@@ -30,7 +30,7 @@ from .._progress import steps, track
 from .._io import environment_info, git_revision, save_figure, staged_folder, write_json
 from .._registry import Registry
 from .._seed import seed_everything
-from ..attacks import PGD, AutoAttack, create_attack
+from ..attacks import PGD, AutoAttack, InEvaluation, attack_entry, create_attack, evaluation_attacks
 from ..attacks.base import attack_in_batches, in_batches
 from ..attacks.detector_aware import DetectorAttack
 from ..detectors.base import Detection, check_attainable_fpr, evaded
@@ -40,10 +40,8 @@ from .detection import detection_metrics, verdicts, worst_case
 from ..stats import wilson_interval
 from ..validation import InputTypeError, InputValidationError, check_images, check_labels, check_number
 
-GRADIENT_ATTACKS = ("guide_points", "selective", "orthogonal")   # detector-aware, gradient-based
 ON_F_ALONE = ("pgd", "autoattack")                                 # know F only (transfer to the detector)
 PAPER_ATTACKS = ("pgd", "adaptive_paper")                          # DLD paper's own evaluation
-DETECTOR_ATTACKS = ("adaptive_paper", *GRADIENT_ATTACKS, "square")  # every detector-aware attack (`applicable`)
 EPS_SWEEP_FLOOR = 0.05       # robustness at the largest eps of the sweep above this: warn (should reach ~0)
 
 
@@ -170,9 +168,9 @@ def evaluate_detectors(detectors: Mapping[str, Any], images: torch.Tensor, label
         next(iter(detectors.values())).classifier, images, labels, calibration, clean, fprs, target_fpr,
         {"encoders": encoders or {}, "sanity": sanity or ()}, detectors)
     b = budget or VERSIONS[version]
-    unknown = sorted(set(attacks or ()) - set(DETECTOR_ATTACKS))
+    unknown = sorted(set(attacks or ()) - set(detector_attacks()))
     if unknown:
-        raise ValueError(f"unknown detector-aware attacks {unknown}; choose from {list(DETECTOR_ATTACKS)}")
+        raise ValueError(f"unknown detector-aware attacks {unknown}; choose from {list(detector_attacks())}")
     clean_images, clean_labels = clean
     timer, generator, revision = StageTimer(), seed_everything(seed), git_revision()  # the code that runs
     sets, robust_after, skipped = _attack_all(detectors, images, labels, threat_model, b, encoders or {}, generator,
@@ -298,36 +296,38 @@ def applicable(detector: Any, threat: ThreatModel, extras: Mapping[str, nn.Modul
             run.append(name)
         else:
             skipped[name] = reason
-    if all(hasattr(detector, a) for a in ("latents", "indexes_", "k")):
-        run.append("guide_points")
-    else:
-        skipped["guide_points"] = "needs a k-NN detector (`latents`, `indexes_`, `k`)"
-    for attack in ("selective", "orthogonal"):
-        if hasattr(detector, "surrogate_score"):
-            run.append(attack)
+    for label, name in evaluation_attacks().items():
+        reason = _in_evaluation(label).applies(detector, threat)
+        if reason is None:
+            run.append(label)
         else:
-            skipped[attack] = "needs `surrogate_score`"
-    if threat.norm == "linf":
-        run.append("square")
-    else:
-        skipped["square"] = "our Square is L-inf only"
+            skipped[label] = reason
     return run, skipped
 
 
 def detector_attack(kind: str, threat: ThreatModel, b: Budget, generator: torch.Generator,
                     eps: float | None = None) -> DetectorAttack:
-    """The detector-aware attack `kind` at budget `b` (eps: another radius, for the eps sweep)."""
-    e = threat.eps if eps is None else eps
-    common = {"steps": b.steps, "restarts": b.restarts, "check_every": b.check_every, "generator": generator,
-              "norm": threat.norm}
-    settings: dict[str, dict[str, Any]] = {
-        "guide_points": {**common, "n_targets": b.n_targets, "refresh_every": b.refresh_every},
-        "selective": common, "orthogonal": common,
-        "square": {"queries": b.square_queries, "restarts": b.square_restarts, "generator": generator}}
-    if kind not in settings:
-        raise ValueError(f"unknown detector attack {kind!r}")
-    attack: DetectorAttack = create_attack("detector_square" if kind == "square" else kind, eps=e, **settings[kind])
+    """The registered detector attack labelled `kind` at budget `b` (eps: another radius, for the eps sweep)."""
+    name = evaluation_attacks().get(kind)
+    if name is None:
+        raise ValueError(f"unknown detector attack {kind!r}; registered for evaluations: "
+                         f"{', '.join(evaluation_attacks())}")
+    norm = {"norm": threat.norm} if "norm" in attack_entry(name).parameters() else {}
+    attack: DetectorAttack = create_attack(name, eps=threat.eps if eps is None else eps, generator=generator,
+                                           **_in_evaluation(kind).settings(b), **norm)
     return attack
+
+
+def _in_evaluation(kind: str) -> InEvaluation:
+    """The evaluation spec of the registered detector attack labelled `kind`."""
+    spec = attack_entry(evaluation_attacks()[kind]).evaluation
+    assert spec is not None                 # evaluation_attacks lists only attacks with one
+    return spec
+
+
+def detector_attacks() -> tuple[str, ...]:
+    """Every detector-aware attack an evaluation may run: the papers' own, then the registered ones, in order."""
+    return (*_PAPER_ATTACKS.names(), *evaluation_attacks())
 
 
 def _pgd(threat: ThreatModel, b: Budget, generator: torch.Generator, eps: float | None = None) -> PGD:
@@ -380,7 +380,8 @@ def _detector_aware(kind: str, name: str, det: Any, encoders: Mapping[str, Mappi
     if kind in _PAPER_ATTACKS.names():
         return _PAPER_ATTACKS.get(kind).run(det, encoders[name], images, labels, threat.eps, b, generator)
     attack = detector_attack(kind, threat, b, generator)
-    starts = shared["autoattack"] if kind == "selective" else None   # F already fooled: only hide it
+    start_from = _in_evaluation(kind).starts
+    starts = shared[start_from] if start_from else None   # e.g. selective: F already fooled, only hide it
     return in_batches(lambda x, y, s: attack(det, x, y, starts=s).images, images, labels, starts,
                       batch_size=b.batch_size, desc=f"{kind} on {name}")
 
@@ -465,7 +466,7 @@ def _sanity(det: Any, name: str, images: torch.Tensor, labels: torch.Tensor, thr
     x, y = images[:b.n_sanity], labels[:b.n_sanity]
     attacks = results["detectors"][name]["attacks"]
     warnings: list[str] = []
-    gradient = [k for k in GRADIENT_ATTACKS if k in attacks]
+    gradient = [k for k in evaluation_attacks() if _in_evaluation(k).gradient and k in attacks]
     strongest = min(gradient or [k for k in ("square", "pgd") if k in attacks],
                     key=lambda k: (attacks[k]["robustness"], k))
 
@@ -480,7 +481,8 @@ def _sanity(det: Any, name: str, images: torch.Tensor, labels: torch.Tensor, thr
     def make(bud: Budget, eps: float | None = None) -> Any:
         return _pgd(threat, bud, generator, eps) if strongest == "pgd" else detector_attack(strongest, threat, bud,
                                                                                             generator, eps)
-    starts = sets["autoattack"][:len(x)] if strongest == "selective" else None   # as in the main run
+    start_from = _in_evaluation(strongest).starts if strongest in evaluation_attacks() else None
+    starts = sets[start_from][:len(x)] if start_from else None   # as in the main run
     more: dict[str, Any] = {"attack": strongest, "budget": robustness(sets[strongest][:len(x)]),
             "double_steps_and_restarts": robustness(run(make(b.doubled()), starts))}
     if more["double_steps_and_restarts"] > more["budget"]:

@@ -10,8 +10,8 @@ them. F alone under an AutoAttack-style cascade (APGD-CE, APGD-T, Square). Sanit
 and restarts, robustness against eps, gradient-free vs gradient, transfer from an undefended model.
 
 The DLD detector comes from `experiments.dld`'s cached stages (its cpu profile, the committed classifier) or
-from a saved artifact (`detector_artifact`); which one is recorded in results.json. `evaluate_dld_artifact`
-(behind `latentdefence evaluate-detector`) evaluates one saved DLD at a named version.
+from a saved artifact (`detector_artifact`); which one is recorded in results.json. `evaluate_artifact`
+(behind `latentdefence evaluate-detector`) evaluates one saved detector of any registered kind at a named version.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch
 from .._io import environment_info, git_revision, sha256_file
 from ..data import load_dataset
 from ..data.base import ImageDataset
+from ..detectors.registry import load_artifact
 from ..dld import DeepLatentDefence, load_encoders
 from ..dld.encoders import EncoderDecoder
 from ..evaluation.detector_eval import Budget, DetectorEvaluation, ThreatModel, evaluate_detector, evaluate_detectors
@@ -193,23 +194,23 @@ def run_dld_adaptive(config: DLDAdaptiveConfig, out_dir: str | Path, cache_root:
     return {**results, **extra}
 
 
-def evaluate_dld_artifact(path: str | Path, threat_model: ThreatModel, version: str = "standard", *,
-                          dataset: str = "mnist", n: int | None = 500, n_calibration: int = 750, seed: int = 0,
-                          budget_check: bool = False, data_dir: str | Path | None = None) -> DetectorEvaluation:
-    """A saved DLD detector under `evaluate_detector` on `dataset`'s test split: the seeded `n_calibration` images
-    of `experiments.dld.calibration_split` set the SR@FPR thresholds (and the threshold, if the artifact has none),
-    the first `n` of the rest are attacked. The paper's adaptive attack runs when `encoders.safetensors` (the
-    encoder-decoders) lies beside the artifact."""
-    det = DeepLatentDefence.load(path)
+def evaluate_artifact(path: str | Path, threat_model: ThreatModel, version: str = "standard", *,
+                      dataset: str = "mnist", n: int | None = 500, n_calibration: int = 750, seed: int = 0,
+                      budget_check: bool = False, data_dir: str | Path | None = None) -> DetectorEvaluation:
+    """Any registered detector's saved artifact under `evaluate_detector` on `dataset`'s test split: the seeded
+    `n_calibration` images of `experiments.dld.calibration_split` set the SR@FPR thresholds (and the threshold, if the
+    artifact has none), the first `n` of the rest are attacked; the detector is named by its registry name. For a DLD,
+    the paper's adaptive attack runs when `encoders.safetensors` (the encoder-decoders) lies beside the artifact."""
+    kind, det = load_artifact(path)
     test = load_dataset(dataset, None if data_dir is None else Path(data_dir)).test
     cal, rest = calibration_split(test, n_calibration, seed)
     if not hasattr(det, "threshold_"):
         det.calibrate(cal)
     beside = Path(path).parent / "encoders.safetensors"
+    encoders = load_encoders(str(beside)) if isinstance(det, DeepLatentDefence) and beside.is_file() else None
     data = rest.head(n)
     return evaluate_detector(det, data.images, data.labels, threat_model, version, calibration=cal.images,
-                             name="dld", encoders=load_encoders(str(beside)) if beside.is_file() else None,
-                             budget_check=budget_check, seed=seed)
+                             name=kind, encoders=encoders, budget_check=budget_check, seed=seed)
 
 
 def _dld(config: DLDAdaptiveConfig, train: ImageDataset, cal: ImageDataset,
