@@ -16,7 +16,7 @@ per tap (DLD and Deep k-NN build on it).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +25,15 @@ import torch
 from torch import nn
 
 from .._io import git_revision, load_tensors, module_device, save_tensors
-from ..attacks.base import frozen_eval
 from ..data.base import ImageDataset
-from ..detectors.base import ConformalDetector, Detection, check_classes, state_for
-from ..detectors.registry import register_detector
-from ..models import TapModules, TappedModel, create_model
-from ..validation import (InputTypeError, InputValidationError, artifact_field, check_count, check_finite_tensors,
-                          check_images, check_labels, check_number)
-from .encoders import EncoderDecoder, make_encoder
+from ..detectors.base import check_classes, state_for
 from ..detectors.knn import KNNIndex
 from ..detectors.knn_detector import KNNDetector
 from ..detectors.nonconformity import soft_nonconformity
+from ..detectors.registry import register_detector
+from ..models import TapModules, TappedModel, create_model
+from ..validation import InputValidationError, artifact_field, check_count, check_finite_tensors
+from .encoders import EncoderDecoder, make_encoder
 from .pruning import pruned_embeddings
 from .training import EncoderTrainConfig, train_encoder
 

@@ -1,4 +1,4 @@
-"""DLD's own attack on DLD (Section V-B) in every detector evaluation: registered with `evaluation.detector_eval`
+"""DLD's own attack on DLD (Section V-B) in every detector evaluation: registered with `evaluation.attack_plan`
 when `latentdefence.dld` is imported, so the generic evaluator knows no paper."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from torch import nn
 from ..attacks.base import in_batches
 from ..detectors.base import evaded
 from ..evaluation.detection import verdicts
-from ..evaluation.detector_eval import Budget, PaperAttack, ThreatModel, register_paper_attack
+from ..evaluation.attack_plan import PaperAttack, register_paper_attack
+from ..evaluation.threat import Budget, ThreatModel
 from .adaptive import CentroidAttack, ensemble_pgd
 from .detector import DeepLatentDefence
 from .encoders import EncoderDecoder

@@ -29,7 +29,7 @@ import torch
 from sklearn.metrics import roc_curve
 
 from ..detectors.base import Detection, Detector, calibrate_threshold, evaded
-from ..stats import auc_interval, roc_auc, scores_with_labels, wilson_interval
+from ..stats import roc_auc, scores_with_labels, wilson_interval
 
 @dataclass(frozen=True)
 class AttackMetrics:

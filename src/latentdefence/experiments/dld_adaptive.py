@@ -30,7 +30,8 @@ from ..data.base import ImageDataset
 from ..detectors.registry import load_artifact
 from ..dld import DeepLatentDefence, load_encoders
 from ..dld.encoders import EncoderDecoder
-from ..evaluation.detector_eval import Budget, DetectorEvaluation, ThreatModel, evaluate_detector, evaluate_detectors
+from ..evaluation.detector_eval import DetectorEvaluation, evaluate_detector, evaluate_detectors
+from ..evaluation.threat import Budget, ThreatModel
 from ..models import TappedModel
 from .._timing import StageTimer
 from .cache import any_complete_stage, ensure_stage, run_wall_time

@@ -25,7 +25,8 @@ from ..data.base import ImageDataset
 from ..dld import DeepLatentDefence, load_encoders, save_encoders
 from ..dld.encoders import EncoderDecoder
 from ..dld.hardening import HardeningConfig, HardeningRound, harden
-from ..evaluation.detector_eval import ThreatModel, evaluate_detectors
+from ..evaluation.detector_eval import evaluate_detectors
+from ..evaluation.threat import ThreatModel
 from ..stats import wilson_interval
 from .._timing import StageTimer
 from .cache import ensure_stage
