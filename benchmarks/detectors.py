@@ -7,7 +7,7 @@ times are the fastest of 2 runs after a warm-up (`best_of` of benchmarks/detect.
 
 Per detector: fit time, what it holds in memory, guarded-inference time per batch, surrogate forward +
 backward time per batch of 100, then on `--n` test images (calibrated at 2% FP on the 750 calibration
-images of `experiments.dld.calibration_split`): clean FP, and for FGSM / PGD-20 at eps 0.3 crafted
+images of `data.calibration_split`): clean FP, and for FGSM / PGD-20 at eps 0.3 crafted
 against F alone (not detector-aware, so not a robustness figure) the share of misclassified examples
 flagged and the ROC AUC of misclassified adversarial vs clean test images; for Mahalanobis and LID also
 the logistic regression's in-sample AUC on its own training pairs; and how closely each surrogate follows the
@@ -32,7 +32,7 @@ from latentdefence.data import load_dataset  # noqa: E402
 from latentdefence.detectors import DeepKNN, LIDDetector, MahalanobisDetector  # noqa: E402
 from latentdefence.detectors import ConformalDetector  # noqa: E402
 from latentdefence.stats import roc_auc  # noqa: E402
-from latentdefence.experiments.dld import calibration_split  # noqa: E402
+from latentdefence.data import calibration_split  # noqa: E402
 from latentdefence.training import load_checkpoint  # noqa: E402
 
 DETECTORS: dict[str, Callable[..., ConformalDetector]] = {

@@ -40,7 +40,7 @@ from latentdefence.attacks import FGSM  # noqa: E402
 from latentdefence.data import load_dataset  # noqa: E402
 from latentdefence.dld import DeepLatentDefence, EncoderTrainConfig  # noqa: E402
 from latentdefence.experiments.cache import ensure_stage  # noqa: E402
-from latentdefence.experiments.dld import calibration_split  # noqa: E402
+from latentdefence.data import calibration_split  # noqa: E402
 from latentdefence.serving import GuardedClassifier, SQLiteAuditLog  # noqa: E402
 from latentdefence.serving.process import start_server  # noqa: E402
 from latentdefence.training import load_checkpoint  # noqa: E402

@@ -17,7 +17,7 @@ from latentdefence.data import load_dataset
 from latentdefence.data.base import ImageDataset
 from latentdefence.dld import DeepLatentDefence, EncoderTrainConfig
 from latentdefence.evaluation import ThreatModel, evaluate_detector
-from latentdefence.experiments.dld import calibration_split
+from latentdefence.data import calibration_split
 from latentdefence.models import as_tapped
 from latentdefence.serving import GuardedClassifier
 from latentdefence.training import TrainConfig, train_classifier

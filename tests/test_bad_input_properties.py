@@ -29,7 +29,7 @@ from latentdefence.attacks import APGD, FGSM, JSMA, PGD, AutoAttack, CarliniWagn
 from latentdefence.cli import app as cli_app
 from latentdefence.data.base import ImageDataset
 from latentdefence.dld import CentroidAttack, DeepLatentDefence
-from latentdefence.experiments.dld import dld_config
+from latentdefence.experiments.dld_config import dld_config
 from latentdefence.experiments.overrides import apply_overrides
 from latentdefence.serving import GuardedClassifier, SQLiteAuditLog
 from latentdefence.training import load_checkpoint

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from latentdefence.experiments import experiment_config, run_experiment
-from latentdefence.experiments.dld import CLASSIFIER_LATER_FIELDS, dld_config
+from latentdefence.experiments.dld_config import CLASSIFIER_LATER_FIELDS, dld_config
 from latentdefence.models import create_model
 from latentdefence.training import TrainConfig
 from latentdefence.training.augment import crop_flip

@@ -12,7 +12,7 @@ from latentdefence.data import load_dataset
 from latentdefence.detectors import calibrate_threshold
 from latentdefence.dld import DeepLatentDefence
 from latentdefence.experiments import run_experiment
-from latentdefence.experiments.dld import calibration_split
+from latentdefence.data import calibration_split
 
 
 def test_smoke_run_records_its_detector_and_sets_fpr_thresholds_on_calibration_images(

@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 from latentdefence._io import save_tensors
 from latentdefence.cli.dld import app
 from latentdefence.dld import DeepLatentDefence, load_encoders
-from latentdefence.experiments.dld import ATTACKS, SIX_TAPS, build_dld, dld_config, run_dld, strongest_alpha2
+from latentdefence.experiments.dld import run_dld, strongest_alpha2
+from latentdefence.experiments.dld_config import ATTACKS, SIX_TAPS, dld_config
+from latentdefence.experiments.dld_stages import build_dld
 from latentdefence.experiments.dld_ablation import ablation_config, run_dld_ablation
 
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from latentdefence.cli import app
 from latentdefence.experiments import EXPERIMENTS, PROFILES, get_experiment, list_pipelines, run_experiment
-from latentdefence.experiments.dld import dld_config
+from latentdefence.experiments.dld_config import dld_config
 from published_formats import write_svhn_dir
 
 

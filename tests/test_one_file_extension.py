@@ -27,7 +27,7 @@ from latentdefence.cli import app
 from latentdefence.data import load_dataset
 from latentdefence.detectors import create_detector, list_detectors
 from latentdefence.evaluation.leaderboard import collect, library_detectors, render
-from latentdefence.experiments.dld import calibration_split
+from latentdefence.data import calibration_split
 from latentdefence.serving import GuardedClassifier
 from latentdefence.serving.app import ServeConfig, create_app
 from latentdefence.training import load_checkpoint

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from latentdefence.experiments import EXPERIMENTS, experiment_config
-from latentdefence.experiments.dld import DLDExperimentConfig
+from latentdefence.experiments.dld_config import DLDExperimentConfig
 from latentdefence.experiments.dld_ablation import DLDAblationConfig
 from latentdefence.experiments.lad import SPECS, LadConfig
 from latentdefence.experiments.lad_ablation import rows as lad_ablation_rows

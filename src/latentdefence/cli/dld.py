@@ -43,7 +43,7 @@ def calibrate(detector: Path, dataset: str = "mnist", data_dir: Optional[Path] =
     with cli_errors():
         from ..data import load_dataset
         from ..dld import DeepLatentDefence
-        from ..experiments.dld import calibration_split
+        from ..data import calibration_split
 
         cal, _ = calibration_split(load_dataset(dataset, data_dir).test, n_calibration, seed)
         det = DeepLatentDefence.load(detector).calibrate(cal, target_fpr=target_fpr)
@@ -126,7 +126,7 @@ def compare(detectors: list[str] = typer.Argument(..., help="NAME=PATH detector 
         from ..data import load_dataset
         from ..dld import DeepLatentDefence
         from ..evaluation.detector_comparison import compare_detectors, write_detector_comparison
-        from ..experiments.dld import calibration_split
+        from ..data import calibration_split
 
         if attack not in ("fgsm", "pgd"):
             raise ValueError(f"attack must be fgsm or pgd, got {attack!r}")

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .base import DatasetFileError, ImageDataset, Splits, default_cache_dir, default_data_dir
+from .base import DatasetFileError, ImageDataset, Splits, calibration_split, default_cache_dir, default_data_dir
 from .celeba import load_celeba_smile
 from .cifar10 import load_cifar10
 from .folder import load_image_folder
@@ -54,5 +54,5 @@ def load_split(name: str, split: str, data_dir: Path | None = None, channels: in
     return splits.train if split == "train" else splits.test
 
 
-__all__ = ["DATASETS", "DatasetFileError", "ImageDataset", "Splits", "default_cache_dir", "default_data_dir",
+__all__ = ["DATASETS", "DatasetFileError", "ImageDataset", "Splits", "calibration_split", "default_cache_dir", "default_data_dir",
            "load_celeba_smile", "load_cifar10", "load_dataset", "load_split", "load_image_folder", "load_idx_mnist", "load_mnist", "load_svhn"]

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from ..validation import check_count
+
 
 @dataclass(frozen=True)
 class ImageDataset:
@@ -55,6 +57,15 @@ class ImageDataset:
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
             raise ValueError(f"n must be None or an integer >= 0 (rows from the start), got {n!r}")
         return self if n is None else self.subset(slice(0, n))
+
+
+def calibration_split(test: ImageDataset, n_calibration: int = 750, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
+    """(calibration, evaluation): a seeded random n_calibration of the test set, never evaluated on, and the rest."""
+    check_count("n_calibration", n_calibration)   # a negative count would be a Python slice from the end
+    if len(test) <= n_calibration:
+        raise ValueError(f"test split has {len(test)} images; need more than n_calibration={n_calibration}")
+    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
+    return test.subset(order[:n_calibration]), test.subset(order[n_calibration:])
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ from ..dld.diagnostics import encoder_diagnostics
 from .._seed import seed_everything
 from .._timing import StageTimer
 from .cache import build_seconds
-from .dld import (PAPER, CleanReference, DLDExperimentConfig, attack_row, dld_classifier, dld_config, dld_data, dld_detector,
-                  dld_encoders, grey_box_set)
+from .dld import CleanReference, attack_row
+from .dld_config import PAPER, DLDExperimentConfig, dld_config
+from .dld_stages import dld_classifier, dld_data, dld_detector, dld_encoders, grey_box_set
 from .overrides import apply_overrides
 from .registry import register_pipeline
 

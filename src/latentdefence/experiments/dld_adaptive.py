@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from .._io import environment_info, git_revision, sha256_file
 from ..data import load_dataset
@@ -35,8 +34,9 @@ from ..evaluation.threat import Budget, ThreatModel
 from ..models import TappedModel
 from .._timing import StageTimer
 from .cache import any_complete_stage, ensure_stage, run_wall_time
-from .dld import (DLDExperimentConfig, calibration_split, dataset_splits, dld_classifier, dld_config, dld_data,
-                  dld_detector, dld_encoders)
+from .dld_config import DLDExperimentConfig, dld_config
+from ..data import calibration_split
+from .dld_stages import dataset_splits, dld_classifier, dld_data, dld_detector, dld_encoders
 from .registry import register_pipeline
 
 COMMITTED_CLASSIFIER = "docs/results/dld-mnist-table1/classifier"
@@ -199,7 +199,7 @@ def evaluate_artifact(path: str | Path, threat_model: ThreatModel, version: str 
                       dataset: str = "mnist", n: int | None = 500, n_calibration: int = 750, seed: int = 0,
                       budget_check: bool = False, data_dir: str | Path | None = None) -> DetectorEvaluation:
     """Any registered detector's saved artifact under `evaluate_detector` on `dataset`'s test split: the seeded
-    `n_calibration` images of `experiments.dld.calibration_split` set the SR@FPR thresholds (and the threshold, if the
+    `n_calibration` images of `data.calibration_split` set the SR@FPR thresholds (and the threshold, if the
     artifact has none), the first `n` of the rest are attacked; the detector is named by its registry name. For a DLD,
     the paper's adaptive attack runs when `encoders.safetensors` (the encoder-decoders) lies beside the artifact."""
     kind, det = load_artifact(path)

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from .._io import environment_info, git_revision, save_figure, sha256_file, write_json
 from ..data import load_dataset
@@ -30,7 +29,7 @@ from ..evaluation.threat import ThreatModel
 from ..stats import wilson_interval
 from .._timing import StageTimer
 from .cache import ensure_stage
-from .dld import calibration_split
+from ..data import calibration_split
 from .dld_adaptive import AdaptiveSettings, adaptive_config
 from .registry import register_pipeline
 
