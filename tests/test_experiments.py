@@ -68,7 +68,8 @@ def test_dld_svhn_smoke_runs_on_published_format_files(tmp_path: Path, monkeypat
 
 @pytest.mark.slow
 def test_lad_celeba_smoke_runs_on_published_format_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from latentdefence.experiments.lad import lad_config, run_lad
+    from latentdefence.experiments.lad import run_lad
+    from latentdefence.experiments.lad_config import lad_config
     from published_formats import celeba_files, write_celeba
 
     monkeypatch.setenv("LATENTDEFENCE_CACHE", str(tmp_path / "cache"))
@@ -84,7 +85,8 @@ def test_lad_celeba_smoke_runs_on_published_format_files(tmp_path: Path, monkeyp
 
 @pytest.mark.slow
 def test_lad_svhn_smoke_runs_on_published_format_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from latentdefence.experiments.lad import lad_config, run_lad
+    from latentdefence.experiments.lad import run_lad
+    from latentdefence.experiments.lad_config import lad_config
 
     monkeypatch.setenv("LATENTDEFENCE_CACHE", str(tmp_path / "cache"))
     data = write_svhn_dir(tmp_path / "svhn", n_train=200, n_test=120)

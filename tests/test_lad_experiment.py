@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from latentdefence.data.base import ImageDataset, Splits
-from latentdefence.experiments.lad import ATTACKS, lad_config, run_lad
+from latentdefence.experiments.lad import run_lad
+from latentdefence.experiments.lad_config import ATTACKS, lad_config
 
 
 def tiny_digits(n_train: int = 200, n_test: int = 120, seed: int = 0) -> Splits:

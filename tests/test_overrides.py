@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from latentdefence.cli import app
 from latentdefence.experiments.dld_config import dld_config
-from latentdefence.experiments.lad import lad_config
+from latentdefence.experiments.lad_config import lad_config
 from latentdefence.experiments.overrides import apply_overrides
 
 

@@ -13,7 +13,7 @@ import pytest
 from latentdefence.experiments import EXPERIMENTS, experiment_config
 from latentdefence.experiments.dld_config import DLDExperimentConfig
 from latentdefence.experiments.dld_ablation import DLDAblationConfig
-from latentdefence.experiments.lad import SPECS, LadConfig
+from latentdefence.experiments.lad_config import SPECS, LadConfig
 from latentdefence.experiments.lad_ablation import rows as lad_ablation_rows
 from latentdefence.experiments.overrides import apply_overrides
 from latentdefence.models import create_model

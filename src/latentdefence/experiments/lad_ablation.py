@@ -27,8 +27,9 @@ from ..lad.finetune import FinetuneConfig, eps_label
 from ..lad.generation import GeneratedSet
 from ..lad.generator import GeneratorConfig
 from ..training.loop import TrainConfig
-from .lad import (EvalSets, LadBuild, LadConfig, accuracy_at, build_lad, control_sets, eval_sets, headline,
-                  pipeline_config, score, set_statistics)
+from .lad import EvalSets, accuracy_at, control_sets, eval_sets, headline, pipeline_config, score, set_statistics
+from .lad_config import LadConfig
+from .lad_stages import LadBuild, build_lad
 from .registry import register_pipeline
 
 

@@ -27,8 +27,9 @@ from ..data import Splits
 from ..data.base import ImageDataset
 from ..lad.finetune import FinetuneConfig
 from ..training import TrainConfig
-from .lad import (PAPER, EvalSets, LadBuild, LadConfig, build_lad, eval_sets, lad_config, reconstruction_control,
-                  score)
+from .lad import EvalSets, eval_sets, reconstruction_control, score
+from .lad_config import PAPER, LadConfig, lad_config
+from .lad_stages import LadBuild, build_lad
 from .registry import register_pipeline
 
 PROFILES = ("smoke", "cpu", "paper")
