@@ -7,7 +7,7 @@ fit on training images, calibrated on held-out clean images, and has a different
 ``surrogate_score(images, classes)`` for attacks that know it. DLD (`latentdefence.dld`) builds on `KNNDetector`.
 """
 
-from .base import ConformalDetector, Detection, Detector, Verdict, calibrate_threshold, credibility, evaded
+from .base import ConformalDetector, Detection, Detector, Evaluable, Verdict, calibrate_threshold, credibility, evaded
 from .dknn import DeepKNN
 from .knn import KNNIndex
 from .knn_detector import KNNDetector
@@ -17,7 +17,7 @@ from .mahalanobis import MahalanobisDetector
 from .nonconformity import nonconformity, soft_nonconformity
 from .registry import DetectorEntry, create_detector, detector_entry, list_detectors, load_artifact, register_detector
 
-__all__ = ["ConformalDetector", "DeepKNN", "Detection", "Detector", "DetectorEntry", "KNNDetector", "KNNIndex",
+__all__ = ["ConformalDetector", "DeepKNN", "Detection", "Detector", "DetectorEntry", "Evaluable", "KNNDetector", "KNNIndex",
            "LIDDetector", "LayerScoreDetector", "LogisticCombiner", "MahalanobisDetector", "Verdict",
            "calibrate_threshold", "clean_noisy_adversarial", "create_detector", "credibility", "detector_entry",
            "evaded", "list_detectors", "load_artifact", "nonconformity", "register_detector", "soft_nonconformity"]

@@ -104,14 +104,19 @@ def evaded(verdict: Verdict, labels: torch.Tensor) -> torch.Tensor:
     return (verdict.predicted != labels) & ~verdict.is_adversarial.bool()
 
 
-class Detector(Protocol):
-    """What attacks need from a detector (every `ConformalDetector` with a ``surrogate_score``; a user's own
-    detector too)."""
+class Evaluable(Protocol):
+    """The least a detector needs to be evaluated (`evaluation.evaluate_detectors`) and attacked: the classifier F it
+    guards and a verdict; attacks that need more (a surrogate, latents) check for it and say why they skip."""
 
     @property
     def classifier(self) -> nn.Module: ...           # read-only, so a detector holding a TappedModel fits
 
     def predict(self, images: torch.Tensor) -> Verdict: ...
+
+
+class Detector(Evaluable, Protocol):
+    """What gradient attacks need from a detector (every `ConformalDetector` with a ``surrogate_score``; a user's own
+    detector too)."""
 
     def surrogate_score(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor: ...
 

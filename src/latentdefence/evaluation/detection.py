@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_curve
 
-from ..detectors.base import Detection, Detector, calibrate_threshold, evaded
+from ..detectors.base import Detection, Evaluable, calibrate_threshold, evaded
 from ..stats import roc_auc, scores_with_labels, wilson_interval
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def _same_length(*tensors: torch.Tensor) -> None:
 FPR_GRID = np.concatenate([np.linspace(0, 0.1, 51), np.linspace(0.11, 1, 90)])
 
 
-def verdicts(detector: Detector, images: torch.Tensor, batch_size: int = 500) -> Detection:
+def verdicts(detector: Evaluable, images: torch.Tensor, batch_size: int = 500) -> Detection:
     """`detector.predict` in batches, as one `Detection` on CPU with float64 scores; a detector without
     `per_layer` gets none, one without `credibility` NaN."""
     parts = [detector.predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]

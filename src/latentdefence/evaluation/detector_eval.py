@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ from .._io import environment_info, git_revision, staged_folder, write_json
 from .._seed import seed_everything
 from ..attacks import AutoAttack
 from ..attacks.base import attack_in_batches, in_batches
-from ..detectors.base import Detection, check_attainable_fpr, evaded
+from ..detectors.base import Detection, Detector, Evaluable, check_attainable_fpr, evaded
 from .._timing import StageTimer
 from .compare import paired_within_run
 from .attack_plan import applicable, detector_attack, detector_attacks, in_evaluation, paper_attack, pgd_on_f
@@ -65,7 +65,7 @@ class DetectorEvaluation:
         return list(self.results["warnings"])
 
 
-def evaluate_detector(detector: Any, images: torch.Tensor, labels: torch.Tensor, threat_model: ThreatModel,
+def evaluate_detector(detector: Evaluable, images: torch.Tensor, labels: torch.Tensor, threat_model: ThreatModel,
                       version: str = "standard", *, calibration: torch.Tensor, name: str = "detector",
                       encoders: Mapping[str, nn.Module] | None = None, **kwargs: Any) -> DetectorEvaluation:
     """One detector under every attack that applies to it (see `evaluate_detectors` for the arguments)."""
@@ -73,7 +73,7 @@ def evaluate_detector(detector: Any, images: torch.Tensor, labels: torch.Tensor,
                               encoders={name: encoders} if encoders else None, **kwargs)
 
 
-def evaluate_detectors(detectors: Mapping[str, Any], images: torch.Tensor, labels: torch.Tensor,
+def evaluate_detectors(detectors: Mapping[str, Evaluable], images: torch.Tensor, labels: torch.Tensor,
                        threat_model: ThreatModel, version: str = "standard", *, calibration: torch.Tensor,
                        clean: tuple[torch.Tensor, torch.Tensor] | None = None,
                        encoders: Mapping[str, Mapping[str, nn.Module]] | None = None,
@@ -140,7 +140,7 @@ def evaluate_detectors(detectors: Mapping[str, Any], images: torch.Tensor, label
     return DetectorEvaluation(results, sets)
 
 
-def _check_contract(detectors: Mapping[str, Any]) -> None:
+def _check_contract(detectors: Mapping[str, Evaluable]) -> None:
     """Every detector has `classifier` and `predict`, and all guard the same F."""
     for n, det in detectors.items():
         missing = [a for a in ("classifier", "predict") if not hasattr(det, a)]
@@ -166,7 +166,7 @@ def _unkept_fprs(fprs: Sequence[float], n: int) -> list[str]:
 
 def _check_arguments(classifier: nn.Module, images: Any, labels: Any, calibration: Any,
                      clean: tuple[torch.Tensor, torch.Tensor] | None, fprs: Sequence[float], target_fpr: float | None,
-                     named: Mapping[str, Any], detectors: Mapping[str, Any]
+                     named: Mapping[str, Any], detectors: Mapping[str, Evaluable]
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """Every argument checked by name before the first attack (an evaluation can take hours; a bad `fprs` or a
     calibration `ImageDataset` found afterwards wastes them): images, labels, calibration and clean images of F's
@@ -202,7 +202,7 @@ def _check_arguments(classifier: nn.Module, images: Any, labels: Any, calibratio
 
 
 # -- attacks --------------------------------------------------------------------------------------
-def _attack_all(detectors: Mapping[str, Any], images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel,
+def _attack_all(detectors: Mapping[str, Evaluable], images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel,
                 b: Budget, encoders: Mapping[str, Mapping[str, nn.Module]], generator: torch.Generator,
                 timer: StageTimer, only: Sequence[str] | None = None
                 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float], dict[str, dict[str, str]]]:
@@ -239,7 +239,7 @@ def _attack_all(detectors: Mapping[str, Any], images: torch.Tensor, labels: torc
     return sets, robust_after, skipped
 
 
-def _detector_aware(kind: str, name: str, det: Any, encoders: Mapping[str, Mapping[str, nn.Module]],
+def _detector_aware(kind: str, name: str, det: Evaluable, encoders: Mapping[str, Mapping[str, nn.Module]],
                     images: torch.Tensor, labels: torch.Tensor, shared: Mapping[str, torch.Tensor],
                     threat: ThreatModel, b: Budget, generator: torch.Generator) -> torch.Tensor:
     """Adversarial images of one detector-aware attack on detector `name`."""
@@ -249,11 +249,12 @@ def _detector_aware(kind: str, name: str, det: Any, encoders: Mapping[str, Mappi
     attack = detector_attack(kind, threat, b, generator)
     start_from = in_evaluation(kind).starts
     starts = shared[start_from] if start_from else None   # e.g. selective: F already fooled, only hide it
-    return in_batches(lambda x, y, s: attack(det, x, y, starts=s).images, images, labels, starts,
+    target = cast(Detector, det)            # the attack's `applies` checked what it needs beyond `Evaluable`
+    return in_batches(lambda x, y, s: attack(target, x, y, starts=s).images, images, labels, starts,
                       batch_size=b.batch_size, desc=f"{kind} on {name}")
 
 
-def _broken_on_classifier(detectors: Mapping[str, Any], labels: torch.Tensor,
+def _broken_on_classifier(detectors: Mapping[str, Evaluable], labels: torch.Tensor,
                           sets: Mapping[str, Mapping[str, torch.Tensor]]) -> list[int]:
     """Images F alone gets wrong under PGD or the cascade (the attacks every detector's run shares), by index."""
     from .metrics import batched_predict
@@ -284,7 +285,7 @@ def _broken(v: Detection, labels: torch.Tensor) -> torch.Tensor:
     return evaded(v, labels)
 
 
-def _metrics(det: Any, labels: torch.Tensor, clean_images: torch.Tensor, clean_labels: torch.Tensor,
+def _metrics(det: Evaluable, labels: torch.Tensor, clean_images: torch.Tensor, clean_labels: torch.Tensor,
              v_cal: Detection, sets: Mapping[str, torch.Tensor], fprs: Sequence[float],
              target_fpr: float | None) -> dict[str, Any]:
     """Clean FP, each attack's metrics, the worst case over the paper's and over all attacks."""

@@ -12,13 +12,13 @@ from torch import nn
 
 from ..attacks import PGD, evaluation_attacks
 from ..attacks.base import attack_in_batches, in_batches
-from ..detectors.base import evaded
+from ..detectors.base import Evaluable, evaded
 from .attack_plan import detector_attack, in_evaluation, pgd_on_f, robust_fraction
 from .detection import verdicts
 from .threat import EPS_SWEEP_FLOOR, ON_F_ALONE, Budget, ThreatModel
 
 
-def sanity_checks(det: Any, name: str, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel, b: Budget,
+def sanity_checks(det: Evaluable, name: str, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel, b: Budget,
             sets: Mapping[str, torch.Tensor], results: Mapping[str, Any], transfer_source: tuple[str, nn.Module] | None,
             generator: torch.Generator) -> dict[str, Any]:
     """Carlini et al.'s checks on the detector's strongest detector-aware attack, on the first `n_sanity` images."""

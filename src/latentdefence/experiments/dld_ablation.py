@@ -74,7 +74,7 @@ def ablation_config(profile: str = "cpu") -> DLDAblationConfig:
     if profile == "cpu":
         base = dld_config("cpu")
         reference = replace(base, profile="ablation-cpu", index_max_train=20_000, taps=dld_config("paper").taps,
-                            encoder=replace(base.encoder, precomputed=("pgd",)),
+                            encoder=replace(base.encoder, precomputed=("pgd",), max_train=20_000),  # as measured
                             attacks=replace(base.attacks, pgd_steps=40, pgd_restarts=1,
                                             n={**base.attacks.n, "fgsm": None, "pgd": 2000}))
         return DLDAblationConfig("cpu", reference, CPU_ROWS)
