@@ -98,7 +98,7 @@ def test_smoke_ablation_reports_one_row_per_change_against_the_same_attack_sets(
     assert json.loads((smoke_run / "ablation" / "results.json").read_text())["rows"][1]["name"] == "reference"
     report = (smoke_run / "ablation" / "report.md").read_text()
     assert "| legacy pairing | " in report and "[" in report.split("| legacy pairing | ")[1].split("|")[0]
-    with pytest.raises(ValueError, match="smoke and cpu"):
+    with pytest.raises(ValueError, match="unknown profile .paper. for dld-ablation; choose one of smoke, cpu"):
         ablation_config("paper")
 
 

@@ -22,7 +22,7 @@ from ..stats import wilson_interval
 from ..models import create_model
 from ..training import TrainConfig, load_checkpoint, train_classifier
 from .cache import ensure_stage, settings_key
-from .registry import register_pipeline
+from .registry import choose_profile, register_pipeline
 
 EPS = 8 / 255
 
@@ -73,13 +73,12 @@ def recipes_config(profile: str, dataset: str, data_dir: str | None, checkpoint:
     """cpu: 4 epochs on 20k images (a screening, ~40 min of one core); smoke: seconds."""
     if checkpoint is not None:
         raise ValueError("the recipe screening trains its own classifiers; it takes no --classifier")
-    if profile == "smoke":
-        return RecipeConfig(profile, dataset, data_dir, epochs=1, n_train=256, n_eval=64, eval_steps=2,
-                            recipes=tuple(replace(r, width=0.125 if r.arch == "preact_resnet18" else 0.25,
-                                                  train=replace(r.train, epochs=1)) for r in RECIPES))
-    if profile in ("cpu", "paper"):
-        return RecipeConfig(profile, dataset, data_dir)
-    raise ValueError(f"cifar10-recipes has profiles smoke and cpu, got {profile!r}")
+    return choose_profile(profile, {
+        "smoke": lambda: RecipeConfig(profile, dataset, data_dir, epochs=1, n_train=256, n_eval=64, eval_steps=2,
+                                      recipes=tuple(replace(r, width=0.125 if r.arch == "preact_resnet18" else 0.25,
+                                                            train=replace(r.train, epochs=1)) for r in RECIPES)),
+        "cpu": lambda: RecipeConfig(profile, dataset, data_dir),
+        "paper": lambda: RecipeConfig(profile, dataset, data_dir)}, "cifar10-recipes")
 
 
 def run_recipes(config: RecipeConfig, out_dir: str | Path) -> dict[str, Any]:

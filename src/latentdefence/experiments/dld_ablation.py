@@ -23,7 +23,7 @@ from .dld import CleanReference, attack_row
 from .dld_config import PAPER, DLDExperimentConfig, dld_config
 from .dld_stages import dld_classifier, dld_data, dld_detector, dld_encoders, grey_box_set
 from .overrides import apply_overrides
-from .registry import register_pipeline
+from .registry import choose_profile, register_pipeline
 
 ATTACKS = ("fgsm", "pgd")
 
@@ -71,17 +71,18 @@ def ablation_config(profile: str = "cpu") -> DLDAblationConfig:
     with one change (row 2 adds FGSM: the cpu profile); the
     k-NN index holds 20k training images; FGSM on all 9,250 evaluation images and PGD-40 on 2,000 of them, so
     each AUC's 95% interval is a few hundredths wide; `smoke`: seconds, two rows."""
-    if profile == "cpu":
+    def cpu() -> DLDAblationConfig:
         base = dld_config("cpu")
         reference = replace(base, profile="ablation-cpu", index_max_train=20_000, taps=dld_config("paper").taps,
                             encoder=replace(base.encoder, precomputed=("pgd",), max_train=20_000),  # as measured
                             attacks=replace(base.attacks, pgd_steps=40, pgd_restarts=1,
                                             n={**base.attacks.n, "fgsm": None, "pgd": 2000}))
         return DLDAblationConfig("cpu", reference, CPU_ROWS)
-    if profile == "smoke":
-        return DLDAblationConfig("smoke", replace(dld_config("smoke"), profile="ablation-smoke"),
-                                 (AblationRow("legacy pairing", ("encoder.pairing=legacy",)), AblationRow("reference")))
-    raise ValueError(f"the DLD ablation has profiles smoke and cpu, got {profile!r}")
+    return choose_profile(profile, {
+        "smoke": lambda: DLDAblationConfig("smoke", replace(dld_config("smoke"), profile="ablation-smoke"),
+                                           (AblationRow("legacy pairing", ("encoder.pairing=legacy",)),
+                                            AblationRow("reference"))),
+        "cpu": cpu}, "dld-ablation")
 
 
 def run_dld_ablation(config: DLDAblationConfig, out_dir: str | Path, cache_root: Path | None = None) -> dict[str, Any]:

@@ -3,13 +3,16 @@ the named profiles (`dld_config`: paper, cpu, demo, smoke; MNIST, SVHN, CIFAR-10
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 
 from ..dld import EncoderTrainConfig
 from ..models import create_model
+from .registry import choose_profile
 
 if TYPE_CHECKING:  # `training` itself is imported lazily, where it is used
     from ..training.augment import Augment
@@ -122,15 +125,9 @@ def dld_config(profile: str = "cpu", dataset: str = "mnist", data_dir: str | Non
     if dataset not in DLD_DATASETS:
         raise ValueError(f"DLD experiments cover {', '.join(DLD_DATASETS)}, got {dataset!r}")
     base = _paper(dataset, data_dir)
-    if profile == "paper":
-        return base
-    if profile == "cpu":
-        return _cpu(base)
-    if profile == "smoke":
-        return _smoke(base)
-    if profile == "demo":
-        return _demo(base)
-    raise ValueError(f"unknown profile {profile!r}; choose smoke, demo, cpu or paper")
+    profiles: dict[str, Callable[[DLDExperimentConfig], DLDExperimentConfig]] = {
+        "smoke": _smoke, "demo": _demo, "cpu": _cpu, "paper": lambda paper: paper}
+    return choose_profile(profile, {name: partial(make, base) for name, make in profiles.items()}, "dld")
 
 
 CIFAR_EPS = 8 / 255

@@ -31,7 +31,7 @@ from .._timing import StageTimer
 from .cache import ensure_stage
 from ..data import calibration_split
 from .dld_adaptive import AdaptiveSettings, adaptive_config
-from .registry import register_pipeline
+from .registry import choose_profile, register_pipeline
 
 COMMITTED_DETECTOR = "docs/results/dld-mnist-table1/detector.safetensors"
 
@@ -62,21 +62,20 @@ def hardening_config(profile: str = "cpu") -> DLDHardeningConfig:
     """cpu: 3 rounds of 2000 images, the adaptive suite's cpu budgets on 500 images, the FPR sweep on 200 (about
     90 min on one core);
     smoke: seconds, numbers meaningless; paper: more rounds and images, the paper budgets (a GPU job)."""
-    if profile == "cpu":
-        return DLDHardeningConfig()
-    if profile == "paper":
-        return DLDHardeningConfig(profile="paper", hardening=HardeningConfig(rounds=6, images_per_round=10_000,
-                                                                             attack_steps=40),
-                                  attacks=adaptive_config("paper").attacks, sweep_n=1000,
-                                  sweep_attacks=("selective", "guide_points", "adaptive_paper"))
-    if profile == "smoke":
-        smoke = adaptive_config("smoke").attacks
+    def smoke() -> DLDHardeningConfig:
+        attacks = adaptive_config("smoke").attacks
         return DLDHardeningConfig(profile="smoke", hardening=HardeningConfig(rounds=1, images_per_round=40,
                                                                              attack_steps=2, pgd_steps=2, epochs=1),
-                                  max_train=1000, n_heldout=100, n_clean=200, attacks=replace(smoke, n=10), sanity=(),
+                                  max_train=1000, n_heldout=100, n_clean=200, attacks=replace(attacks, n=10), sanity=(),
                                   fpr_sweep=(0.02, 0.1), sweep_n=6, sweep_baselines=("mahalanobis",),
                                   lr_samples=900)  # FGSM fools a robust F on few images: 200 left 1 to fit on
-    raise ValueError(f"unknown profile {profile!r}; choose smoke, cpu or paper")
+    return choose_profile(profile, {
+        "smoke": smoke, "cpu": DLDHardeningConfig,
+        "paper": lambda: DLDHardeningConfig(profile="paper", hardening=HardeningConfig(rounds=6, images_per_round=10_000,
+                                                                                       attack_steps=40),
+                                            attacks=adaptive_config("paper").attacks, sweep_n=1000,
+                                            sweep_attacks=("selective", "guide_points", "adaptive_paper"))},
+        "dld-hardening")
 
 
 def run_dld_hardening(config: DLDHardeningConfig, out_dir: str | Path, cache_root: Path | None = None,

@@ -30,9 +30,8 @@ from ..training import TrainConfig
 from .lad import EvalSets, eval_sets, reconstruction_control, score
 from .lad_config import PAPER, LadConfig, lad_config
 from .lad_stages import LadBuild, build_lad
-from .registry import register_pipeline
+from .registry import choose_profile, register_pipeline
 
-PROFILES = ("smoke", "cpu", "paper")
 COLUMNS = ("clean", "white/fgsm", "white/pgd", "rerun/fgsm", "rerun/pgd", "transfer/fgsm", "transfer/pgd")
 TARGETED_COLUMNS = ("white/jsma", "white/cw")
 LABELS = {"clean": "clean", "white/fgsm": "FGSM fixed", "white/pgd": "PGD fixed", "rerun/fgsm": "FGSM re-run",
@@ -57,16 +56,14 @@ class PaperNumbersConfig:
 
 def paper_numbers_config(profile: str, dataset: str = "mnist", **overrides: Any) -> PaperNumbersConfig:
     """The named profile's settings (the LAD run's profile underneath), with keyword overrides."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
     if dataset != "mnist":
         raise ValueError(f"the paper-numbers checks are defined for MNIST (Tables II, III), not {dataset!r}")
     base = PaperNumbersConfig(profile=profile, lad=lad_config(profile, dataset))
-    if profile == "cpu":
-        base = replace(base, long_epochs=120)  # ~10k steps: 40x the LAD run's 255, 12x the ablation's largest
-    elif profile == "smoke":
-        base = replace(base, long_epochs=2, reference_seeds=(0,), drift_seeds=(101, 102), variant_generator_epochs=1)
-    return replace(base, **overrides)
+    return replace(choose_profile(profile, {
+        "smoke": lambda: replace(base, long_epochs=2, reference_seeds=(0,), drift_seeds=(101, 102),
+                                 variant_generator_epochs=1),
+        "cpu": lambda: replace(base, long_epochs=120),  # ~10k steps: 40x the LAD run's 255, 12x the ablation's largest
+        "paper": lambda: base}, "lad-paper-numbers"), **overrides)
 
 
 def _summary(runs: list[dict[str, Any]], columns: tuple[str, ...]) -> dict[str, Any]:

@@ -6,12 +6,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .._registry import Registry
+
+T = TypeVar("T")
 
 # (profile, dataset, data_dir, classifier checkpoint) -> the pipeline's typed config
 ConfigFn = Callable[[str, str, "str | None", "str | None"], Any]
@@ -27,6 +29,14 @@ class Pipeline:
 
 
 _PIPELINES: Registry[Pipeline] = Registry("pipeline", group="latentdefence.pipelines")
+
+
+def choose_profile(profile: str, profiles: Mapping[str, Callable[[], T]], pipeline: str) -> T:
+    """The settings of `profile` from a pipeline's table of profiles (each entry builds them); an unknown name is
+    refused with the pipeline's choices."""
+    if profile not in profiles:
+        raise ValueError(f"unknown profile {profile!r} for {pipeline}; choose one of {', '.join(profiles)}")
+    return profiles[profile]()
 
 
 def register_pipeline(name: str, *, config: ConfigFn, run: RunFn) -> Pipeline:
