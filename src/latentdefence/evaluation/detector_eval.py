@@ -112,11 +112,12 @@ def evaluate_detectors(detectors: Mapping[str, Evaluable], images: torch.Tensor,
                                               timer, attacks)
     with timer.timed("evaluate"):
         cal = {n: verdicts(d, calibration) for n, d in detectors.items()}
+        scored = {n: {k: verdicts(d, imgs) for k, imgs in sets[n].items()} for n, d in detectors.items()}  # once
         results: dict[str, Any] = {"threat_model": asdict(threat_model), "version": version,
                                    "budget": asdict(b), "versions": {k: asdict(v) for k, v in VERSIONS.items()},
                                    "detectors": {}, "warnings": _unkept_fprs(fprs, len(calibration))}
         for n, det in detectors.items():
-            results["detectors"][n] = _metrics(det, labels, clean_images, clean_labels, cal[n], sets[n], fprs,
+            results["detectors"][n] = _metrics(det, labels, clean_images, clean_labels, cal[n], scored[n], fprs,
                                                target_fpr)
             results["detectors"][n]["skipped"] = skipped[n]
         results["classifier_alone"] = {"autoattack_robust_accuracy_after": robust_after, "n": len(labels)}
@@ -124,14 +125,14 @@ def evaluate_detectors(detectors: Mapping[str, Evaluable], images: torch.Tensor,
         results["paired"] = paired_within_run(results)
     with timer.timed("sanity_checks"):
         checked = list(detectors) if sanity is None else sanity          # () checks none
-        results["sanity"] = {n: sanity_checks(detectors[n], n, images, labels, threat_model, b, sets[n], results,
-                                        transfer_source, generator) for n in checked}
+        results["sanity"] = {n: sanity_checks(detectors[n], n, images, labels, threat_model, b, sets[n], scored[n],
+                                              results, transfer_source, generator) for n in checked}
     results["warnings"] += [w for s in results["sanity"].values() for w in s["warnings"]]
     if budget_check:
         with timer.timed("budget_check"):
             twice, _, _ = _attack_all(detectors, images, labels, threat_model, b.doubled(), encoders or {},
                                       generator, StageTimer(), attacks)
-            results["budget_check"] = {n: _budget_change(labels, {k: verdicts(d, v) for k, v in sets[n].items()},
+            results["budget_check"] = {n: _budget_change(labels, scored[n],
                                                          {k: verdicts(d, v) for k, v in twice[n].items()})
                                        for n, d in detectors.items()}
     results["wall_time_s"] = timer.wall_time_s
@@ -286,11 +287,11 @@ def _broken(v: Detection, labels: torch.Tensor) -> torch.Tensor:
 
 
 def _metrics(det: Evaluable, labels: torch.Tensor, clean_images: torch.Tensor, clean_labels: torch.Tensor,
-             v_cal: Detection, sets: Mapping[str, torch.Tensor], fprs: Sequence[float],
+             v_cal: Detection, v: Mapping[str, Detection], fprs: Sequence[float],
              target_fpr: float | None) -> dict[str, Any]:
-    """Clean FP, each attack's metrics, the worst case over the paper's and over all attacks."""
+    """Clean FP, each attack's metrics (from the verdicts `v` on its images), the worst case over the paper's and
+    over all attacks."""
     v_clean = verdicts(det, clean_images)
-    v = {k: verdicts(det, imgs) for k, imgs in sets.items()}
     tfpr = target_fpr if target_fpr is not None else float(getattr(det, "target_fpr_", 0.02))
     threshold = getattr(det, "threshold_", None)
     out: dict[str, Any] = {"threshold": None if threshold is None else float(threshold),

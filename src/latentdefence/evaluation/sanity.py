@@ -12,16 +12,17 @@ from torch import nn
 
 from ..attacks import PGD, evaluation_attacks
 from ..attacks.base import attack_in_batches, in_batches
-from ..detectors.base import Evaluable, evaded
+from ..detectors.base import Detection, Evaluable, evaded
 from .attack_plan import detector_attack, in_evaluation, pgd_on_f, robust_fraction
 from .detection import verdicts
 from .threat import EPS_SWEEP_FLOOR, ON_F_ALONE, Budget, ThreatModel
 
 
 def sanity_checks(det: Evaluable, name: str, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel, b: Budget,
-            sets: Mapping[str, torch.Tensor], results: Mapping[str, Any], transfer_source: tuple[str, nn.Module] | None,
-            generator: torch.Generator) -> dict[str, Any]:
-    """Carlini et al.'s checks on the detector's strongest detector-aware attack, on the first `n_sanity` images."""
+                  sets: Mapping[str, torch.Tensor], scored: Mapping[str, Detection], results: Mapping[str, Any],
+                  transfer_source: tuple[str, nn.Module] | None, generator: torch.Generator) -> dict[str, Any]:
+    """Carlini et al.'s checks on the detector's strongest detector-aware attack, on the first `n_sanity` images;
+    `scored` holds the detector's verdicts on `sets`, computed once by the evaluation."""
     x, y = images[:b.n_sanity], labels[:b.n_sanity]
     attacks = results["detectors"][name]["attacks"]
     warnings: list[str] = []
@@ -42,7 +43,8 @@ def sanity_checks(det: Evaluable, name: str, images: torch.Tensor, labels: torch
                                                                                             generator, eps)
     start_from = in_evaluation(strongest).starts if strongest in evaluation_attacks() else None
     starts = sets[start_from][:len(x)] if start_from else None   # as in the main run
-    more: dict[str, Any] = {"attack": strongest, "budget": robustness(sets[strongest][:len(x)]),
+    more: dict[str, Any] = {"attack": strongest,
+                            "budget": robust_fraction(scored[strongest].select(torch.arange(len(x))), y),
             "double_steps_and_restarts": robustness(run(make(b.doubled()), starts))}
     if more["double_steps_and_restarts"] > more["budget"]:
         warnings.append(f"{name}: {strongest} with twice the steps and restarts gave higher robustness "
@@ -59,7 +61,7 @@ def sanity_checks(det: Evaluable, name: str, images: torch.Tensor, labels: torch
         warnings.append(f"{name}: robustness stays at {100 * sweep['detector'][-1]:.1f}% at eps {sweep['eps'][-1]:g} "
                         f"(should fall to ~0 as eps grows): gradients may be masked or the attack too weak")
     out: dict[str, Any] = {"n": len(x), "more_iterations": more, "eps_sweep": sweep,
-                           "gradient_free": _gradient_free(name, attacks, sets, det, labels, results, warnings),
+                           "gradient_free": _gradient_free(name, attacks, scored, labels, results, warnings),
                            "transfer_vs_white_box": _transfer(name, attacks, warnings),
                            "surrogate_gradients": _surrogate_gradients(det, name, x, warnings)}
     if transfer_source is not None:
@@ -76,8 +78,8 @@ def sanity_checks(det: Evaluable, name: str, images: torch.Tensor, labels: torch
     return out
 
 
-def _gradient_free(name: str, attacks: Mapping[str, Any], sets: Mapping[str, torch.Tensor], det: Any,
-                   labels: torch.Tensor, results: Mapping[str, Any], warnings: list[str]) -> dict[str, Any]:
+def _gradient_free(name: str, attacks: Mapping[str, Any], scored: Mapping[str, Detection], labels: torch.Tensor,
+                   results: Mapping[str, Any], warnings: list[str]) -> dict[str, Any]:
     """Images Square (no gradients) broke that no gradient attack did; F alone: Square after APGD in the cascade."""
     after = results["classifier_alone"]["autoattack_robust_accuracy_after"]
     out: dict[str, Any] = {"classifier_alone_square_gain": after.get("apgd-t", 0.0) - after["square"]
@@ -85,9 +87,9 @@ def _gradient_free(name: str, attacks: Mapping[str, Any], sets: Mapping[str, tor
     if out["classifier_alone_square_gain"]:
         warnings.append(f"{name}: on F alone Square broke {100 * out['classifier_alone_square_gain']:.1f}% that "
                         "APGD could not: F's gradients may be masked")
-    if "square" not in sets:
+    if "square" not in scored:
         return {**out, "only_square": None}
-    broken = {k: evaded(verdicts(det, v), labels) for k, v in sets.items()}
+    broken = {k: evaded(v, labels) for k, v in scored.items()}
     gradient = torch.stack([v for k, v in broken.items() if k != "square"]).any(0)
     only = int((broken["square"] & ~gradient).sum())
     out.update(only_square=only, square_robustness=attacks["square"]["robustness"])
