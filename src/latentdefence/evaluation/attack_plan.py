@@ -28,7 +28,9 @@ class PaperAttack:
                   torch.Tensor]
 
 
-_PAPER_ATTACKS: Registry[PaperAttack] = Registry("paper attack")
+# found through the entry points installed packages declare, so an evaluation lists the same attacks (run or skipped,
+# with why) whether or not the paper's package was imported first
+_PAPER_ATTACKS: Registry[PaperAttack] = Registry("paper attack", group="latentdefence.paper_attacks")
 
 
 def paper_attack(kind: str) -> PaperAttack | None:
