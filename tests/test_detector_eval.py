@@ -190,3 +190,33 @@ def test_versions_grow_and_the_budget_check_doubles_every_attack() -> None:
     assert (d.steps, d.restarts, d.pgd_steps, d.square_queries) == (2 * s.steps, 2 * s.restarts, 2 * s.pgd_steps,
                                                                      2 * s.square_queries)
 
+
+def test_a_killed_evaluation_resumes_from_its_finished_stages_with_the_same_results(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """Issue 40: each finished attack stage is kept with the random state after it; a run killed in its third
+    detector-aware attack, run again, loads the stages before it and ends with the uninterrupted run's results."""
+    from latentdefence.evaluation import detector_eval
+
+    model, (x, y, cal) = tiny_model(), data()
+    det = SoftmaxDetector(model).calibrate(cal)
+    kwargs = dict(calibration=cal, budget=TINY, seed=3, sanity=())
+    whole = evaluate_detector(det, x, y, ThreatModel("linf", 0.3), **kwargs).results
+    real, calls = detector_eval._detector_aware, []
+
+    def killed(kind: str, *args, **kw):  # type: ignore[no-untyped-def]
+        calls.append(kind)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("the machine was taken back")
+        return real(kind, *args, **kw)
+    monkeypatch.setattr(detector_eval, "_detector_aware", killed)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_detector(det, x, y, ThreatModel("linf", 0.3), resume=tmp_path / "kept", **kwargs)
+    monkeypatch.setattr(detector_eval, "_detector_aware", real)
+    again = evaluate_detector(det, x, y, ThreatModel("linf", 0.3), resume=tmp_path / "kept", **kwargs).results
+    assert again["resumed"] == ["pgd", "autoattack", *[f"{kind}--detector" for kind in calls[:2]]]
+    assert again["detectors"] == whole["detectors"] and again["classifier_alone"] == whole["classifier_alone"]
+    from latentdefence.evaluation.detector_report import report
+    assert "Resumed: the attack stages pgd, autoattack" in report(again) and "Resumed" not in report(whole)
+    other = evaluate_detector(SoftmaxDetector(model).calibrate(cal, target_fpr=0.2), x, y, ThreatModel("linf", 0.3),
+                              resume=tmp_path / "kept", **kwargs).results
+    assert other["resumed"] == []                     # another detector under the same name: nothing reused

@@ -37,6 +37,7 @@ from .compare import paired_within_run
 from .attack_plan import applicable, detector_attack, detector_attacks, in_evaluation, paper_attack, pgd_on_f
 from .detection import detection_metrics, verdicts, worst_case
 from .detector_report import report, write_figures
+from .resume import StageCheckpoints, evaluation_key
 from .sanity import sanity_checks
 from .threat import PAPER_ATTACKS, VERSIONS, Budget, ThreatModel
 from ..stats import wilson_interval
@@ -80,7 +81,7 @@ def evaluate_detectors(detectors: Mapping[str, Evaluable], images: torch.Tensor,
                        budget: Budget | None = None, sanity: Sequence[str] | None = None, budget_check: bool = False,
                        transfer_source: tuple[str, nn.Module] | None = None, fprs: Sequence[float] = (0.01, 0.05),
                        target_fpr: float | None = None, seed: int = 0,
-                       attacks: Sequence[str] | None = None) -> DetectorEvaluation:
+                       attacks: Sequence[str] | None = None, resume: str | Path | None = None) -> DetectorEvaluation:
     """Detectors guarding one classifier F, under every attack that applies, on the same images.
 
     images (N, C, H, W) in [0, 1] and labels (N,): attacked. calibration (M, C, H, W): clean images never
@@ -92,7 +93,10 @@ def evaluate_detectors(detectors: Mapping[str, Evaluable], images: torch.Tensor,
     PGD examples are judged by each checked detector (transfer check). target_fpr: per-layer thresholds (default: the
     detector's `target_fpr_`, else 0.02). attacks: the detector-aware attacks to run where they apply (default
     all; PGD and the AutoAttack cascade on F always run), e.g. a cheaper sweep over operating points; the report
-    then lists the others as skipped.
+    then lists the others as skipped. resume: a folder where each finished attack stage is kept as it ends; running
+    the same evaluation again loads those stages and continues with the same random numbers (`resume.py`), so a
+    killed run loses at most one stage and gives the uninterrupted run's results; `resumed` in the results lists
+    the stages loaded.
     """
     if version not in VERSIONS and budget is None:
         raise ValueError(f"unknown version {version!r}; choose one of {', '.join(VERSIONS)}")
@@ -108,8 +112,10 @@ def evaluate_detectors(detectors: Mapping[str, Evaluable], images: torch.Tensor,
         raise ValueError(f"unknown detector-aware attacks {unknown}; choose from {list(detector_attacks())}")
     clean_images, clean_labels = clean
     timer, generator, revision = StageTimer(), seed_everything(seed), git_revision()  # the code that runs
+    checkpoints = StageCheckpoints(resume, _resume_key(detectors, images, labels, threat_model, b, seed, attacks,
+                                                       encoders or {}) if resume is not None else "")
     sets, robust_after, skipped = _attack_all(detectors, images, labels, threat_model, b, encoders or {}, generator,
-                                              timer, attacks)
+                                              timer, attacks, checkpoints)
     with timer.timed("evaluate"):
         cal = {n: verdicts(d, calibration) for n, d in detectors.items()}
         scored = {n: {k: verdicts(d, imgs) for k, imgs in sets[n].items()} for n, d in detectors.items()}  # once
@@ -137,6 +143,7 @@ def evaluate_detectors(detectors: Mapping[str, Evaluable], images: torch.Tensor,
                                        for n, d in detectors.items()}
     results["wall_time_s"] = timer.wall_time_s
     results["n"] = len(labels)
+    results["resumed"] = checkpoints.resumed           # attack stages loaded from an earlier, interrupted run
     results.update(seed=seed, git_revision=revision, environment=environment_info())  # how to re-run it
     return DetectorEvaluation(results, sets)
 
@@ -202,13 +209,28 @@ def _check_arguments(classifier: nn.Module, images: Any, labels: Any, calibratio
     return images, labels, calibration, clean
 
 
+def _resume_key(detectors: Mapping[str, Evaluable], images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel,
+                b: Budget, seed: int, attacks: Sequence[str] | None, encoders: Mapping[str, Any]) -> str:
+    """What makes a kept stage this evaluation's: the settings, the images, F's weights and each detector's scores on
+    the first images and their thresholds (another detector under the same name judges them differently)."""
+    probe = [verdicts(d, images[:32]) for d in detectors.values()]
+    scores = [t for v in probe for t in (v.nonconformity.double(), v.is_adversarial.bool())]
+    weights = list(next(iter(detectors.values())).classifier.state_dict().values())
+    thresholds = {n: getattr(d, "threshold_", None) for n, d in detectors.items()}
+    return evaluation_key({"threat": asdict(threat), "budget": asdict(b), "seed": seed, "attacks": attacks,
+                           "detectors": list(detectors), "thresholds": thresholds, "encoders": sorted(encoders)},
+                          [images, labels, *scores, *weights])
+
+
 # -- attacks --------------------------------------------------------------------------------------
 def _attack_all(detectors: Mapping[str, Evaluable], images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel,
                 b: Budget, encoders: Mapping[str, Mapping[str, nn.Module]], generator: torch.Generator,
-                timer: StageTimer, only: Sequence[str] | None = None
+                timer: StageTimer, only: Sequence[str] | None = None, checkpoints: StageCheckpoints | None = None
                 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float], dict[str, dict[str, str]]]:
     """(adversarial images per detector and attack, F's robust accuracy after each cascade stage, skipped attacks);
-    `only`: the detector-aware attacks to run (None: every one that applies)."""
+    `only`: the detector-aware attacks to run (None: every one that applies); `checkpoints`: where finished stages
+    are kept and resumed from."""
+    kept = checkpoints or StageCheckpoints(None, "")
     classifier = next(iter(detectors.values())).classifier
     plan, skipped = {}, {}
     for name, det in detectors.items():
@@ -220,24 +242,30 @@ def _attack_all(detectors: Mapping[str, Evaluable], images: torch.Tensor, labels
     with steps("attack stages", 2 + sum(map(len, plan.values()))) as stage_done:
         with timer.timed("attack_pgd"):
             pgd = pgd_on_f(threat, b, generator)
-            shared = {"pgd": attack_in_batches(classifier, pgd, images, labels, batch_size=b.batch_size,
-                                               desc="pgd on F").images}
+            shared = {"pgd": kept.stage("pgd", generator, lambda: ({"images": attack_in_batches(
+                classifier, pgd, images, labels, batch_size=b.batch_size, desc="pgd on F").images}, None))[0]["images"]}
         stage_done("pgd on F")
         with timer.timed("attack_autoattack"):
             aa = AutoAttack(threat.eps, b.autoattack_steps, n_target_classes=b.autoattack_targets,
                             square_queries=b.square_queries, restarts=b.autoattack_restarts, norm=threat.norm,
                             generator=generator)
-            shared["autoattack"], robust_after = _autoattack(aa, classifier, images, labels, b.batch_size)
+            out, robust_after = kept.stage("autoattack", generator, lambda: _as_stage(
+                _autoattack(aa, classifier, images, labels, b.batch_size)))
+            shared["autoattack"] = out["images"]
         stage_done("autoattack on F")
         sets: dict[str, dict[str, torch.Tensor]] = {}
         for name, det in detectors.items():
             sets[name] = dict(shared)
             for kind in plan[name]:
                 with timer.timed(f"attack_{kind}" if paper_attack(kind) is not None else f"attack_{kind}_{name}"):
-                    sets[name][kind] = _detector_aware(kind, name, det, encoders, images, labels, shared, threat,
-                                                       b, generator)
+                    sets[name][kind] = kept.stage(f"{kind}--{name}", generator, lambda: ({"images": _detector_aware(
+                        kind, name, det, encoders, images, labels, shared, threat, b, generator)}, None))[0]["images"]
                 stage_done(f"{kind} on {name}")
     return sets, robust_after, skipped
+
+
+def _as_stage(result: tuple[torch.Tensor, dict[str, float]]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    return {"images": result[0]}, result[1]
 
 
 def _detector_aware(kind: str, name: str, det: Evaluable, encoders: Mapping[str, Mapping[str, nn.Module]],

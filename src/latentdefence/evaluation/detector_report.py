@@ -27,6 +27,10 @@ def report(results: Mapping[str, Any], *, title: str | None = None, notes: Seque
              f"version `{results['version']}`. Robustness = classified correctly, or misclassified and flagged. "
              "SR = undetected success rate (misclassified and not flagged); SR@FPR thresholds come from the clean "
              "calibration images only. Intervals: Wilson 95%.", ""]
+    if results.get("resumed"):
+        lines += [f"Resumed: the attack stages {', '.join(results['resumed'])} were loaded from an interrupted run of "
+                  "this evaluation, with the random state after each, so these are the uninterrupted run's results.",
+                  ""]
     if results["warnings"]:
         lines += ["**Warnings (operating points and sanity checks):**", "", *[f"* WARNING: {w}" for w in results["warnings"]], ""]
     else:

@@ -33,7 +33,7 @@ from ..evaluation.detector_eval import DetectorEvaluation, evaluate_detector, ev
 from ..evaluation.threat import Budget, ThreatModel
 from ..models import TappedModel
 from .._timing import StageTimer
-from .cache import any_complete_stage, ensure_stage, run_wall_time
+from .cache import any_complete_stage, default_cache_root, ensure_stage, run_wall_time, settings_key
 from .dld_config import DLDExperimentConfig, dld_config
 from ..data import calibration_split
 from .dld_stages import dataset_splits, dld_classifier, dld_data, dld_detector, dld_encoders
@@ -171,7 +171,8 @@ def run_dld_adaptive(config: DLDAdaptiveConfig, out_dir: str | Path, cache_root:
         encoders={"dld": encoders} if encoders is not None else None, sanity=("dld",),
         transfer_source=(f"{config.dld.classifier.arch} trained clean ({a.undefended_epochs} epoch(s) on "
                          f"{a.undefended_max_train} images)", undefended), fprs=config.fprs,
-        target_fpr=config.dld.target_fpr, seed=config.seed)
+        target_fpr=config.dld.target_fpr, seed=config.seed,
+        resume=(cache_root or default_cache_root()) / f"dld-adaptive-stages-{settings_key(asdict(config))}")
     results = evaluation.results
     wall = {**timer.wall_time_s, **results.pop("wall_time_s")}
     extra = {"masking": results["sanity"]["dld"], "settings": asdict(config), "seed": config.seed,
