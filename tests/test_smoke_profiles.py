@@ -9,6 +9,7 @@ from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
 import pytest
+import torch
 
 from latentdefence.experiments import EXPERIMENTS, experiment_config
 from latentdefence.experiments.dld_config import DLDExperimentConfig
@@ -134,3 +135,15 @@ def test_the_bounds_catch_what_made_the_svhn_smoke_test_take_minutes() -> None:
     assert _too_big(apply_overrides(dld, ["encoder.steps=40"])) == ["encoder.steps=40 > 20"]
     assert _too_big(apply_overrides(dld, ["classifier.steps=40"])) == []        # FGSM-RS training runs no PGD steps
     assert _too_big(apply_overrides(dld, ["classifier.adversarial=pgd", "classifier.steps=40"])) == ["classifier.steps=40 > 20"]
+
+
+def test_the_lad_smoke_profile_leaves_every_mnist_class_enough_training_images_for_its_controls() -> None:
+    """`reproduce lad-mnist-table2 --profile smoke` stopped at its controls ("class 5 has 17 images left, 18
+    requested"): the first 256 MNIST training images hold 17 fives, and the positive controls craft one set of up to
+    18 per class from them. 512 images hold at least 40 of every class."""
+    from latentdefence.data import load_dataset
+    from latentdefence.experiments.lad_config import lad_config
+
+    limit = lad_config("smoke").train_limit
+    counts = torch.bincount(load_dataset("mnist").train.labels[:limit], minlength=10)
+    assert int(counts.min()) >= 40, f"the smoke profile's {limit} training images hold {counts.tolist()} per class"

@@ -141,7 +141,7 @@ def _smoke(base: LadConfig) -> LadConfig:
     """Tiny, seconds, for CI; numbers meaningless."""
     base = replace(base, classifier=TrainConfig(epochs=1, batch_size=32), black=TrainConfig(epochs=1, batch_size=32,
                                                                                           seed=1),
-                   generator=GeneratorConfig(epochs=1, batch_size=32), generator_width=0.125, train_limit=256,
+                   generator=GeneratorConfig(epochs=1, batch_size=32), generator_width=0.125, train_limit=512,
                    generator_train_limit=256,  # G reads splits.train: unbounded, all 73k SVHN images
                    acgan=ACGANConfig(epochs=1, batch_size=32, width=8, latent_dim=16),
                    boundary_per_class=3, svm_epochs=20, strategy="one_vs_rest", generation_per_class=1,
