@@ -265,6 +265,7 @@ def _attack_all(detectors: Mapping[str, Evaluable], images: torch.Tensor, labels
 
 
 def _as_stage(result: tuple[torch.Tensor, dict[str, float]]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The cascade's (images, robust accuracy after each stage) as a kept stage's (tensors, JSON value)."""
     return {"images": result[0]}, result[1]
 
 
