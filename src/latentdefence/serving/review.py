@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data import load_split
 from .audit import FlaggedRecord
 
 CSV_COLUMNS = ("id", "time", "predicted", "nonconformity", "credibility", "threshold", "sha256", "model", "verdict")
@@ -57,8 +58,6 @@ class TrainingImages:
         if not source or not rows:
             raise ValueError("the artifact cites no training images (fitted before detectors recorded them, or not a "
                              "k-NN detector): run `latentdefence dld cite-training` on it first")
-        from ..data import load_split
-
         split = load_split(source["dataset"], source["split"], Path(data_dir) if data_dir else None, channels)
         top = max(int(r.max()) for r in rows.values() if len(r))
         if top >= len(split):
