@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = sorted(p.stem for p in HERE.glob("*.py") if p.stem != "run_all")
+BENCHMARKS = sorted(p.stem for p in HERE.glob("*.py") if p.stem != "run_all" and not p.stem.startswith("_"))
 
 
 def main() -> int:

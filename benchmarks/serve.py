@@ -20,7 +20,6 @@ import json
 import os
 import sqlite3
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -35,7 +34,8 @@ from PIL import Image
 
 os.environ.setdefault("LATENTDEFENCE_PROGRESS", "0")
 
-from latentdefence._io import atomic_path, environment_info, git_revision, sha256_file, write_json  # noqa: E402
+from _report import command_line, write_report  # noqa: E402
+from latentdefence._io import git_revision, sha256_file  # noqa: E402
 from latentdefence.attacks import FGSM  # noqa: E402
 from latentdefence.data import load_dataset  # noqa: E402
 from latentdefence.dld import DeepLatentDefence, EncoderTrainConfig  # noqa: E402
@@ -271,19 +271,13 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if args.out:
-        command = "OMP_NUM_THREADS=1 python benchmarks/serve.py " + " ".join(sys.argv[1:])
-        write_json(args.out / "results.json", {
-            "command": command,
-            "git_revision": git_revision(), "environment": environment_info(), "artifact": str(artifact),
-            "artifact_sha256": sha256_file(artifact), "knn_backend": guard.detector.knn_backend,
-            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        write_report(args.out, "Serving benchmark", command_line("serve.py", "OMP_NUM_THREADS=1 "), args, {
+            "artifact": str(artifact), "artifact_sha256": sha256_file(artifact),
+            "knn_backend": guard.detector.knn_backend,
             "load_average_before": load_before, "load_average_after": os.getloadavg(),
             "load_test": load, "batch64_pred_per_s": {**rates, **concurrent}, "batch64_ratio": ratios,
             "batch64_ms_breakdown": breakdown, "audit_commit_ms": commit_ms, "batches_with_flags": flagged_batches,
-            "cpu_ms_per_batch": cpu})
-        with atomic_path(args.out / "report.md") as tmp:
-            tmp.write_text(f"# Serving benchmark\n\n`{command}`\n\n```\n" + "\n".join(lines) + "\n```\n")
-
+            "cpu_ms_per_batch": cpu}, lines)
 
 def audit_commit_ms(folder: Path, image: torch.Tensor, repeats: int = 20) -> float:
     """Median ms of one durable audit commit (one record, WAL + synchronous=FULL) in `folder`'s file system."""

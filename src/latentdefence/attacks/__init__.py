@@ -23,6 +23,7 @@ from .detector_aware import Detector, DetectorAttack, KeepBest, OrthogonalPGD, S
 from .io import AdversarialSet, load_adversarial_set, save_adversarial_set
 from .jsma import JSMA
 from .pgd import FGSM, PGD
+from .randomness import ImageStreams, Randomness
 from .registry import AttackEntry, InEvaluation, attack_entry, create_attack, evaluation_attacks, list_attacks, register_attack
 from .soft_knn import GuidePointAttack, soft_inside
 from .square import DetectorSquare, Square
@@ -32,4 +33,4 @@ __all__ = ["APGD", "apgd_losses", "register_apgd_loss", "AdversarialSet", "load_
            "AutoAttack", "Detector", "DetectorAttack", "GuidePointAttack", "KeepBest", "OrthogonalPGD", "SelectivePGD",
            "DetectorSquare", "Square", "ascent_direction", "attack_in_batches", "attack_success", "in_batches", "random_start", "soft_inside",
            "AttackEntry", "InEvaluation", "attack_entry", "create_attack", "evaluation_attacks", "list_attacks",
-           "register_attack"]
+           "register_attack", "ImageStreams", "Randomness"]

@@ -11,6 +11,7 @@ from torch import nn
 from .._registry import Registry
 from ..validation import check_choice, check_count, check_number
 from .base import Attack, ascent_direction, attack_success, check_iterative, project
+from .randomness import Randomness, normal_like, uniform_like
 from .registry import register_attack
 
 
@@ -108,7 +109,7 @@ class APGD(Attack):
         rho: checkpoint condition threshold (default 0.75).
         momentum: alpha (default 0.75).
         targeted: reach `targets` (CE descended or targeted DLR ascended) (default False).
-        generator: torch.Generator for the random starts (default None: global RNG).
+        generator: torch.Generator for the random starts (default None: global RNG), or `ImageStreams` (per image).
         channels_last: run conv weights in channels_last format (default False).
 
     Shapes: images (N, C, H, W) in [0, 1], labels (N,) int64 -> AttackResult.
@@ -120,7 +121,7 @@ class APGD(Attack):
 
     def __init__(self, eps: float, steps: int = 100, *, norm: str = "linf", loss: str = "ce", restarts: int = 1,
                  rho: float = 0.75, momentum: float = 0.75, targeted: bool = False,
-                 generator: torch.Generator | None = None, channels_last: bool = False) -> None:
+                 generator: Randomness = None, channels_last: bool = False) -> None:
         check_iterative("APGD", norm, eps, steps=steps, restarts=restarts)
         check_choice("loss", loss, apgd_losses())
         check_number("rho", rho, low=0.0, high=1.0, low_open=True, high_open=True)
@@ -238,9 +239,9 @@ class APGD(Attack):
 
     def _random_start(self, images: torch.Tensor) -> torch.Tensor:
         if self.norm == "linf":
-            noise = torch.rand(images.shape, generator=self.generator).to(images) * 2 - 1   # U(-1, 1)
+            noise = uniform_like(images, self.generator) * 2 - 1   # U(-1, 1)
         else:
-            noise = torch.randn(images.shape, generator=self.generator).to(images)
+            noise = normal_like(images, self.generator)
             noise = noise / noise.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (images.ndim - 1))
         return project(images + self.eps * noise, images, self.eps, self.norm)
 
@@ -261,7 +262,7 @@ class APGDT(APGD):
 
     def __init__(self, eps: float, steps: int = 100, *, norm: str = "linf", n_target_classes: int = 9,
                  restarts: int = 1, rho: float = 0.75, momentum: float = 0.75,
-                 generator: torch.Generator | None = None, channels_last: bool = False) -> None:
+                 generator: Randomness = None, channels_last: bool = False) -> None:
         super().__init__(eps, steps, norm=norm, loss="dlr", restarts=restarts, rho=rho, momentum=momentum,
                          targeted=False, generator=generator, channels_last=channels_last)
         check_count("n_target_classes", n_target_classes)

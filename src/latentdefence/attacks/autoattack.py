@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .apgd import APGD, APGDT
+from .randomness import Randomness
 from .base import Attack, AttackResult, attack_success, check_inputs, check_iterative, frozen_eval, perturbation_norm
 from .registry import register_attack
 from .square import Square
@@ -33,7 +34,7 @@ class AutoAttack(Attack):
     """
 
     def __init__(self, eps: float, steps: int = 100, *, n_target_classes: int = 9, square_queries: int = 5000,
-                 restarts: int = 1, norm: str = "linf", generator: torch.Generator | None = None) -> None:
+                 restarts: int = 1, norm: str = "linf", generator: Randomness = None) -> None:
         check_iterative("AutoAttack", norm, eps, steps=steps, n_target_classes=n_target_classes,
                         square_queries=square_queries, restarts=restarts)
         self.eps = eps

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .._progress import track
+from .randomness import Randomness, call_scope, uniform_like
 from ..validation import InputValidationError, check_count, check_images, check_labels, check_number, model_dtype
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -146,9 +147,10 @@ def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 def random_start(images: torch.Tensor, eps: float, norm: str,
-                 generator: torch.Generator | None = None, clip: bool = True) -> torch.Tensor:
-    """A uniform point of the L-inf ball, or a random point of the L2 sphere, clipped to [0, 1] unless `clip` is False."""
-    noise = torch.rand(images.shape, generator=generator).to(images) * 2 - 1  # U(-1, 1)
+                 generator: Randomness = None, clip: bool = True) -> torch.Tensor:
+    """A uniform point of the L-inf ball, or a random point of the L2 sphere, clipped to [0, 1] unless `clip` is False;
+    `images` are the clean images (`ImageStreams` draws per image from them)."""
+    noise = uniform_like(images, generator) * 2 - 1  # U(-1, 1)
     if norm == "l2":
         noise = noise / noise.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (images.ndim - 1))
     return project(images + eps * noise, images, eps, norm, clip)
@@ -307,7 +309,8 @@ class Attack:
         if images.shape[0] == 0:
             empty = torch.zeros(0, device=images.device)
             return AttackResult(images.detach().clone(), empty.bool(), empty, labels.clone())
-        with frozen_eval(model), channels_last_weights(model, self.channels_last):
+        with frozen_eval(model), channels_last_weights(model, self.channels_last), \
+                call_scope(getattr(self, "generator", None), type(self).__name__):
             adv = self.run(model, images.detach().clone(), goal.detach().clone()).detach()
             adv = (adv.clamp(0, 1) if self.clip else adv).contiguous()
             with torch.no_grad():

@@ -19,6 +19,7 @@ from torch import nn
 from ..detectors.base import Detector, evaded
 from .base import (Attack, AttackResult, ascent_direction, attack_success, check_inputs, check_iterative, cross_entropy,
                    frozen_eval, madry_step_size, perturbation_norm, project, random_start)
+from .randomness import Randomness, call_scope
 from .registry import InEvaluation, register_attack
 
 
@@ -79,7 +80,7 @@ class DetectorAttack(Attack):
     steps: int
     restarts: int
     check_every: int
-    generator: torch.Generator | None
+    generator: Randomness
 
     def __call__(self, detector: Detector, images: torch.Tensor, labels: torch.Tensor,  # type: ignore[override]  # a detector, not F
                  targets: torch.Tensor | None = None, *, starts: torch.Tensor | None = None) -> AttackResult:
@@ -97,7 +98,7 @@ class DetectorAttack(Attack):
     def _evade_batch(self, detector: Detector, images: torch.Tensor, labels: torch.Tensor,
                      starts: torch.Tensor | None) -> AttackResult:
         """One batch: keep-best over `evade`, the starts judged first."""
-        with frozen_eval(detector.classifier):
+        with frozen_eval(detector.classifier), call_scope(self.generator, type(self).__name__):
             best = KeepBest(detector, images, labels)
             if starts is not None:
                 best.update(starts, torch.arange(len(images), device=images.device))
@@ -105,7 +106,7 @@ class DetectorAttack(Attack):
         return best.result(images, self.norm)
 
     def _store_threat_model(self, eps: float, step_size: float | None, steps: int, norm: str, restarts: int,
-                            check_every: int, generator: torch.Generator | None) -> None:
+                            check_every: int, generator: Randomness) -> None:
         """Check and store the settings every detector attack shares (step size default: Madry's 2.5 eps / steps)."""
         check_iterative(type(self).__name__, norm, eps, step_size, steps=steps, restarts=restarts, check_every=check_every)
         self.eps = eps
@@ -148,7 +149,7 @@ class _SurrogatePGD(DetectorAttack):
     """Shared settings of selective and orthogonal PGD."""
 
     def __init__(self, eps: float, step_size: float | None = None, steps: int = 100, *, norm: str = "linf",
-                 restarts: int = 1, check_every: int = 5, generator: torch.Generator | None = None) -> None:
+                 restarts: int = 1, check_every: int = 5, generator: Randomness = None) -> None:
         self._store_threat_model(eps, step_size, steps, norm, restarts, check_every, generator)
 
     def evade(self, detector: Detector, images: torch.Tensor, labels: torch.Tensor, best: KeepBest,

@@ -7,6 +7,7 @@ from torch import nn
 
 from .base import (Attack, Loss, ascent_direction, check_iterative, cross_entropy, madry_step_size, project,
                    random_start)
+from .randomness import Randomness
 from .registry import register_attack
 
 
@@ -29,7 +30,7 @@ class PGD(Attack):
         early_stop: freeze samples once they succeed and drop them from the batch (keeps the
             smallest-effort example and saves their compute); off = Madry's last iterate.
         loss: per-sample loss `(logits, goal) -> (N,)` to ascend (descend when targeted); default CE.
-        generator: torch.Generator for the random start, for reproducible runs.
+        generator: torch.Generator for the random start, for reproducible runs, or `ImageStreams` (per image).
         clip: keep every iterate and the result in [0, 1] (default); False leaves the box, as cleverhans does
             by default (clip_min/clip_max None), for comparing with papers that used it.
         channels_last: run conv weights in channels_last format (see `channels_last_weights`;
@@ -45,7 +46,7 @@ class PGD(Attack):
     def __init__(self, eps: float, step_size: float | None = None, steps: int = 40, *, norm: str = "linf",
                  restarts: int = 1, random_start: bool = True, targeted: bool = False,
                  early_stop: bool = False, loss: Loss | None = None,
-                 generator: torch.Generator | None = None, channels_last: bool = False, clip: bool = True) -> None:
+                 generator: Randomness = None, channels_last: bool = False, clip: bool = True) -> None:
         check_iterative("PGD", norm, eps, step_size, steps=steps, restarts=restarts)
         self.eps = eps
         self.step_size = madry_step_size(eps, steps, step_size)
@@ -61,18 +62,24 @@ class PGD(Attack):
         self.clip = clip
 
     def run(self, model: nn.Module, images: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        if self.restarts == 1:   # nothing to choose between: the run is not scored (one forward pass saved)
+            return self._iterate(model, images, goal)
+        sign = -1.0 if self.targeted else 1.0
         best = images.clone()
         best_loss = torch.full((images.shape[0],), -float("inf"), device=images.device)
         best_ok = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
         for _ in range(self.restarts):
-            adv, loss, ok = self._one_run(model, images, goal)
+            adv = self._iterate(model, images, goal)
+            with torch.no_grad():
+                logits = model(adv)
+                loss, ok = sign * self.loss(logits, goal), self._success(logits, goal)
             better = (ok & ~best_ok) | ((ok == best_ok) & ~best_ok & (loss > best_loss))
             best[better], best_loss[better] = adv[better], loss[better]
             best_ok |= ok
         return best
 
-    def _one_run(self, model: nn.Module, images: torch.Tensor,
-                 goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _iterate(self, model: nn.Module, images: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        """One run from a (random) start: the last iterate, or with early stop each row's first successful one."""
         sign = -1.0 if self.targeted else 1.0
         adv = self._random_start(images) if self.random_start else images.clone()
         idx = torch.arange(images.shape[0], device=images.device)   # rows still moving (early stop)
@@ -94,9 +101,7 @@ class PGD(Attack):
                     idx, x, g = idx[keep], x[keep], g[keep]
                     if idx.numel() == 0:
                         break
-        with torch.no_grad():
-            logits = model(adv)
-            return adv, sign * self.loss(logits, goal), self._success(logits, goal)
+        return adv
 
     def _random_start(self, images: torch.Tensor) -> torch.Tensor:
         return random_start(images, self.eps, self.norm, self.generator, self.clip)

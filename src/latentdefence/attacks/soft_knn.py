@@ -8,6 +8,7 @@ import torch
 
 from .base import margin
 from .detector_aware import DetectorAttack, KeepBest, iterative_settings
+from .randomness import Randomness
 from .registry import InEvaluation, register_attack
 
 
@@ -65,7 +66,7 @@ class GuidePointAttack(DetectorAttack):
     def __init__(self, eps: float, step_size: float | None = None, steps: int = 100, *, norm: str = "linf",
                  n_targets: int = 3, m: int | None = None, refresh_every: int = 10, temperature: float = 0.1,
                  kappa: float = 5.0, detector_weight: float = 1.0, restarts: int = 1, check_every: int = 5,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: Randomness = None) -> None:
         self._store_threat_model(eps, step_size, steps, norm, restarts, check_every, generator)
         if min(n_targets, refresh_every) < 1 or (m is not None and m < 1) or temperature <= 0:
             raise ValueError(f"need n_targets, m, refresh_every >= 1 and temperature > 0; got {n_targets}, {m}, "

@@ -12,6 +12,7 @@ from torch import nn
 from ..validation import check_count, check_number
 from .base import Attack, margin
 from .detector_aware import DetectorAttack, KeepBest
+from .randomness import ImageStreams, Randomness, image_keys
 from .registry import InEvaluation, register_attack
 
 # (candidate images (R, C, H, W), their rows in the batch (R,)) -> loss (R,), success where < 0
@@ -47,7 +48,7 @@ class Square(Attack):
     """
 
     def __init__(self, eps: float, queries: int = 5000, *, p_init: float = 0.8, restarts: int = 1,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: Randomness = None) -> None:
         check_number("eps", eps, low=0.0)
         check_number("p_init", p_init, low=0.0, high=1.0, low_open=True)
         check_count("queries", queries)
@@ -76,7 +77,8 @@ class Square(Attack):
         """One run of the random search minimising `loss_fn` (an image stops once its loss is < 0):
         (adversarial images, their loss)."""
         n, c, h, w = images.shape
-        stripes = self._signs((n, c, 1, w)) * self.eps                                   # (N, C, 1, W)
+        keys = image_keys(images) if isinstance(self.generator, ImageStreams) else None   # per-image streams
+        stripes = self._signs(keys, (c, 1, w), n).to(images) * self.eps                            # (N, C, 1, W)
         adv = (images + stripes).clamp(0, 1)
         rows = torch.arange(n, device=images.device)                                     # images still running
         loss = loss_fn(adv, rows)
@@ -86,13 +88,14 @@ class Square(Attack):
             if rows.numel() == 0:
                 break
             s = max(1, min(h - 1, round((square_fraction(self.p_init, q, self.queries) * h * w) ** 0.5)))
-            top = self._randint(h - s + 1, len(rows))
-            left = self._randint(w - s + 1, len(rows))
+            active = None if keys is None else keys[rows.cpu()]
+            top = self._randint(h - s + 1, active, len(rows)).to(images.device)
+            left = self._randint(w - s + 1, active, len(rows)).to(images.device)
             inside = (((ys[None] >= top[:, None]) & (ys[None] < top[:, None] + s))[:, :, None]
                       & ((xs[None] >= left[:, None]) & (xs[None] < left[:, None] + s))[:, None, :])  # (R, H, W)
             inside = inside[:, None]                                                     # (R, 1, H, W)
             x0, cur = images[rows], adv[rows]
-            value = self._signs((len(rows), c, 1, 1)) * self.eps                          # (R, C, 1, 1)
+            value = self._signs(active, (c, 1, 1), len(rows)).to(images) * self.eps       # (R, C, 1, 1)
             same = (((x0 + value).clamp(0, 1) - cur).abs() < 1e-7) | ~inside            # (R, C, H, W)
             value = torch.where(same.flatten(1).all(1)[:, None, None, None], -value, value)
             proposal = torch.where(inside, (x0 + value).clamp(0, 1), cur)
@@ -101,11 +104,15 @@ class Square(Attack):
             adv[rows[better]], loss[rows[better]] = proposal[better], new_loss[better]
         return adv, loss
 
-    def _signs(self, shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.randint(0, 2, shape, generator=self.generator).float() * 2 - 1
+    def _signs(self, keys: torch.Tensor | None, shape: tuple[int, ...], n: int) -> torch.Tensor:
+        """(n, *shape) of +-1: per image from `keys` when drawing from `ImageStreams`, else from the generator."""
+        return self._randint(2, keys, n, shape).float() * 2 - 1
 
-    def _randint(self, high: int, n: int) -> torch.Tensor:
-        return torch.randint(0, high, (n,), generator=self.generator)
+    def _randint(self, high: int, keys: torch.Tensor | None, n: int, shape: tuple[int, ...] = ()) -> torch.Tensor:
+        if isinstance(self.generator, ImageStreams) and keys is not None:
+            return self.generator.integers(high, keys, shape)
+        assert not isinstance(self.generator, ImageStreams)
+        return torch.randint(0, high, (n, *shape), generator=self.generator)
 
 
 def _linf_only(detector: Any, threat: Any) -> str | None:
@@ -136,7 +143,7 @@ class DetectorSquare(DetectorAttack):
     """
 
     def __init__(self, eps: float, queries: int = 5000, *, p_init: float = 0.8, restarts: int = 1,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: Randomness = None) -> None:
         self._store_threat_model(eps, None, queries, "linf", restarts, 1, generator)
         self.queries = queries
         self.p_init = p_init

@@ -34,17 +34,23 @@ def evaluate_detector(
     data_dir: Optional[Path] = typer.Option(None, help="Your copy of the dataset (not needed for MNIST)."),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("runs/evaluate-detector"), help="Folder for results.json, report.md, figures."),
+    stages: Optional[Path] = typer.Option(None, help="Folder keeping each finished attack stage (default: OUT.stages "
+                                          "beside --out): the same command run again continues from it."),
 ) -> None:
-    """Evaluate a detector like an attacker would: per-image worst case over every attack, sanity-check warnings."""
+    """Evaluate a detector like an attacker would: per-image worst case over every attack, sanity-check warnings.
+    Under `torchrun --nproc-per-node N` the images are split over N processes (same results; rank 0 writes)."""
     with cli_errors():
         check_output(out, "folder", [artifact])
-        from ..evaluation import ThreatModel
+        from ..evaluation import ThreatModel, Workers
         from ..experiments.dld_adaptive import evaluate_artifact
 
+        workers = Workers.from_environment()
         evaluation = evaluate_artifact(artifact, ThreatModel(norm, eps), version, dataset=dataset, n=n,
-                                           n_calibration=n_calibration, seed=seed, budget_check=budget_check,
-                                           data_dir=data_dir)
-        typer.echo((evaluation.write(out) / "report.md").read_text())
+                                       n_calibration=n_calibration, seed=seed, budget_check=budget_check,
+                                       data_dir=data_dir, resume=stages or out.with_name(out.name + ".stages"),
+                                       workers=workers)
+        if workers is None or workers.leader:
+            typer.echo((evaluation.write(out) / "report.md").read_text())
 
 
 def compare_evaluations(

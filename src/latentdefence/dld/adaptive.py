@@ -28,6 +28,7 @@ from torch import nn
 
 from ..attacks import PGD, AttackResult
 from ..attacks.base import attack_success, check_iterative, frozen_eval, perturbation_norm
+from ..attacks.randomness import Randomness
 from ..models import TapModules, TappedModel
 from .encoders import EncoderDecoder
 
@@ -126,7 +127,7 @@ def _distance(z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 def ensemble_pgd(classifier: TappedModel, encoders: Mapping[str, EncoderDecoder], images: torch.Tensor,
                  labels: torch.Tensor, *, eps: float = 0.3, step_size: float = 0.01, steps: int = 100,
-                 restarts: int = 1, generator: torch.Generator | None = None) -> AttackResult:
+                 restarts: int = 1, generator: Randomness = None) -> AttackResult:
     """Stage (i): PGD on the Eq. 9 ensemble; success and predictions are F's (what the detector sees)."""
     ens = EnsembleModel(classifier, encoders)
     adv = PGD(eps=eps, step_size=step_size, steps=steps, restarts=restarts, generator=generator)(ens, images, labels)
@@ -138,7 +139,7 @@ def ensemble_pgd(classifier: TappedModel, encoders: Mapping[str, EncoderDecoder]
 def adaptive_attack(classifier: TappedModel, encoders: Mapping[str, EncoderDecoder],
                     centroids: Mapping[str, torch.Tensor], images: torch.Tensor, labels: torch.Tensor, *,
                     eps: float = 0.3, step_size: float = 0.01, steps: int = 100, restarts: int = 1,
-                    centroid: CentroidAttack | None = None, generator: torch.Generator | None = None) -> AttackResult:
+                    centroid: CentroidAttack | None = None, generator: Randomness = None) -> AttackResult:
     """Both stages: ensemble PGD, then Eq. 10 on the examples F misclassifies."""
     first = ensemble_pgd(classifier, encoders, images, labels, eps=eps, step_size=step_size, steps=steps,
                          restarts=restarts, generator=generator)

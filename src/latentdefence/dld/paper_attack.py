@@ -3,13 +3,14 @@ when `latentdefence.dld` is imported, so the generic evaluator knows no paper.""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..attacks.base import in_batches
+from ..attacks.randomness import Randomness
 from ..detectors.base import evaded
 from ..evaluation.detection import verdicts
 from ..evaluation.attack_plan import PaperAttack, register_paper_attack
@@ -31,9 +32,11 @@ def applies(detector: Any, threat: ThreatModel, encoders: Mapping[str, nn.Module
 
 
 def paper_adaptive(det: DeepLatentDefence, encoders: Mapping[str, nn.Module], images: torch.Tensor,
-                   labels: torch.Tensor, eps: float, b: Budget, generator: torch.Generator) -> torch.Tensor:
+                   labels: torch.Tensor, eps: float, b: Budget, generator: Randomness,
+                   image_mean: Callable[[torch.Tensor], float] = lambda v: float(v.float().mean())) -> torch.Tensor:
     """DLD's Section V-B: ensemble PGD (Eq. 9), then Eq. 10 for each alpha2, and the alpha2 with the lowest
-    robustness by the detector's decision (Table I's adaptive row; ties go to the smaller alpha2)."""
+    robustness by the detector's decision (Table I's adaptive row; ties go to the smaller alpha2), judged by
+    `image_mean` over all the evaluation's images (every process's block, when it is split)."""
     eds = {tap: _encoder_decoder(tap, ed) for tap, ed in encoders.items()}
     step = (b.pgd_step or 2.5 / b.adaptive_steps) * eps
     first = in_batches(lambda x, y: ensemble_pgd(det.classifier, eds, x, y, eps=eps, step_size=step,
@@ -45,7 +48,7 @@ def paper_adaptive(det: DeepLatentDefence, encoders: Mapping[str, nn.Module], im
         attack = CentroidAttack(eps=eps, alpha1=b.alpha1, alpha2=alpha2, steps=b.centroid_steps, step_size=step)
         adv = in_batches(lambda x, y, start: attack(det.classifier, enc, centroids, x, start, y).images,
                          images, labels, first, batch_size=b.batch_size, desc=f"centroid attack, alpha2 {alpha2:g}")
-        robust = float((~evaded(verdicts(det, adv), labels)).float().mean())
+        robust = image_mean(~evaded(verdicts(det, adv), labels))
         if robust < best_robust:
             best, best_robust = adv, robust
     return best

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .._registry import Registry
-from ..attacks import PGD, InEvaluation, attack_entry, create_attack, evaluation_attacks
+from ..attacks import PGD, InEvaluation, Randomness, attack_entry, create_attack, evaluation_attacks
 from ..attacks.detector_aware import DetectorAttack
 from ..detectors.base import Detection, evaded
 from .threat import Budget, ThreatModel
@@ -23,9 +23,10 @@ class PaperAttack:
 
     # (detector, threat model, the paper's extra modules for it or None) -> why it does not apply, or None
     applies: Callable[[Any, ThreatModel, Mapping[str, nn.Module] | None], str | None]
-    # (detector, extras, images, labels, eps, budget, generator) -> adversarial images
-    run: Callable[[Any, Mapping[str, nn.Module], torch.Tensor, torch.Tensor, float, "Budget", torch.Generator],
-                  torch.Tensor]
+    # (detector, extras, images, labels, eps, budget, generator, image_mean) -> adversarial images; image_mean(values)
+    # averages a per-image quantity over every process's images (a choice made on the whole set, e.g. DLD's alpha2)
+    run: Callable[[Any, Mapping[str, nn.Module], torch.Tensor, torch.Tensor, float, "Budget", Randomness,
+                   Callable[[torch.Tensor], float]], torch.Tensor]
 
 
 # found through the entry points installed packages declare, so an evaluation lists the same attacks (run or skipped,
@@ -62,7 +63,7 @@ def applicable(detector: Any, threat: ThreatModel, extras: Mapping[str, nn.Modul
     return run, skipped
 
 
-def detector_attack(kind: str, threat: ThreatModel, b: Budget, generator: torch.Generator,
+def detector_attack(kind: str, threat: ThreatModel, b: Budget, generator: Randomness,
                     eps: float | None = None) -> DetectorAttack:
     """The registered detector attack labelled `kind` at budget `b` (eps: another radius, for the eps sweep)."""
     name = evaluation_attacks().get(kind)
@@ -87,7 +88,7 @@ def detector_attacks() -> tuple[str, ...]:
     return (*_PAPER_ATTACKS.names(), *evaluation_attacks())
 
 
-def pgd_on_f(threat: ThreatModel, b: Budget, generator: torch.Generator, eps: float | None = None) -> PGD:
+def pgd_on_f(threat: ThreatModel, b: Budget, generator: Randomness, eps: float | None = None) -> PGD:
     e = threat.eps if eps is None else eps
     return PGD(eps=e, step_size=None if b.pgd_step is None else b.pgd_step * e, steps=b.pgd_steps,
                restarts=b.pgd_restarts, norm=threat.norm, generator=generator)

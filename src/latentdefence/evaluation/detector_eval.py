@@ -29,7 +29,7 @@ from torch import nn
 from .._progress import steps, track
 from .._io import environment_info, git_revision, staged_folder, write_json
 from .._seed import seed_everything
-from ..attacks import AutoAttack
+from ..attacks import AutoAttack, ImageStreams
 from ..attacks.base import attack_in_batches, in_batches
 from ..detectors.base import Detection, Detector, Evaluable, check_attainable_fpr, evaded
 from .._timing import StageTimer
@@ -40,6 +40,7 @@ from .detector_report import report, write_figures
 from .resume import StageCheckpoints, evaluation_key
 from .sanity import sanity_checks
 from .threat import PAPER_ATTACKS, VERSIONS, Budget, ThreatModel
+from .workers import Workers
 from ..stats import wilson_interval
 from ..validation import InputTypeError, InputValidationError, check_images, check_labels, check_number
 
@@ -81,7 +82,8 @@ def evaluate_detectors(detectors: Mapping[str, Evaluable], images: torch.Tensor,
                        budget: Budget | None = None, sanity: Sequence[str] | None = None, budget_check: bool = False,
                        transfer_source: tuple[str, nn.Module] | None = None, fprs: Sequence[float] = (0.01, 0.05),
                        target_fpr: float | None = None, seed: int = 0,
-                       attacks: Sequence[str] | None = None, resume: str | Path | None = None) -> DetectorEvaluation:
+                       attacks: Sequence[str] | None = None, resume: str | Path | None = None,
+                       workers: Workers | None = None) -> DetectorEvaluation:
     """Detectors guarding one classifier F, under every attack that applies, on the same images.
 
     images (N, C, H, W) in [0, 1] and labels (N,): attacked. calibration (M, C, H, W): clean images never
@@ -96,7 +98,10 @@ def evaluate_detectors(detectors: Mapping[str, Evaluable], images: torch.Tensor,
     then lists the others as skipped. resume: a folder where each finished attack stage is kept as it ends; running
     the same evaluation again loads those stages and continues with the same random numbers (`resume.py`), so a
     killed run loses at most one stage and gives the uninterrupted run's results; `resumed` in the results lists
-    the stages loaded.
+    the stages loaded. workers: the processes this evaluation is split over (`Workers.from_environment()` under
+    torchrun): each attacks its block of the images, the blocks are gathered, rank 0 runs the sanity checks, and every
+    process returns the same evaluation. Random numbers are drawn per image and stage (`attacks.ImageStreams`), so
+    any number of processes and any batch size give the same per-image outcomes.
     """
     if version not in VERSIONS and budget is None:
         raise ValueError(f"unknown version {version!r}; choose one of {', '.join(VERSIONS)}")
@@ -114,7 +119,8 @@ def evaluate_detectors(detectors: Mapping[str, Evaluable], images: torch.Tensor,
     timer, generator, revision = StageTimer(), seed_everything(seed), git_revision()  # the code that runs
     checkpoints = StageCheckpoints(resume, _resume_key(detectors, images, labels, threat_model, b, seed, attacks,
                                                        encoders or {}) if resume is not None else "")
-    sets, robust_after, skipped = _attack_all(detectors, images, labels, threat_model, b, encoders or {}, generator,
+    draws = _Draws(seed, generator, workers)
+    sets, robust_after, skipped = _attack_all(detectors, images, labels, threat_model, b, encoders or {}, draws,
                                               timer, attacks, checkpoints)
     with timer.timed("evaluate"):
         cal = {n: verdicts(d, calibration) for n, d in detectors.items()}
@@ -131,19 +137,24 @@ def evaluate_detectors(detectors: Mapping[str, Evaluable], images: torch.Tensor,
         results["paired"] = paired_within_run(results)
     with timer.timed("sanity_checks"):
         checked = list(detectors) if sanity is None else sanity          # () checks none
-        results["sanity"] = {n: sanity_checks(detectors[n], n, images, labels, threat_model, b, sets[n], scored[n],
-                                              results, transfer_source, generator) for n in checked}
+
+        def check() -> dict[str, Any]:
+            return {n: sanity_checks(detectors[n], n, images, labels, threat_model, b, sets[n], scored[n], results,
+                                     transfer_source, generator) for n in checked}
+        results["sanity"] = workers.from_leader(check) if workers else check()     # rank 0's, on every process
     results["warnings"] += [w for s in results["sanity"].values() for w in s["warnings"]]
     if budget_check:
         with timer.timed("budget_check"):
             twice, _, _ = _attack_all(detectors, images, labels, threat_model, b.doubled(), encoders or {},
-                                      generator, StageTimer(), attacks)
+                                      draws, StageTimer(), attacks)
             results["budget_check"] = {n: _budget_change(labels, scored[n],
                                                          {k: verdicts(d, v) for k, v in twice[n].items()})
                                        for n, d in detectors.items()}
     results["wall_time_s"] = timer.wall_time_s
     results["n"] = len(labels)
     results["resumed"] = checkpoints.resumed           # attack stages loaded from an earlier, interrupted run
+    results["processes"] = workers.world_size if workers else 1
+    results["random_draws"] = RANDOM_DRAWS
     results.update(seed=seed, git_revision=revision, environment=environment_info())  # how to re-run it
     return DetectorEvaluation(results, sets)
 
@@ -218,18 +229,55 @@ def _resume_key(detectors: Mapping[str, Evaluable], images: torch.Tensor, labels
     weights = list(next(iter(detectors.values())).classifier.state_dict().values())
     thresholds = {n: getattr(d, "threshold_", None) for n, d in detectors.items()}
     return evaluation_key({"threat": asdict(threat), "budget": asdict(b), "seed": seed, "attacks": attacks,
-                           "detectors": list(detectors), "thresholds": thresholds, "encoders": sorted(encoders)},
+                           "detectors": list(detectors), "thresholds": thresholds, "encoders": sorted(encoders),
+                           "random_draws": RANDOM_DRAWS},
                           [images, labels, *scores, *weights])
 
 
 # -- attacks --------------------------------------------------------------------------------------
+RANDOM_DRAWS = "per image and stage (ImageStreams/1)"   # in results.json: evaluations before it drew per batch
+
+
+@dataclass(frozen=True)
+class _Draws:
+    """Where an evaluation's attacks draw random numbers and which images this process attacks."""
+
+    seed: int
+    generator: torch.Generator            # kept with each stage for resuming (sanity checks draw from it after)
+    workers: Workers | None
+
+    def streams(self, stage: str) -> ImageStreams:
+        """Stage `stage`'s per-image random numbers (the same for an image in any batch, block or process)."""
+        return ImageStreams(self.seed, stage)
+
+    def mine(self, n: int) -> slice:
+        """This process's block of the n evaluation images."""
+        return self.workers.rows(n) if self.workers else slice(None)
+
+    def stage(self, name: str) -> str:
+        """A stage's name in the resume folder: each process keeps its own block's."""
+        return f"{name}@{self.workers.rank}of{self.workers.world_size}" if self.workers else name
+
+    def whole(self, part: torch.Tensor) -> torch.Tensor:
+        """Every process's block of a stage's images, in image order."""
+        return self.workers.gather(part) if self.workers else part
+
+    def total(self, value: float) -> float:
+        """The sum of every process's `value`."""
+        return self.workers.total(value) if self.workers else value
+
+    def image_mean(self, values: torch.Tensor) -> float:
+        """The mean of a per-image quantity (this process's block of it) over every process's images."""
+        return self.total(float(values.float().sum())) / self.total(float(len(values)))
+
+
 def _attack_all(detectors: Mapping[str, Evaluable], images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel,
-                b: Budget, encoders: Mapping[str, Mapping[str, nn.Module]], generator: torch.Generator,
+                b: Budget, encoders: Mapping[str, Mapping[str, nn.Module]], draws: _Draws,
                 timer: StageTimer, only: Sequence[str] | None = None, checkpoints: StageCheckpoints | None = None
                 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float], dict[str, dict[str, str]]]:
     """(adversarial images per detector and attack, F's robust accuracy after each cascade stage, skipped attacks);
     `only`: the detector-aware attacks to run (None: every one that applies); `checkpoints`: where finished stages
-    are kept and resumed from."""
+    are kept and resumed from. Each process attacks its block of the images; the blocks are gathered at the end."""
     kept = checkpoints or StageCheckpoints(None, "")
     classifier = next(iter(detectors.values())).classifier
     plan, skipped = {}, {}
@@ -239,29 +287,35 @@ def _attack_all(detectors: Mapping[str, Evaluable], images: torch.Tensor, labels
             skipped[name].update({k: "not in this run's attacks" for k in kinds if k not in only})
             kinds = [k for k in kinds if k in only]
         plan[name] = kinds
+    block = draws.mine(len(images))
+    x, y, generator = images[block], labels[block], draws.generator
     with steps("attack stages", 2 + sum(map(len, plan.values()))) as stage_done:
         with timer.timed("attack_pgd"):
-            pgd = pgd_on_f(threat, b, generator)
-            shared = {"pgd": kept.stage("pgd", generator, lambda: ({"images": attack_in_batches(
-                classifier, pgd, images, labels, batch_size=b.batch_size, desc="pgd on F").images}, None))[0]["images"]}
+            pgd = pgd_on_f(threat, b, draws.streams("pgd"))
+            shared = {"pgd": kept.stage(draws.stage("pgd"), generator, lambda: ({"images": attack_in_batches(
+                classifier, pgd, x, y, batch_size=b.batch_size, desc="pgd on F").images}, None))[0]["images"]}
         stage_done("pgd on F")
         with timer.timed("attack_autoattack"):
             aa = AutoAttack(threat.eps, b.autoattack_steps, n_target_classes=b.autoattack_targets,
                             square_queries=b.square_queries, restarts=b.autoattack_restarts, norm=threat.norm,
-                            generator=generator)
-            out, robust_after = kept.stage("autoattack", generator, lambda: _as_stage(
-                _autoattack(aa, classifier, images, labels, b.batch_size)))
+                            generator=draws.streams("autoattack"))
+            out, after = kept.stage(draws.stage("autoattack"), generator, lambda: _as_stage(
+                _autoattack(aa, classifier, x, y, b.batch_size)))
             shared["autoattack"] = out["images"]
+            robust_after = {k: draws.total(v * len(y)) / len(labels) for k, v in after.items()}
         stage_done("autoattack on F")
         sets: dict[str, dict[str, torch.Tensor]] = {}
         for name, det in detectors.items():
             sets[name] = dict(shared)
             for kind in plan[name]:
                 with timer.timed(f"attack_{kind}" if paper_attack(kind) is not None else f"attack_{kind}_{name}"):
-                    sets[name][kind] = kept.stage(f"{kind}--{name}", generator, lambda: ({"images": _detector_aware(
-                        kind, name, det, encoders, images, labels, shared, threat, b, generator)}, None))[0]["images"]
+                    stage = f"{kind}--{name}"
+                    sets[name][kind] = kept.stage(draws.stage(stage), generator, lambda: ({"images": _detector_aware(
+                        kind, name, det, encoders, x, y, shared, threat, b, draws, stage)}, None))[0]["images"]
                 stage_done(f"{kind} on {name}")
-    return sets, robust_after, skipped
+    whole = {k: draws.whole(v) for k, v in shared.items()}
+    return ({name: {kind: whole[kind] if kind in whole else draws.whole(v) for kind, v in kinds.items()}
+             for name, kinds in sets.items()}, robust_after, skipped)
 
 
 def _as_stage(result: tuple[torch.Tensor, dict[str, float]]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
@@ -271,12 +325,12 @@ def _as_stage(result: tuple[torch.Tensor, dict[str, float]]) -> tuple[dict[str, 
 
 def _detector_aware(kind: str, name: str, det: Evaluable, encoders: Mapping[str, Mapping[str, nn.Module]],
                     images: torch.Tensor, labels: torch.Tensor, shared: Mapping[str, torch.Tensor],
-                    threat: ThreatModel, b: Budget, generator: torch.Generator) -> torch.Tensor:
-    """Adversarial images of one detector-aware attack on detector `name`."""
+                    threat: ThreatModel, b: Budget, draws: _Draws, stage: str) -> torch.Tensor:
+    """Adversarial images of one detector-aware attack on detector `name` (this process's block of them)."""
     paper = paper_attack(kind)
     if paper is not None:
-        return paper.run(det, encoders[name], images, labels, threat.eps, b, generator)
-    attack = detector_attack(kind, threat, b, generator)
+        return paper.run(det, encoders[name], images, labels, threat.eps, b, draws.streams(stage), draws.image_mean)
+    attack = detector_attack(kind, threat, b, draws.streams(stage))
     start_from = in_evaluation(kind).starts
     starts = shared[start_from] if start_from else None   # e.g. selective: F already fooled, only hide it
     target = cast(Detector, det)            # the attack's `applies` checked what it needs beyond `Evaluable`

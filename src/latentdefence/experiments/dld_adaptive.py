@@ -31,6 +31,7 @@ from ..dld import DeepLatentDefence, load_encoders
 from ..dld.encoders import EncoderDecoder
 from ..evaluation.detector_eval import DetectorEvaluation, evaluate_detector, evaluate_detectors
 from ..evaluation.threat import Budget, ThreatModel
+from ..evaluation.workers import Workers
 from ..models import TappedModel
 from .._timing import StageTimer
 from .cache import any_complete_stage, default_cache_root, ensure_stage, run_wall_time, settings_key
@@ -193,11 +194,14 @@ def run_dld_adaptive(config: DLDAdaptiveConfig, out_dir: str | Path, cache_root:
 
 def evaluate_artifact(path: str | Path, threat_model: ThreatModel, version: str = "standard", *,
                       dataset: str = "mnist", n: int | None = 500, n_calibration: int = 750, seed: int = 0,
-                      budget_check: bool = False, data_dir: str | Path | None = None) -> DetectorEvaluation:
+                      budget_check: bool = False, data_dir: str | Path | None = None,
+                      resume: str | Path | None = None, workers: Workers | None = None) -> DetectorEvaluation:
     """Any registered detector's saved artifact under `evaluate_detector` on `dataset`'s test split: the seeded
     `n_calibration` images of `data.calibration_split` set the SR@FPR thresholds (and the threshold, if the
     artifact has none), the first `n` of the rest are attacked; the detector is named by its registry name. For a DLD,
-    the paper's adaptive attack runs when `encoders.safetensors` (the encoder-decoders) lies beside the artifact."""
+    the paper's adaptive attack runs when `encoders.safetensors` (the encoder-decoders) lies beside the artifact.
+    resume: where finished attack stages are kept (a re-run continues from them); workers: the processes it is split
+    over (`evaluation.Workers`)."""
     kind, det = load_artifact(path)
     test = load_dataset(dataset, None if data_dir is None else Path(data_dir)).test
     cal, rest = calibration_split(test, n_calibration, seed)
@@ -207,7 +211,8 @@ def evaluate_artifact(path: str | Path, threat_model: ThreatModel, version: str 
     encoders = load_encoders(str(beside)) if isinstance(det, DeepLatentDefence) and beside.is_file() else None
     data = rest.head(n)
     return evaluate_detector(det, data.images, data.labels, threat_model, version, calibration=cal.images,
-                             name=kind, encoders=encoders, budget_check=budget_check, seed=seed)
+                             name=kind, encoders=encoders, budget_check=budget_check, seed=seed, resume=resume,
+                             workers=workers)
 
 
 def _dld(config: DLDAdaptiveConfig, train: ImageDataset, cal: ImageDataset,
