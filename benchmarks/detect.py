@@ -1,7 +1,7 @@
 """Cost of DLD-guarded inference against plain F, k-NN backends, and index memory, measured in one run.
 
 Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/detect.py [--train 59000] [--batch 256] [--detector PATH]
-     [--backends torch sklearn faiss faiss-hnsw] [--out docs/results/detect-benchmark]
+     [--backends torch sklearn faiss faiss-hnsw] [--breakdown] [--out docs/results/detect-benchmark]
 Target: guarded inference (F + all encoders + k-NN + scoring) costs <= 1.5x F alone at batch 256.
 
 Without --detector the encoders are untrained and the indexes hold clustered synthetic embeddings
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,9 +25,10 @@ from torch import nn
 
 os.environ.setdefault("LATENTDEFENCE_PROGRESS", "0")
 
-from latentdefence._io import atomic_path, environment_info, git_revision, write_json  # noqa: E402
+from _report import command_line, write_report  # noqa: E402
+from latentdefence._io import git_revision  # noqa: E402
 from latentdefence.data import load_dataset  # noqa: E402
-from latentdefence.detectors import KNNIndex  # noqa: E402
+from latentdefence.detectors import KNNIndex, nonconformity  # noqa: E402
 from latentdefence.dld import DeepLatentDefence, make_encoder  # noqa: E402
 from latentdefence.dld.encoders import activation_shape  # noqa: E402
 from latentdefence.models import create_model  # noqa: E402
@@ -75,6 +75,53 @@ def guarded_ratio(det: DeepLatentDefence, x: torch.Tensor) -> dict[str, float]:
     return out
 
 
+def breakdown(det: DeepLatentDefence, x: torch.Tensor) -> dict[str, float]:
+    """This thread's CPU seconds per batch for each part of a guarded prediction, each timed alone: F's pass that keeps
+    the taps' activations, each tap's encoder, each tap's k-NN search, and Eq. 8 (why: which part a speed-up must cut,
+    and the floor the encoders alone set for guarded/F)."""
+    taps = list(det.indexes_)
+    clock = time.thread_time
+    with torch.no_grad():
+        acts = det.classifier.intermediates(x, taps)
+        last = det.classifier.deepest_tap(taps)
+        out = {"forward_with_taps": best_of(lambda: det.classifier.forward_from(
+            det.classifier.intermediates(x, taps)[last], last), clock=clock)}
+        latents = {tap: det.encoders_[tap](acts[tap]) for tap in taps}
+        for tap in taps:
+            out[f"encoder_{tap}"] = best_of(lambda: det.encoders_[tap](acts[tap]), clock=clock)
+        found = {}
+        for tap in taps:
+            out[f"search_{tap}"] = best_of(lambda: det.indexes_[tap].search(latents[tap], det.k), clock=clock)
+            found[tap] = det.indexes_[tap].search(latents[tap], det.k)[1]
+        predicted = det.classifier(x).argmax(1)
+        out["eq8"] = best_of(lambda: [nonconformity(det.indexes_[t].labels[found[t]], predicted) for t in taps],
+                             clock=clock)
+    return out
+
+
+def encoder_macs(det: DeepLatentDefence) -> tuple[int, int]:
+    """Multiply-adds per image of F and of all the encoders together (convolutions and linear layers)."""
+    def count(module: nn.Module, shape: tuple[int, ...]) -> int:
+        total = 0
+
+        def hook(layer: nn.Module, _: object, output: torch.Tensor) -> None:
+            nonlocal total
+            if isinstance(layer, nn.Conv2d):
+                total += output[0].numel() * layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
+            elif isinstance(layer, nn.Linear):
+                total += layer.in_features * layer.out_features
+        handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        with torch.no_grad():
+            module(torch.zeros(1, *shape))
+        for h in handles:
+            h.remove()
+        return total
+    model = det.classifier
+    f = count(model, tuple(model.input_shape))
+    enc = sum(count(det.encoders_[tap], activation_shape(model, tap)) for tap in det.indexes_)
+    return f, enc
+
+
 def backend_rates(n: int, dim: int, queries: int, k: int) -> dict[str, float]:
     """Queries per second of each backend on the issue's setting (n x dim, k); faiss-hnsw is approximate."""
     data, labels = clustered(n, dim)
@@ -97,6 +144,7 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["torch", "sklearn"], help="k-NN backends to time, in turn")
     parser.add_argument("--algorithm", default="brute", help="sklearn's algorithm")
     parser.add_argument("--dims", type=int, nargs="+", default=[10], help="latent sizes for the backend comparison")
+    parser.add_argument("--breakdown", action="store_true", help="also time each part of a guarded prediction alone")
     parser.add_argument("--out", type=Path, default=None, help="write report.md and results.json here")
     args = parser.parse_args()
     lines, results = [f"torch threads {torch.get_num_threads()}, git {git_revision()}"], {}
@@ -115,10 +163,20 @@ def main() -> None:
             found = {tap: idx for tap, (idx, _) in det.neighbours(x).items()}
             same = all(torch.equal(first.setdefault(name, {}).setdefault(tap, idx), idx) for tap, idx in found.items())
             results[f"{backend}_{name}"] = {**r, "same_neighbours_as_first": same}
+            if args.breakdown:
+                parts = breakdown(det, x)
+                results[f"{backend}_{name}"]["breakdown_cpu_s"] = parts
+                lines.append(f"  CPU per part, x F's plain pass ({1e3 * r['cpu_plain_s']:.1f} ms): " + ", ".join(
+                    f"{part} {v / r['cpu_plain_s']:.2f}" for part, v in parts.items()))
             lines.append(f"batch {args.batch} {name}: F {1e3 * r['plain_s']:.1f} ms, guarded {1e3 * r['guarded_s']:.1f} ms, "
                          f"guarded/F {r['ratio']:.2f}x (target <= 1.5x); CPU: F {1e3 * r['cpu_plain_s']:.1f} ms, guarded "
                          f"{1e3 * r['cpu_guarded_s']:.1f} ms, {r['cpu_ratio']:.2f}x [{backend}], neighbours "
                          f"{'equal to' if same else 'DIFFER from'} {args.backends[0]}'s")
+    if args.breakdown:
+        f_macs, enc_macs = encoder_macs(det)
+        results["macs_per_image"] = {"classifier": f_macs, "encoders": enc_macs}
+        lines.append(f"multiply-adds per image: F {f_macs / 1e6:.2f}M, all encoders {enc_macs / 1e6:.2f}M "
+                     f"({enc_macs / f_macs:.2f}x F)")
     for tap, index in det.indexes_.items():
         lines.append(f"index {tap}: {len(index)} points, {index.nbytes() / len(index):.0f} bytes/point [{backend}]")
     for dim in args.dims:
@@ -130,14 +188,8 @@ def main() -> None:
                  f"after {tuple(round(v, 2) for v in os.getloadavg())} on {os.cpu_count()} cores")
     print("\n".join(lines))
     if args.out:
-        command = "OMP_NUM_THREADS=1 python benchmarks/detect.py " + " ".join(sys.argv[1:])
-        write_json(args.out / "results.json", {"command": command, "git_revision": git_revision(),
-                                               "environment": environment_info(), "settings": {
-                                                   k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                                               "results": results})
-        with atomic_path(args.out / "report.md") as tmp:
-            tmp.write_text(f"# Guarded inference benchmark\n\n`{command}`\n\n```\n" + "\n".join(lines) + "\n```\n")
-
+        write_report(args.out, "Guarded inference benchmark", command_line("detect.py", "OMP_NUM_THREADS=1 "), args,
+                     {"results": results}, lines)
 
 if __name__ == "__main__":
     main()
