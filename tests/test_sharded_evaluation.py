@@ -39,6 +39,21 @@ def _rank(rank: int, world: int, store: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+def _mismatched(rank: int, world: int, store: str, out: str) -> None:
+    """Rank 1 holds another detector (calibrated at another FP rate): every process must refuse, not attack."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        model, (x, y, cal) = tiny_model(), data()
+        det = SoftmaxDetector(model).calibrate(cal, target_fpr=0.05 if rank == 0 else 0.2)
+        evaluate_detectors({"softmax": det}, x, y, THREAT, budget=TINY, calibration=cal, sanity=(),
+                           workers=Workers(rank, world))
+    except RuntimeError as err:
+        Path(f"{out}.{rank}").write_text(str(err))
+    finally:
+        dist.destroy_process_group()
+
+
 def outcomes(found: dict) -> dict:
     """Per detector and attack, which images are broken, and the worst case's; F alone's; the sanity checks."""
     res = found["results"]
@@ -60,6 +75,12 @@ def test_two_processes_and_two_batch_sizes_give_one_process_s_outcomes(tmp_path:
     for found in (other_batch, *ranks):
         assert outcomes(found) == outcomes(one)
     assert ranks[0]["results"]["processes"] == 2 and one["results"]["processes"] == 1
+
+
+def test_processes_holding_different_detectors_refuse_to_evaluate(tmp_path: Path) -> None:
+    mp.spawn(_mismatched, args=(2, str(tmp_path / "store"), str(tmp_path / "error")), nprocs=2, join=True)
+    for rank in range(2):
+        assert "processes hold different evaluation" in (tmp_path / f"error.{rank}").read_text()
 
 
 def test_an_image_draws_the_same_random_numbers_in_any_batch() -> None:

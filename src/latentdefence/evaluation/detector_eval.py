@@ -117,8 +117,11 @@ def evaluate_detectors(detectors: Mapping[str, Evaluable], images: torch.Tensor,
         raise ValueError(f"unknown detector-aware attacks {unknown}; choose from {list(detector_attacks())}")
     clean_images, clean_labels = clean
     timer, generator, revision = StageTimer(), seed_everything(seed), git_revision()  # the code that runs
-    checkpoints = StageCheckpoints(resume, _resume_key(detectors, images, labels, threat_model, b, seed, attacks,
-                                                       encoders or {}) if resume is not None else "")
+    key = _resume_key(detectors, images, labels, threat_model, b, seed, attacks, encoders or {}) \
+        if resume is not None or workers is not None else ""
+    if workers is not None:
+        workers.check_same(key, "evaluation (settings, images, F, detectors' scores and thresholds)")
+    checkpoints = StageCheckpoints(resume, key if resume is not None else "")
     draws = _Draws(seed, generator, workers)
     sets, robust_after, skipped = _attack_all(detectors, images, labels, threat_model, b, encoders or {}, draws,
                                               timer, attacks, checkpoints)

@@ -56,6 +56,14 @@ class Workers:
         """The sum of every process's `value` (e.g. counts of robust images)."""
         return float(sum(self._all(float(value))))
 
+    def check_same(self, value: str, what: str) -> None:
+        """Refuse to go on unless every process holds the same `value` (e.g. a digest of the detectors it evaluates:
+        processes that fitted different detectors would each attack another one)."""
+        values = self._all(value)
+        if len(set(values)) > 1:
+            raise RuntimeError(f"the {len(values)} processes hold different {what}: ranks "
+                               f"{[r for r, v in enumerate(values) if v != values[0]]} differ from rank 0")
+
     def from_leader(self, compute: Callable[[], T]) -> T:
         """`compute()` run by rank 0 only, its result handed to every process (work not worth splitting)."""
         box: list[Any] = [compute() if self.leader else None]
