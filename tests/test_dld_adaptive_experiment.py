@@ -55,7 +55,7 @@ def test_smoke_run_records_its_detector_and_sets_fpr_thresholds_on_calibration_i
                                                   autoattack_targets=1, square_queries=3, n_sanity=3,
                                                   eps_sweep=(1.0,)))
     run = CliRunner().invoke(app, ["evaluate-detector", str(artifact), "--version", "quick", "--n", "4",
-                                   "--out", str(tmp_path / "c")])
+                                   "--out", str(tmp_path / "c"), "--stages", str(tmp_path / "stages")])
     assert run.exit_code == 0, run.output
     cli = json.loads((tmp_path / "c" / "results.json").read_text())
     assert cli["version"] == "quick" and cli["n"] == 4 and "adaptive_paper" in cli["detectors"]["dld"]["attacks"]

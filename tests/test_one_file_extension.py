@@ -39,7 +39,7 @@ detector = create_detector("max-softmax-example", load_checkpoint(sys.argv[3])[0
 detector.save(tmp / "mine.safetensors")
 evaluation = tmp / "results" / "mine-mnist-adaptive"
 done = CliRunner().invoke(app, ["evaluate-detector", str(tmp / "mine.safetensors"), "--version", "quick", "--n", "6",
-                                "--out", str(evaluation)])
+                                "--out", str(evaluation), "--stages", str(tmp / "stages")])
 out["cli"] = [done.exit_code, done.output[-500:]]
 results = json.loads((evaluation / "results.json").read_text())
 mine = results["detectors"]["max-softmax-example"]

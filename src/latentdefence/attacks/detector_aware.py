@@ -181,7 +181,8 @@ def needs_surrogate(detector: Any, threat: Any) -> str | None:
 
 
 @register_attack("selective", on="detector", targeted=(False,), examples=({"eps": 0.1, "steps": 10},),
-                 evaluation=InEvaluation(needs_surrogate, iterative_settings, order=20, starts="autoattack"))
+                 evaluation=InEvaluation(needs_surrogate, iterative_settings, order=20, starts="autoattack",
+                                         per_image_draws=True))
 class SelectivePGD(_SurrogatePGD):
     """Selective PGD: step on F's loss until F is fooled, then on the detector's surrogate only.
 
@@ -206,7 +207,7 @@ class SelectivePGD(_SurrogatePGD):
 
 
 @register_attack("orthogonal", on="detector", targeted=(False,), examples=({"eps": 0.1, "steps": 10},),
-                 evaluation=InEvaluation(needs_surrogate, iterative_settings, order=30))
+                 evaluation=InEvaluation(needs_surrogate, iterative_settings, order=30, per_image_draws=True))
 class OrthogonalPGD(_SurrogatePGD):
     """Orthogonal PGD: each step follows one loss's gradient with its component along the other's removed.
 

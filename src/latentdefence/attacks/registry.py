@@ -25,9 +25,12 @@ class InEvaluation:
     applies: Callable[[Any, Any], str | None]            # (detector, threat model) -> why it cannot run, or None
     settings: Callable[[Any], Mapping[str, Any]]         # the evaluation's Budget -> keyword settings (not eps, norm)
     label: str | None = None                             # its name in results.json (default: the registry name)
-    order: int = 100                                     # evaluation order (each attack draws from one generator)
+    order: int = 100                                     # evaluation order
     gradient: bool = True                                # gradient-based (the sanity checks' strongest is among these)
     starts: str | None = None                            # an earlier attack's images it starts from ("autoattack")
+    # True: its `generator` may be an `ImageStreams` (it draws through `uniform_like` / `normal_like` / the streams),
+    # so its outcome on an image does not depend on the batch or the process; False: it gets a torch.Generator
+    per_image_draws: bool = False
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ def _settings(budget: Any) -> dict[str, Any]:
 
 @register_attack("guide_points", on="detector", targeted=(False,),
                  examples=({"eps": 0.1, "steps": 10, "n_targets": 2},),
-                 evaluation=InEvaluation(_needs_knn, _settings, order=10))
+                 evaluation=InEvaluation(_needs_knn, _settings, order=10, per_image_draws=True))
 class GuidePointAttack(DetectorAttack):
     """Guide-point soft-kNN attack on any k-NN detector (DLD, Deep k-NN): F to a target class, and in every
     searched latent space the target class's guide points inside the k-NN ball.

@@ -124,7 +124,8 @@ def _square_settings(budget: Any) -> dict[str, Any]:
 
 
 @register_attack("detector_square", on="detector", targeted=(False,), examples=({"eps": 0.1, "queries": 20},),
-                 evaluation=InEvaluation(_linf_only, _square_settings, label="square", order=40, gradient=False))
+                 evaluation=InEvaluation(_linf_only, _square_settings, label="square", order=40, gradient=False,
+                                         per_image_draws=True))
 class DetectorSquare(DetectorAttack):
     """Square attack on F + detector: gradient-free, so it is the gradient-masking check of a detector evaluation.
 

@@ -34,20 +34,25 @@ def evaluate_detector(
     data_dir: Optional[Path] = typer.Option(None, help="Your copy of the dataset (not needed for MNIST)."),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("runs/evaluate-detector"), help="Folder for results.json, report.md, figures."),
-    stages: Optional[Path] = typer.Option(None, help="Folder keeping each finished attack stage (default: OUT.stages "
-                                          "beside --out): the same command run again continues from it."),
+    stages: Optional[Path] = typer.Option(None, help="Folder keeping each finished attack stage (default: one per "
+                                          "set of these options under runs/cache): the same command run again "
+                                          "continues from it."),
 ) -> None:
     """Evaluate a detector like an attacker would: per-image worst case over every attack, sanity-check warnings.
     Under `torchrun --nproc-per-node N` the images are split over N processes (same results; rank 0 writes)."""
     with cli_errors():
         check_output(out, "folder", [artifact])
         from ..evaluation import ThreatModel, Workers
+        from ..experiments.cache import default_cache_root, settings_key
         from ..experiments.dld_adaptive import evaluate_artifact
 
         workers = Workers.from_environment()
+        options = {"artifact": artifact.resolve(), "dataset": dataset, "norm": norm, "eps": eps, "version": version,
+                   "n": n, "n_calibration": n_calibration, "budget_check": budget_check, "seed": seed}
+        kept = stages or default_cache_root() / f"evaluate-detector-stages-{settings_key(options)}"
         evaluation = evaluate_artifact(artifact, ThreatModel(norm, eps), version, dataset=dataset, n=n,
                                        n_calibration=n_calibration, seed=seed, budget_check=budget_check,
-                                       data_dir=data_dir, resume=stages or out.with_name(out.name + ".stages"),
+                                       data_dir=data_dir, resume=kept,
                                        workers=workers)
         if workers is None or workers.leader:
             typer.echo((evaluation.write(out) / "report.md").read_text())

@@ -18,6 +18,7 @@ module knows no paper.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from torch import nn
 from .._progress import steps, track
 from .._io import environment_info, git_revision, staged_folder, write_json
 from .._seed import seed_everything
-from ..attacks import AutoAttack, ImageStreams
+from ..attacks import AutoAttack, ImageStreams, evaluation_attacks
 from ..attacks.base import attack_in_batches, in_batches
 from ..detectors.base import Detection, Detector, Evaluable, check_attainable_fpr, evaded
 from .._timing import StageTimer
@@ -146,6 +147,8 @@ def evaluate_detectors(detectors: Mapping[str, Evaluable], images: torch.Tensor,
                                      transfer_source, generator) for n in checked}
         results["sanity"] = workers.from_leader(check) if workers else check()     # rank 0's, on every process
     results["warnings"] += [w for s in results["sanity"].values() for w in s["warnings"]]
+    if workers is not None:
+        results["warnings"] += _split_dependent(sets)
     if budget_check:
         with timer.timed("budget_check"):
             twice, _, _ = _attack_all(detectors, images, labels, threat_model, b.doubled(), encoders or {},
@@ -253,6 +256,13 @@ class _Draws:
         """Stage `stage`'s per-image random numbers (the same for an image in any batch, block or process)."""
         return ImageStreams(self.seed, stage)
 
+    def stage_generator(self, stage: str) -> torch.Generator:
+        """A torch.Generator for stage `stage`, for an attack that cannot draw per image: seeded by seed, stage and
+        this process's rank, so its draws depend on the batches (and blocks) it sees."""
+        rank = self.workers.rank if self.workers else 0
+        digest = hashlib.sha256(f"{self.seed}/{stage}/{rank}".encode()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2 ** 63 - 1))
+
     def mine(self, n: int) -> slice:
         """This process's block of the n evaluation images."""
         return self.workers.rows(n) if self.workers else slice(None)
@@ -321,6 +331,14 @@ def _attack_all(detectors: Mapping[str, Evaluable], images: torch.Tensor, labels
              for name, kinds in sets.items()}, robust_after, skipped)
 
 
+def _split_dependent(sets: Mapping[str, Mapping[str, torch.Tensor]]) -> list[str]:
+    """A warning per registered attack that drew from a torch.Generator in a split evaluation."""
+    ran = {kind for per in sets.values() for kind in per if kind in evaluation_attacks()}
+    return [f"{kind}: draws from one generator per process (its `InEvaluation.per_image_draws` is False), so its "
+            "outcomes may depend on how the images were split" for kind in sorted(ran)
+            if not in_evaluation(kind).per_image_draws]
+
+
 def _as_stage(result: tuple[torch.Tensor, dict[str, float]]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """The cascade's (images, robust accuracy after each stage) as a kept stage's (tensors, JSON value)."""
     return {"images": result[0]}, result[1]
@@ -333,7 +351,8 @@ def _detector_aware(kind: str, name: str, det: Evaluable, encoders: Mapping[str,
     paper = paper_attack(kind)
     if paper is not None:
         return paper.run(det, encoders[name], images, labels, threat.eps, b, draws.streams(stage), draws.image_mean)
-    attack = detector_attack(kind, threat, b, draws.streams(stage))
+    randomness = draws.streams(stage) if in_evaluation(kind).per_image_draws else draws.stage_generator(stage)
+    attack = detector_attack(kind, threat, b, randomness)
     start_from = in_evaluation(kind).starts
     starts = shared[start_from] if start_from else None   # e.g. selective: F already fooled, only hide it
     target = cast(Detector, det)            # the attack's `applies` checked what it needs beyond `Evaluable`
