@@ -34,7 +34,7 @@ def run(label: str, processes: int, threads: int, args: argparse.Namespace, scra
                "--out", str(out), "--stages", str(scratch / f"{out.name}.stages")]
     launcher = ([str(BIN / "latentdefence")] if processes == 1 else
                 [str(BIN / "torchrun"), "--standalone", f"--nproc-per-node={processes}", "--no-python",
-                 str(BIN / "latentdefence")])
+                 "--", str(BIN / "latentdefence")])   # "--": torchrun would take --n for its own options
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "LATENTDEFENCE_PROGRESS": "0"}
     start = time.perf_counter()

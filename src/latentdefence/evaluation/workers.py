@@ -1,8 +1,9 @@
 """The processes one detector evaluation is split over (issue 40): torch.distributed, as training uses it.
 
-Launched by torchrun (`torchrun --nproc-per-node N latentdefence evaluate-detector ...`; several machines through
-torchrun's rendezvous, no code change), each process attacks its own block of the evaluation images with every
-attack, then the blocks are gathered in image order so every process holds the whole run's adversarial images.
+Launched by torchrun (`torchrun --nproc-per-node N --no-python -- latentdefence evaluate-detector ...`; several
+machines through torchrun's rendezvous, no code change), each process attacks its own block of the evaluation
+images with every attack, then the blocks are gathered in image order so every process holds the whole run's
+adversarial images.
 Random numbers are drawn per image (`attacks.ImageStreams`), so the outcome for an image does not depend on which
 process attacked it, nor with which other images: N processes give one process's results.
 """
