@@ -86,12 +86,12 @@ class ImageStreams:
 
     def uniform(self, images: torch.Tensor, shape: Sequence[int] | None = None) -> torch.Tensor:
         """U[0, 1) float32 shaped (N, *shape) (default: like `images`), row i from image i's stream."""
-        return (self._bits(image_keys(images), self._per_image(images, shape)) >> 7).float() / 2 ** 24
+        return self._uniform(image_keys(images), self._per_image(images, shape))
 
     def normal(self, images: torch.Tensor, shape: Sequence[int] | None = None) -> torch.Tensor:
         """Standard normal float32 shaped (N, *shape) (default: like `images`), by Box-Muller from two draws."""
-        shape = self._per_image(images, shape)
-        u1, u2 = self.uniform(images, shape).double(), self.uniform(images, shape).double()
+        keys, shape = image_keys(images), self._per_image(images, shape)      # the pixels hashed once for both draws
+        u1, u2 = self._uniform(keys, shape).double(), self._uniform(keys, shape).double()
         return (torch.sqrt(-2 * torch.log1p(-u1)) * torch.cos(2 * math.pi * u2)).float()
 
     def integers(self, high: int, keys: torch.Tensor, shape: Sequence[int] = ()) -> torch.Tensor:
@@ -99,6 +99,9 @@ class ImageStreams:
         if not 0 < high < 2 ** 31:
             raise ValueError(f"high must be in 1..2**31-1, got {high}")
         return (self._bits(keys, tuple(shape)) * high) >> 31
+
+    def _uniform(self, keys: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        return (self._bits(keys, shape) >> 7).float() / 2 ** 24
 
     def _per_image(self, images: torch.Tensor, shape: Sequence[int] | None) -> tuple[int, ...]:
         return tuple(images.shape[1:]) if shape is None else tuple(shape)
