@@ -206,6 +206,9 @@ class SelectivePGD(_SurrogatePGD):
         return torch.autograd.grad(torch.where(fooled, detector_loss, classifier_loss).sum(), x)[0]
 
 
+ORTHOGONAL_ROUNDING = 1e-5    # projected components below this fraction of the largest are float32 rounding
+
+
 @register_attack("orthogonal", on="detector", targeted=(False,), examples=({"eps": 0.1, "steps": 10},),
                  evaluation=InEvaluation(needs_surrogate, iterative_settings, order=30, per_image_draws=True))
 class OrthogonalPGD(_SurrogatePGD):
@@ -229,4 +232,8 @@ class OrthogonalPGD(_SurrogatePGD):
         primary = torch.where(fooled.view(-1, *[1] * (x.ndim - 1)), g_det, g_cls).flatten(1)  # (R, F)
         other = torch.where(fooled.view(-1, *[1] * (x.ndim - 1)), g_cls, g_det).flatten(1)    # (R, F)
         coef = (primary * other).sum(1, keepdim=True) / other.pow(2).sum(1, keepdim=True).clamp_min(1e-20)
-        return (primary - coef * other).view_as(x)
+        residual = primary - coef * other
+        # where the two gradients are (nearly) parallel what is left is rounding, whose sign would move every pixel a
+        # full step in a direction set by the order BLAS summed in (so by the batch size): such components stay put
+        rounding = residual.abs() <= ORTHOGONAL_ROUNDING * primary.abs().amax(1, keepdim=True)
+        return residual.masked_fill(rounding, 0.0).view_as(x)

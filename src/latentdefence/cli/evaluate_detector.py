@@ -29,6 +29,8 @@ def evaluate_detector(
     eps: float = typer.Option(0.3, help="Radius of the threat model's ball."),
     version: str = typer.Option("standard", help="quick | standard | thorough (budgets listed in the report)."),
     n: int = typer.Option(500, help="Test images attacked."),
+    batch_size: Optional[int] = typer.Option(None, help="The attacks' batch size (default: the version's, 250); "
+                                             "split over N processes, each takes whole batches: at most n / N."),
     n_calibration: int = typer.Option(750, help="Held-out clean test images that set the SR@FPR thresholds."),
     budget_check: bool = typer.Option(False, help="Re-run every attack at twice the steps and restarts."),
     data_dir: Optional[Path] = typer.Option(None, help="Your copy of the dataset (not needed for MNIST)."),
@@ -48,12 +50,12 @@ def evaluate_detector(
 
         workers = Workers.from_environment()
         options = {"artifact": artifact.resolve(), "dataset": dataset, "norm": norm, "eps": eps, "version": version,
-                   "n": n, "n_calibration": n_calibration, "budget_check": budget_check, "seed": seed}
+                   "n": n, "n_calibration": n_calibration, "budget_check": budget_check, "seed": seed,
+                   **({"batch_size": batch_size} if batch_size is not None else {})}
         kept = stages or default_cache_root() / f"evaluate-detector-stages-{settings_key(options)}"
         evaluation = evaluate_artifact(artifact, ThreatModel(norm, eps), version, dataset=dataset, n=n,
                                        n_calibration=n_calibration, seed=seed, budget_check=budget_check,
-                                       data_dir=data_dir, resume=kept,
-                                       workers=workers)
+                                       data_dir=data_dir, resume=kept, workers=workers, batch_size=batch_size)
         if workers is None or workers.leader:
             typer.echo((evaluation.write(out) / "report.md").read_text())
 

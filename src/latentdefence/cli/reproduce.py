@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -26,9 +27,11 @@ def reproduce(
     set_: list[str] = typer.Option([], "--set", help="Change a setting of the profile, KEY=VALUE (repeat); e.g. "
                                    "--set attack.pgd_steps=40 --set boundary_eps=8. Recorded in results.json."),
     list_: bool = typer.Option(False, "--list", help="List the experiments and exit."),
+    nproc: int = typer.Option(1, "--nproc", help="Split the run over N processes on this machine (torchrun, one "
+                              "thread each); the adaptive evaluations split, giving one process's results."),
 ) -> None:
     """Re-run a table or figure of either paper; writes results.json, report.md and PNG figures."""
-    from ..experiments import EXPERIMENTS, run_experiment
+    from ..experiments import EXPERIMENTS, experiment_config, run_experiment
 
     if list_ or not experiment:
         for exp in EXPERIMENTS.values():
@@ -37,9 +40,33 @@ def reproduce(
     with cli_errors():
         target = out or Path("runs") / f"{experiment}-{profile}"
         check_output(target, "folder", [classifier])
+        if nproc != 1:
+            experiment_config(experiment, profile, data_dir, classifier, set_)   # every setting checked first
+            _launch(experiment, nproc, ["--profile", profile, "--out", str(target),
+                                        *(["--data-dir", str(data_dir)] if data_dir else []),
+                                        *(["--classifier", str(classifier)] if classifier else []),
+                                        *[f"--set={s}" for s in set_]])
+            return
         run_experiment(experiment, profile, target, data_dir, classifier, set_)
-        typer.echo((target / "report.md").read_text())
-        typer.echo(f"results: {target / 'results.json'}")
+        if os.environ.get("RANK", "0") == "0":          # under torchrun rank 0 alone writes the results folder
+            typer.echo((target / "report.md").read_text())
+            typer.echo(f"results: {target / 'results.json'}")
+
+
+def _launch(experiment: str, nproc: int, options: list[str]) -> None:
+    """`reproduce EXPERIMENT OPTIONS` again in `nproc` processes under torchrun, once the experiment is known to split."""
+    import subprocess
+
+    from ..evaluation.workers import torchrun_command
+    from ..experiments import get_experiment, get_pipeline, splitting_experiments
+
+    command = torchrun_command(nproc, ["reproduce", experiment, *options])   # refuses nproc < 1
+    if not get_pipeline(get_experiment(experiment).pipeline).splits:
+        raise ValueError(f"{experiment} does not split over processes; --nproc works for "
+                         f"{', '.join(splitting_experiments())}")
+    done = subprocess.run(command, check=False)
+    if done.returncode:
+        raise typer.Exit(done.returncode)
 
 
 def demo(out: Path = typer.Option(Path("runs/demo"), help="Output folder.")) -> None:

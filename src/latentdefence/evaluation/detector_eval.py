@@ -18,7 +18,6 @@ module knows no paper.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from torch import nn
 from .._progress import steps, track
 from .._io import environment_info, git_revision, staged_folder, write_json
 from .._seed import seed_everything
-from ..attacks import AutoAttack, ImageStreams, evaluation_attacks
+from ..attacks import AutoAttack, evaluation_attacks
 from ..attacks.base import attack_in_batches, in_batches
 from ..detectors.base import Detection, Detector, Evaluable, check_attainable_fpr, evaded
 from .._timing import StageTimer
@@ -41,7 +40,7 @@ from .detector_report import report, write_figures
 from .resume import StageCheckpoints, evaluation_key
 from .sanity import sanity_checks
 from .threat import PAPER_ATTACKS, VERSIONS, Budget, ThreatModel
-from .workers import Workers
+from .workers import Draws, Workers
 from ..stats import wilson_interval
 from ..validation import InputTypeError, InputValidationError, check_images, check_labels, check_number
 
@@ -100,7 +99,7 @@ def evaluate_detectors(detectors: Mapping[str, Evaluable], images: torch.Tensor,
     the same evaluation again loads those stages and continues with the same random numbers (`resume.py`), so a
     killed run loses at most one stage and gives the uninterrupted run's results; `resumed` in the results lists
     the stages loaded. workers: the processes this evaluation is split over (`Workers.from_environment()` under
-    torchrun): each attacks its block of the images, the blocks are gathered, rank 0 runs the sanity checks, and every
+    torchrun): each attacks its block of the images (the sanity checks' too), the blocks are gathered, and every
     process returns the same evaluation. Random numbers are drawn per image and stage (`attacks.ImageStreams`), so
     any number of processes and any batch size give the same per-image outcomes.
     """
@@ -123,7 +122,8 @@ def evaluate_detectors(detectors: Mapping[str, Evaluable], images: torch.Tensor,
     if workers is not None:
         workers.check_same(key, "evaluation (settings, images, F, detectors' scores and thresholds)")
     checkpoints = StageCheckpoints(resume, key if resume is not None else "")
-    draws = _Draws(seed, generator, workers)
+    draws = Draws(seed, generator, workers, b.batch_size)
+    draws.mine(len(images))                       # too few batches for the processes: refused before any attack
     sets, robust_after, skipped = _attack_all(detectors, images, labels, threat_model, b, encoders or {}, draws,
                                               timer, attacks, checkpoints)
     with timer.timed("evaluate"):
@@ -141,11 +141,8 @@ def evaluate_detectors(detectors: Mapping[str, Evaluable], images: torch.Tensor,
         results["paired"] = paired_within_run(results)
     with timer.timed("sanity_checks"):
         checked = list(detectors) if sanity is None else sanity          # () checks none
-
-        def check() -> dict[str, Any]:
-            return {n: sanity_checks(detectors[n], n, images, labels, threat_model, b, sets[n], scored[n], results,
-                                     transfer_source, generator) for n in checked}
-        results["sanity"] = workers.from_leader(check) if workers else check()     # rank 0's, on every process
+        results["sanity"] = {n: sanity_checks(detectors[n], n, images, labels, threat_model, b, sets[n], scored[n],
+                                              results, transfer_source, draws) for n in checked}   # split like the rest
     results["warnings"] += [w for s in results["sanity"].values() for w in s["warnings"]]
     if workers is not None:
         results["warnings"] += _split_dependent(sets)
@@ -241,51 +238,11 @@ def _resume_key(detectors: Mapping[str, Evaluable], images: torch.Tensor, labels
 
 
 # -- attacks --------------------------------------------------------------------------------------
-RANDOM_DRAWS = "per image and stage (ImageStreams/1)"   # in results.json: evaluations before it drew per batch
-
-
-@dataclass(frozen=True)
-class _Draws:
-    """Where an evaluation's attacks draw random numbers and which images this process attacks."""
-
-    seed: int
-    generator: torch.Generator            # kept with each stage for resuming (sanity checks draw from it after)
-    workers: Workers | None
-
-    def streams(self, stage: str) -> ImageStreams:
-        """Stage `stage`'s per-image random numbers (the same for an image in any batch, block or process)."""
-        return ImageStreams(self.seed, stage)
-
-    def stage_generator(self, stage: str) -> torch.Generator:
-        """A torch.Generator for stage `stage`, for an attack that cannot draw per image: seeded by seed, stage and
-        this process's rank, so its draws depend on the batches (and blocks) it sees."""
-        rank = self.workers.rank if self.workers else 0
-        digest = hashlib.sha256(f"{self.seed}/{stage}/{rank}".encode()).digest()
-        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2 ** 63 - 1))
-
-    def mine(self, n: int) -> slice:
-        """This process's block of the n evaluation images."""
-        return self.workers.rows(n) if self.workers else slice(None)
-
-    def stage(self, name: str) -> str:
-        """A stage's name in the resume folder: each process keeps its own block's."""
-        return f"{name}@{self.workers.rank}of{self.workers.world_size}" if self.workers else name
-
-    def whole(self, part: torch.Tensor) -> torch.Tensor:
-        """Every process's block of a stage's images, in image order."""
-        return self.workers.gather(part) if self.workers else part
-
-    def total(self, value: float) -> float:
-        """The sum of every process's `value`."""
-        return self.workers.total(value) if self.workers else value
-
-    def image_mean(self, values: torch.Tensor) -> float:
-        """The mean of a per-image quantity (this process's block of it) over every process's images."""
-        return self.total(float(values.float().sum())) / self.total(float(len(values)))
+RANDOM_DRAWS = "per image and stage, sanity checks too (ImageStreams/2)"   # results.json; /1: sanity drew per batch
 
 
 def _attack_all(detectors: Mapping[str, Evaluable], images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel,
-                b: Budget, encoders: Mapping[str, Mapping[str, nn.Module]], draws: _Draws,
+                b: Budget, encoders: Mapping[str, Mapping[str, nn.Module]], draws: Draws,
                 timer: StageTimer, only: Sequence[str] | None = None, checkpoints: StageCheckpoints | None = None
                 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float], dict[str, dict[str, str]]]:
     """(adversarial images per detector and attack, F's robust accuracy after each cascade stage, skipped attacks);
@@ -346,7 +303,7 @@ def _as_stage(result: tuple[torch.Tensor, dict[str, float]]) -> tuple[dict[str, 
 
 def _detector_aware(kind: str, name: str, det: Evaluable, encoders: Mapping[str, Mapping[str, nn.Module]],
                     images: torch.Tensor, labels: torch.Tensor, shared: Mapping[str, torch.Tensor],
-                    threat: ThreatModel, b: Budget, draws: _Draws, stage: str) -> torch.Tensor:
+                    threat: ThreatModel, b: Budget, draws: Draws, stage: str) -> torch.Tensor:
     """Adversarial images of one detector-aware attack on detector `name` (this process's block of them)."""
     paper = paper_attack(kind)
     if paper is not None:

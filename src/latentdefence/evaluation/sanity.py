@@ -10,19 +10,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks import PGD, evaluation_attacks
+from ..attacks import PGD, Randomness, evaluation_attacks
 from ..attacks.base import attack_in_batches, in_batches
 from ..detectors.base import Detection, Evaluable, evaded
 from .attack_plan import detector_attack, in_evaluation, pgd_on_f, robust_fraction
 from .detection import verdicts
 from .threat import EPS_SWEEP_FLOOR, ON_F_ALONE, Budget, ThreatModel
+from .workers import Draws
 
 
 def sanity_checks(det: Evaluable, name: str, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel, b: Budget,
                   sets: Mapping[str, torch.Tensor], scored: Mapping[str, Detection], results: Mapping[str, Any],
-                  transfer_source: tuple[str, nn.Module] | None, generator: torch.Generator) -> dict[str, Any]:
+                  transfer_source: tuple[str, nn.Module] | None, draws: Draws) -> dict[str, Any]:
     """Carlini et al.'s checks on the detector's strongest detector-aware attack, on the first `n_sanity` images;
-    `scored` holds the detector's verdicts on `sets`, computed once by the evaluation."""
+    `scored` holds the detector's verdicts on `sets`, computed once by the evaluation. Each check's attack draws per
+    image (its own stage of `draws`) and is split over the evaluation's processes like the main attacks."""
     x, y = images[:b.n_sanity], labels[:b.n_sanity]
     attacks = results["detectors"][name]["attacks"]
     warnings: list[str] = []
@@ -33,19 +35,27 @@ def sanity_checks(det: Evaluable, name: str, images: torch.Tensor, labels: torch
     def robustness(adv: torch.Tensor) -> float:
         return robust_fraction(verdicts(det, adv), y)
 
-    def run(attack: Any, starts: torch.Tensor | None = None) -> torch.Tensor:
+    def run(attack: Any, starts: torch.Tensor | None = None, model: nn.Module | None = None) -> torch.Tensor:
         if isinstance(attack, PGD):
-            return attack_in_batches(det.classifier, attack, x, y, batch_size=b.batch_size).images
-        return in_batches(lambda u, v, s: attack(det, u, v, starts=s).images, x, y, starts, batch_size=b.batch_size)
+            on = model or det.classifier
+            return draws.split(lambda u, v, _: attack_in_batches(on, attack, u, v, batch_size=b.batch_size).images,
+                               x, y)
+        return draws.split(lambda u, v, s: in_batches(lambda p, q, r: attack(det, p, q, starts=r).images, u, v, s,
+                                                      batch_size=b.batch_size), x, y, starts)
 
-    def make(bud: Budget, eps: float | None = None) -> Any:
-        return pgd_on_f(threat, bud, generator, eps) if strongest == "pgd" else detector_attack(strongest, threat, bud,
-                                                                                            generator, eps)
+    def randomness(stage: str) -> Randomness:
+        per_image = strongest == "pgd" or in_evaluation(strongest).per_image_draws
+        return draws.streams(stage) if per_image else draws.stage_generator(stage)
+
+    def make(bud: Budget, stage: str, eps: float | None = None) -> Any:
+        rng = randomness(f"sanity/{strongest}--{name}/{stage}")
+        return pgd_on_f(threat, bud, rng, eps) if strongest == "pgd" else detector_attack(strongest, threat, bud, rng,
+                                                                                          eps)
     start_from = in_evaluation(strongest).starts if strongest in evaluation_attacks() else None
     starts = sets[start_from][:len(x)] if start_from else None   # as in the main run
     more: dict[str, Any] = {"attack": strongest,
                             "budget": robust_fraction(scored[strongest].select(torch.arange(len(x))), y),
-            "double_steps_and_restarts": robustness(run(make(b.doubled()), starts))}
+            "double_steps_and_restarts": robustness(run(make(b.doubled(), "doubled"), starts))}
     if more["double_steps_and_restarts"] > more["budget"]:
         warnings.append(f"{name}: {strongest} with twice the steps and restarts gave higher robustness "
                         f"({100 * more['double_steps_and_restarts']:.1f}% vs {100 * more['budget']:.1f}%): "
@@ -53,8 +63,8 @@ def sanity_checks(det: Evaluable, name: str, images: torch.Tensor, labels: torch
     sweep: dict[str, Any] = {"eps": [round(f * threat.eps, 6) for f in b.eps_sweep],
                              "attack": f"{strongest} (random start)", "detector": [], "classifier_alone": []}
     for eps in sweep["eps"]:
-        sweep["detector"].append(robustness(run(make(b, eps))))
-        adv = run(pgd_on_f(threat, b, generator, eps))
+        sweep["detector"].append(robustness(run(make(b, f"eps={eps:g}", eps))))
+        adv = run(pgd_on_f(threat, b, draws.streams(f"sanity/pgd/eps={eps:g}"), eps))
         with torch.no_grad():
             sweep["classifier_alone"].append(float((det.classifier(adv).argmax(1) == y).float().mean()))
     if sweep["detector"] and sweep["detector"][-1] > EPS_SWEEP_FLOOR:
@@ -66,7 +76,7 @@ def sanity_checks(det: Evaluable, name: str, images: torch.Tensor, labels: torch
                            "surrogate_gradients": _surrogate_gradients(det, name, x, warnings)}
     if transfer_source is not None:
         source, model = transfer_source
-        adv = attack_in_batches(model, pgd_on_f(threat, b, generator), x, y, batch_size=b.batch_size).images
+        adv = run(pgd_on_f(threat, b, draws.streams(f"sanity/transfer--{name}")), model=model)
         with torch.no_grad():
             own = float((model(adv).argmax(1) == y).float().mean())
         out["transfer"] = {"source": source,

@@ -7,6 +7,8 @@ tables and figures from one LAD run per dataset); the stage cache makes the seco
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 
 from .._io import staged_folder
 from ..data.base import default_data_dir
+from ..evaluation.workers import Workers
 from ..validation import check_settings
 from .overrides import apply_overrides
 from .registry import Pipeline, get_pipeline, list_pipelines, register_pipeline
@@ -103,6 +106,11 @@ def experiment_config(name: str, profile: str, data_dir: str | Path | None = Non
     return config
 
 
+def splitting_experiments() -> list[str]:
+    """The experiments whose run splits over processes (`reproduce --nproc N`)."""
+    return [n for n, e in EXPERIMENTS.items() if get_pipeline(e.pipeline).splits]
+
+
 def run_experiment(name: str, profile: str, out_dir: str | Path, data_dir: str | Path | None = None,
                    classifier_checkpoint: str | Path | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Run a named experiment with a profile (and "key=value" overrides of its settings), writing
@@ -112,7 +120,15 @@ def run_experiment(name: str, profile: str, out_dir: str | Path, data_dir: str |
     if exp.needs_data_dir and data_dir is None and default_data_dir() is None:
         raise ValueError(f"{name} needs --data-dir pointing at your copy of {exp.dataset.upper()} "
                          f"(see docs/data.md), or LATENTDEFENCE_DATA_DIR; it cannot be downloaded here")
+    pipeline = get_pipeline(exp.pipeline)
+    if os.environ.get("WORLD_SIZE", "1") != "1" and not pipeline.splits:
+        raise ValueError(f"{name} does not split over processes (only {', '.join(splitting_experiments())} do); "
+                         "run it without torchrun or --nproc")
+    workers = Workers.from_environment()
+    if workers is not None and not workers.leader:
+        with tempfile.TemporaryDirectory() as scratch:   # rank 0 alone writes the results folder
+            return pipeline.run(config, scratch)
     with staged_folder(out_dir) as staging:     # all of the run's files appear together, or none do
-        results = get_pipeline(exp.pipeline).run(config, staging)
+        results = pipeline.run(config, staging)
     results.setdefault("experiment", name)
     return results

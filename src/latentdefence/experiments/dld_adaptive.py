@@ -17,6 +17,7 @@ from a saved artifact (`detector_artifact`); which one is recorded in results.js
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,7 +31,7 @@ from ..detectors.registry import load_artifact
 from ..dld import DeepLatentDefence, load_encoders
 from ..dld.encoders import EncoderDecoder
 from ..evaluation.detector_eval import DetectorEvaluation, evaluate_detector, evaluate_detectors
-from ..evaluation.threat import Budget, ThreatModel
+from ..evaluation.threat import VERSIONS, Budget, ThreatModel
 from ..evaluation.workers import Workers
 from ..models import TappedModel
 from .._timing import StageTimer
@@ -156,16 +157,18 @@ def run_dld_adaptive(config: DLDAdaptiveConfig, out_dir: str | Path, cache_root:
     revision, cpu_start = git_revision(), time.process_time()
     started, from_scratch = time.perf_counter(), not any_complete_stage(cache_root)
     a = config.attacks
-    with timer.timed("data"):
-        train, cal, clean = dld_data(config.dld)
-        data = clean.head(a.n)
-    with timer.timed("dld"):
-        dld, encoders, source = _dld(config, train, cal, cache_root)
-    classifier = dld.classifier.eval()
-    with timer.timed("baselines"):
-        detectors: dict[str, Any] = {"dld": dld, **_baselines(config, classifier, train, cal)}
-    with timer.timed("transfer_source"):
-        undefended = _undefended(config, train, cache_root)
+    workers = Workers.from_environment()                  # under torchrun: the images are split over the processes
+    with workers.leader_first() if workers else nullcontext():   # rank 0 trains and caches the stages, the rest load
+        with timer.timed("data"):
+            train, cal, clean = dld_data(config.dld)
+            data = clean.head(a.n)
+        with timer.timed("dld"):
+            dld, encoders, source = _dld(config, train, cal, cache_root)
+        classifier = dld.classifier.eval()
+        with timer.timed("baselines"):
+            detectors: dict[str, Any] = {"dld": dld, **_baselines(config, classifier, train, cal)}
+        with timer.timed("transfer_source"):
+            undefended = _undefended(config, train, cache_root)
     evaluation = evaluate_detectors(
         detectors, data.images, data.labels, ThreatModel("linf", a.eps), f"{config.profile} profile",
         budget=a.budget(), calibration=cal.images, clean=(clean.images, clean.labels),
@@ -173,7 +176,8 @@ def run_dld_adaptive(config: DLDAdaptiveConfig, out_dir: str | Path, cache_root:
         transfer_source=(f"{config.dld.classifier.arch} trained clean ({a.undefended_epochs} epoch(s) on "
                          f"{a.undefended_max_train} images)", undefended), fprs=config.fprs,
         target_fpr=config.dld.target_fpr, seed=config.seed,
-        resume=(cache_root or default_cache_root()) / f"dld-adaptive-stages-{settings_key(asdict(config))}")
+        resume=(cache_root or default_cache_root()) / f"dld-adaptive-stages-{settings_key(asdict(config))}",
+        workers=workers)
     results = evaluation.results
     wall = {**timer.wall_time_s, **results.pop("wall_time_s")}
     extra = {"masking": results["sanity"]["dld"], "settings": asdict(config), "seed": config.seed,
@@ -195,13 +199,15 @@ def run_dld_adaptive(config: DLDAdaptiveConfig, out_dir: str | Path, cache_root:
 def evaluate_artifact(path: str | Path, threat_model: ThreatModel, version: str = "standard", *,
                       dataset: str = "mnist", n: int | None = 500, n_calibration: int = 750, seed: int = 0,
                       budget_check: bool = False, data_dir: str | Path | None = None,
-                      resume: str | Path | None = None, workers: Workers | None = None) -> DetectorEvaluation:
+                      resume: str | Path | None = None, workers: Workers | None = None,
+                      batch_size: int | None = None) -> DetectorEvaluation:
     """Any registered detector's saved artifact under `evaluate_detector` on `dataset`'s test split: the seeded
     `n_calibration` images of `data.calibration_split` set the SR@FPR thresholds (and the threshold, if the
     artifact has none), the first `n` of the rest are attacked; the detector is named by its registry name. For a DLD,
     the paper's adaptive attack runs when `encoders.safetensors` (the encoder-decoders) lies beside the artifact.
     resume: where finished attack stages are kept (a re-run continues from them); workers: the processes it is split
-    over (`evaluation.Workers`)."""
+    over (`evaluation.Workers`); batch_size: the attacks' batch size instead of the version's (a split run gives each
+    process whole batches)."""
     kind, det = load_artifact(path)
     test = load_dataset(dataset, None if data_dir is None else Path(data_dir)).test
     cal, rest = calibration_split(test, n_calibration, seed)
@@ -210,9 +216,10 @@ def evaluate_artifact(path: str | Path, threat_model: ThreatModel, version: str 
     beside = Path(path).parent / "encoders.safetensors"
     encoders = load_encoders(str(beside)) if isinstance(det, DeepLatentDefence) and beside.is_file() else None
     data = rest.head(n)
+    budget = None if batch_size is None else replace(VERSIONS[version], batch_size=batch_size)
     return evaluate_detector(det, data.images, data.labels, threat_model, version, calibration=cal.images,
                              name=kind, encoders=encoders, budget_check=budget_check, seed=seed, resume=resume,
-                             workers=workers)
+                             workers=workers, budget=budget)
 
 
 def _dld(config: DLDAdaptiveConfig, train: ImageDataset, cal: ImageDataset,
@@ -282,4 +289,4 @@ def _pipeline_config(profile: str, dataset: str, data_dir: str | None, checkpoin
     return replace(config, dld=replace(config.dld, classifier_checkpoint=checkpoint)) if checkpoint else config
 
 
-register_pipeline("dld-adaptive", config=_pipeline_config, run=run_dld_adaptive)
+register_pipeline("dld-adaptive", config=_pipeline_config, run=run_dld_adaptive, splits=True)

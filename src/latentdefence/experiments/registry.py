@@ -22,10 +22,12 @@ RunFn = Callable[[Any, "str | Path"], dict[str, Any]]
 
 @dataclass(frozen=True)
 class Pipeline:
-    """A pipeline's two entry points: `config(profile, dataset, data_dir, checkpoint)` and `run(config, out)`."""
+    """A pipeline's two entry points: `config(profile, dataset, data_dir, checkpoint)` and `run(config, out)`;
+    `splits`: its run splits over the processes torchrun starts (`reproduce --nproc N`)."""
 
     config: ConfigFn
     run: RunFn
+    splits: bool = False
 
 
 _PIPELINES: Registry[Pipeline] = Registry("pipeline", group="latentdefence.pipelines")
@@ -39,9 +41,9 @@ def choose_profile(profile: str, profiles: Mapping[str, Callable[[], T]], pipeli
     return profiles[profile]()
 
 
-def register_pipeline(name: str, *, config: ConfigFn, run: RunFn) -> Pipeline:
+def register_pipeline(name: str, *, config: ConfigFn, run: RunFn, splits: bool = False) -> Pipeline:
     """Register pipeline `name`; experiments name it in `Experiment.pipeline`."""
-    return _PIPELINES.add(name, Pipeline(config, run))
+    return _PIPELINES.add(name, Pipeline(config, run, splits))
 
 
 def get_pipeline(name: str) -> Pipeline:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -21,10 +24,24 @@ class DistInfo:
         return self.rank == 0
 
 
+_ALONE: ContextVar[bool] = ContextVar("train_alone", default=False)
+
+
+@contextmanager
+def alone() -> Iterator[None]:
+    """Training inside the block runs in this process alone even under torchrun (e.g. one process builds the stages
+    an evaluation split over the processes then loads)."""
+    token = _ALONE.set(True)
+    try:
+        yield
+    finally:
+        _ALONE.reset(token)
+
+
 def init_distributed() -> DistInfo:
-    """Join the torchrun job if launched by one (WORLD_SIZE > 1), else run alone."""
+    """Join the torchrun job if launched by one (WORLD_SIZE > 1) and not inside `alone()`, else run alone."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 or _ALONE.get():
         return DistInfo()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
