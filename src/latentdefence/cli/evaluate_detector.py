@@ -66,8 +66,11 @@ def compare_evaluations(
     out: Path = typer.Option(Path("runs/compare"), help="Folder for results.json, report.md, worst_case_vs_fpr.png."),
     different_classifiers: bool = typer.Option(False, help="Admit runs on different classifiers (F variants); "
                                                "each is read against its own F alone."),
+    different_budgets: bool = typer.Option(False, help="The budget check: one evaluation at a cheaper budget (first) "
+                                           "and larger ones, paired on the images all of them attacked."),
 ) -> None:
-    """One table and figure of detector variants, refused unless the runs share budget, images and classifier."""
+    """One table and figure of detector variants, refused unless the runs share budget, images and classifier
+    (or, with --different-budgets, everything but the budget)."""
     with cli_errors():
         check_output(out / "results.json", "file", [Path(run.split("=", 1)[-1]) / "results.json" for run in runs])
         from ..evaluation.compare import compare_runs, load_run, write_comparison
@@ -79,8 +82,13 @@ def compare_evaluations(
         labels = [label for label, _ in pairs]
         if len(set(labels)) < len(labels):
             raise ValueError(f"each run needs its own label, got {', '.join(labels)}")
-        comparison = compare_runs({label: load_run(folder) for label, folder in pairs}, not different_classifiers)
-        typer.echo((write_comparison(comparison, out) / "report.md").read_text())
+        loaded = {label: load_run(folder) for label, folder in pairs}
+        if different_budgets:
+            from ..evaluation.budgets import compare_budgets, write_budget_comparison
+
+            typer.echo((write_budget_comparison(compare_budgets(loaded), out) / "report.md").read_text())
+            return
+        typer.echo((write_comparison(compare_runs(loaded, not different_classifiers), out) / "report.md").read_text())
 
 
 def leaderboard(
