@@ -61,6 +61,8 @@ def _launch(experiment: str, nproc: int, options: list[str]) -> None:
     from ..experiments import get_experiment, get_pipeline, splitting_experiments
 
     command = torchrun_command(nproc, ["reproduce", experiment, *options])   # refuses nproc < 1
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        raise ValueError("--nproc under torchrun: this process is already one of several; drop --nproc")
     if not get_pipeline(get_experiment(experiment).pipeline).splits:
         raise ValueError(f"{experiment} does not split over processes; --nproc works for "
                          f"{', '.join(splitting_experiments())}")

@@ -95,7 +95,6 @@ class Workers:
         return out
 
 
-
 def torchrun_command(nproc: int, arguments: Sequence[str]) -> list[str]:
     """The command that runs `latentdefence ARGUMENTS` in `nproc` processes on this machine under torchrun (the `--`
     keeps torchrun from reading the command's options, e.g. `--n`, as its own)."""
