@@ -51,8 +51,8 @@ def _mismatched(rank: int, world: int, store: str, out: str) -> None:
         det = SoftmaxDetector(model).calibrate(cal, target_fpr=0.05 if rank == 0 else 0.2)
         evaluate_detectors({"softmax": det}, x, y, THREAT, budget=TINY, calibration=cal, sanity=(),
                            workers=Workers(rank, world))
-    except RuntimeError as err:
-        Path(f"{out}.{rank}").write_text(str(err))
+    except Exception as err:             # any error is written, so a failure shows which one this rank met
+        Path(f"{out}.{rank}").write_text(f"{type(err).__name__}: {err}")
     finally:
         dist.destroy_process_group()
 
@@ -90,7 +90,8 @@ def test_two_processes_and_two_batch_sizes_give_one_process_s_outcomes(tmp_path:
 def test_processes_holding_different_detectors_refuse_to_evaluate(tmp_path: Path) -> None:
     mp.spawn(_mismatched, args=(2, str(tmp_path / "store"), str(tmp_path / "error")), nprocs=2, join=True)
     for rank in range(2):
-        assert "processes hold different evaluation" in (tmp_path / f"error.{rank}").read_text()
+        said = (tmp_path / f"error.{rank}").read_text()
+        assert said.startswith("RuntimeError: ") and "processes hold different evaluation" in said, said
 
 
 def test_an_image_draws_the_same_random_numbers_in_any_batch() -> None:
