@@ -23,7 +23,6 @@ import torch
 import torch.distributed as dist
 
 from ..attacks import ImageStreams
-from ..training.distributed import alone
 
 T = TypeVar("T")
 
@@ -54,11 +53,11 @@ class Workers:
     @contextmanager
     def leader_first(self) -> Iterator[None]:
         """Rank 0 runs the block first (building and caching what it needs), then the others (loading it), so the
-        processes never train the same stage at once into one cache; training in the block runs in each alone."""
+        processes never train the same stage at once into one cache (training in the block must run in each process
+        alone: `training.distributed.alone()`, or DDP would wait for the processes held at the barrier)."""
         if not self.leader:
             dist.barrier()
-        with alone():
-            yield
+        yield
         if self.leader:
             dist.barrier()
 

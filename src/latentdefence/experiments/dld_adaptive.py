@@ -33,6 +33,7 @@ from ..dld.encoders import EncoderDecoder
 from ..evaluation.detector_eval import DetectorEvaluation, evaluate_detector, evaluate_detectors
 from ..evaluation.threat import VERSIONS, Budget, ThreatModel
 from ..evaluation.workers import Workers
+from ..training.distributed import alone
 from ..models import TappedModel
 from .._timing import StageTimer
 from .cache import any_complete_stage, default_cache_root, ensure_stage, run_wall_time, settings_key
@@ -158,7 +159,8 @@ def run_dld_adaptive(config: DLDAdaptiveConfig, out_dir: str | Path, cache_root:
     started, from_scratch = time.perf_counter(), not any_complete_stage(cache_root)
     a = config.attacks
     workers = Workers.from_environment()                  # under torchrun: the images are split over the processes
-    with workers.leader_first() if workers else nullcontext():   # rank 0 trains and caches the stages, the rest load
+    first = workers.leader_first() if workers else nullcontext()   # rank 0 trains and caches the stages, the rest load
+    with first, alone():                                  # each process trains alone (no DDP across the barrier)
         with timer.timed("data"):
             train, cal, clean = dld_data(config.dld)
             data = clean.head(a.n)
