@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_path, git_revision, save_figure, write_json
+from .._io import save_figure
 from ..stats import wilson_interval
 from .classifiers import mcnemar_p_value
+from .compare import write_comparison_folder
 
 # what two budgets of one evaluation must share: the ball, the seed, the training and calibration sets, the detectors
 SAME_EVALUATION = ("threat_model", "seed")
@@ -83,13 +84,8 @@ def _pair_with_first(rows: list[dict[str, Any]], first_label: str) -> None:
 
 def write_budget_comparison(comparison: Mapping[str, Any], out_dir: str | Path) -> Path:
     """results.json, report.md and robustness_by_budget.png in `out_dir`; returns it."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", {**comparison, "git_revision": git_revision()})
-    with atomic_path(out / "report.md") as tmp:
-        tmp.write_text(budget_report(comparison))
-    _figure(comparison, out / "robustness_by_budget.png")
-    return out
+    return write_comparison_folder(comparison, out_dir, budget_report(comparison),
+                                   lambda path: _figure(comparison, path), "robustness_by_budget.png")
 
 
 def budget_report(comparison: Mapping[str, Any]) -> str:

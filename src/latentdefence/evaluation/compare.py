@@ -5,7 +5,7 @@ nothing. Runs on different classifiers (F variants) compare only when asked, eac
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -148,12 +148,19 @@ def _params(res: Mapping[str, Any], name: str) -> dict[str, Any] | None:
 
 def write_comparison(comparison: Mapping[str, Any], out_dir: str | Path) -> Path:
     """results.json, report.md and worst_case_vs_fpr.png in `out_dir`; returns it."""
+    return write_comparison_folder(comparison, out_dir, comparison_report(comparison),
+                                   lambda path: _figure(comparison, path), "worst_case_vs_fpr.png")
+
+
+def write_comparison_folder(comparison: Mapping[str, Any], out_dir: str | Path, report_text: str,
+                            draw: Callable[[Path], None], figure_name: str) -> Path:
+    """A comparison's folder: results.json (with the git revision), report.md and its figure; returns it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", {**comparison, "git_revision": git_revision()})
     with atomic_path(out / "report.md") as tmp:
-        tmp.write_text(comparison_report(comparison))
-    _figure(comparison, out / "worst_case_vs_fpr.png")
+        tmp.write_text(report_text)
+    draw(out / figure_name)
     return out
 
 
