@@ -100,8 +100,10 @@ def evaluate_detectors(detectors: Mapping[str, Evaluable], images: torch.Tensor,
     killed run loses at most one stage and gives the uninterrupted run's results; `resumed` in the results lists
     the stages loaded. workers: the processes this evaluation is split over (`Workers.from_environment()` under
     torchrun): each attacks its block of the images (the sanity checks' too), the blocks are gathered, and every
-    process returns the same evaluation. Random numbers are drawn per image and stage (`attacks.ImageStreams`), so
-    any number of processes and any batch size give the same per-image outcomes.
+    process returns the same evaluation. Random numbers are drawn per image and stage (`attacks.ImageStreams`) and each
+    process takes whole batches, so N processes give one process's adversarial images bit for bit at the same batch
+    size; another batch size gives the same per-image outcomes unless float rounding, summed in another order,
+    decides one (docs/detectors.md).
     """
     if version not in VERSIONS and budget is None:
         raise ValueError(f"unknown version {version!r}; choose one of {', '.join(VERSIONS)}")
