@@ -58,14 +58,12 @@ def _launch(experiment: str, nproc: int, options: list[str]) -> None:
     import subprocess
 
     from ..evaluation.workers import torchrun_command
-    from ..experiments import get_experiment, get_pipeline, splitting_experiments
+    from ..experiments import check_splits
 
     command = torchrun_command(nproc, ["reproduce", experiment, *options])   # refuses nproc < 1
     if os.environ.get("WORLD_SIZE", "1") != "1":
         raise ValueError("--nproc under torchrun: this process is already one of several; drop --nproc")
-    if not get_pipeline(get_experiment(experiment).pipeline).splits:
-        raise ValueError(f"{experiment} does not split over processes; --nproc works for "
-                         f"{', '.join(splitting_experiments())}")
+    check_splits(experiment)
     done = subprocess.run(command, check=False)
     if done.returncode:
         raise typer.Exit(done.returncode)

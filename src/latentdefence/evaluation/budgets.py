@@ -10,8 +10,7 @@ from typing import Any
 
 from .._io import save_figure
 from ..stats import wilson_interval
-from .classifiers import mcnemar_p_value
-from .compare import write_comparison_folder
+from .compare import pair_with_first_run, write_comparison_folder
 
 # what two budgets of one evaluation must share: the ball, the seed, the training and calibration sets, the detectors
 SAME_EVALUATION = ("threat_model", "seed")
@@ -34,8 +33,8 @@ def compare_budgets(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         broken["F alone"] = _first(res.get("classifier_alone_broken_images"), n, label, "F alone")
         for name, images in broken.items():
             rows.append({"run": label, "detector": name, "broken_images": images,
-                         "robustness": 1 - len(images) / n, "robustness_ci": _robust_interval(len(images), n)})
-    _pair_with_first(rows, first_label)
+                         "robustness": 1 - len(images) / n, "robustness_ci": list(wilson_interval(n - len(images), n))})
+    pair_with_first_run(rows, first_label)
     return {"runs": list(runs), "n": n, "threat_model": first["threat_model"], "seed": first["seed"],
             "budgets": {label: res["budget"] for label, res in runs.items()},
             "versions": {label: res.get("version") for label, res in runs.items()},
@@ -65,21 +64,6 @@ def _first(images: list[int] | None, n: int, label: str, name: str) -> list[int]
     if images is None:
         raise ValueError(f"run {label!r} did not record which images {name} lost (re-run it with this version)")
     return sorted(i for i in images if i < n)
-
-
-def _robust_interval(broken: int, n: int) -> list[float]:
-    lo, hi = wilson_interval(broken, n)
-    return [1 - hi, 1 - lo]
-
-
-def _pair_with_first(rows: list[dict[str, Any]], first_label: str) -> None:
-    reference = {r["detector"]: set(r["broken_images"]) for r in rows if r["run"] == first_label}
-    for r in rows:
-        if r["run"] == first_label:
-            continue
-        here, there = set(r["broken_images"]), reference[r["detector"]]
-        r["versus_first"] = {"broken_only_here": len(here - there), "broken_only_in_first": len(there - here),
-                             "mcnemar_p": mcnemar_p_value(len(here - there), len(there - here))}
 
 
 def write_budget_comparison(comparison: Mapping[str, Any], out_dir: str | Path) -> Path:

@@ -56,7 +56,7 @@ def compare_runs(runs: Mapping[str, Mapping[str, Any]], same_classifier: bool = 
                          "strongest": worst["strongest"], "sr_at_fpr": worst["sr_at_fpr"],
                          "sr_at_fpr_ci": worst["sr_at_fpr_ci"], "params": _params(res, name),
                          "git_revision": res.get("git_revision"), "broken_images": worst.get("broken_images")})
-    _pair_with_first_run(rows, first_label)
+    pair_with_first_run(rows, first_label)
     alone = {label: _classifier_alone(res) for label, res in runs.items()}
     return {"runs": list(runs), "rows": rows, "fprs": _shared_fprs(rows), "n": first["n"],
             "threat_model": first["threat_model"],
@@ -65,7 +65,7 @@ def compare_runs(runs: Mapping[str, Mapping[str, Any]], same_classifier: bool = 
             "within_runs": {label: res["paired"] for label, res in runs.items() if res.get("paired")}}
 
 
-def _pair_with_first_run(rows: list[dict[str, Any]], first_label: str) -> None:
+def pair_with_first_run(rows: list[dict[str, Any]], first_label: str) -> None:
     """Each later row against the first run's row of the same detector, by an exact McNemar test on the per-image
     worst case (the same images, checked), when both runs recorded which images were broken. On different
     classifiers the pair compares whole defences, F and detector together."""

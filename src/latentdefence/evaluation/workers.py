@@ -61,11 +61,15 @@ class Workers:
         if self.leader:
             dist.barrier()
 
+    def splits(self, n: int, batch_size: int) -> bool:
+        """Whether n images in batches of `batch_size` give every process at least one batch."""
+        return -(-n // batch_size) >= self.world_size
+
     def rows(self, n: int, batch_size: int) -> slice:
         """This process's block of n images: a contiguous run of whole batches of `batch_size` (the counts differing
         by at most one), so every batch holds the images it holds in one process and gives the same bits."""
         batches = -(-n // batch_size)
-        if batches < self.world_size:
+        if not self.splits(n, batch_size):
             raise ValueError(f"{self.world_size} processes need at least as many batches: {n} images at batch size "
                              f"{batch_size} make {batches}; lower the batch size to at most {n // self.world_size}")
         first, last = self.rank * batches // self.world_size, (self.rank + 1) * batches // self.world_size
@@ -140,7 +144,7 @@ class Draws:
         """`attack(images, labels, starts)` on this process's block, every process's blocks gathered in image order;
         when the images make fewer batches than there are processes, every process attacks all of them (the same
         bits, no speed-up)."""
-        if self.workers is None or -(-len(images) // self.batch_size) < self.workers.world_size:
+        if self.workers is None or not self.workers.splits(len(images), self.batch_size):
             return attack(images, labels, starts)
         block = self.mine(len(images))
         return self.whole(attack(images[block], labels[block], None if starts is None else starts[block]))

@@ -106,9 +106,12 @@ def experiment_config(name: str, profile: str, data_dir: str | Path | None = Non
     return config
 
 
-def splitting_experiments() -> list[str]:
-    """The experiments whose run splits over processes (`reproduce --nproc N`)."""
-    return [n for n, e in EXPERIMENTS.items() if get_pipeline(e.pipeline).splits]
+def check_splits(name: str) -> None:
+    """Refuse to run experiment `name` over several processes unless its run splits over them."""
+    if not get_pipeline(get_experiment(name).pipeline).splits:
+        splitting = [n for n, e in EXPERIMENTS.items() if get_pipeline(e.pipeline).splits]
+        raise ValueError(f"{name} does not split over processes; --nproc works for {', '.join(splitting)} (run it "
+                         "without --nproc or torchrun)")
 
 
 def run_experiment(name: str, profile: str, out_dir: str | Path, data_dir: str | Path | None = None,
@@ -121,9 +124,8 @@ def run_experiment(name: str, profile: str, out_dir: str | Path, data_dir: str |
         raise ValueError(f"{name} needs --data-dir pointing at your copy of {exp.dataset.upper()} "
                          f"(see docs/data.md), or LATENTDEFENCE_DATA_DIR; it cannot be downloaded here")
     pipeline = get_pipeline(exp.pipeline)
-    if os.environ.get("WORLD_SIZE", "1") != "1" and not pipeline.splits:
-        raise ValueError(f"{name} does not split over processes (only {', '.join(splitting_experiments())} do); "
-                         "run it without torchrun or --nproc")
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        check_splits(name)
     workers = Workers.from_environment()
     if workers is not None and not workers.leader:
         with tempfile.TemporaryDirectory() as scratch:   # rank 0 alone writes the results folder
